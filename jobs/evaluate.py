@@ -1,0 +1,91 @@
+"""Score a predicted field map against its truth; print the metrics as one JSON line.
+
+    python jobs/evaluate.py --pred PRED --truth TRUTH [--schema fields3] [--out metrics.json]
+
+PRED and TRUTH are class or instance GeoTIFFs or polygon files (GeoParquet, GeoPackage, ...);
+see :mod:`magseg_ray.eval.align` for how they are put on one grid and
+:mod:`magseg_ray.eval.metrics` for the metrics. Exit status 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from magseg_ray.errors import MagsegError
+from magseg_ray.eval.align import KINDS, load_pair
+from magseg_ray.eval.metrics import evaluate_masks
+from magseg_ray.masks.schemas import SCHEMAS
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pred", required=True, help="predicted map: class/instance GeoTIFF or polygon file")
+    p.add_argument("--truth", required=True, help="truth map: class/instance GeoTIFF or polygon file")
+    p.add_argument(
+        "--schema", default="fields3", choices=sorted(SCHEMAS), help="label schema (default: fields3)"
+    )
+    for which in ("pred", "truth"):
+        p.add_argument(
+            f"--{which}-kind",
+            default="auto",
+            choices=KINDS,
+            help=f"what a {which} raster holds; auto (default): its MAGSEG_KIND tag, else "
+            "uint8 = class and other types = instance",
+        )
+    p.add_argument(
+        "--resolution",
+        type=float,
+        help="pixel size in the truth's CRS units; required, and used, only when both are vector files",
+    )
+    p.add_argument(
+        "--boundary-tolerance",
+        type=float,
+        default=2,
+        help="boundary F-score tolerance in pixels (default: 2)",
+    )
+    p.add_argument("--out", type=Path, help="also write the JSON to this file (replaced atomically)")
+    return p
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder, so it is never half-written."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the job; return the exit status (0, or 2 on a user error)."""
+    args = _parser().parse_args(argv)
+    try:
+        pair = load_pair(args.pred, args.truth, args.schema, args.pred_kind, args.truth_kind, args.resolution)
+        metrics = evaluate_masks(
+            pair.pred_classes,
+            pair.truth_classes,
+            args.schema,
+            pair.pred_instances,
+            pair.truth_instances,
+            args.boundary_tolerance,
+        )
+    except MagsegError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps({"pred": str(args.pred), "truth": str(args.truth), **metrics}, allow_nan=False)
+    if args.out:
+        _write_atomic(args.out, text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Start or join a Ray cluster, bound to loopback when local, stopping only what we started.
+
+Two ways in:
+
+- :func:`ray_session` for a job's driver: join the cluster at ``address`` (or ``RAY_ADDRESS``, which
+  ``ray job submit`` sets), else start a private in-process cluster on 127.0.0.1 that ends with the
+  session. A laptop run and a cluster run are the same code.
+- :class:`LocalRayCluster` for a standalone local head (what ``ray job submit --address
+  http://127.0.0.1:8265`` talks to): ``ray start --head --block`` on chosen loopback ports, in its own
+  process group, stopped by signalling that group alone. Nothing here ever runs ``ray stop``, which
+  would kill every Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from magseg_ray.errors import ClusterError
+
+LOOPBACK = "127.0.0.1"
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+"""Environment of every process of a local cluster (see :func:`_use_loopback`)."""
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """Where a job's Ray comes from."""
+
+    address: str | None = None
+    """Cluster to join (``"auto"``, ``"HOST:PORT"`` or ``"ray://HOST:PORT"``). ``None``: ``RAY_ADDRESS``
+    if set, else start a private local cluster on 127.0.0.1 for the job's lifetime."""
+    num_cpus: float | None = None
+    """CPUs of a private local cluster (default: all cores). Ignored when joining."""
+    object_store_memory: int | None = 512 * 2**20
+    """Object store bytes of a private local cluster. Ignored when joining."""
+    namespace: str = "magseg"
+    """Ray namespace for named actors, so jobs of one project find each other."""
+
+
+def _use_loopback() -> None:
+    """Make this driver treat 127.0.0.1 as its node address.
+
+    Ray rewrites a loopback bootstrap address to the machine's external IP unless
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, which Ray reads once at import; set it for processes
+    started later and, if Ray is already imported, on its constants module too. Local clusters use
+    Ray's token authentication (token in ``~/.ray/auth_token``), stated explicitly so that the head,
+    drivers and ``ray job submit`` agree on it.
+    """
+    os.environ.update(LOOPBACK_ENV)
+    if "ray._private.ray_constants" in sys.modules:
+        sys.modules["ray._private.ray_constants"].ENABLE_RAY_CLUSTER = False
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0]
+    return host in (LOOPBACK, "localhost")
+
+
+@contextlib.contextmanager
+def ray_session(settings: RaySettings = RaySettings(), runtime_env: dict | None = None) -> Iterator[dict]:
+    """Connect to (or start) Ray for the duration of the block; yields ``ray.cluster_resources()``."""
+    address = settings.address or os.environ.get("RAY_ADDRESS")
+    if not address or _is_loopback(address):
+        _use_loopback()
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address and address != "auto":
+            _check_reachable(address)
+        try:
+            if address:
+                ray.init(address=address, namespace=settings.namespace, runtime_env=runtime_env)
+            else:
+                ray.init(
+                    _node_ip_address=LOOPBACK,
+                    num_cpus=settings.num_cpus,
+                    object_store_memory=settings.object_store_memory,
+                    include_dashboard=False,
+                    namespace=settings.namespace,
+                    runtime_env=runtime_env,
+                )
+        except ConnectionError as e:
+            raise ClusterError(f"cannot join the Ray cluster at {address!r}: {e}") from e
+    try:
+        yield ray.cluster_resources()
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a head that is not there (``ray.init`` would retry for minutes)."""
+    host, _, port = address.split("://")[-1].rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as e:
+        raise ClusterError(f"cannot join the Ray cluster at {address!r}: {e}") from None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+class LocalRayCluster:
+    """A Ray head on 127.0.0.1 with explicit ports, owned and stopped by this object.
+
+    Use as a context manager. ``address`` is the GCS address for ``ray.init``; ``dashboard_url`` is
+    the Jobs API endpoint for ``ray job submit --address``.
+    """
+
+    def __init__(self, num_cpus: int | None = None, port: int | None = None,
+                 dashboard_port: int | None = None, object_store_memory: int = 512 * 2**20,
+                 start_timeout: float = 90.0):
+        self.port = port or free_port()
+        self.dashboard_port = dashboard_port or free_port()
+        self.num_cpus = num_cpus
+        self.object_store_memory = object_store_memory
+        self.start_timeout = start_timeout
+        self._proc: subprocess.Popen | None = None
+        self._tmp: str | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.dashboard_port}"
+
+    def start(self) -> LocalRayCluster:
+        # Ray's socket paths must stay short (AF_UNIX limit), so use a short private temp dir.
+        self._tmp = tempfile.mkdtemp(prefix="mr", dir="/tmp")
+        ports = [free_port() for _ in range(4)]
+        cmd = [
+            str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+            f"--node-ip-address={LOOPBACK}", f"--port={self.port}",
+            "--include-dashboard=true", f"--dashboard-host={LOOPBACK}",
+            f"--dashboard-port={self.dashboard_port}",
+            f"--dashboard-agent-listen-port={ports[0]}", f"--dashboard-agent-grpc-port={ports[1]}",
+            f"--metrics-export-port={ports[2]}", f"--runtime-env-agent-port={ports[3]}",
+            f"--ray-client-server-port={free_port()}",
+            f"--object-store-memory={self.object_store_memory}", f"--temp-dir={self._tmp}",
+            "--disable-usage-stats",
+        ]
+        if self.num_cpus is not None:
+            cmd.append(f"--num-cpus={self.num_cpus}")
+        env = dict(os.environ, **LOOPBACK_ENV)
+        env.pop("RAY_ADDRESS", None)
+        self._log = open(Path(self._tmp) / "head.log", "wb")
+        self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                      start_new_session=True)
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ClusterError(f"ray head exited with code {self._proc.returncode}:\n{self._log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.dashboard_url}/api/version", timeout=2):
+                    return
+            except urllib.error.HTTPError:  # answering (401 when Ray's token auth is on): up
+                return
+            except OSError:
+                time.sleep(0.5)
+        log = self._log_tail()
+        self.stop()
+        raise ClusterError(f"ray head on {self.address} not ready after {self.start_timeout:.0f} s:\n{log}")
+
+    def _log_tail(self) -> str:
+        return (Path(self._tmp) / "head.log").read_text(errors="replace")[-2000:]
+
+    def pids(self) -> list[int]:
+        """Live processes of this cluster (the head's process group; zombies left out)."""
+        import psutil
+
+        if self._proc is None:
+            return []
+        out = []
+        for p in psutil.process_iter(["pid", "status"]):
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.pid) == self._proc.pid:
+                    out.append(p.pid)
+        return out
+
+    def stop(self) -> None:
+        """Stop this cluster's processes (its process group) and remove its temp dir."""
+        if self._proc is None:
+            return
+        pgid = self._proc.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        self._proc.wait()
+        self._proc = None
+        self._log.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> LocalRayCluster:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,38 @@
+"""One exception hierarchy for everything a user can get wrong.
+
+Every error a job shows a user derives from :class:`MagsegError`, names the input at fault and
+says what is wrong with it. Jobs catch ``MagsegError`` at the top and print it without a
+traceback; anything else is a bug in magseg-ray.
+"""
+
+
+class MagsegError(Exception):
+    """Base class of every user-facing magseg-ray error."""
+
+
+class ConfigError(MagsegError, ValueError):
+    """A configuration value is out of range or inconsistent with another one."""
+
+
+class ModelLoadError(MagsegError):
+    """A model directory is missing, unreadable, or not a Gemma3 image-text-to-text checkpoint."""
+
+
+class ChipError(MagsegError, ValueError):
+    """An image chip or a patch box is malformed (dtype, band count, shape, box outside the chip)."""
+
+
+class MaskTextError(MagsegError, ValueError):
+    """R-RLE mask text is malformed (raised only by the strict decoder)."""
+
+
+class SchemaError(MagsegError, ValueError):
+    """An unknown label schema, or labels that do not fit the schema."""
+
+
+class RasterInputError(MagsegError):
+    """A raster or vector input is missing, unreadable, lacks a CRS, or does not overlap its partner."""
+
+
+class ClusterError(MagsegError):
+    """A Ray cluster cannot be started or joined at the given address."""

@@ -1,0 +1,206 @@
+"""Mask metrics: per-class pixel scores, boundary F-score, and field instance matching.
+
+Undefined values are NaN in Python results and ``null`` in the JSON that
+:func:`evaluate_masks` returns; each function's docstring says when they occur.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+from magseg_ray.masks.instances import instances_from_classes
+from magseg_ray.masks.schemas import Schema, get_schema
+
+_NAN = float("nan")
+
+
+def _div(num: np.ndarray, den: np.ndarray, empty: float) -> np.ndarray:
+    """Elementwise ``num / den`` as float, ``empty`` where ``den == 0``."""
+    num, den = np.asarray(num, float), np.asarray(den, float)
+    return np.divide(num, den, out=np.full(num.shape, empty), where=den > 0)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """Mean of the non-NaN values; NaN if there are none."""
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else _NAN
+
+
+def _edges(mask: np.ndarray) -> np.ndarray:
+    """Pixels with a 4-neighbour of another class (the image border is no neighbour)."""
+    rows, cols = mask[1:] != mask[:-1], mask[:, 1:] != mask[:, :-1]
+    edge = np.zeros(mask.shape, bool)
+    edge[1:] |= rows
+    edge[:-1] |= rows
+    edge[:, 1:] |= cols
+    edge[:, :-1] |= cols
+    return edge
+
+
+def _boundary_hits(pred: np.ndarray, truth: np.ndarray, n: int, tolerance: float) -> np.ndarray:
+    """Per class: [#pred boundary px, #those near truth, #truth boundary px, #those near pred]."""
+    pred_edge, truth_edge = _edges(pred), _edges(truth)
+    hits = np.zeros((n, 4))
+    for c in range(n):
+        p, t = pred_edge & (pred == c), truth_edge & (truth == c)
+        if p.any() and t.any():
+            hits[c, 1] = (ndimage.distance_transform_edt(~t)[p] <= tolerance).sum()
+            hits[c, 3] = (ndimage.distance_transform_edt(~p)[t] <= tolerance).sum()
+        hits[c, 0], hits[c, 2] = p.sum(), t.sum()
+    return hits
+
+
+def pixel_metrics(
+    pred: np.ndarray, truth: np.ndarray, schema: str | Schema, boundary_tolerance: float = 2
+) -> dict:
+    """Per-class pixel metrics of a predicted class mask against the truth, keyed by class name.
+
+    For each class: ``iou``, ``dice``, ``accuracy`` (share of pixels where pred and truth agree
+    on membership of the class), ``precision``, ``recall``, ``specificity``, and the boundary
+    scores ``boundary_precision``, ``boundary_recall``, ``boundary_f``. A class's boundary pixels
+    are its pixels with a 4-neighbour of another class; boundary precision is the share of
+    predicted boundary pixels within ``boundary_tolerance`` pixels (Euclidean) of a truth boundary
+    pixel of the same class, boundary recall the converse, ``boundary_f`` their harmonic mean.
+    Key ``"mean"`` holds each metric averaged over the classes present in pred or truth.
+
+    Undefined cases:
+
+    - A class absent from both pred and truth has ``iou``, ``dice``, ``precision``, ``recall``
+      and all boundary scores NaN, and is left out of ``"mean"`` entirely.
+    - A class present in only one of them scores 0 for whichever of precision/recall (pixel or
+      boundary) has an empty denominator: every pixel of that class is an error.
+    - Boundary scores are NaN when neither mask has boundary pixels of the class.
+    - ``specificity`` is NaN when every truth pixel is of the class; means skip NaN values.
+    """
+    schema = get_schema(schema)
+    pred, truth = schema.check_mask(pred, "prediction"), schema.check_mask(truth, "truth")
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
+    n = len(schema.classes)
+    cm = np.bincount(truth.ravel().astype(np.int64) * n + pred.ravel(), minlength=n * n)
+    cm = cm.reshape(n, n)  # rows truth, columns pred
+    tp = np.diag(cm)
+    fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
+    tn = truth.size - tp - fp - fn
+    present = tp + fp + fn > 0
+    bp, bp_hit, bt, bt_hit = _boundary_hits(pred, truth, n, boundary_tolerance).T
+    b_prec, b_rec = _div(bp_hit, bp, 0.0), _div(bt_hit, bt, 0.0)
+    b_f = _div(2 * b_prec * b_rec, b_prec + b_rec, 0.0)
+    scores = {
+        "iou": _div(tp, tp + fp + fn, _NAN),
+        "dice": _div(2 * tp, 2 * tp + fp + fn, _NAN),
+        "accuracy": _div(tp + tn, truth.size, _NAN),
+        "precision": _div(tp, tp + fp, 0.0),
+        "recall": _div(tp, tp + fn, 0.0),
+        "specificity": _div(tn, tn + fp, _NAN),
+        "boundary_precision": b_prec,
+        "boundary_recall": b_rec,
+        "boundary_f": b_f,
+    }
+    for key in ("precision", "recall"):
+        scores[key][~present] = _NAN
+    for key in ("boundary_precision", "boundary_recall", "boundary_f"):
+        scores[key][bp + bt == 0] = _NAN
+    out = {name: {k: float(v[c]) for k, v in scores.items()} for c, name in enumerate(schema.names)}
+    out["mean"] = {k: _nanmean(v[present]) for k, v in scores.items()}
+    return out
+
+
+def _compact(ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """Relabel non-negative ids to 0..n, keeping 0 as "none"; return the flat labels and n."""
+    ids = np.asarray(ids).ravel()
+    if ids.size and ids.min() < 0:
+        raise ValueError("instance ids must be non-negative")
+    uniq, labels = np.unique(ids, return_inverse=True)
+    if uniq.size and uniq[0] == 0:
+        return labels, uniq.size - 1
+    return labels + 1, uniq.size
+
+
+def instance_metrics(pred_instances: np.ndarray, truth_instances: np.ndarray) -> dict:
+    """Match predicted instances to truth instances and score each truth instance by IoU.
+
+    Rasters hold non-negative instance ids, 0 = no instance. Matching rule: each predicted
+    instance P goes to the truth instance T it overlaps most, provided that overlap is at least
+    half of P's area (majority overlap; ties go to the lower truth id); otherwise P is a false
+    positive. A truth instance's prediction is the union of the predictions assigned to it, so
+    an over-segmented field is scored as merged; its IoU is ``|T ∩ union| / |T ∪ union|``, 0 if
+    nothing was assigned (a false negative).
+
+    Returns ``mean_iou`` and ``median_iou`` over truth instances, ``false_negative_rate`` (share
+    of truth instances with nothing assigned), ``false_positive_rate`` (share of predicted
+    instances assigned to no truth), ``n_truth`` and ``n_pred``. Undefined cases: with no truth
+    instances the IoUs and the false negative rate are NaN and the false positive rate is 1.0
+    (NaN if there are no predictions either); with no predictions the false positive rate is NaN.
+    """
+    shapes = np.shape(pred_instances), np.shape(truth_instances)
+    if shapes[0] != shapes[1]:
+        raise ValueError(f"prediction shape {shapes[0]} differs from truth shape {shapes[1]}")
+    truth, n_truth = _compact(truth_instances)
+    pred, n_pred = _compact(pred_instances)
+    table = np.bincount(truth * (n_pred + 1) + pred, minlength=(n_truth + 1) * (n_pred + 1))
+    table = table.reshape(n_truth + 1, n_pred + 1)[:, 1:]  # rows truth (0 = none), columns pred
+    pred_area = table.sum(0)
+    assigned = np.zeros(n_pred, np.int64)
+    if n_truth:
+        best = table[1:].argmax(0) + 1
+        overlap = table[best, np.arange(n_pred)]
+        assigned = np.where(2 * overlap >= pred_area, best, 0)
+    inter = np.bincount(assigned, weights=table[assigned, np.arange(n_pred)], minlength=n_truth + 1)
+    union_pred = np.bincount(assigned, weights=pred_area, minlength=n_truth + 1)
+    n_assigned = np.bincount(assigned, minlength=n_truth + 1)[1:]
+    truth_area = np.bincount(truth, minlength=n_truth + 1)
+    iou = inter[1:] / (truth_area[1:] + union_pred[1:] - inter[1:])
+    return {
+        "mean_iou": float(iou.mean()) if n_truth else _NAN,
+        "median_iou": float(np.median(iou)) if n_truth else _NAN,
+        "false_negative_rate": float((n_assigned == 0).mean()) if n_truth else _NAN,
+        "false_positive_rate": float((assigned == 0).mean()) if n_pred else _NAN,
+        "n_truth": n_truth,
+        "n_pred": n_pred,
+    }
+
+
+def _json_safe(value):
+    """``value`` with NaN floats replaced by None, recursively through dicts."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def evaluate_masks(
+    pred_classes: np.ndarray,
+    truth_classes: np.ndarray,
+    schema: str | Schema,
+    pred_instances: np.ndarray | None = None,
+    truth_instances: np.ndarray | None = None,
+    boundary_tolerance: float = 2,
+) -> dict:
+    """All metrics of a prediction against the truth, as a JSON-serialisable dict (NaN -> None).
+
+    ``{"schema": name, "pixel": pixel_metrics(...), "instance": {class name: instance_metrics}}``.
+    Instance metrics are computed for ``"field"`` from the given instance rasters, or from
+    :func:`~magseg_ray.masks.instances.instances_from_classes` where one is not given, and for
+    every other non-background class outside ``schema.field_classes`` (tree, cloud, pond and
+    well in ``alu``) from the 4-connected components of that class.
+    """
+    schema = get_schema(schema)
+    if pred_instances is None:
+        pred_instances = instances_from_classes(pred_classes, schema)
+    if truth_instances is None:
+        truth_instances = instances_from_classes(truth_classes, schema)
+    instance = {"field": instance_metrics(pred_instances, truth_instances)}
+    for c in sorted(set(range(1, len(schema.classes))) - set(schema.field_classes)):
+        instance[schema.names[c]] = instance_metrics(
+            ndimage.label(np.asarray(pred_classes) == c)[0], ndimage.label(np.asarray(truth_classes) == c)[0]
+        )
+    return _json_safe(
+        {
+            "schema": schema.name,
+            "pixel": pixel_metrics(pred_classes, truth_classes, schema, boundary_tolerance),
+            "instance": instance,
+        }
+    )

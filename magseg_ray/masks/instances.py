@@ -1,0 +1,40 @@
+"""Field instances from a class mask, the inverse of :func:`.schemas.classes_from_instances`."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from magseg_ray.masks.schemas import Schema, get_schema
+
+BOUNDARY_REACH = 3
+"""How far (pixels, Euclidean) a boundary pixel may lie from the interior it is given to."""
+
+
+def instances_from_classes(
+    mask: np.ndarray, schema: str | Schema = "fields3", reach: float = BOUNDARY_REACH
+) -> np.ndarray:
+    """Field instance raster (int32; 0 = no field, 1..n = fields) from a class mask.
+
+    Fields are the 4-connected components of the field *interior*: pixels of
+    ``schema.field_classes`` other than ``schema.boundary_class``. Each boundary pixel then joins
+    the interior component nearest to it (Euclidean distance; ties go to whichever the distance
+    transform finds) if that lies within ``reach`` pixels; the remaining boundary pixels form
+    components of their own. For schemas without a boundary class, fields are simply the
+    4-connected components of the field classes.
+    """
+    schema = get_schema(schema)
+    mask = schema.check_mask(mask)
+    field = np.isin(mask, schema.field_classes)
+    if schema.boundary_class is None:
+        return ndimage.label(field)[0].astype(np.int32)
+    boundary = mask == schema.boundary_class
+    labels, n = ndimage.label(field & ~boundary)
+    if n:
+        dist, (rows, cols) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+        near = boundary & (dist <= reach)
+        labels[near] = labels[rows[near], cols[near]]
+    rest = boundary & (labels == 0)
+    lone, _ = ndimage.label(rest)
+    labels[rest] = lone[rest] + n
+    return labels.astype(np.int32)

@@ -1,0 +1,68 @@
+"""Load a Gemma3 image-text-to-text checkpoint and its processor from a local directory.
+
+The directory is what ``save_pretrained`` writes (and what the hub's ``google/gemma-3-4b-it`` and
+``-12b-it`` hold): ``config.json``, safetensors weights (single or sharded with an index), the
+tokenizer files and ``processor_config.json``/``preprocessor_config.json``. Nothing is ever
+downloaded: a missing file is an error, not a fetch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from transformers import AutoProcessor, Gemma3ForConditionalGeneration
+
+from magseg_ray.errors import ModelLoadError
+
+GEMMA3_MODEL_TYPES = ("gemma3",)
+"""``model_type`` values accepted in ``config.json`` (the image-text-to-text Gemma3)."""
+
+
+def check_checkpoint_dir(path: str | Path) -> dict:
+    """Validate a checkpoint directory and return its parsed ``config.json``."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory {str(path)!r} does not exist or is not a directory")
+    config_file = path / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"model directory {str(path)!r} has no config.json") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"cannot read {config_file}: {e}") from None
+    model_type = config.get("model_type")
+    if model_type not in GEMMA3_MODEL_TYPES:
+        raise ModelLoadError(
+            f"{str(path)!r} holds a {model_type!r} model, not a Gemma3 image-text-to-text model "
+            "(config.json model_type must be 'gemma3'; a text-only 'gemma3_text' checkpoint has no vision tower)"
+        )
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ModelLoadError(f"model directory {str(path)!r} has no weights (*.safetensors)")
+    return config
+
+
+def load_model(
+    path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> tuple[Gemma3ForConditionalGeneration, object]:
+    """Load model and processor from ``path``; ``dtype`` defaults to the checkpoint's own."""
+    check_checkpoint_dir(path)
+    try:
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        model = Gemma3ForConditionalGeneration.from_pretrained(
+            path, local_files_only=True, dtype=dtype if dtype is not None else "auto"
+        )
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+        raise ModelLoadError(f"cannot load Gemma3 checkpoint from {str(path)!r}: {e}") from e
+    return model.to(device).eval(), processor
+
+
+def save_model(model: Gemma3ForConditionalGeneration, processor, path: str | Path) -> Path:
+    """Save model and processor in the hub layout that :func:`load_model` reads."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

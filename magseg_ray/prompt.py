@@ -1,0 +1,167 @@
+"""Patch prompts: the MAgSeg patch instruction format.
+
+The model sees one image chip as global context and answers, as R-RLE text, for one square patch
+of it. A prompt is laid out so that every patch of a chip shares a prefix::
+
+    <bos><start_of_turn>user
+    [global chip image] INSTRUCTION (chip size, classes and their codes, the answer syntax)
+    Patch [local crop image] x X0-X1 y Y0-Y1<end_of_turn>
+    <start_of_turn>model
+    ANSWER<end_of_turn>
+
+Everything up to and including the instruction is the same for all patches of a chip (the
+*prefix*); only the optional local crop and the patch box follow it, so an inference engine encodes
+the chip once and reuses its KV cache for every patch. The local crop is a window of
+``crop_scale * patch_size`` pixels centred on the patch (zero-padded at chip edges) that shows the
+patch at full resolution when the global image is downsampled; it is on by default because
+a small vision tower cannot resolve 32 px of a 512 px chip from the global image alone.
+
+Image placeholders are the tokenizer's ``boi_token`` (``<start_of_image>``), which a Gemma3
+processor expands into the image's soft tokens, so the same text works for real Gemma3 checkpoints
+and the offline presets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from magseg_ray.errors import ChipError
+from magseg_ray.masks.schemas import Schema, get_schema
+from magseg_ray.model.tokenizer import BOI, BOS, END_OF_TURN, START_OF_TURN
+from magseg_ray.rle.codec import encode
+
+Box = tuple[int, int, int, int]
+"""A patch box in chip pixel coordinates: ``(x0, y0, x1, y1)``, end-exclusive."""
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """How patch prompts are built. Training and inference must use the same values."""
+
+    schema: str = "fields3"
+    """Label schema the answer is written in (see :mod:`magseg_ray.masks.schemas`)."""
+    patch_size: int = 32
+    """Side of the square patch the model answers for, in chip pixels."""
+    local_crop: bool = True
+    """Also show a crop centred on the patch (after the shared prefix)."""
+    crop_scale: float = 2.0
+    """Side of the local crop as a multiple of ``patch_size`` (>= 1; 2 shows the patch plus half a
+    patch of context on each side)."""
+
+    def __post_init__(self) -> None:
+        get_schema(self.schema)
+        if self.patch_size < 1:
+            raise ChipError(f"patch_size must be >= 1, got {self.patch_size}")
+        if self.crop_scale < 1:
+            raise ChipError(f"crop_scale must be >= 1, got {self.crop_scale}")
+
+    @property
+    def crop_size(self) -> int:
+        return int(round(self.patch_size * self.crop_scale))
+
+
+@dataclass
+class PatchPrompt:
+    """Model inputs for one patch."""
+
+    images: list[np.ndarray]
+    """HxWx3 uint8 images in placeholder order: the chip, then the local crop if configured."""
+    text: str
+    """Full prompt text, ending where the model's answer starts."""
+    prefix: str
+    """The part of ``text`` shared by every patch of the chip (it holds the first image only)."""
+    box: Box
+    """The patch box in chip pixels."""
+    target: str | None = None
+    """The R-RLE answer for the patch, when labels were given (without the end-of-turn marker)."""
+
+
+def instruction(schema: Schema, chip_h: int, chip_w: int, patch_size: int) -> str:
+    """The shared instruction: chip size, classes with their codes, and the R-RLE answer syntax."""
+    classes = ", ".join(f"{c.code} {c.name}" for c in schema.classes)
+    return (
+        f"Segment this {chip_w}x{chip_h} image chip into classes {classes}. "
+        f"Answer for one {patch_size}x{patch_size} patch, one line per row: runs of class code "
+        "then length, the last run of a line without length; N* repeats a line N times, "
+        "a leading * repeats it to the end."
+    )
+
+
+def check_chip(chip: np.ndarray) -> np.ndarray:
+    """Validate a chip: an HxWx3 uint8 array (scenes convert other band counts and dtypes first)."""
+    chip = np.asarray(chip)
+    if chip.ndim != 3 or chip.shape[2] != 3:
+        raise ChipError(f"chip must be an HxWx3 RGB array, got shape {chip.shape}")
+    if chip.dtype != np.uint8:
+        raise ChipError(f"chip must be uint8 (scale other dtypes first), got {chip.dtype}")
+    if chip.shape[0] == 0 or chip.shape[1] == 0:
+        raise ChipError(f"chip is empty: shape {chip.shape}")
+    return chip
+
+
+def patch_boxes(chip_h: int, chip_w: int, patch_size: int = 32) -> list[Box]:
+    """Every patch box of a chip in row-major order; the chip sides must be multiples of the patch."""
+    if chip_h % patch_size or chip_w % patch_size:
+        raise ChipError(f"chip {chip_h}x{chip_w} is not a whole number of {patch_size} px patches")
+    return [
+        (x, y, x + patch_size, y + patch_size)
+        for y in range(0, chip_h, patch_size)
+        for x in range(0, chip_w, patch_size)
+    ]
+
+
+def local_crop(chip: np.ndarray, box: Box, size: int) -> np.ndarray:
+    """A ``size`` x ``size`` window of ``chip`` centred on ``box``, zero-padded outside the chip."""
+    x0, y0, x1, y1 = box
+    left, top = x0 - (size - (x1 - x0)) // 2, y0 - (size - (y1 - y0)) // 2
+    out = np.zeros((size, size, chip.shape[2]), dtype=chip.dtype)
+    sy0, sx0 = max(top, 0), max(left, 0)
+    sy1, sx1 = min(top + size, chip.shape[0]), min(left + size, chip.shape[1])
+    out[sy0 - top : sy1 - top, sx0 - left : sx1 - left] = chip[sy0:sy1, sx0:sx1]
+    return out
+
+
+def build_patch_prompt(
+    chip: np.ndarray, box: Box, config: PromptConfig = PromptConfig(), labels: np.ndarray | None = None
+) -> PatchPrompt:
+    """The prompt for one patch of a chip; with ``labels`` (the chip's class mask), also its target.
+
+    ``labels`` must be a class mask of the whole chip under ``config.schema``: derive classes
+    at chip level (e.g. :func:`~magseg_ray.masks.schemas.classes_from_instances`) so that field
+    boundaries that fall on a patch edge are right.
+    """
+    chip = check_chip(chip)
+    schema = get_schema(config.schema)
+    h, w = chip.shape[:2]
+    x0, y0, x1, y1 = box
+    p = config.patch_size
+    if (x1 - x0, y1 - y0) != (p, p):
+        raise ChipError(f"patch box {box} is not {p}x{p} (patch_size={p})")
+    if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+        raise ChipError(f"patch box {box} lies outside the {w}x{h} chip")
+
+    prefix = f"{BOS}{START_OF_TURN}user\n{BOI}{instruction(schema, h, w, p)}\nPatch "
+    images = [chip]
+    text = prefix
+    if config.local_crop:
+        images.append(local_crop(chip, box, config.crop_size))
+        text += BOI
+    text += f"x {x0}-{x1} y {y0}-{y1}{END_OF_TURN}\n{START_OF_TURN}model\n"
+
+    target = None
+    if labels is not None:
+        labels = schema.check_mask(labels, "chip labels")
+        if labels.shape != (h, w):
+            raise ChipError(f"chip labels have shape {labels.shape}, the chip is {h}x{w}")
+        target = encode(labels[y0:y1, x0:x1], schema)
+    return PatchPrompt(images=images, text=text, prefix=prefix, box=box, target=target)
+
+
+def prompt_corpus() -> list[str]:
+    """Texts whose words the project tokenizer must hold as single tokens (all schemas)."""
+    from magseg_ray.masks.schemas import SCHEMAS
+
+    texts = [instruction(s, 512, 512, 32) for s in SCHEMAS.values()]
+    return texts + ["Patch x y user model"]

@@ -1,0 +1,31 @@
+"""Shared fixtures: a local Ray cluster on 127.0.0.1 and the offline ``tiny`` Gemma3 model."""
+
+import os
+
+# Before anything imports Ray or transformers: loopback-only Ray, no telemetry, no hub.
+from magseg_ray.cluster import LOOPBACK_ENV  # noqa: E402  (imports no Ray)
+
+os.environ.update(LOOPBACK_ENV)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A private Ray head on 127.0.0.1 (2 CPUs) with this test process connected as driver."""
+    from magseg_ray.cluster import LocalRayCluster, RaySettings, ray_session
+
+    with LocalRayCluster(num_cpus=2) as cluster, ray_session(RaySettings(address=cluster.address)):
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """The ``tiny`` preset saved as a checkpoint directory (hub layout)."""
+    from magseg_ray.model.checkpoint import save_model
+    from magseg_ray.model.presets import build_model
+
+    model, processor = build_model("tiny")
+    return save_model(model, processor, tmp_path_factory.mktemp("tiny"))

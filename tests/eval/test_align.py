@@ -1,0 +1,155 @@
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from rasterio.features import rasterize
+from rasterio.transform import from_origin
+from shapely.geometry import Polygon, box
+
+from magseg_ray.errors import ConfigError, RasterInputError, SchemaError
+from magseg_ray.eval.align import load_pair
+from magseg_ray.masks.schemas import classes_from_instances
+
+REPO = Path(__file__).resolve().parents[2]
+SCENE = REPO / "tests/data/naip/naip_41p6497_m89p5929"
+UTM = "EPSG:32616"
+ORIGIN = (300_000.0, 4_600_040.0)  # west, north of the synthetic 40 m x 40 m grid at 1 m
+FIELDS = [box(300_002, 4_600_020, 300_018, 4_600_038), box(300_018, 4_600_020, 300_036, 4_600_038)]
+INST = np.zeros((40, 40), np.uint16)  # FIELDS as an instance raster
+INST[2:20, 2:18], INST[2:20, 18:36] = 1, 2
+
+
+def _job():
+    spec = importlib.util.spec_from_file_location("evaluate_job", REPO / "jobs/evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_tif(path, data, crs=UTM, transform=from_origin(*ORIGIN, 1, 1), tags=None):
+    height, width = data.shape
+    profile = dict(driver="GTiff", height=height, width=width, count=1, dtype=data.dtype)
+    with rasterio.open(path, "w", crs=crs, transform=transform, **profile) as dst:
+        dst.write(data, 1)
+        dst.update_tags(**(tags or {}))
+    return path
+
+
+def write_fields(path, geoms=FIELDS, crs=UTM):
+    gdf = gpd.GeoDataFrame({"field_id": range(1, len(geoms) + 1)}, geometry=list(geoms), crs=crs)
+    if path.suffix == ".parquet":
+        gdf.to_parquet(path)
+    else:
+        gdf.to_file(path)
+    return path
+
+
+def test_vector_truth_on_instance_raster_grid(tmp_path):
+    pred = write_tif(tmp_path / "pred.tif", INST)
+    pair = load_pair(pred, write_fields(tmp_path / "truth.gpkg"), "fields3")
+    np.testing.assert_array_equal(pair.truth_instances, INST)
+    np.testing.assert_array_equal(pair.truth_classes, classes_from_instances(INST, "fields3"))
+    np.testing.assert_array_equal(pair.pred_classes, pair.truth_classes)
+    assert pair.crs == UTM and pair.transform == from_origin(*ORIGIN, 1, 1)
+
+
+def test_kind_from_dtype_or_tag(tmp_path):
+    classes = classes_from_instances(INST, "fields3")
+    truth = write_tif(tmp_path / "truth.tif", INST)
+    as_uint8 = write_tif(tmp_path / "u8.tif", classes)
+    as_tagged = write_tif(tmp_path / "tagged.tif", classes.astype(np.uint16), tags={"MAGSEG_KIND": "class"})
+    for pred in (as_uint8, as_tagged):
+        pair = load_pair(pred, truth, "fields3")
+        np.testing.assert_array_equal(pair.pred_classes, classes)
+        assert pair.pred_instances.max() == 2
+    pair = load_pair(as_tagged, truth, "fields3", pred_kind="instance")
+    np.testing.assert_array_equal(pair.pred_instances, classes)  # an explicit kind beats the tag
+
+
+def test_vector_pred_in_other_crs_is_reprojected(tmp_path):
+    truth = write_tif(tmp_path / "truth.tif", INST)
+    pred = write_fields(tmp_path / "pred.gpkg", gpd.GeoSeries(FIELDS, crs=UTM).to_crs(4326), "EPSG:4326")
+    pair = load_pair(pred, truth, "fields3")
+    assert (pair.pred_instances == pair.truth_instances).mean() > 0.97
+
+
+def test_raster_pred_in_other_crs_is_reprojected(tmp_path):
+    fields = gpd.GeoSeries(FIELDS, crs=UTM).to_crs(3857)
+    west, south, east, north = fields.total_bounds
+    transform = from_origin(west - 1, north + 1, 0.5, 0.5)
+    shape = (int((north - south) / 0.5) + 4, int((east - west) / 0.5) + 4)
+    web = rasterize(zip(fields, (1, 2)), shape, transform=transform, dtype=np.uint16)
+    pred = write_tif(tmp_path / "pred.tif", web, crs="EPSG:3857", transform=transform)
+    pair = load_pair(pred, write_tif(tmp_path / "truth.tif", INST), "fields3")
+    assert (pair.pred_instances == pair.truth_instances).mean() > 0.97
+
+
+def test_two_vectors_need_a_resolution(tmp_path):
+    truth = write_fields(tmp_path / "truth.gpkg")
+    pred = write_fields(tmp_path / "pred.parquet", gpd.GeoSeries(FIELDS, crs=UTM).to_crs(3857), "EPSG:3857")
+    with pytest.raises(ConfigError, match="resolution"):
+        load_pair(pred, truth, "fields3")
+    pair = load_pair(pred, truth, "fields3", resolution=0.5)
+    assert pair.truth_instances.shape == (36, 68)
+    assert (pair.pred_instances == pair.truth_instances).mean() > 0.97
+
+
+def test_empty_truth_is_not_an_error(tmp_path):
+    truth = write_tif(tmp_path / "truth.tif", np.zeros((40, 40), np.uint16))
+    pair = load_pair(write_fields(tmp_path / "pred.gpkg"), truth, "fields3")
+    assert pair.truth_instances.max() == 0 and pair.pred_instances.max() == 2
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(RasterInputError, match="no such file"):
+        load_pair(tmp_path / "nope.tif", write_tif(tmp_path / "truth.tif", INST), "fields3")
+
+
+def test_no_overlap(tmp_path):
+    far = [box(310_000, 4_600_000, 310_020, 4_600_020)]
+    with pytest.raises(RasterInputError, match="do not overlap"):
+        load_pair(write_fields(tmp_path / "pred.gpkg", far), write_tif(tmp_path / "truth.tif", INST), "fields3")
+
+
+def test_missing_crs(tmp_path):
+    truth = write_tif(tmp_path / "truth.tif", INST)
+    with pytest.raises(RasterInputError, match="no CRS"):
+        load_pair(write_tif(tmp_path / "pred.tif", INST, crs=None), truth, "fields3")
+    with pytest.raises(RasterInputError, match="no CRS"):
+        load_pair(write_fields(tmp_path / "pred.parquet", crs=None), truth, "fields3")
+
+
+def test_invalid_geometry(tmp_path):
+    bowtie = Polygon([(300_002, 4_600_002), (300_010, 4_600_010), (300_010, 4_600_002), (300_002, 4_600_010)])
+    pred = write_fields(tmp_path / "pred.gpkg", [FIELDS[0], bowtie])
+    with pytest.raises(RasterInputError, match="1 invalid geometries, e.g. feature #1"):
+        load_pair(pred, write_tif(tmp_path / "truth.tif", INST), "fields3")
+
+
+def test_class_raster_outside_schema(tmp_path):
+    bad = np.full((40, 40), 5, np.uint8)
+    with pytest.raises(SchemaError, match="pred.tif"):
+        load_pair(write_tif(tmp_path / "pred.tif", bad), write_tif(tmp_path / "truth.tif", INST), "fields3")
+
+
+def test_job_on_real_scene(tmp_path):
+    out = tmp_path / "metrics.json"
+    argv = ["--pred", f"{SCENE}.labels.tif", "--truth", f"{SCENE}.fields.gpkg", "--out", str(out)]
+    assert _job().main(argv) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["instance"]["field"]["mean_iou"] > 0.9
+    cli = [sys.executable, "jobs/evaluate.py", *argv[:4]]
+    run = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, check=True)
+    lines = run.stdout.splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["instance"] == metrics["instance"]
+
+
+def test_job_reports_user_errors(tmp_path, capsys):
+    assert _job().main(["--pred", str(tmp_path / "nope.tif"), "--truth", f"{SCENE}.fields.gpkg"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

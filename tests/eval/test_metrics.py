@@ -1,0 +1,121 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from magseg_ray.errors import SchemaError
+from magseg_ray.eval.metrics import evaluate_masks, instance_metrics, pixel_metrics
+
+
+def test_pixel_metrics_by_hand():
+    truth = np.array([[1, 1, 0, 0], [1, 1, 0, 0]], np.uint8)
+    pred = np.array([[1, 1, 1, 1], [1, 0, 0, 0]], np.uint8)
+    m = pixel_metrics(pred, truth, "ai4sf")
+    # field: tp 3, fp 2, fn 1, tn 2; background: tp 2, fp 1, fn 2, tn 3
+    keys = ("iou", "dice", "accuracy", "precision", "recall", "specificity")
+    field = dict(zip(keys, (3 / 6, 6 / 9, 5 / 8, 3 / 5, 3 / 4, 2 / 4)))
+    background = dict(zip(keys, (2 / 5, 4 / 7, 5 / 8, 2 / 3, 2 / 4, 3 / 4)))
+    for key in field:
+        assert m["field"][key] == pytest.approx(field[key])
+        assert m["background"][key] == pytest.approx(background[key])
+        assert m["mean"][key] == pytest.approx((field[key] + background[key]) / 2)
+
+
+def test_absent_class_is_nan_and_left_out_of_mean():
+    truth = np.array([[0, 1], [1, 1]], np.uint8)
+    pred = np.array([[0, 0], [1, 1]], np.uint8)
+    m = pixel_metrics(pred, truth, "fields3")
+    for key in ("iou", "dice", "precision", "recall", "boundary_f"):
+        assert math.isnan(m["boundary"][key])
+    assert m["boundary"]["accuracy"] == 1.0
+    assert m["field"]["iou"] == pytest.approx(2 / 3)
+    assert m["background"]["iou"] == pytest.approx(1 / 2)
+    assert m["mean"]["iou"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+def test_class_in_truth_only_scores_zero():
+    truth = np.array([[0, 1]], np.uint8)
+    pred = np.array([[0, 0]], np.uint8)
+    field = pixel_metrics(pred, truth, "ai4sf")["field"]
+    assert (field["iou"], field["precision"], field["recall"], field["boundary_f"]) == (0.0, 0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "tolerance, field, background",
+    [(2, (1.0, 0.5, 2 / 3), (1.0, 1.0, 1.0)), (1, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0))],
+)
+def test_boundary_f_with_tolerance(tolerance, field, background):
+    # field boundary pixels: truth at columns 2 and 8, pred at 4; background: truth 3 and 7, pred 5
+    truth = np.array([[1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1]], np.uint8)
+    pred = np.array([[1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]], np.uint8)
+    m = pixel_metrics(pred, truth, "ai4sf", boundary_tolerance=tolerance)
+    for name, expected in (("field", field), ("background", background)):
+        got = tuple(m[name][k] for k in ("boundary_precision", "boundary_recall", "boundary_f"))
+        assert got == pytest.approx(expected)
+
+
+def test_pixel_metrics_rejects_values_outside_schema():
+    with pytest.raises(SchemaError):
+        pixel_metrics(np.array([[2]], np.uint8), np.array([[0]], np.uint8), "ai4sf")
+
+
+def test_over_segmented_field_is_merged():
+    truth = np.zeros((4, 6), np.int32)
+    truth[:2, :4] = 7
+    pred = np.zeros_like(truth)
+    pred[:2, :2], pred[:2, 2:4] = 1, 2
+    m = instance_metrics(pred, truth)
+    assert (m["mean_iou"], m["false_negative_rate"], m["false_positive_rate"]) == (1.0, 0.0, 0.0)
+    assert (m["n_truth"], m["n_pred"]) == (1, 2)
+
+
+def test_partial_match_by_hand():
+    truth = np.zeros((3, 4), np.int32)
+    truth[:2, :3] = 1_000_000  # area 6; ids need not be small
+    pred = np.zeros_like(truth)
+    pred[:2, 1:3] = 5  # 4 px inside the truth ...
+    pred[2, 2] = 5  # ... and 1 outside: a majority of its 5 px
+    m = instance_metrics(pred, truth)
+    assert m["mean_iou"] == pytest.approx(4 / 7)
+    assert (m["false_negative_rate"], m["false_positive_rate"]) == (0.0, 0.0)
+
+
+def test_straddling_prediction_without_majority_is_fp_and_fn():
+    truth = np.zeros((3, 4), np.int32)
+    truth[:2, :2], truth[:2, 2:] = 1, 2
+    pred = np.zeros_like(truth)
+    pred[1:, 1:3] = 1  # 1 px in each truth and 2 px of background: no majority
+    m = instance_metrics(pred, truth)
+    assert m["mean_iou"] == m["median_iou"] == 0.0
+    assert (m["false_negative_rate"], m["false_positive_rate"]) == (1.0, 1.0)
+
+
+def test_empty_truth():
+    empty = np.zeros((3, 3), np.int32)
+    pred = empty.copy()
+    pred[0, 0] = 1
+    m = instance_metrics(pred, empty)
+    assert math.isnan(m["mean_iou"]) and math.isnan(m["median_iou"]) and math.isnan(m["false_negative_rate"])
+    assert (m["false_positive_rate"], m["n_truth"], m["n_pred"]) == (1.0, 0, 1)
+    assert math.isnan(instance_metrics(empty, empty)["false_positive_rate"])
+
+
+def test_evaluate_masks_is_json_safe_with_nulls():
+    empty = np.zeros((4, 4), np.uint8)
+    m = evaluate_masks(empty, empty, "fields3")
+    assert json.loads(json.dumps(m, allow_nan=False)) == m
+    assert m["pixel"]["field"]["iou"] is None
+    assert m["instance"]["field"]["mean_iou"] is None
+    assert m["pixel"]["mean"]["iou"] == 1.0  # background only
+
+
+def test_evaluate_masks_alu_scores_each_class_as_instances():
+    truth = np.array([[1, 1, 0, 2], [0, 0, 0, 2], [4, 0, 0, 0]], np.uint8)
+    pred = np.array([[1, 1, 0, 2], [0, 0, 0, 0], [0, 0, 0, 0]], np.uint8)
+    m = evaluate_masks(pred, truth, "alu")["instance"]
+    assert set(m) == {"field", "tree", "cloud", "pond", "well"}
+    assert m["field"]["mean_iou"] == 1.0
+    assert m["tree"]["mean_iou"] == pytest.approx(1 / 2)
+    assert m["pond"]["false_negative_rate"] == 1.0
+    assert m["cloud"]["n_truth"] == 0 and m["cloud"]["mean_iou"] is None

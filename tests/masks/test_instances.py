@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from magseg_ray.errors import SchemaError
+from magseg_ray.masks.instances import instances_from_classes
+from magseg_ray.masks.schemas import classes_from_instances
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """True if ``a`` and ``b`` have the same zeros and their ids correspond one to one."""
+    if not np.array_equal(a == 0, b == 0):
+        return False
+    pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
+    return pairs.shape[1] == np.unique(a[a > 0]).size == np.unique(b[b > 0]).size
+
+
+def _cuts(draw, total: int, min_size: int) -> list[int]:
+    """Sorted cut positions splitting 0..total into pieces of at least ``min_size``."""
+    cuts = [0]
+    while total - cuts[-1] >= 2 * min_size and draw(st.booleans()):
+        cuts.append(draw(st.integers(cuts[-1] + min_size, total - min_size)))
+    return cuts + [total]
+
+
+@st.composite
+def rectangle_fields(draw) -> np.ndarray:
+    """Touching rectangular fields (at least 3 px a side): rows of strips, some left as background."""
+    h, w = draw(st.integers(3, 30)), draw(st.integers(3, 30))
+    inst = np.zeros((h, w), np.int32)
+    rows = _cuts(draw, h, 3)
+    for r0, r1 in zip(rows, rows[1:]):
+        cols = _cuts(draw, w, 3)
+        for c0, c1 in zip(cols, cols[1:]):
+            if draw(st.booleans()):
+                inst[r0:r1, c0:c1] = inst.max() + 1
+    return inst
+
+
+def test_touching_fields_round_trip():
+    inst = np.zeros((12, 14), np.int32)
+    inst[:6, :5], inst[:6, 5:14], inst[6:, :9], inst[6:10, 9:12] = 1, 2, 3, 4
+    recovered = instances_from_classes(classes_from_instances(inst, "fields3"), "fields3")
+    assert recovered.dtype == np.int32
+    assert same_partition(recovered, inst)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rectangle_fields())
+def test_round_trip_recovers_partition(inst):
+    assert same_partition(instances_from_classes(classes_from_instances(inst, "fields3"), "fields3"), inst)
+
+
+def test_interior_components_are_4_connected():
+    mask = np.array([[1, 0], [0, 1]], np.uint8)
+    assert set(np.unique(instances_from_classes(mask, "fields3"))) == {0, 1, 2}
+
+
+def test_boundary_far_from_interior_forms_own_components():
+    mask = np.zeros((9, 9), np.uint8)
+    mask[:3, :3] = 1
+    mask[:3, 3] = 2  # next to the interior: joins it
+    mask[8, 2:7] = 2  # a lone boundary line: a field of its own
+    out = instances_from_classes(mask, "fields3")
+    assert out[0, 3] == out[0, 0] == 1
+    assert set(np.unique(out[8, 2:7])) == {2}
+    assert out.max() == 2
+
+
+def test_schema_without_boundary_class():
+    mask = np.array([[1, 1, 0, 1], [0, 0, 0, 1]], np.uint8)
+    np.testing.assert_array_equal(instances_from_classes(mask, "ai4sf"), [[1, 1, 0, 2], [0, 0, 0, 2]])
+    alu = np.array([[1, 2, 1]], np.uint8)  # only the field class makes fields
+    np.testing.assert_array_equal(instances_from_classes(alu, "alu"), [[1, 0, 2]])
+
+
+def test_values_outside_schema_raise():
+    with pytest.raises(SchemaError):
+        instances_from_classes(np.array([[3]], np.uint8), "fields3")

@@ -1,0 +1,44 @@
+import subprocess
+import sys
+
+import psutil
+
+from magseg_ray.cluster import LOOPBACK, LocalRayCluster
+
+
+def listening_addresses(pids):
+    """Addresses the processes listen on, IPv4-mapped IPv6 (``::ffff:127.0.0.1``) written as IPv4."""
+    pids = set(pids)
+    return {
+        c.laddr.ip.removeprefix("::ffff:")
+        for c in psutil.net_connections("inet")
+        if c.status == "LISTEN" and c.pid in pids
+    }
+
+
+def test_fixture_cluster_runs_tasks_on_loopback_only(ray_cluster):
+    import ray
+
+    assert ray.get([ray.remote(lambda x: x * x).remote(i) for i in range(4)]) == [0, 1, 4, 9]
+    assert f"node:{LOOPBACK}" in ray.cluster_resources()
+    assert listening_addresses(ray_cluster.pids()) == {LOOPBACK}
+
+
+def test_local_cluster_stops_everything_it_started():
+    cluster = LocalRayCluster(num_cpus=1).start()
+    pids = cluster.pids()
+    assert len(pids) > 3 and listening_addresses(pids) == {LOOPBACK}
+    cluster.stop()
+    alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+
+
+def test_joining_a_cluster_that_is_not_there_fails_fast():
+    # In a fresh process: this one is already connected to the fixture's cluster.
+    code = (
+        "from magseg_ray.cluster import RaySettings, ray_session\n"
+        "with ray_session(RaySettings(address='127.0.0.1:1')): pass"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "ClusterError: cannot join the Ray cluster at '127.0.0.1:1'" in result.stderr

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from magseg_ray.errors import ChipError, SchemaError
+from magseg_ray.masks.schemas import classes_from_instances
+from magseg_ray.prompt import PromptConfig, build_patch_prompt, local_crop, patch_boxes
+from magseg_ray.rle.codec import decode
+
+RNG = np.random.default_rng(0)
+CHIP = RNG.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+
+
+def test_patches_of_a_chip_share_the_prefix_and_end_with_their_box():
+    boxes = patch_boxes(96, 128)
+    assert len(boxes) == 12 and boxes[1] == (32, 0, 64, 32)
+    prompts = [build_patch_prompt(CHIP, b) for b in boxes]
+    prefix = prompts[0].prefix
+    assert all(p.text.startswith(prefix) for p in prompts)
+    assert len({p.text for p in prompts}) == len(boxes)
+    # the shared part holds the chip image and the instruction; the per-patch part the crop and box
+    assert prefix.count("<start_of_image>") == 1 and "128x96" in prefix
+    tail = prompts[5].text[len(prefix):]
+    assert tail.startswith("<start_of_image>x 32-64 y 32-64<end_of_turn>")
+    assert prompts[5].images[0] is CHIP and prompts[5].images[1].shape == (64, 64, 3)
+
+
+def test_global_image_only():
+    p = build_patch_prompt(CHIP, (0, 0, 32, 32), PromptConfig(local_crop=False))
+    assert len(p.images) == 1 and p.text.count("<start_of_image>") == 1
+
+
+def test_local_crop_is_centred_and_zero_padded():
+    crop = local_crop(CHIP, (0, 0, 32, 32), 64)
+    assert (crop[:16] == 0).all() and (crop[:, :16] == 0).all()
+    assert np.array_equal(crop[16:48, 16:48], CHIP[0:32, 0:32])
+    assert np.array_equal(local_crop(CHIP, (32, 32, 64, 64), 64), CHIP[16:80, 16:80])
+
+
+def test_target_is_the_patch_mask_text():
+    inst = np.zeros((96, 128), np.uint16)
+    inst[:, :40], inst[:, 40:] = 1, 2  # two fields touching at x = 40
+    labels = classes_from_instances(inst, "fields3")
+    p = build_patch_prompt(CHIP, (32, 0, 64, 32), labels=labels)
+    mask, report = decode(p.target, 32, 32, "fields3", strict=True)
+    assert report.ok and np.array_equal(mask, labels[0:32, 32:64])
+    assert p.target == "*f7e2f"  # boundary derived at chip level, 2 px across the shared edge
+
+
+def test_patch_size_and_schema_are_parameters():
+    cfg = PromptConfig(schema="alu", patch_size=16, crop_scale=3)
+    labels = RNG.integers(0, 6, (96, 128)).astype(np.uint8)
+    p = build_patch_prompt(CHIP, (16, 16, 32, 32), cfg, labels=labels)
+    assert p.images[1].shape == (48, 48, 3) and "w well" in p.prefix and "16x16 patch" in p.prefix
+    assert np.array_equal(decode(p.target, 16, 16, "alu", strict=True)[0], labels[16:32, 16:32])
+
+
+@pytest.mark.parametrize(
+    "chip, box, match",
+    [
+        (CHIP.astype(np.uint16), (0, 0, 32, 32), "must be uint8"),
+        (CHIP[..., :2], (0, 0, 32, 32), "HxWx3"),
+        (CHIP[..., 0], (0, 0, 32, 32), "HxWx3"),
+        (CHIP, (112, 0, 144, 32), "outside the 128x96 chip"),
+        (CHIP, (-1, 0, 31, 32), "outside"),
+        (CHIP, (0, 0, 16, 16), "is not 32x32"),
+    ],
+)
+def test_bad_chips_and_boxes(chip, box, match):
+    with pytest.raises(ChipError, match=match):
+        build_patch_prompt(chip, box)
+
+
+def test_bad_labels_and_config():
+    with pytest.raises(SchemaError, match="do not fit schema"):
+        build_patch_prompt(CHIP, (0, 0, 32, 32), labels=np.full((96, 128), 7, np.uint8))
+    with pytest.raises(ChipError, match="labels have shape"):
+        build_patch_prompt(CHIP, (0, 0, 32, 32), labels=np.zeros((32, 32), np.uint8))
+    with pytest.raises(ChipError, match="not a whole number"):
+        patch_boxes(100, 128)
+    with pytest.raises(SchemaError, match="unknown label schema"):
+        PromptConfig(schema="nope")
