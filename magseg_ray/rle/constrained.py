@@ -1,0 +1,188 @@
+"""Constrained decoding: the model can only write R-RLE text that decodes strictly.
+
+:class:`MaskGrammar` is a character-level automaton for canonical R-RLE text of an ``h x w`` mask
+(see :mod:`magseg_ray.rle.codec`): codes from the schema, no two adjacent runs of one class, run
+lengths that leave room for the final run, row counts ``2 <= N < rows left`` (the last group uses
+the bare ``*``), and an end exactly after the last row. :class:`RLELogitsProcessor` lifts it to
+tokens for ``model.generate``: at each step only tokens whose text keeps the answer a valid prefix
+survive, and an end-of-answer token is allowed only once the mask is complete.
+
+It is budget-aware: given ``max_new_tokens``, a token is allowed only if the answer can still be
+completed within the budget afterwards (every tokenizer this project uses has single-character
+tokens for digits, codes, ``*`` and newline), so an answer is never cut off mid-mask. The one
+thing the grammar does not force is merging identical consecutive rows into one ``N*`` line; such
+text still decodes strictly.
+
+Works with any Hugging Face tokenizer: candidate tokens are those whose vocabulary string consists
+only of characters of the mask alphabet; everything else (words, spaces, specials) is masked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from magseg_ray.masks.schemas import Schema, get_schema
+
+_DIGITS = "0123456789"
+
+
+@dataclass(frozen=True)
+class State:
+    """Where an answer is in the grammar."""
+
+    rows_done: int = 0
+    """Rows completed by finished lines."""
+    phase: str = "start"
+    """``start`` (line start), ``count`` (typing N of ``N*``), ``code`` (a run code is due),
+    ``len`` (after a code: its length digits, next code, newline or end), ``done``."""
+    count: int = 1
+    """Rows the current line stands for."""
+    col: int = 0
+    """Pixels of the current row covered by runs with a length."""
+    code: str = ""
+    """The current (last written) run code."""
+    digits: str = ""
+    """Digits typed for the current count or run length."""
+
+
+def _prefix_feasible(digits: str, lo: int, hi: int) -> bool:
+    """Whether some integer in ``[lo, hi]`` has decimal form starting with ``digits``."""
+    if not digits or digits[0] == "0" or hi < lo:
+        return False
+    v, span = int(digits), 1
+    while v <= hi:
+        if v + span - 1 >= lo:
+            return True
+        v, span = v * 10, span * 10
+    return False
+
+
+class MaskGrammar:
+    """Valid prefixes of canonical R-RLE text for an ``h x w`` mask of ``schema``."""
+
+    def __init__(self, h: int, w: int, schema: str | Schema):
+        self.h, self.w = h, w
+        self.codes = get_schema(schema).codes
+        self.step = lru_cache(maxsize=None)(self._step)
+
+    def _step(self, s: State, ch: str) -> State | None:
+        """The state after one character, or None if the character is not allowed."""
+        h, w = self.h, self.w
+        rem = h - s.rows_done
+        if s.phase == "start":
+            if ch in _DIGITS and _prefix_feasible(ch, 2, rem - 1):
+                return State(s.rows_done, "count", digits=ch)
+            if ch == "*" and rem >= 2:
+                return State(s.rows_done, "code", count=rem)
+            if ch in self.codes:
+                return State(s.rows_done, "len", count=1, code=ch)
+        elif s.phase == "count":
+            if ch in _DIGITS and _prefix_feasible(s.digits + ch, 2, rem - 1):
+                return State(s.rows_done, "count", digits=s.digits + ch)
+            if ch == "*" and 2 <= int(s.digits) <= rem - 1:
+                return State(s.rows_done, "code", count=int(s.digits))
+        elif s.phase == "code":
+            if ch in self.codes and ch != s.code:
+                return State(s.rows_done, "len", s.count, s.col, ch)
+        elif s.phase == "len":
+            room = w - s.col - 1  # a length must leave room for the final run
+            if ch in _DIGITS and _prefix_feasible(s.digits + ch, 1, room):
+                return State(s.rows_done, "len", s.count, s.col, s.code, s.digits + ch)
+            if ch in self.codes and s.digits and ch != s.code:
+                return State(s.rows_done, "len", s.count, s.col + int(s.digits), ch)
+            if ch == "\n" and not s.digits and s.rows_done + s.count < h:
+                return State(s.rows_done + s.count)
+        return None
+
+    def complete(self, s: State) -> bool:
+        """Whether the text so far is a whole mask (the answer may end here)."""
+        return s.phase == "len" and not s.digits and s.rows_done + s.count == self.h
+
+    def tokens_to_finish(self, s: State) -> int:
+        """An upper bound on the single-character tokens needed to complete the mask from ``s``."""
+        rem = self.h - s.rows_done
+
+        def line_end(rows_after: int) -> int:  # newline, then "*" + code or a one-row line
+            return 0 if rows_after <= 0 else 1 + min(rows_after, 2)
+
+        if s.phase == "start":
+            return min(rem, 2)
+        if s.phase == "count":  # at worst one more digit, "*", a code, then the line end
+            return 6
+        after = rem - s.count
+        if s.phase == "code":
+            return 1 + line_end(after)
+        return (1 if s.digits else 0) + line_end(after)
+
+
+class RLELogitsProcessor:
+    """A ``LogitsProcessor`` that keeps every generated answer a valid R-RLE mask text.
+
+    ``prompt_len`` is the (padded) prompt length, so the answer of row ``i`` is
+    ``input_ids[i, prompt_len:]``. ``max_new_tokens`` enables the budget rule (see module doc).
+    """
+
+    def __init__(self, tokenizer, h: int, w: int, schema: str | Schema, prompt_len: int,
+                 eos_token_ids: list[int], max_new_tokens: int | None = None):
+        self.grammar = MaskGrammar(h, w, schema)
+        self.prompt_len = prompt_len
+        self.max_new_tokens = max_new_tokens
+        self.eos_set = set(eos_token_ids)
+        self.eos = torch.tensor(sorted(self.eos_set))
+        alphabet = set(_DIGITS + self.grammar.codes + "*\n")
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        self.candidates = [(i, p) for i, p in enumerate(pieces) if p and set(p) <= alphabet]
+        self._states: dict[int, tuple[int, State]] = {}
+        self._allowed = lru_cache(maxsize=None)(self._allowed_ids)
+
+    def advance(self, s: State, text: str) -> State | None:
+        for ch in text:
+            s = self.grammar.step(s, ch)
+            if s is None:
+                return None
+        return s
+
+    def _allowed_ids(self, s: State, budget: int | None) -> torch.Tensor:
+        """Token ids allowed in state ``s`` with ``budget`` tokens left (None: no limit)."""
+        if s.phase == "done" or self.grammar.complete(s):
+            return self.eos
+        ids = []
+        for i, piece in self.candidates:
+            nxt = self.advance(s, piece)
+            # the token, the rest of the mask, and the end token must fit the budget
+            if nxt is not None and (budget is None or 2 + self.grammar.tokens_to_finish(nxt) <= budget):
+                ids.append(i)
+        if not ids and budget is not None:  # budget too small from the start: ignore it
+            return self._allowed(s, None)
+        return torch.tensor(ids, dtype=torch.long)
+
+    def allowed(self, s: State, budget: int | None) -> torch.Tensor:
+        # tokens_to_finish is at most 6, so a budget of 8 or more constrains nothing: share the cache
+        return self._allowed(s, None if budget is None or budget >= 8 else budget)
+
+    def state_of(self, row: int, answer: list[int], pieces: dict[int, str]) -> State:
+        """State of one row's answer, advanced incrementally from the previous call."""
+        n, s = self._states.get(row, (0, State()))
+        if n > len(answer):
+            n, s = 0, State()
+        for tok in answer[n:]:
+            if s.phase == "done" or tok in self.eos_set:
+                s = State(phase="done")
+            else:
+                s = self.advance(s, pieces[int(tok)]) or State(phase="done")
+        self._states[row] = (len(answer), s)
+        return s
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        pieces = dict(self.candidates)
+        n_new = input_ids.shape[1] - self.prompt_len
+        budget = None if self.max_new_tokens is None else self.max_new_tokens - n_new
+        out = torch.full_like(scores, float("-inf"))
+        for row in range(input_ids.shape[0]):
+            s = self.state_of(row, input_ids[row, self.prompt_len:].tolist(), pieces)
+            allowed = self.allowed(s, budget)
+            out[row, allowed] = scores[row, allowed]
+        return out

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import LogitsProcessorList
+
+from magseg_ray.masks.schemas import SCHEMAS
+from magseg_ray.prompt import PromptConfig, build_patch_prompt
+from magseg_ray.rle.codec import decode, encode
+from magseg_ray.rle.constrained import MaskGrammar, State
+
+
+def accepts(grammar: MaskGrammar, text: str) -> bool:
+    s = State()
+    for ch in text:
+        s = grammar.step(s, ch)
+        if s is None:
+            return False
+    return grammar.complete(s)
+
+
+@st.composite
+def masks(draw):
+    schema = SCHEMAS[draw(st.sampled_from(sorted(SCHEMAS)))]
+    h, w = draw(st.integers(1, 33)), draw(st.integers(1, 33))
+    n = len(schema.classes)
+    # blocky masks (repeated rows, long runs) and noise
+    rows = draw(st.lists(st.lists(st.integers(0, n - 1), min_size=w, max_size=w), min_size=1, max_size=4))
+    reps = draw(st.lists(st.integers(1, 12), min_size=len(rows), max_size=len(rows)))
+    mask = np.repeat(np.array(rows, np.uint8), reps, axis=0)[:h]
+    if mask.shape[0] < h:
+        mask = np.vstack([mask, np.repeat(mask[-1:], h - mask.shape[0], axis=0)])
+    return schema, mask
+
+
+@settings(max_examples=300, deadline=None)
+@given(masks())
+def test_grammar_accepts_every_canonical_text(case):
+    schema, mask = case
+    assert accepts(MaskGrammar(*mask.shape, schema), encode(mask, schema))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "f2f",  # two adjacent runs of one class
+        "f4",  # a length that leaves no room for the final run
+        "4*f",  # explicit count covering all rows left (canonical is "*f")
+        "1*f\n*f",  # count 1
+        "f\n",  # trailing newline
+        "f\nf\nf\nf\nf",  # more rows than the patch
+        "x",  # not a code of the schema
+        "f01b",  # leading zero
+        "*f\n*b",  # a line after the bare star
+        "2*f",  # ends before the last row
+    ],
+)
+def test_grammar_rejects(text):
+    assert not accepts(MaskGrammar(4, 4, "fields3"), text)
+
+
+def test_grammar_accepts_noncanonical_row_split():
+    # identical rows written separately decode fine; the grammar does not force merging them
+    assert accepts(MaskGrammar(4, 4, "fields3"), "f\nf\nf\nf")
+    assert accepts(MaskGrammar(4, 4, "fields3"), "f1e2b\n*b")
+
+
+def sample(tiny, patch, n, max_new_tokens, temperature=1.5):
+    from magseg_ray.rle.constrained import RLELogitsProcessor
+
+    model, processor = tiny
+    chip = np.random.default_rng(patch).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    cfg = PromptConfig(patch_size=patch)
+    prompts = [build_patch_prompt(chip, (0, 0, patch, patch), cfg) for _ in range(n)]
+    enc = processor(text=[p.text for p in prompts], images=[p.images for p in prompts],
+                    return_tensors="pt", add_special_tokens=False, padding=True)
+    prompt_len = enc["input_ids"].shape[1]
+    proc = RLELogitsProcessor(processor.tokenizer, patch, patch, "fields3", prompt_len,
+                              model.generation_config.eos_token_id, max_new_tokens)
+    out = model.generate(**enc, do_sample=True, temperature=temperature, max_new_tokens=max_new_tokens,
+                         logits_processor=LogitsProcessorList([proc]))
+    return [processor.tokenizer.decode(row, skip_special_tokens=True) for row in out[:, prompt_len:]], out[:, prompt_len:]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    from magseg_ray.model.checkpoint import load_model
+
+    return load_model(tiny_dir)
+
+
+@pytest.mark.parametrize("patch, budget", [(8, 200), (32, 400), (32, 12)])
+def test_random_weights_model_only_writes_valid_masks(tiny, patch, budget):
+    texts, tokens = sample(tiny, patch, 8, budget)
+    eos = set(tiny[0].generation_config.eos_token_id)
+    for text, row in zip(texts, tokens):
+        mask, report = decode(text, patch, patch, "fields3", strict=True)
+        assert report.ok and mask.shape == (patch, patch)
+        assert any(int(t) in eos for t in row)  # the answer ended, within the budget

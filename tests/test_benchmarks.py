@@ -1,0 +1,18 @@
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_codec_benchmark_on_the_repo_sample(capsys):
+    result = load("codec").main(["--labels", str(ROOT / "tests" / "data" / "naip")])
+    assert result["patches"] > 500 and result["roundtrip_exact_rate"] == 1.0
+    assert result["rrle_tokens_mean"] < result["text4seg_tokens_mean"] and result["token_ratio"] > 1
+    assert capsys.readouterr().out.count("\n") == 1  # one JSON line
