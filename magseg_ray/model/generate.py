@@ -1,0 +1,103 @@
+"""Patch prompts -> constrained generation -> R-RLE text -> patch masks, and a chip's mask.
+
+The model answers each patch prompt under :class:`~magseg_ray.rle.constrained.RLELogitsProcessor`,
+so every answer decodes strictly; the decoder still runs in non-strict mode and its report is
+kept, so a model or tokenizer that slips past the grammar is visible rather than fatal. Each answer
+also gets a confidence: the geometric mean of its tokens' probabilities under the constrained
+distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import LogitsProcessorList
+
+from magseg_ray.prompt import PatchPrompt, PromptConfig, build_patch_prompt, check_chip, patch_boxes
+from magseg_ray.rle.codec import DecodeReport, decode
+from magseg_ray.rle.constrained import RLELogitsProcessor
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How answers are generated."""
+
+    batch_size: int = 16
+    """Patch prompts per ``generate`` call."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 decodes greedily."""
+    max_new_tokens: int | None = None
+    """Answer token budget; None allows the longest mask text of a patch (``2 p^2 + 2`` tokens).
+    With a smaller budget the grammar still closes every answer as a whole mask."""
+
+
+@dataclass
+class PatchAnswer:
+    """The model's answer for one patch."""
+
+    box: tuple[int, int, int, int]
+    """Patch box in chip pixels (x0, y0, x1, y1)."""
+    text: str
+    """R-RLE answer text."""
+    mask: np.ndarray
+    """Decoded ``p x p`` class mask."""
+    report: DecodeReport
+    """Repairs the decoder made (all zero under constrained decoding)."""
+    confidence: float
+    """exp(mean token log-probability) of the answer, in (0, 1]."""
+
+
+def _inputs(processor, prompts: list[PatchPrompt], device) -> dict:
+    enc = processor(text=[p.text for p in prompts], images=[p.images for p in prompts],
+                    return_tensors="pt", add_special_tokens=False, padding=True)
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+@torch.no_grad()
+def answer_patches(model, processor, prompts: list[PatchPrompt], config: PromptConfig = PromptConfig(),
+                   settings: GenerationSettings = GenerationSettings()) -> list[PatchAnswer]:
+    """Generate, decode and score the answers for ``prompts`` (all with ``config``'s patch size)."""
+    p = config.patch_size
+    budget = settings.max_new_tokens or 2 * p * p + 2
+    eos = model.generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos)
+    tokenizer = processor.tokenizer
+    device = next(model.parameters()).device
+    answers: list[PatchAnswer] = []
+    for start in range(0, len(prompts), settings.batch_size):
+        batch = prompts[start : start + settings.batch_size]
+        inputs = _inputs(processor, batch, device)
+        prompt_len = inputs["input_ids"].shape[1]
+        grammar = RLELogitsProcessor(tokenizer, p, p, config.schema, prompt_len, eos, budget)
+        sampling = {"do_sample": True, "temperature": settings.temperature} if settings.temperature > 0 else {"do_sample": False}
+        out = model.generate(**inputs, **sampling, max_new_tokens=budget, logits_processor=LogitsProcessorList([grammar]),
+                             output_scores=True, return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+        logprobs = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+        new = out.sequences[:, prompt_len:]
+        for prompt, tokens, lp in zip(batch, new, logprobs):
+            ended = torch.isin(tokens, torch.tensor(eos, device=tokens.device))
+            n = int(ended.int().argmax()) + 1 if ended.any() else len(tokens)  # answer incl. its end token
+            text = tokenizer.decode(tokens[:n], skip_special_tokens=True)
+            mask, report = decode(text, p, p, config.schema)
+            confidence = float(torch.exp(lp[:n].float().mean()))
+            answers.append(PatchAnswer(prompt.box, text, mask, report, confidence))
+    return answers
+
+
+def segment_chip(model, processor, chip: np.ndarray, config: PromptConfig = PromptConfig(),
+                 settings: GenerationSettings = GenerationSettings()) -> tuple[np.ndarray, np.ndarray, list[PatchAnswer]]:
+    """Class mask of a whole chip (``H x W`` uint8), per-patch confidence grid, and the answers."""
+    chip = check_chip(chip)
+    h, w = chip.shape[:2]
+    boxes = patch_boxes(h, w, config.patch_size)
+    answers = answer_patches(model, processor, [build_patch_prompt(chip, b, config) for b in boxes], config, settings)
+    mask = np.zeros((h, w), np.uint8)
+    p = config.patch_size
+    confidence = np.zeros((h // p, w // p), np.float32)
+    for a in answers:
+        x0, y0, x1, y1 = a.box
+        mask[y0:y1, x0:x1] = a.mask
+        confidence[y0 // p, x0 // p] = a.confidence
+    return mask, confidence, answers
