@@ -36,3 +36,7 @@ class RasterInputError(MagsegError):
 
 class ClusterError(MagsegError):
     """A Ray cluster cannot be started or joined at the given address."""
+
+
+class SceneError(MagsegError):
+    """A scene or scene root is missing, unreadable, corrupt, or of an unsupported kind (dtype, no CRS)."""

@@ -1,0 +1,180 @@
+"""Ray Data pipelines from catalogued scenes to patch tasks.
+
+1. **Mapping input** (:func:`mapping_chips`): catalog + AOI -> chip windows -> chips read by range
+   requests -> the patch tasks of each chip. A record is one chip: its pixels, validity, grid and
+   ``patches`` (the boxes of the patches with at least one valid pixel), because the model answers
+   a chip's patches together, sharing the chip's prompt prefix.
+2. **Training input** (:func:`training_chips`, :func:`patch_records`): scenes + labels -> chips
+   with their class masks -> patch instruction records (images, prompt, target text, schema).
+   Chip records are what is stored (Parquet shards via :func:`write_shards`, one chip image per
+   row rather than one per patch); :func:`patch_records` expands a chip into its patch records
+   when streaming into training. The train/validation split is by scene, from a hash of the scene
+   id (:func:`split_of`), so it is the same on every run and machine.
+
+A scene that cannot be read does not stop a run: its chips come out with ``error`` set (and no
+pixels), and :func:`failures` collects them into a table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+from PIL import Image
+from rasterio.windows import Window
+
+from magseg_ray.chips.read import Chip, ReadConfig, open_scene, read_chip
+from magseg_ray.chips.windows import ChipConfig, ChipTask, chip_windows
+from magseg_ray.errors import ConfigError, MagsegError
+from magseg_ray.masks.schemas import BOUNDARY_WIDTH, classes_from_instances, get_schema
+from magseg_ray.prompt import PromptConfig, build_patch_prompt, patch_boxes
+
+
+def split_of(scene_id: str, val_fraction: float, seed: int = 0) -> str:
+    """``"val"`` for a deterministic ``val_fraction`` of scene ids, else ``"train"``."""
+    digest = hashlib.sha256(f"{seed}:{scene_id}".encode()).digest()
+    return "val" if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else "train"
+
+
+def _png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _unpng(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def _task(row: dict) -> ChipTask:
+    """The chip task fields of a Ray record (Ray turns tuples into arrays)."""
+    fields = {k: row[k] for k in ChipTask.__dataclass_fields__}
+    return ChipTask(**{**fields, "transform": tuple(float(v) for v in fields["transform"])})
+
+
+@dataclass
+class _MappingReader:
+    """Ray Data ``map`` function: chip task -> chip record with its patch tasks."""
+
+    patch_size: int
+    read: ReadConfig
+    store: object | None
+    aoi_wkb: bytes | None
+
+    def __call__(self, row: dict) -> dict:
+        task = _task(row)
+        out = {**row, "error": None, "image": None, "valid": None, "patches": None}
+        try:
+            aoi_local = None
+            if self.aoi_wkb is not None:
+                aoi_local = gpd.GeoSeries.from_wkb([self.aoi_wkb], crs="EPSG:4326").to_crs(task.crs).iloc[0]
+            chip = read_chip(task, self.read, aoi_local, self.store)
+        except MagsegError as e:
+            out["error"] = str(e)
+            return out
+        p = self.patch_size
+        boxes = [b for b in patch_boxes(task.size, task.size, p) if chip.valid[b[1]:b[3], b[0]:b[2]].any()]
+        out.update(image=chip.image, valid=chip.valid, patches=np.array(boxes, np.int32).reshape(-1, 4))
+        return out
+
+
+def mapping_chips(scenes: gpd.GeoDataFrame, aoi, chip: ChipConfig = ChipConfig(), patch_size: int = 32,
+                  read: ReadConfig = ReadConfig(), store=None, read_cpus: float = 0.5):
+    """Pipeline 1 as a Ray Dataset of chip records (see module doc); lazy until consumed."""
+    import ray
+
+    if chip.chip_size % patch_size:
+        raise ConfigError(f"chip_size {chip.chip_size} is not a multiple of the patch size {patch_size}")
+    tasks = chip_windows(scenes, aoi, chip)
+    reader = _MappingReader(patch_size, read, store, aoi.wkb)
+    return ray.data.from_items([t.as_dict() for t in tasks]).map(reader, num_cpus=read_cpus)
+
+
+@dataclass
+class _TrainingReader:
+    """Ray Data ``map`` function: labelled chip task -> chip record with class mask and split."""
+
+    prompt: PromptConfig
+    read: ReadConfig
+    store: object | None
+    val_fraction: float
+    seed: int
+
+    def __call__(self, row: dict) -> dict:
+        task = _task(row)
+        out = {"chip_id": task.chip_id, "scene_id": task.scene_id, "schema": self.prompt.schema,
+               "split": split_of(task.scene_id, self.val_fraction, self.seed), "error": None,
+               "chip_png": None, "classes": None}
+        try:
+            chip = read_chip(task, self.read, store=self.store)
+            classes = _read_classes(row["labels_uri"], task, self.prompt.schema, self.store)
+        except (MagsegError, rasterio.errors.RasterioError) as e:
+            out["error"] = str(e)
+            return out
+        out.update(chip_png=_png(chip.image), classes=np.where(chip.valid, classes, 255).astype(np.uint8))
+        return out
+
+
+def _read_classes(labels_uri: str, task: ChipTask, schema: str, store) -> np.ndarray:
+    """Class mask of a chip from its scene's instance raster, derived with a margin so that field
+    boundaries on the chip's edge see the neighbouring field outside it."""
+    m = BOUNDARY_WIDTH
+    with open_scene(labels_uri, store) as src:
+        window = Window(task.col_off - m, task.row_off - m, task.size + 2 * m, task.size + 2 * m)
+        inst = src.read(1, window=window, boundless=True, fill_value=0)
+    return classes_from_instances(inst, schema)[m:-m, m:-m] if m else classes_from_instances(inst, schema)
+
+
+def training_chips(scenes: gpd.GeoDataFrame, aoi, chip: ChipConfig = ChipConfig(overlap=0),
+                   prompt: PromptConfig = PromptConfig(), read: ReadConfig = ReadConfig(), store=None,
+                   val_fraction: float = 0.2, seed: int = 0, read_cpus: float = 0.5):
+    """Pipeline 2 as a Ray Dataset of labelled chip records (see module doc); ``aoi`` None: all scenes."""
+    import ray
+
+    schema = get_schema(prompt.schema)
+    if schema.name == "alu":
+        raise ConfigError("schema 'alu' needs class rasters; scene labels are field instance rasters "
+                          "(use fields3 or ai4sf)")
+    labelled = scenes[scenes["labels_uri"].notna()]
+    if labelled.empty:
+        raise ConfigError(f"none of the {len(scenes)} catalogued scenes has a labels raster: the training split is empty")
+    tasks = chip_windows(labelled, aoi if aoi is not None else labelled.union_all(), chip)
+    labels_of = dict(zip(labelled["id"], labelled["labels_uri"]))
+    items = [{**t.as_dict(), "labels_uri": labels_of[t.scene_id]} for t in tasks]
+    return ray.data.from_items(items).map(_TrainingReader(prompt, read, store, val_fraction, seed), num_cpus=read_cpus)
+
+
+def patch_records(chip_record: dict, prompt: PromptConfig = PromptConfig()) -> list[dict]:
+    """A labelled chip record's patch instruction records (patches that lie wholly in the scene)."""
+    if chip_record.get("error"):
+        return []
+    image = _unpng(chip_record["chip_png"])
+    classes = np.asarray(chip_record["classes"]).reshape(image.shape[:2])
+    records = []
+    for box in patch_boxes(*classes.shape, prompt.patch_size):
+        x0, y0, x1, y1 = box
+        if (classes[y0:y1, x0:x1] == 255).any():
+            continue
+        p = build_patch_prompt(image, box, prompt, labels=np.where(classes == 255, 0, classes))
+        records.append({"chip_id": chip_record["chip_id"], "split": chip_record["split"], "schema": prompt.schema,
+                        "box": box, "images": p.images, "prompt": p.text, "target": p.target})
+    return records
+
+
+def write_shards(ds, out_uri: str, filesystem=None) -> None:
+    """Write chip records as Parquet shards under ``out_uri`` (local path or ``s3://`` with a filesystem)."""
+    ds.write_parquet(out_uri, filesystem=filesystem)
+
+
+def failures(records) -> list[dict]:
+    """The ``(chip_id, uri, error)`` of the chip records that failed."""
+    return [{"chip_id": r["chip_id"], "uri": r.get("uri"), "error": r["error"]} for r in records if r.get("error")]
+
+
+def chip_of(record: dict) -> Chip:
+    """A mapping record back as a :class:`Chip`."""
+    return Chip(_task(record), np.asarray(record["image"]), np.asarray(record["valid"]))

@@ -1,0 +1,207 @@
+"""The scene catalog: one row per scene, the index that jobs plan their work from.
+
+Format: a GeoParquet 1.1 file (geopandas ``to_parquet(write_covering_bbox=True)``). One columnar
+file reads in one request from S3, filters by column or bounding box (the ``bbox`` covering
+column lets readers skip row groups), and loads straight into geopandas, pyarrow, DuckDB or Ray
+Data; a STAC catalog would take one JSON request per scene. Footprints are stored in EPSG:4326 so
+that scenes from several UTM zones share one index; each scene's exact grid stays in ``crs`` and
+``native_bounds``. Columns:
+
+================= ==================================================================================
+``id``            scene id (image file name without ``.tif``), unique within a catalog
+``uri``           the image: ``s3://bucket/key``, or an absolute path for a local root
+``crs``           the scene's CRS, e.g. ``"EPSG:32616"``
+``native_bounds`` ``[west, south, east, north]`` in the scene's CRS
+``width``         pixels
+``height``        pixels
+``gsd``           ground sample distance in metres (mean pixel size; from degrees at 111.32 km/°)
+``bands``         band count
+``dtype``         pixel type of all bands: ``uint8`` or ``uint16``, the only ones supported
+``nodata``        nodata value, null if none
+``datetime``      acquisition time (UTC; naive times taken as UTC) from the TIFF tag
+                  ``ACQUISITION_DATETIME`` (ISO 8601), else ``TIFFTAG_DATETIME``
+                  (``YYYY:MM:DD HH:MM:SS``), else null; an unparsable tag counts as absent
+``labels_uri``    ``<id>.labels.tif`` beside the image, null if absent
+``fields_uri``    ``<id>.fields.gpkg`` beside the image, null if absent
+``is_cog``        GDAL reports the COG layout, or the file is tiled with overviews; a plain
+                  GeoTIFF is still catalogued, with ``False``
+``geometry``      footprint polygon in EPSG:4326 (the native bounds, edges densified)
+================= ==================================================================================
+
+Cataloguing reads only each image's header: over S3, a few ranged requests per scene, never the
+pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import geopandas as gpd
+import pandas as pd
+import rasterio
+import shapely
+from rasterio.warp import transform_geom
+
+from magseg_ray.errors import ConfigError, SceneError
+from magseg_ray.scenes.store import ObjectStore, SceneFiles, list_cogs, split_uri
+
+COLUMNS = (
+    *("id", "uri", "crs", "native_bounds", "width", "height", "gsd", "bands", "dtype", "nodata"),
+    *("datetime", "labels_uri", "fields_uri", "is_cog", "geometry"),
+)
+"""The catalog's columns, in order (see the module docstring)."""
+SUPPORTED_DTYPES = ("uint8", "uint16")
+"""Pixel types of scenes that can be catalogued: 8-bit imagery and 16-bit (e.g. 12-bit sensor) imagery."""
+DATETIME_TAGS = (("ACQUISITION_DATETIME", "ISO8601"), ("TIFFTAG_DATETIME", "%Y:%m:%d %H:%M:%S"))
+"""TIFF tags holding the acquisition time, in order of preference, with their formats."""
+METRES_PER_DEGREE = 111_320.0
+"""Metres per degree of latitude, for the GSD of a scene in a geographic CRS."""
+FAILURE_COLUMNS = ["uri", "reason"]
+"""Columns of :attr:`Catalog.failures`."""
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The catalogued scenes, and the files under the root that could not be catalogued."""
+
+    scenes: gpd.GeoDataFrame
+    """One row per scene, :data:`COLUMNS`, footprints in EPSG:4326, sorted by ``uri``."""
+    failures: pd.DataFrame
+    """One row per file left out, columns ``uri`` and ``reason``. Not saved: a loaded file has none."""
+
+    def save(self, uri: str | os.PathLike, store: ObjectStore | None = None) -> str:
+        """Write :attr:`scenes` as GeoParquet to a local path, ``file://`` or ``s3://`` URI; return it.
+
+        A local file is replaced atomically (temporary file, then rename); an S3 object is put whole.
+        """
+        buf = io.BytesIO()
+        self.scenes.to_parquet(buf, index=False, write_covering_bbox=True)
+        scheme, path = split_uri(uri)
+        try:
+            if scheme == "s3":
+                (store or ObjectStore.from_env()).filesystem(uri).pipe_file(path, buf.getvalue())
+            else:
+                _write_atomic(Path(path), buf.getvalue())
+        except OSError as e:
+            raise SceneError(f"{os.fspath(uri)}: cannot write catalog: {e}") from None
+        return os.fspath(uri)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder, so it is never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _acquired(tags: dict[str, str]) -> pd.Timestamp | None:
+    """The acquisition time from the first parsable tag of :data:`DATETIME_TAGS`, else ``None``."""
+    for tag, fmt in DATETIME_TAGS:
+        try:
+            return pd.to_datetime(tags[tag].strip(), format=fmt, utc=True)
+        except (KeyError, ValueError):
+            continue
+    return None
+
+
+def _describe(files: SceneFiles, store: ObjectStore) -> dict:
+    """One catalog row for a scene, from its header; :class:`SceneError` (the reason) if unusable."""
+    try:
+        with rasterio.open(store.gdal_path(files.uri), driver="GTiff") as src:
+            dtype = "/".join(sorted(set(src.dtypes)))
+            if dtype not in SUPPORTED_DTYPES:
+                raise SceneError(f"unsupported dtype {dtype} (supported: {', '.join(SUPPORTED_DTYPES)})")
+            if src.crs is None:
+                raise SceneError("no CRS")
+            crs, bounds, res = src.crs, list(src.bounds), src.res
+            layout = src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT")
+            is_cog = layout == "COG" or (bool(src.profile.get("tiled")) and bool(src.overviews(1)))
+            row = {"width": src.width, "height": src.height, "bands": src.count, "dtype": dtype}
+            row |= {"nodata": src.nodata, "datetime": _acquired(src.tags()), "is_cog": is_cog}
+    except rasterio.errors.RasterioError as e:
+        raise SceneError(f"not a readable GeoTIFF: {e}") from None
+    unit = METRES_PER_DEGREE if crs.is_geographic else crs.linear_units_factor[1]
+    outline = shapely.segmentize(shapely.box(*bounds), min(bounds[2] - bounds[0], bounds[3] - bounds[1]) / 16)
+    footprint = shapely.geometry.shape(transform_geom(crs, "EPSG:4326", shapely.geometry.mapping(outline)))
+    row |= {"id": files.id, "uri": files.uri, "labels_uri": files.labels_uri, "fields_uri": files.fields_uri}
+    row |= {"crs": crs.to_string(), "native_bounds": bounds, "gsd": (abs(res[0]) + abs(res[1])) / 2 * unit}
+    return row | {"geometry": footprint}
+
+
+def _frame(rows: list[dict]) -> gpd.GeoDataFrame:
+    """The catalog frame of scene rows, with stable column types."""
+    scenes = gpd.GeoDataFrame(pd.DataFrame(rows, columns=list(COLUMNS)), geometry="geometry", crs="EPSG:4326")
+    scenes["nodata"] = scenes["nodata"].astype(float)
+    scenes["datetime"] = pd.to_datetime(scenes["datetime"], utc=True).dt.as_unit("us")
+    return scenes
+
+
+def build_catalog(
+    root: str | os.PathLike, store: ObjectStore | None = None, on_error: Literal["record", "raise"] = "record"
+) -> Catalog:
+    """Catalog the scenes under ``root`` (a local folder, ``file://`` URI or ``s3://`` prefix).
+
+    A scene that cannot be catalogued (not a GeoTIFF, corrupt, unsupported dtype, no CRS, an id
+    already seen) is recorded in :attr:`Catalog.failures` and the rest go on, or, with
+    ``on_error="raise"``, raises :class:`SceneError` naming the file. A root with no scene, or with
+    no scene that could be catalogued, raises :class:`SceneError`. ``store`` defaults to
+    :meth:`ObjectStore.from_env`.
+    """
+    if on_error not in ("record", "raise"):
+        raise ConfigError(f"on_error must be 'record' or 'raise', not {on_error!r}")
+    store = store or ObjectStore.from_env()
+    found = list_cogs(root, store)
+    if not found:
+        raise SceneError(f"no COG scenes under {os.fspath(root)}")
+    rows, failures, seen = [], [], {}
+    with store.rasterio_env():
+        for files in found:
+            try:
+                if files.id in seen:
+                     raise SceneError(f"duplicate scene id {files.id!r} (also {seen[files.id]})")
+                rows.append(_describe(files, store))
+                seen[files.id] = files.uri
+            except SceneError as e:
+                if on_error == "raise":
+                     raise SceneError(f"{files.uri}: {e}") from None
+                failures.append((files.uri, str(e)))
+    if not rows:
+        uri, reason = failures[0]
+        raise SceneError(
+            f"no readable COG scenes under {os.fspath(root)}: {len(failures)} failed, e.g. {uri}: {reason}"
+        )
+    return Catalog(_frame(rows), pd.DataFrame(failures, columns=FAILURE_COLUMNS))
+
+
+def load_catalog(uri_or_root: str | os.PathLike, store: ObjectStore | None = None) -> Catalog:
+    """A saved catalog (a ``.parquet`` file: local, ``file://`` or ``s3://``), or else a root to
+    catalog now with :func:`build_catalog` (failures recorded, not raised)."""
+    uri = os.fspath(uri_or_root)
+    if not uri.lower().endswith(".parquet"):
+        return build_catalog(uri, store)
+    store = store or ObjectStore.from_env()
+    try:
+        data = store.filesystem(uri).cat_file(split_uri(uri)[1])
+    except OSError as e:
+        raise SceneError(f"{uri}: cannot read catalog: {e}") from None
+    try:
+        scenes = gpd.read_parquet(io.BytesIO(data))
+    except Exception as e:  # pyarrow and geopandas raise many types for a file that is not GeoParquet
+        raise SceneError(f"{uri}: not a GeoParquet file: {e}") from None
+    missing = [c for c in COLUMNS if c not in scenes.columns]
+    if missing:
+        raise SceneError(f"{uri}: not a scene catalog (no column {', '.join(missing)})")
+    scenes = scenes[list(COLUMNS)]
+    scenes["native_bounds"] = scenes["native_bounds"].map(lambda b: [float(v) for v in b])
+    return Catalog(scenes, pd.DataFrame(columns=FAILURE_COLUMNS))
