@@ -16,3 +16,10 @@ def test_codec_benchmark_on_the_repo_sample(capsys):
     assert result["patches"] > 500 and result["roundtrip_exact_rate"] == 1.0
     assert result["rrle_tokens_mean"] < result["text4seg_tokens_mean"] and result["token_ratio"] > 1
     assert capsys.readouterr().out.count("\n") == 1  # one JSON line
+
+
+def test_streaming_benchmark_on_the_repo_sample(ray_cluster, capsys):
+    result = load("streaming").main(["--scenes", str(ROOT / "tests" / "data" / "naip"), "--chip", "256"])
+    assert result["scenes"] == 2 and result["chips"] > 20 and result["failures"] == 0
+    assert result["pipeline_mb"] > 0 and result["raw_mb"] > 0 and result["mb_per_s_ratio"] > 0
+    assert capsys.readouterr().out.strip().count("\n") == 0

@@ -79,3 +79,4 @@ def test_bad_labels_and_config():
         patch_boxes(100, 128)
     with pytest.raises(SchemaError, match="unknown label schema"):
         PromptConfig(schema="nope")
+

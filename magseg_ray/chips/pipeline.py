@@ -25,9 +25,8 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 from PIL import Image
-from rasterio.windows import Window
 
-from magseg_ray.chips.read import Chip, ReadConfig, open_scene, read_chip
+from magseg_ray.chips.read import Chip, ReadConfig, open_scene, read_chip, read_padded
 from magseg_ray.chips.windows import ChipConfig, ChipTask, chip_windows
 from magseg_ray.errors import ConfigError, MagsegError
 from magseg_ray.masks.schemas import BOUNDARY_WIDTH, classes_from_instances, get_schema
@@ -124,8 +123,7 @@ def _read_classes(labels_uri: str, task: ChipTask, schema: str, store) -> np.nda
     boundaries on the chip's edge see the neighbouring field outside it."""
     m = BOUNDARY_WIDTH
     with open_scene(labels_uri, store) as src:
-        window = Window(task.col_off - m, task.row_off - m, task.size + 2 * m, task.size + 2 * m)
-        inst = src.read(1, window=window, boundless=True, fill_value=0)
+        inst = read_padded(src, [1], task.row_off - m, task.col_off - m, task.size + 2 * m, task.size + 2 * m)[0][0]
     return classes_from_instances(inst, schema)[m:-m, m:-m] if m else classes_from_instances(inst, schema)
 
 

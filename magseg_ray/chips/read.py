@@ -83,6 +83,21 @@ def _stretch(uri: str, bands: tuple[int, ...], percentiles: tuple[float, float],
     return lo, np.maximum(hi, lo + 1)
 
 
+def read_padded(src, bands: list[int], row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A ``height x width`` window at (row, col), zero-padded where it leaves the raster, and the
+    mask of pixels inside the raster and not nodata. (Rasterio's ``boundless`` reads go through a
+    VRT that can resample at edges; this reads exactly the overlapping pixels.)"""
+    data = np.zeros((len(bands), height, width), src.dtypes[0])
+    inside = np.zeros((height, width), bool)
+    r0, c0 = max(row, 0), max(col, 0)
+    r1, c1 = min(row + height, src.height), min(col + width, src.width)
+    if r1 > r0 and c1 > c0:
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+        data[:, r0 - row : r1 - row, c0 - col : c1 - col] = src.read(bands, window=window)
+        inside[r0 - row : r1 - row, c0 - col : c1 - col] = src.read_masks(bands[0], window=window) > 0
+    return data, inside
+
+
 def read_chip(task: ChipTask, config: ReadConfig = ReadConfig(), aoi_local=None,
               store: ObjectStore | None = None) -> Chip:
     """Read ``task``'s window from its scene (``store`` says where ``s3://`` URIs live).
@@ -96,21 +111,14 @@ def read_chip(task: ChipTask, config: ReadConfig = ReadConfig(), aoi_local=None,
             if dtype not in SUPPORTED_DTYPES:
                 raise SceneError(f"{task.uri}: unsupported dtype {dtype} (supported: {', '.join(SUPPORTED_DTYPES)})")
             bands = _bands(src, config)
-            h = max(min(size, src.height - task.row_off), 0)
-            w = max(min(size, src.width - task.col_off), 0)
-            window = Window(task.col_off, task.row_off, w, h)
-            data = src.read(bands, window=window) if h and w else np.zeros((3, 0, 0), dtype)
-            inside = src.read_masks(1, window=window) > 0 if h and w else np.zeros((0, 0), bool)
+            data, valid = read_padded(src, bands, task.row_off, task.col_off, size, size)
     except rasterio.errors.RasterioError as e:
         raise SceneError(f"cannot read chip {task.chip_id} from {task.uri}: {e}") from None
     if dtype == "uint16":
         lo, hi = _stretch(task.uri, tuple(bands), config.stretch_percentiles, store)
         scaled = (data.astype(np.float32) - lo[:, None, None]) / (hi - lo)[:, None, None]
         data = np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8)
-    image = np.zeros((size, size, 3), np.uint8)
-    valid = np.zeros((size, size), bool)
-    image[:h, :w] = np.moveaxis(data, 0, -1)
-    valid[:h, :w] = inside
+    image = np.moveaxis(data, 0, -1).copy()
     image[~valid] = 0
     if aoi_local is not None:
         valid &= ~geometry_mask([aoi_local], (size, size), Affine(*task.transform), all_touched=True)

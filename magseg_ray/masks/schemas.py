@@ -140,7 +140,7 @@ def classes_from_instances(
     if schema.boundary_class is None or boundary_width <= 0:
         return out
     size = 2 * boundary_width + 1
-    big = np.iinfo(np.int64).max
+    big = int(inst.max()) + 1  # stands for background in the minimum (int64 max overflows in scipy)
     hi = ndimage.maximum_filter(inst, size=size, mode="nearest")
     lo = ndimage.minimum_filter(np.where(inst > 0, inst, big), size=size, mode="nearest")
     boundary = (inst > 0) & ((hi > inst) | (lo < inst))

@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 import shapely
+import shapely.affinity
 from rasterio.windows import Window
 
 from magseg_ray.chips.pipeline import failures, mapping_chips, patch_records, split_of, training_chips, write_shards
@@ -16,6 +17,7 @@ from magseg_ray.masks.schemas import classes_from_instances
 from magseg_ray.prompt import PromptConfig
 from magseg_ray.rle.codec import decode
 from magseg_ray.scenes.catalog import load_catalog
+from magseg_ray.scenes.synthetic import SyntheticConfig, make_scene, write_scene
 
 DATA = "tests/data/naip"
 
@@ -26,6 +28,9 @@ def s3_scenes(s3_server, tmp_path_factory):
     for f in ("naip_44p0347_m93p8702", "naip_43p4066_m83p6220"):
         for suffix in (".tif", ".labels.tif", ".fields.gpkg"):
             shutil.copy(f"{DATA}/{f}{suffix}", local)
+    # a synthetic smallholder scene at 0.5 m in a third CRS (UTM 48N)
+    write_scene(make_scene(SyntheticConfig(seed=3, size_px=512)), local, "synth_3")
+    (local / "synth_3.classes.tif").unlink()
     root = s3_server.upload(local, "scenes", "naip")
     return load_catalog(root, s3_server.store).scenes, local
 
@@ -37,10 +42,10 @@ def local_window(path, row, col, size, bands=None):
 
 def test_mapping_pipeline_reads_chips_pixel_for_pixel(ray_cluster, s3_server, s3_scenes):
     scenes, local = s3_scenes
-    aoi = shapely.union_all([g.buffer(-0.002) for g in scenes.geometry])
+    aoi = shapely.union_all([shapely.affinity.scale(g, 0.8, 0.8) for g in scenes.geometry])
     sent = s3_server.sent_bytes
     records = mapping_chips(scenes, aoi, ChipConfig(256, 32), store=s3_server.store).take_all()
-    assert {r["crs"] for r in records} == {"EPSG:32615", "EPSG:32617"} and not failures(records)
+    assert {r["crs"] for r in records} == {"EPSG:32615", "EPSG:32617", "EPSG:32648"} and not failures(records)
     assert s3_server.sent_bytes > sent  # pixels came over HTTP
     for r in records:
         direct = np.moveaxis(local_window(local / f"{r['scene_id']}.tif", r["row_off"], r["col_off"], 256), 0, -1)
@@ -73,18 +78,19 @@ def test_training_pipeline_records_match_the_labels(ray_cluster, s3_server, s3_s
     assert {c["split"] for c in chips} == {split_of(s, 0.5) for s in scenes["id"]}
     assert all(c["split"] == split_of(c["scene_id"], 0.5) for c in chips)  # by scene
     # targets equal the classes derived from the whole scene's instance raster
-    chip = next(c for c in chips if c["chip_id"].endswith("/256_256"))
-    with rasterio.open(local / f"{chip['scene_id']}.labels.tif") as src:
-        scene_classes = classes_from_instances(src.read(1), "fields3")
-    records = patch_records(chip, prompt)
-    assert len(records) == 64
-    for r in records:
-        x0, y0, x1, y1 = r["box"]
-        mask, report = decode(r["target"], 32, 32, "fields3", strict=True)
-        assert np.array_equal(mask, scene_classes[256 + y0 : 256 + y1, 256 + x0 : 256 + x1])
-        assert r["images"][0].shape == (256, 256, 3) and r["prompt"].endswith("<start_of_turn>model\n")
-    direct = np.moveaxis(local_window(local / f"{chip['scene_id']}.tif", 256, 256, 256), 0, -1)
-    assert np.array_equal(records[0]["images"][0], direct)
+    for scene_id in ("naip_44p0347_m93p8702", "synth_3"):  # real and synthetic
+        chip = next(c for c in chips if c["chip_id"] == f"{scene_id}/256_256")
+        with rasterio.open(local / f"{scene_id}.labels.tif") as src:
+            scene_classes = classes_from_instances(src.read(1), "fields3")
+        records = patch_records(chip, prompt)
+        assert len(records) == 64
+        for r in records:
+            x0, y0, x1, y1 = r["box"]
+            mask, report = decode(r["target"], 32, 32, "fields3", strict=True)
+            assert np.array_equal(mask, scene_classes[256 + y0 : 256 + y1, 256 + x0 : 256 + x1])
+            assert r["images"][0].shape == (256, 256, 3) and r["prompt"].endswith("<start_of_turn>model\n")
+        direct = np.moveaxis(local_window(local / f"{scene_id}.tif", 256, 256, 256), 0, -1)
+        assert np.array_equal(records[0]["images"][0], direct)
 
     # Parquet shards, locally and on the object store, hold the same chips
     write_shards(ds, str(tmp_path / "shards"))
