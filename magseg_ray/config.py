@@ -1,0 +1,42 @@
+"""Command lines from typed configs: every dataclass field becomes a flag, its ``help`` the doc.
+
+Jobs declare their settings once, as a frozen dataclass whose fields carry
+``field(metadata={"help": ...})``; :func:`add_arguments` turns that into argparse flags
+(``--field-name``) and :func:`from_arguments` back into the dataclass, so a config in code and a
+command line cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+
+
+def _scalar_type(tp):
+    """The scalar type of a field annotation (``int | None`` -> ``int``)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """Add a ``--flag`` for every field of the dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = _scalar_type(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        if tp is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=tp, default=default, help=help_text,
+                                choices=f.metadata.get("choices"))
+
+
+def from_arguments(cls, args: argparse.Namespace):
+    """The dataclass ``cls`` built from parsed arguments (extra attributes are ignored)."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})

@@ -1,0 +1,307 @@
+"""LoRA supervised fine-tuning on Ray Train with DeepSpeed.
+
+The driver (:func:`run_sft`) checks every input before a worker starts, builds the training
+pipeline (:func:`magseg_ray.chips.pipeline.training_chips`: chip records, split by scene), keeps a
+few validation patches, and launches a ``TorchTrainer``. Each worker (:func:`train_loop`) wraps
+the base model with LoRA, hands it to ``deepspeed.initialize`` (ZeRO stage from the config; gloo on
+CPU, NCCL on GPU; bf16 where CUDA has it, else fp32), and trains on its shard of chip records,
+expanding each chip into its patch instruction records.
+
+Every ``checkpoint_every`` steps all workers report a checkpoint: DeepSpeed's engine state (LoRA
+weights, optimizer, scheduler; one file per rank), the adapter in PEFT format and the data
+position. A failed worker restarts the group from the latest checkpoint (``max_failures``), and
+rerunning the same command with the same ``run_name`` and ``storage`` resumes instead of
+starting over (Ray Train restores the run's checkpoint list from storage). Data position is the
+number of chips of the current epoch whose patches were all trained on; a resumed worker skips
+them.
+
+Every ``eval_every`` steps rank 0 answers the validation patches with constrained generation and
+scores them (mean Dice over the classes present, field IoU). Outputs under ``storage/run_name``:
+``adapter/`` (PEFT), ``metrics.json`` and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from magseg_ray.errors import ConfigError
+from magseg_ray.prompt import PromptConfig
+
+
+def _h(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Settings of one SFT run."""
+
+    run_name: str = field(default="sft", metadata=_h("run name; rerunning with the same name resumes it"))
+    storage: str = field(default="runs", metadata=_h("folder holding runs (checkpoints and outputs)"))
+    base: str = field(default="small", metadata=_h("base model: a preset (tiny, small) or a Gemma3 checkpoint folder"))
+    data: str = field(default="", metadata=_h("scenes with labels: catalog .parquet, folder, file:// or s3:// prefix"))
+    schema: str = field(default="fields3", metadata=_h("label schema of the answers", choices=["fields3", "ai4sf"]))
+    patch_size: int = field(default=32, metadata=_h("patch side in pixels"))
+    chip_size: int = field(default=256, metadata=_h("chip side in pixels (a multiple of the patch)"))
+    local_crop: bool = field(default=True, metadata=_h("show a crop around the patch after the shared prefix"))
+    val_fraction: float = field(default=0.2, metadata=_h("share of scenes held out for validation (by scene id hash)"))
+    val_patches: int = field(default=32, metadata=_h("validation patches scored every eval_every steps"))
+    lora_r: int = field(default=16, metadata=_h("LoRA rank"))
+    lora_alpha: int = field(default=32, metadata=_h("LoRA alpha"))
+    train_projector: bool = field(default=False, metadata=_h(
+        "also train the multimodal projector in full (for offline presets, whose projector starts random)"))
+    num_workers: int = field(default=2, metadata=_h("Ray Train workers"))
+    use_gpu: bool = field(default=False, metadata=_h("one GPU per worker (NCCL); else CPU (gloo)"))
+    cpus_per_worker: float = field(default=1.0, metadata=_h("CPUs reserved per worker"))
+    zero_stage: int = field(default=2, metadata=_h("DeepSpeed ZeRO stage", choices=[0, 1, 2, 3]))
+    lr: float = field(default=2e-4, metadata=_h("learning rate (AdamW)"))
+    batch_size: int = field(default=8, metadata=_h("patches per worker per step"))
+    max_steps: int = field(default=200, metadata=_h("optimizer steps"))
+    eval_every: int = field(default=50, metadata=_h("steps between validations (0: only at the end)"))
+    checkpoint_every: int = field(default=50, metadata=_h("steps between checkpoints"))
+    max_failures: int = field(default=1, metadata=_h("worker-group restarts allowed after a failure"))
+    seed: int = field(default=0, metadata=_h("seed of the base preset, LoRA init and patch shuffling"))
+    fail_once_at_step: int = field(default=-1, metadata=_h(
+        "fault injection for tests: worker 1 exits once, 5 s after reaching this step (-1: never)"))
+
+    def prompt(self) -> PromptConfig:
+        return PromptConfig(schema=self.schema, patch_size=self.patch_size, local_crop=self.local_crop)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.storage).resolve() / self.run_name
+
+
+def check_config(cfg: SFTConfig) -> None:
+    """Fail before any worker starts on what can be checked on the driver."""
+    from magseg_ray.model.checkpoint import check_checkpoint_dir
+    from magseg_ray.model.presets import PRESETS
+
+    if cfg.base not in PRESETS:
+        check_checkpoint_dir(cfg.base)
+    if not cfg.data:
+        raise ConfigError("--data is required: a catalog, folder or prefix of labelled scenes")
+    if cfg.chip_size % cfg.patch_size:
+        raise ConfigError(f"chip_size {cfg.chip_size} is not a multiple of patch_size {cfg.patch_size}")
+    if cfg.checkpoint_every < 1 or cfg.max_steps < 1 or cfg.batch_size < 1:
+        raise ConfigError("max_steps, batch_size and checkpoint_every must be >= 1")
+
+
+def load_base(cfg: SFTConfig):
+    """The base model and processor: an offline preset (same seed, same weights on every worker)
+    or a checkpoint folder."""
+    from magseg_ray.model.checkpoint import load_model
+    from magseg_ray.model.presets import PRESETS, build_model
+
+    return build_model(cfg.base, seed=cfg.seed) if cfg.base in PRESETS else load_model(cfg.base)
+
+
+def score_patches(model, processor, records: list[dict], prompt: PromptConfig) -> dict:
+    """Constrained answers for ``records`` scored against their targets: mean Dice over classes
+    present (per patch, then averaged) and field IoU over all patches."""
+    from magseg_ray.eval.metrics import pixel_metrics
+    from magseg_ray.masks.schemas import get_schema
+    from magseg_ray.model.generate import answer_patches
+    from magseg_ray.prompt import PatchPrompt
+    from magseg_ray.rle.codec import decode
+
+    schema = get_schema(prompt.schema)
+    prompts = [PatchPrompt(list(r["images"]), r["prompt"], "", tuple(r["box"])) for r in records]
+    answers = answer_patches(model, processor, prompts, prompt)
+    truths = [decode(r["target"], prompt.patch_size, prompt.patch_size, schema, strict=True)[0] for r in records]
+    dice = [pixel_metrics(a.mask, t, schema)["mean"]["dice"] for a, t in zip(answers, truths)]
+    pred_f = np.isin(np.stack([a.mask for a in answers]), schema.field_classes)
+    true_f = np.isin(np.stack(truths), schema.field_classes)
+    union = (pred_f | true_f).sum()
+    return {"val_dice": float(np.nanmean(dice)), "val_field_iou": float((pred_f & true_f).sum() / union) if union else 1.0}
+
+
+def _ds_config(cfg: SFTConfig, bf16: bool) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": bf16},
+        "gradient_clipping": 1.0,
+        "steps_per_print": 10**9,
+    }
+
+
+def train_loop(loop_config: dict) -> None:
+    """Ray Train worker: DeepSpeed LoRA SFT on this worker's shard of chip records."""
+    import deepspeed
+    import ray.train
+    import torch
+
+    from magseg_ray.chips.pipeline import patch_records
+    from magseg_ray.model.lora import LoraSettings, attach_lora
+    from magseg_ray.train.batches import collate
+
+    cfg = SFTConfig(**loop_config["config"])
+    val_records, fixed_batch = loop_config["val"], loop_config["fixed_batch"]
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    prompt = cfg.prompt()
+    use_cuda = cfg.use_gpu and torch.cuda.is_available()
+    device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+    bf16 = use_cuda and torch.cuda.is_bf16_supported()
+
+    model, processor = load_base(cfg)
+    torch.manual_seed(cfg.seed)
+    lora = LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha,
+                        train_modules=("multi_modal_projector",) if cfg.train_projector else ())
+    model = attach_lora(model, lora)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=_ds_config(cfg, bf16),
+                                      dist_init_required=False)
+
+    state = {"step": 0, "epoch": 0, "chips_done": 0, "history": [], "restored_from_step": None}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            engine.load_checkpoint(d, tag="ds")
+            state = json.loads((Path(d) / "state.json").read_text())
+            state["restored_from_step"] = state["step"]
+
+    def to_device(batch):
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def fixed_loss() -> float:
+        engine.eval()
+        with torch.no_grad():
+            loss = engine(**to_device(collate(processor, fixed_batch))).loss.item()
+        engine.train()
+        return loss
+
+    def report(extra: dict, save: bool) -> None:
+        row = {"step": state["step"], "epoch": state["epoch"], **extra}
+        state["history"].append(row)
+        if not save:
+            ray.train.report(row)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            engine.save_checkpoint(d, tag="ds")
+            if rank == 0:
+                (Path(d) / "state.json").write_text(json.dumps(state))
+                engine.module.save_pretrained(Path(d) / "adapter")
+            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    if state["step"] == 0:
+        report({"fixed_batch_loss": fixed_loss()}, save=False)
+    rng = random.Random(cfg.seed * 1000 + rank)
+    shard = ray.train.get_dataset_shard("train")
+    buffer: list[dict] = []
+    losses: list[float] = []
+    t0, tokens = time.perf_counter(), 0
+    while state["step"] < cfg.max_steps:
+        seen_patches = 0
+        for i, chip in enumerate(shard.iter_rows()):
+            if i < state["chips_done"]:
+                continue
+            records = patch_records(chip, prompt)
+            seen_patches += len(records)
+            rng.shuffle(records)
+            buffer.extend(records)
+            while len(buffer) >= cfg.batch_size and state["step"] < cfg.max_steps:
+                batch = to_device(collate(processor, buffer[: cfg.batch_size]))
+                del buffer[: cfg.batch_size]
+                loss = engine(**batch).loss
+                engine.backward(loss)
+                engine.step()
+                state["step"] += 1
+                losses.append(loss.item())
+                tokens += int(batch["attention_mask"].sum())
+                step = state["step"]
+                if step == cfg.fail_once_at_step and rank == 1:
+                    marker = cfg.run_dir / f".failed_at_{step}"
+                    if not marker.exists():
+                        marker.parent.mkdir(parents=True, exist_ok=True)
+                        marker.touch()
+                        time.sleep(5)  # let the controller register the last reported checkpoint
+                        os._exit(1)  # a worker dies mid-run: Ray Train restarts from the checkpoint
+                evaluate = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps
+                save = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
+                if evaluate or save:
+                    extra = {"loss": float(np.mean(losses)), "tokens_per_s": tokens / (time.perf_counter() - t0),
+                             "restored_from_step": state["restored_from_step"]}
+                    if evaluate:
+                        extra["fixed_batch_loss"] = fixed_loss()
+                        if rank == 0 and val_records:
+                            engine.eval()
+                            extra.update(score_patches(engine.module, processor, val_records, prompt))
+                            engine.train()
+                    losses.clear()
+                    if save:
+                        state["chips_done"] = i  # this chip's remaining patches are redone on resume
+                    report(extra, save)
+            if state["step"] >= cfg.max_steps:
+                break
+        else:
+            if seen_patches == 0 and state["chips_done"] == 0:
+                raise ConfigError(f"worker {rank} got no training patches: the training split is too small "
+                                  f"for {cfg.num_workers} workers")
+            state["epoch"] += 1
+            state["chips_done"] = 0
+
+
+def run_sft(cfg: SFTConfig) -> dict:
+    """Run SFT on the current Ray cluster; return the final metrics (also in ``metrics.json``)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from magseg_ray.chips.pipeline import patch_records, training_chips
+    from magseg_ray.chips.windows import ChipConfig
+    from magseg_ray.scenes.catalog import load_catalog
+    from magseg_ray.scenes.store import ObjectStore
+    from magseg_ray.train.curves import plot_curves
+
+    check_config(cfg)
+    store = ObjectStore.from_env()
+    scenes = load_catalog(cfg.data, store).scenes
+    prompt = cfg.prompt()
+    chips = training_chips(scenes, None, ChipConfig(cfg.chip_size, 0), prompt, store=store,
+                           val_fraction=cfg.val_fraction, seed=0)
+    train = chips.filter(lambda r: r["split"] == "train" and r["error"] is None)
+    val_chips = chips.filter(lambda r: r["split"] == "val" and r["error"] is None).take(max(cfg.val_patches // 8, 1))
+    val = [r for c in val_chips for r in patch_records(c, prompt)]
+    random.Random(0).shuffle(val)
+    val = val[: cfg.val_patches]
+    first = train.take(1)
+    if not first:
+        raise ConfigError(f"no training chips in {cfg.data!r} (val_fraction={cfg.val_fraction})")
+    fixed_batch = patch_records(first[0], prompt)[: cfg.batch_size]
+
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": dataclasses.asdict(cfg), "val": val, "fixed_batch": fixed_batch},
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=ray.train.RunConfig(name=cfg.run_name, storage_path=str(Path(cfg.storage).resolve()),
+                                       failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+        datasets={"train": train},
+    )
+    result = trainer.fit()
+    out = cfg.run_dir
+    adapter = out / "adapter"
+    with result.checkpoint.as_directory() as d:
+        state = json.loads((Path(d) / "state.json").read_text())
+        shutil.copytree(Path(d) / "adapter", adapter, dirs_exist_ok=True)
+    history = state["history"]
+    summary = {"config": dataclasses.asdict(cfg), "final": history[-1], "history": history,
+               "val_patches": len(val), "adapter": str(adapter)}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+    plot_curves(history, ["loss", "fixed_batch_loss", "val_dice", "val_field_iou"], out / "curves.png",
+                f"SFT {cfg.run_name} ({cfg.base}, {cfg.num_workers} workers, ZeRO-{cfg.zero_stage})")
+    return summary
