@@ -159,7 +159,9 @@ class LocalRayCluster:
         ]
         if self.num_cpus is not None:
             cmd.append(f"--num-cpus={self.num_cpus}")
-        env = dict(os.environ, **LOOPBACK_ENV)
+        # jobs submitted to this head run `python` from this interpreter's environment
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        env = dict(os.environ, **LOOPBACK_ENV, PATH=path)
         env.pop("RAY_ADDRESS", None)
         self._log = open(Path(self._tmp) / "head.log", "wb")
         self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,

@@ -202,7 +202,8 @@ def train_loop(loop_config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     buffer: list[dict] = []
     losses: list[float] = []
-    t0, tokens = time.perf_counter(), 0
+    # throughput over training steps only (no eval, checkpoint or data waits), this process's first step excluded
+    step_time, tokens, steps_here = 0.0, 0, 0
     while state["step"] < cfg.max_steps:
         seen_patches = 0
         for i, chip in enumerate(shard.iter_rows()):
@@ -215,12 +216,16 @@ def train_loop(loop_config: dict) -> None:
             while len(buffer) >= cfg.batch_size and state["step"] < cfg.max_steps:
                 batch = to_device(collate(processor, buffer[: cfg.batch_size]))
                 del buffer[: cfg.batch_size]
+                t_step = time.perf_counter()
                 loss = engine(**batch).loss
                 engine.backward(loss)
                 engine.step()
                 state["step"] += 1
                 losses.append(loss.item())
-                tokens += int(batch["attention_mask"].sum())
+                steps_here += 1
+                if steps_here > 1:
+                    step_time += time.perf_counter() - t_step
+                    tokens += int(batch["attention_mask"].sum())
                 step = state["step"]
                 if step == cfg.fail_once_at_step and rank == 1:
                     marker = cfg.run_dir / f".failed_at_{step}"
@@ -232,7 +237,9 @@ def train_loop(loop_config: dict) -> None:
                 evaluate = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps
                 save = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
                 if evaluate or save:
-                    extra = {"loss": float(np.mean(losses)), "tokens_per_s": tokens / (time.perf_counter() - t0),
+                    # all workers' tokens per second, from rank 0's (batches are the same size on every rank)
+                    tps = tokens * ctx.get_world_size() / step_time if step_time else None
+                    extra = {"loss": float(np.mean(losses)), "tokens_per_s": tps,
                              "restored_from_step": state["restored_from_step"]}
                     if evaluate:
                         extra["fixed_batch_loss"] = fixed_loss()

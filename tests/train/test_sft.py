@@ -56,3 +56,15 @@ def test_bad_inputs_fail_before_workers_start(tmp_path):
     with pytest.raises(ConfigError, match="not a multiple"):
         check_config(SFTConfig(base="tiny", data="x", chip_size=100))
     assert sft_main()(["--data", str(tmp_path), "--base", "tiny", "--storage", str(tmp_path)]) == 2
+
+
+def test_ray_job_submit_against_the_local_cluster(ray_cluster, tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", ray_cluster.dashboard_url,
+           "--working-dir", str(ROOT), "--", "python", "jobs/sft.py",
+           *args(tmp_path, **{"max-steps": 2, "checkpoint-every": 2, "batch-size": 2, "val-patches": 2})]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["final"]["step"] == 2
