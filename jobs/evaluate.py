@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from magseg_ray.errors import MagsegError
 from magseg_ray.eval.align import KINDS, load_pair
 from magseg_ray.eval.metrics import evaluate_masks
+from magseg_ray.files import write_atomic
 from magseg_ray.masks.schemas import SCHEMAS
 
 
@@ -52,18 +51,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder, so it is never half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the job; return the exit status (0, or 2 on a user error)."""
     args = _parser().parse_args(argv)
@@ -82,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     text = json.dumps({"pred": str(args.pred), "truth": str(args.truth), **metrics}, allow_nan=False)
     if args.out:
-        _write_atomic(args.out, text + "\n")
+        write_atomic(args.out, text + "\n")
     print(text)
     return 0
 

@@ -15,7 +15,13 @@ import numpy as np
 import torch
 from transformers import LogitsProcessorList
 
-from magseg_ray.prompt import PatchPrompt, PromptConfig, build_patch_prompt, check_chip, patch_boxes
+from magseg_ray.prompt import (
+    PatchPrompt,
+    PromptConfig,
+    build_patch_prompt,
+    check_chip,
+    patch_boxes,
+)
 from magseg_ray.rle.codec import DecodeReport, decode
 from magseg_ray.rle.constrained import RLELogitsProcessor
 

@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import geopandas as gpd
@@ -48,6 +46,7 @@ import shapely
 from rasterio.warp import transform_geom
 
 from magseg_ray.errors import ConfigError, SceneError
+from magseg_ray.files import write_atomic
 from magseg_ray.scenes.store import ObjectStore, SceneFiles, list_cogs, split_uri
 
 COLUMNS = (
@@ -86,23 +85,10 @@ class Catalog:
             if scheme == "s3":
                 (store or ObjectStore.from_env()).filesystem(uri).pipe_file(path, buf.getvalue())
             else:
-                _write_atomic(Path(path), buf.getvalue())
+                write_atomic(path, buf.getvalue())
         except OSError as e:
             raise SceneError(f"{os.fspath(uri)}: cannot write catalog: {e}") from None
         return os.fspath(uri)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, so it is never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _acquired(tags: dict[str, str]) -> pd.Timestamp | None:

@@ -22,9 +22,8 @@ wherever the cloud opacity exceeds :data:`CLOUD_OPACITY`; instances stay as they
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +43,7 @@ from shapely.geometry import LineString, Point, Polygon, box
 
 from magseg_ray.errors import ConfigError
 from magseg_ray.eval.align import KIND_TAG
+from magseg_ray.files import replace_atomically
 from magseg_ray.masks.schemas import get_schema
 
 _ALU = get_schema("alu")
@@ -433,16 +433,6 @@ def scene_paths(out_dir: str | Path, scene_id: str) -> dict[str, Path]:
     return {key: Path(out_dir) / f"{scene_id}{suffix}" for key, suffix in names.items()}
 
 
-def _replace(path: Path, write: Callable[[Path], object]) -> None:
-    """Let ``write`` make a temporary file next to ``path``, then move it there: never half-written."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")  # drivers check suffixes
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_cog(path: Path, bands: np.ndarray, scene: Scene, tags: dict[str, str], **options) -> None:
     """Write (count, H, W) bands as a Cloud-Optimized GeoTIFF (256 px tiles, overviews) with tags."""
 
@@ -453,7 +443,7 @@ def _write_cog(path: Path, bands: np.ndarray, scene: Scene, tags: dict[str, str]
             dst.write(bands)
             dst.update_tags(**tags)
 
-    _replace(path, write)
+    replace_atomically(path, write)
 
 
 def field_polygons(scene: Scene) -> gpd.GeoDataFrame:
@@ -485,7 +475,7 @@ def write_scene(scene: Scene, out_dir: str | Path, scene_id: str) -> dict[str, P
     ):
         _write_cog(paths[key], data[None], scene, tags, compress="DEFLATE", overview_resampling="nearest")
     frame = field_polygons(scene)
-    _replace(paths["fields"], lambda tmp: frame.to_file(tmp, driver="GPKG", layer="fields"))
+    replace_atomically(paths["fields"], lambda tmp: frame.to_file(tmp, driver="GPKG", layer="fields"))
     return paths
 
 

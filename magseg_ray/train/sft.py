@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from magseg_ray.errors import ConfigError
+from magseg_ray.files import write_atomic
 from magseg_ray.prompt import PromptConfig
 
 
@@ -308,7 +309,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     history = state["history"]
     summary = {"config": dataclasses.asdict(cfg), "final": history[-1], "history": history,
                "val_patches": len(val), "adapter": str(adapter)}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+    write_atomic(out / "metrics.json", json.dumps(summary, indent=1))
     plot_curves(history, ["loss", "fixed_batch_loss", "val_dice", "val_field_iou"], out / "curves.png",
                 f"SFT {cfg.run_name} ({cfg.base}, {cfg.num_workers} workers, ZeRO-{cfg.zero_stage})")
     return summary

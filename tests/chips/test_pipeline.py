@@ -10,7 +10,14 @@ import shapely
 import shapely.affinity
 from rasterio.windows import Window
 
-from magseg_ray.chips.pipeline import failures, mapping_chips, patch_records, split_of, training_chips, write_shards
+from magseg_ray.chips.pipeline import (
+    failures,
+    mapping_chips,
+    patch_records,
+    split_of,
+    training_chips,
+    write_shards,
+)
 from magseg_ray.chips.windows import ChipConfig
 from magseg_ray.errors import ConfigError
 from magseg_ray.masks.schemas import classes_from_instances

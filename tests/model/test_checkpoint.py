@@ -5,8 +5,13 @@ import pytest
 import torch
 
 from magseg_ray.errors import ModelLoadError
-from magseg_ray.model.checkpoint import check_checkpoint_dir, load_model, save_model
-from magseg_ray.model.lora import LoraSettings, attach_lora, load_adapter, trainable_share
+from magseg_ray.model.checkpoint import check_checkpoint_dir, load_model
+from magseg_ray.model.lora import (
+    LoraSettings,
+    attach_lora,
+    load_adapter,
+    trainable_share,
+)
 from magseg_ray.model.presets import build_model
 from magseg_ray.prompt import build_patch_prompt
 
