@@ -129,8 +129,9 @@ def _read_classes(labels_uri: str, task: ChipTask, schema: str, store) -> np.nda
 
 def training_chips(scenes: gpd.GeoDataFrame, aoi, chip: ChipConfig = ChipConfig(overlap=0),
                    prompt: PromptConfig = PromptConfig(), read: ReadConfig = ReadConfig(), store=None,
-                   val_fraction: float = 0.2, seed: int = 0, read_cpus: float = 0.5):
-    """Pipeline 2 as a Ray Dataset of labelled chip records (see module doc); ``aoi`` None: all scenes."""
+                   val_fraction: float = 0.2, seed: int = 0, read_cpus: float = 0.5, split: str | None = None):
+    """Pipeline 2 as a Ray Dataset of labelled chip records (see module doc); ``aoi`` None: all
+    scenes. ``split`` ("train" or "val") plans only the chips of that split's scenes."""
     import ray
 
     schema = get_schema(prompt.schema)
@@ -140,6 +141,10 @@ def training_chips(scenes: gpd.GeoDataFrame, aoi, chip: ChipConfig = ChipConfig(
     labelled = scenes[scenes["labels_uri"].notna()]
     if labelled.empty:
         raise ConfigError(f"none of the {len(scenes)} catalogued scenes has a labels raster: the training split is empty")
+    if split is not None:
+        labelled = labelled[[split_of(s, val_fraction, seed) == split for s in labelled["id"]]]
+        if labelled.empty:
+            raise ConfigError(f"no labelled scene falls in the {split!r} split (val_fraction={val_fraction})")
     tasks = chip_windows(labelled, aoi if aoi is not None else labelled.union_all(), chip)
     labels_of = dict(zip(labelled["id"], labelled["labels_uri"]))
     items = [{**t.as_dict(), "labels_uri": labels_of[t.scene_id]} for t in tasks]

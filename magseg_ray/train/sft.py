@@ -70,6 +70,7 @@ class SFTConfig:
     max_steps: int = field(default=200, metadata=_h("optimizer steps"))
     eval_every: int = field(default=50, metadata=_h("steps between validations (0: only at the end)"))
     checkpoint_every: int = field(default=50, metadata=_h("steps between checkpoints"))
+    log_every: int = field(default=10, metadata=_h("steps between progress lines (rank 0)"))
     max_failures: int = field(default=1, metadata=_h("worker-group restarts allowed after a failure"))
     seed: int = field(default=0, metadata=_h("seed of the base preset, LoRA init and patch shuffling"))
     fail_once_at_step: int = field(default=-1, metadata=_h(
@@ -228,6 +229,9 @@ def train_loop(loop_config: dict) -> None:
                     step_time += time.perf_counter() - t_step
                     tokens += int(batch["attention_mask"].sum())
                 step = state["step"]
+                if rank == 0 and step % cfg.log_every == 0:
+                    print(f"[sft] step {step}/{cfg.max_steps} epoch {state['epoch']} loss {loss.item():.4f} "
+                          f"{tokens * ctx.get_world_size() / max(step_time, 1e-9):.0f} tokens/s", flush=True)
                 if step == cfg.fail_once_at_step and rank == 1:
                     marker = cfg.run_dir / f".failed_at_{step}"
                     if not marker.exists():
@@ -277,16 +281,20 @@ def run_sft(cfg: SFTConfig) -> dict:
     store = ObjectStore.from_env()
     scenes = load_catalog(cfg.data, store).scenes
     prompt = cfg.prompt()
-    chips = training_chips(scenes, None, ChipConfig(cfg.chip_size, 0), prompt, store=store,
-                           val_fraction=cfg.val_fraction, seed=0)
-    train = chips.filter(lambda r: r["split"] == "train" and r["error"] is None)
-    val_chips = chips.filter(lambda r: r["split"] == "val" and r["error"] is None).take(max(cfg.val_patches // 8, 1))
-    val = [r for c in val_chips for r in patch_records(c, prompt)]
-    random.Random(0).shuffle(val)
-    val = val[: cfg.val_patches]
-    first = train.take(1)
+
+    def chips(split):
+        return training_chips(scenes, None, ChipConfig(cfg.chip_size, 0), prompt, store=store,
+                              val_fraction=cfg.val_fraction, split=split)
+
+    train = chips("train")
+    val = []
+    if cfg.val_patches:
+        val = [r for c in chips("val").take(max(cfg.val_patches // 8, 1)) for r in patch_records(c, prompt)]
+        random.Random(0).shuffle(val)
+        val = val[: cfg.val_patches]
+    first = [r for r in train.take(4) if r["error"] is None]
     if not first:
-        raise ConfigError(f"no training chips in {cfg.data!r} (val_fraction={cfg.val_fraction})")
+        raise ConfigError(f"no readable training chips in {cfg.data!r}")
     fixed_batch = patch_records(first[0], prompt)[: cfg.batch_size]
 
     trainer = TorchTrainer(
