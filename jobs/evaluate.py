@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
         default=2,
         help="boundary F-score tolerance in pixels (default: 2)",
     )
+    p.add_argument("--make-valid", action="store_true",
+                   help="repair invalid polygons (shapely.make_valid) instead of refusing the file")
     p.add_argument("--out", type=Path, help="also write the JSON to this file (replaced atomically)")
     return p
 
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the job; return the exit status (0, or 2 on a user error)."""
     args = _parser().parse_args(argv)
     try:
-        pair = load_pair(args.pred, args.truth, args.schema, args.pred_kind, args.truth_kind, args.resolution)
+        pair = load_pair(args.pred, args.truth, args.schema, args.pred_kind, args.truth_kind, args.resolution,
+                         args.make_valid)
         metrics = evaluate_masks(
             pair.pred_classes,
             pair.truth_classes,

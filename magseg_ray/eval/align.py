@@ -102,11 +102,12 @@ def _read_raster(path: Path, kind: str) -> _Raster:
     return _Raster(path, data, transform, crs, kind)
 
 
-def _read_vector(path: Path) -> _Vector:
+def _read_vector(path: Path, make_valid: bool = False) -> _Vector:
     """Polygonal parts of a vector file's features, checked for a CRS and valid polygons.
 
-    Each feature must be valid and, unless empty, hold a polygon: non-polygonal members of a
-    geometry collection (such as the zero-area lines that repairs leave) are dropped.
+    Each feature must be valid (or, with ``make_valid``, is repaired by ``shapely.make_valid``)
+    and, unless empty, hold a polygon: non-polygonal members of a geometry collection (such as the
+    zero-area lines that repairs leave) are dropped.
     """
     try:
         parquet = path.suffix.lower() in (".parquet", ".geoparquet")
@@ -116,6 +117,8 @@ def _read_vector(path: Path) -> _Vector:
     if gdf.crs is None:
         raise RasterInputError(f"{path}: vector file has no CRS")
     geoms = gdf.geometry.to_numpy()
+    if make_valid:
+        geoms = shapely.make_valid(geoms)
     parts, index = shapely.get_parts(geoms, return_index=True)
     polygonal = np.isin(shapely.get_type_id(parts), (3, 6))  # Polygon, MultiPolygon
     parts, index = parts[polygonal], index[polygonal]
@@ -126,18 +129,19 @@ def _read_vector(path: Path) -> _Vector:
     ):
         rows = np.flatnonzero(bad)
         if rows.size:
-            raise RasterInputError(f"{path}: {rows.size} {what}, e.g. feature #{rows[0]}")
+            hint = " (make_valid / --make-valid repairs them)" if what == "invalid geometries" else ""
+            raise RasterInputError(f"{path}: {rows.size} {what}, e.g. feature #{rows[0]}{hint}")
     return _Vector(path, gpd.GeoSeries(parts, crs=gdf.crs), index + 1)
 
 
-def _read(path: str | Path, kind: str) -> _Raster | _Vector:
+def _read(path: str | Path, kind: str, make_valid: bool = False) -> _Raster | _Vector:
     """A raster or vector input by file name (see the module docstring)."""
     if kind not in KINDS:
         raise ConfigError(f"raster kind must be one of {', '.join(KINDS)}, got {kind!r}")
     path = Path(path)
     if not path.is_file():
         raise RasterInputError(f"{path}: no such file")
-    return _read_raster(path, kind) if path.suffix.lower() in (".tif", ".tiff") else _read_vector(path)
+    return _read_raster(path, kind) if path.suffix.lower() in (".tif", ".tiff") else _read_vector(path, make_valid)
 
 
 def _grid(truth: _Raster | _Vector, pred: _Raster | _Vector, resolution: float | None) -> _Grid:
@@ -201,6 +205,7 @@ def load_pair(
     pred_kind: str = "auto",
     truth_kind: str = "auto",
     resolution: float | None = None,
+    make_valid: bool = False,
 ) -> AlignedPair:
     """Read a prediction and its truth onto one grid (see the module docstring for the rules).
 
@@ -209,10 +214,11 @@ def load_pair(
     Raises :class:`RasterInputError` for a missing or unreadable file, an input without a CRS,
     inputs that do not overlap, or invalid or non-polygon geometries; :class:`SchemaError` for a
     class raster with values outside the schema; :class:`ConfigError` for a bad kind or a
-    missing resolution. An empty truth is not an error.
+    missing resolution. An empty truth is not an error. ``make_valid`` repairs invalid polygons
+    instead of refusing them.
     """
     schema = get_schema(schema)
-    truth, pred = _read(truth_path, truth_kind), _read(pred_path, pred_kind)
+    truth, pred = _read(truth_path, truth_kind, make_valid), _read(pred_path, pred_kind, make_valid)
     grid = _grid(truth, pred, resolution)
     truth_classes, truth_instances = _on_grid(truth, grid, schema)
     pred_classes, pred_instances = _on_grid(pred, grid, schema)

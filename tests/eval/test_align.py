@@ -128,8 +128,11 @@ def test_missing_crs(tmp_path):
 def test_invalid_geometry(tmp_path):
     bowtie = Polygon([(300_002, 4_600_002), (300_010, 4_600_010), (300_010, 4_600_002), (300_002, 4_600_010)])
     pred = write_fields(tmp_path / "pred.gpkg", [FIELDS[0], bowtie])
-    with pytest.raises(RasterInputError, match="1 invalid geometries, e.g. feature #1"):
-        load_pair(pred, write_tif(tmp_path / "truth.tif", INST), "fields3")
+    truth = write_tif(tmp_path / "truth.tif", INST)
+    with pytest.raises(RasterInputError, match="1 invalid geometries, e.g. feature #1 .*--make-valid"):
+        load_pair(pred, truth, "fields3")
+    repaired = load_pair(pred, truth, "fields3", make_valid=True)  # the bowtie becomes two triangles
+    assert repaired.pred_instances.max() == 2 and (repaired.pred_instances == 2).sum() > 0
 
 
 def test_class_raster_outside_schema(tmp_path):
