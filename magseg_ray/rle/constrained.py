@@ -135,6 +135,7 @@ class RLELogitsProcessor:
         alphabet = set(_DIGITS + self.grammar.codes + "*\n")
         pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         self.candidates = [(i, p) for i, p in enumerate(pieces) if p and set(p) <= alphabet]
+        self.pieces = dict(self.candidates)
         self._states: dict[int, tuple[int, State]] = {}
         self._allowed = lru_cache(maxsize=None)(self._allowed_ids)
 
@@ -163,7 +164,7 @@ class RLELogitsProcessor:
         # tokens_to_finish is at most 6, so a budget of 8 or more constrains nothing: share the cache
         return self._allowed(s, None if budget is None or budget >= 8 else budget)
 
-    def state_of(self, row: int, answer: list[int], pieces: dict[int, str]) -> State:
+    def state_of(self, row: int, answer: list[int]) -> State:
         """State of one row's answer, advanced incrementally from the previous call."""
         n, s = self._states.get(row, (0, State()))
         if n > len(answer):
@@ -172,17 +173,16 @@ class RLELogitsProcessor:
             if s.phase == "done" or tok in self.eos_set:
                 s = State(phase="done")
             else:
-                s = self.advance(s, pieces[int(tok)]) or State(phase="done")
+                s = self.advance(s, self.pieces[tok]) or State(phase="done")
         self._states[row] = (len(answer), s)
         return s
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        pieces = dict(self.candidates)
         n_new = input_ids.shape[1] - self.prompt_len
         budget = None if self.max_new_tokens is None else self.max_new_tokens - n_new
         out = torch.full_like(scores, float("-inf"))
         for row in range(input_ids.shape[0]):
-            s = self.state_of(row, input_ids[row, self.prompt_len:].tolist(), pieces)
+            s = self.state_of(row, input_ids[row, self.prompt_len:].tolist())
             allowed = self.allowed(s, budget)
             out[row, allowed] = scores[row, allowed]
         return out
