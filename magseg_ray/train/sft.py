@@ -61,6 +61,8 @@ class SFTConfig:
     lora_alpha: int = field(default=32, metadata=_h("LoRA alpha"))
     train_projector: bool = field(default=False, metadata=_h(
         "also train the multimodal projector in full (for offline presets, whose projector starts random)"))
+    train_vision: bool = field(default=False, metadata=_h(
+        "also train the vision tower in full (for offline presets, whose SigLIP starts random)"))
     num_workers: int = field(default=2, metadata=_h("Ray Train workers"))
     use_gpu: bool = field(default=False, metadata=_h("one GPU per worker (NCCL); else CPU (gloo)"))
     cpus_per_worker: float = field(default=1.0, metadata=_h("CPUs reserved per worker"))
@@ -160,8 +162,8 @@ def train_loop(loop_config: dict) -> None:
 
     model, processor = load_base(cfg)
     torch.manual_seed(cfg.seed)
-    lora = LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha,
-                        train_modules=("multi_modal_projector",) if cfg.train_projector else ())
+    train_modules = ("multi_modal_projector",) * cfg.train_projector + ("vision_tower",) * cfg.train_vision
+    lora = LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, train_modules=train_modules)
     model = attach_lora(model, lora)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=_ds_config(cfg, bf16),
