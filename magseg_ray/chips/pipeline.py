@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
+from functools import lru_cache
 
 import geopandas as gpd
 import numpy as np
@@ -55,6 +56,12 @@ def _task(row: dict) -> ChipTask:
     return ChipTask(**{**fields, "transform": tuple(float(v) for v in fields["transform"])})
 
 
+@lru_cache(maxsize=64)
+def _aoi_in(aoi_wkb: bytes, crs: str):
+    """The AOI (EPSG:4326 WKB) in a scene CRS, reprojected once per CRS and process."""
+    return gpd.GeoSeries.from_wkb([aoi_wkb], crs="EPSG:4326").to_crs(crs).iloc[0]
+
+
 @dataclass
 class _MappingReader:
     """Ray Data ``map`` function: chip task -> chip record with its patch tasks."""
@@ -68,9 +75,7 @@ class _MappingReader:
         task = _task(row)
         out = {**row, "error": None, "image": None, "valid": None, "patches": None}
         try:
-            aoi_local = None
-            if self.aoi_wkb is not None:
-                aoi_local = gpd.GeoSeries.from_wkb([self.aoi_wkb], crs="EPSG:4326").to_crs(task.crs).iloc[0]
+            aoi_local = _aoi_in(self.aoi_wkb, task.crs) if self.aoi_wkb is not None else None
             chip = read_chip(task, self.read, aoi_local, self.store)
         except MagsegError as e:
             out["error"] = str(e)

@@ -26,9 +26,9 @@ from rasterio.windows import Window
 
 from magseg_ray.chips.windows import ChipTask
 from magseg_ray.errors import SceneError
+from magseg_ray.scenes.catalog import SUPPORTED_DTYPES
 from magseg_ray.scenes.store import ObjectStore, split_uri
 
-SUPPORTED_DTYPES = ("uint8", "uint16")
 
 
 @dataclass(frozen=True)

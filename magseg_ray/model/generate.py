@@ -69,6 +69,7 @@ def answer_patches(model, processor, prompts: list[PatchPrompt], config: PromptC
     budget = settings.max_new_tokens or 2 * p * p + 2
     eos = model.generation_config.eos_token_id
     eos = [eos] if isinstance(eos, int) else list(eos)
+    eos_ids = torch.tensor(eos)
     tokenizer = processor.tokenizer
     device = next(model.parameters()).device
     answers: list[PatchAnswer] = []
@@ -83,7 +84,7 @@ def answer_patches(model, processor, prompts: list[PatchPrompt], config: PromptC
         logprobs = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
         new = out.sequences[:, prompt_len:]
         for prompt, tokens, lp in zip(batch, new, logprobs):
-            ended = torch.isin(tokens, torch.tensor(eos, device=tokens.device))
+            ended = torch.isin(tokens, eos_ids.to(tokens.device))
             n = int(ended.int().argmax()) + 1 if ended.any() else len(tokens)  # answer incl. its end token
             text = tokenizer.decode(tokens[:n], skip_special_tokens=True)
             mask, report = decode(text, p, p, config.schema)
