@@ -4,7 +4,8 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/sft.py --data ...
 
 Rerunning with the same --run-name and --storage resumes from the latest checkpoint. Outputs in
-STORAGE/RUN_NAME: adapter/ (PEFT), metrics.json, curves.png. See magseg_ray.train.sft.
+STORAGE/RUN_NAME: model/ (a checkpoint every job takes as --model), adapter/ (PEFT; not with
+--full), metrics.json, curves.png. See magseg_ray.train.sft.
 """
 
 from __future__ import annotations

@@ -17,7 +17,11 @@ them.
 
 Every ``eval_every`` steps rank 0 answers the validation patches with constrained generation and
 scores them (mean Dice over the classes present, field IoU). Outputs under ``storage/run_name``:
-``adapter/`` (PEFT), ``metrics.json`` and ``curves.png``.
+``adapter/`` (PEFT; not with ``full``), ``model/`` (a plain Gemma3 checkpoint with the adapter
+merged in, what ``--model`` of the other jobs takes), ``metrics.json`` and ``curves.png``.
+
+``full`` trains every weight instead: an offline preset starts from random weights, and LoRA on a
+random decoder is a random-features model that learns little; a real Gemma3 checkpoint uses LoRA.
 """
 
 from __future__ import annotations
@@ -63,6 +67,9 @@ class SFTConfig:
         "also train the multimodal projector in full (for offline presets, whose projector starts random)"))
     train_vision: bool = field(default=False, metadata=_h(
         "also train the vision tower in full (for offline presets, whose SigLIP starts random)"))
+    full: bool = field(default=False, metadata=_h(
+        "train every weight instead of LoRA adapters (for offline presets, which start random: LoRA on "
+        "a random decoder learns little); writes no adapter/"))
     num_workers: int = field(default=2, metadata=_h("Ray Train workers"))
     use_gpu: bool = field(default=False, metadata=_h("one GPU per worker (NCCL); else CPU (gloo)"))
     cpus_per_worker: float = field(default=1.0, metadata=_h("CPUs reserved per worker"))
@@ -148,6 +155,7 @@ def train_loop(loop_config: dict) -> None:
     import torch
 
     from magseg_ray.chips.pipeline import patch_records
+    from magseg_ray.model.checkpoint import save_model
     from magseg_ray.model.lora import LoraSettings, attach_lora
     from magseg_ray.train.batches import collate
 
@@ -162,9 +170,9 @@ def train_loop(loop_config: dict) -> None:
 
     model, processor = load_base(cfg)
     torch.manual_seed(cfg.seed)
-    train_modules = ("multi_modal_projector",) * cfg.train_projector + ("vision_tower",) * cfg.train_vision
-    lora = LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, train_modules=train_modules)
-    model = attach_lora(model, lora)
+    if not cfg.full:
+        train_modules = ("multi_modal_projector",) * cfg.train_projector + ("vision_tower",) * cfg.train_vision
+        model = attach_lora(model, LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, train_modules=train_modules))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=_ds_config(cfg, bf16),
                                       dist_init_required=False)
@@ -197,7 +205,10 @@ def train_loop(loop_config: dict) -> None:
             engine.save_checkpoint(d, tag="ds")
             if rank == 0:
                 (Path(d) / "state.json").write_text(json.dumps(state))
-                engine.module.save_pretrained(Path(d) / "adapter")
+                if cfg.full:
+                    save_model(engine.module, processor, Path(d) / "model")
+                else:
+                    engine.module.save_pretrained(Path(d) / "adapter")
             ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     if state["step"] == 0:
@@ -268,6 +279,16 @@ def train_loop(loop_config: dict) -> None:
             state["chips_done"] = 0
 
 
+def export_merged(cfg: SFTConfig, adapter: Path, out: Path) -> Path:
+    """The base with ``adapter`` merged in, saved as a plain checkpoint that every job loads with
+    ``--model`` (and GRPO starts its own LoRA from)."""
+    from magseg_ray.model.checkpoint import save_model
+    from magseg_ray.model.lora import load_adapter
+
+    model, processor = load_base(cfg)
+    return save_model(load_adapter(model, adapter).merge_and_unload(), processor, out)
+
+
 def run_sft(cfg: SFTConfig) -> dict:
     """Run SFT on the current Ray cluster; return the final metrics (also in ``metrics.json``)."""
     import ray.train
@@ -312,13 +333,16 @@ def run_sft(cfg: SFTConfig) -> dict:
     )
     result = trainer.fit()
     out = cfg.run_dir
-    adapter = out / "adapter"
     with result.checkpoint.as_directory() as d:
         state = json.loads((Path(d) / "state.json").read_text())
-        shutil.copytree(Path(d) / "adapter", adapter, dirs_exist_ok=True)
+        if cfg.full:
+            shutil.copytree(Path(d) / "model", out / "model", dirs_exist_ok=True)
+        else:
+            shutil.copytree(Path(d) / "adapter", out / "adapter", dirs_exist_ok=True)
+            export_merged(cfg, out / "adapter", out / "model")
     history = state["history"]
     summary = {"config": dataclasses.asdict(cfg), "final": history[-1], "history": history,
-               "val_patches": len(val), "adapter": str(adapter)}
+               "val_patches": len(val), "model": str(out / "model")}
     write_atomic(out / "metrics.json", json.dumps(summary, indent=1))
     plot_curves(history, ["loss", "fixed_batch_loss", "val_dice", "val_field_iou"], out / "curves.png",
                 f"SFT {cfg.run_name} ({cfg.base}, {cfg.num_workers} workers, ZeRO-{cfg.zero_stage})")

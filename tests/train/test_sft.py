@@ -5,8 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from magseg_ray.errors import ConfigError, ModelLoadError
+from magseg_ray.model.checkpoint import load_model
+from magseg_ray.model.presets import build_model
 from magseg_ray.train.sft import SFTConfig, check_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,11 +22,11 @@ def sft_main():
     return module.main
 
 
-def args(storage, **overrides):
+def args(storage, *switches, **overrides):
     flags = {"data": str(ROOT / "tests/data/naip"), "base": "tiny", "val-fraction": 0.5, "num-workers": 2,
              "max-steps": 6, "checkpoint-every": 2, "eval-every": 3, "batch-size": 4, "val-patches": 4,
              "lr": 1e-3, "cpus-per-worker": 0.5, "storage": str(storage), "run-name": "t", **overrides}
-    return [x for k, v in flags.items() for x in (f"--{k}", str(v))]
+    return [x for k, v in flags.items() for x in (f"--{k}", str(v))] + [f"--{s}" for s in switches]
 
 
 def test_sft_survives_a_killed_worker_and_resumes_on_rerun(ray_cluster, tmp_path, capsys, monkeypatch):
@@ -39,6 +42,8 @@ def test_sft_survives_a_killed_worker_and_resumes_on_rerun(ray_cluster, tmp_path
     assert fixed[-1] < fixed[0]  # the loss falls on a fixed batch
     assert 0 <= history[-1]["val_dice"] <= 1 and (run / "curves.png").stat().st_size > 10_000
     assert (run / "adapter" / "adapter_config.json").exists()
+    merged, _ = load_model(run / "model")  # the adapter merged into a plain checkpoint that --model takes
+    assert not any("lora" in name for name, _ in merged.named_parameters())
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 6
 
     # the same command with more steps resumes from the last checkpoint instead of starting over
@@ -64,7 +69,14 @@ def test_ray_job_submit_against_the_local_cluster(ray_cluster, tmp_path):
 
     cmd = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", ray_cluster.dashboard_url,
            "--working-dir", str(ROOT), "--", "python", "jobs/sft.py",
-           *args(tmp_path, **{"max-steps": 2, "checkpoint-every": 2, "batch-size": 2, "val-patches": 2})]
+           *args(tmp_path, "full", **{"max-steps": 2, "checkpoint-every": 2, "batch-size": 2, "val-patches": 2})]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["final"]["step"] == 2
+    run = tmp_path / "t"
+    assert json.loads((run / "metrics.json").read_text())["final"]["step"] == 2
+    # --full trains every weight: no adapter, and the saved model differs from the random preset
+    assert not (run / "adapter").exists()
+    trained, _ = load_model(run / "model")
+    base, _ = build_model("tiny", seed=0)
+    changed = [n for n, p in trained.named_parameters() if not torch.equal(p, base.state_dict()[n])]
+    assert any("language_model" in n for n in changed) and any("vision_tower" in n for n in changed)
