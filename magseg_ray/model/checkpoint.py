@@ -17,6 +17,10 @@ from transformers import AutoProcessor, Gemma3ForConditionalGeneration
 
 from magseg_ray.errors import ModelLoadError
 
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
+"""The shipped demo model (the ``small`` preset trained by ``jobs/sft.py``; see its README.md):
+the default ``--model`` of every job."""
+
 GEMMA3_MODEL_TYPES = ("gemma3",)
 """``model_type`` values accepted in ``config.json`` (the image-text-to-text Gemma3)."""
 
