@@ -87,13 +87,14 @@ class _MappingReader:
 
 
 def mapping_chips(scenes: gpd.GeoDataFrame, aoi, chip: ChipConfig = ChipConfig(), patch_size: int = 32,
-                  read: ReadConfig = ReadConfig(), store=None, read_cpus: float = 0.5):
-    """Pipeline 1 as a Ray Dataset of chip records (see module doc); lazy until consumed."""
+                  read: ReadConfig = ReadConfig(), store=None, read_cpus: float = 0.5, skip=frozenset()):
+    """Pipeline 1 as a Ray Dataset of chip records (see module doc); lazy until consumed. Chips
+    whose id is in ``skip`` (finished by an earlier run) are left out."""
     import ray
 
     if chip.chip_size % patch_size:
         raise ConfigError(f"chip_size {chip.chip_size} is not a multiple of the patch size {patch_size}")
-    tasks = chip_windows(scenes, aoi, chip)
+    tasks = [t for t in chip_windows(scenes, aoi, chip) if t.chip_id not in skip]
     reader = _MappingReader(patch_size, read, store, aoi.wkb)
     return ray.data.from_items([t.as_dict() for t in tasks]).map(reader, num_cpus=read_cpus)
 

@@ -109,7 +109,7 @@ def chip_windows(scenes: gpd.GeoDataFrame, aoi: shapely.Geometry, config: ChipCo
         raise SceneError(f"the AOI (bounds {b}) touches none of the {len(scenes)} catalogued scenes")
     tasks: list[ChipTask] = []
     for scene in hits.itertuples():
-        transform = _scene_transform(scene)
+        transform = scene_transform(scene)
         aoi_local = gpd.GeoSeries([aoi], crs=AOI_CRS).to_crs(scene.crs).iloc[0]
         size, stride = config.chip_size, config.stride
         rows = range(0, max(scene.height - config.overlap, 1), stride)
@@ -129,7 +129,7 @@ def _iso(value) -> str | None:
     return None if value is None or pd.isna(value) else pd.Timestamp(value).isoformat()
 
 
-def _scene_transform(scene) -> Affine:
+def scene_transform(scene) -> Affine:
     """A scene's north-up pixel grid from its native bounds and size."""
     minx, miny, maxx, maxy = scene.native_bounds
     return Affine((maxx - minx) / scene.width, 0, minx, 0, -(maxy - miny) / scene.height, maxy)

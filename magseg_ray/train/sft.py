@@ -296,6 +296,7 @@ def run_sft(cfg: SFTConfig) -> dict:
 
     from magseg_ray.chips.pipeline import patch_records, training_chips
     from magseg_ray.chips.windows import ChipConfig
+    from magseg_ray.model.segmenter import ModelPrompt, write_model_prompt
     from magseg_ray.scenes.catalog import load_catalog
     from magseg_ray.scenes.store import ObjectStore
     from magseg_ray.train.curves import plot_curves
@@ -340,6 +341,7 @@ def run_sft(cfg: SFTConfig) -> dict:
         else:
             shutil.copytree(Path(d) / "adapter", out / "adapter", dirs_exist_ok=True)
             export_merged(cfg, out / "adapter", out / "model")
+    write_model_prompt(out / "model", ModelPrompt(cfg.schema, cfg.patch_size, cfg.chip_size, cfg.local_crop))
     history = state["history"]
     summary = {"config": dataclasses.asdict(cfg), "final": history[-1], "history": history,
                "val_patches": len(val), "model": str(out / "model")}

@@ -1,0 +1,42 @@
+"""Map the fields of an area of interest: AOI -> chips -> model actors -> stitched map -> fields.
+
+    python jobs/map_region.py                                  # bundled demo scenes, AOI and model
+    python jobs/map_region.py --aoi cambodia.geojson --catalog s3://bucket/scenes --out s3://bucket/maps/kh
+    ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/map_region.py --aoi ...
+
+Rerunning the same command resumes: finished chips are skipped. Outputs under --out: fields/
+(GeoParquet partitioned by grid cell, fiboa columns), fields.gpkg, masks/<scene>.tif, summary.json,
+failures.json, preview.png. See magseg_ray.map_region.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from magseg_ray.cluster import RaySettings, ray_session
+from magseg_ray.config import add_arguments, from_arguments
+from magseg_ray.errors import MagsegError
+from magseg_ray.map_region import MapConfig, plan, run_map_region
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser, MapConfig)
+    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = from_arguments(MapConfig, args)
+        plan(cfg)  # bad AOI, catalog or model: fail before starting Ray
+        with ray_session(RaySettings(address=args.address)):
+            summary = run_map_region(cfg)
+    except MagsegError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""A scene's class raster -> field polygons with fiboa attributes.
+
+Fields are the instances of :func:`~magseg_ray.masks.instances.instances_from_classes` (the
+boundary class keeps touching fields apart, and boundary pixels are given back to the field they
+belong to). Each instance is polygonized on the scene grid, simplified with a tolerance of
+``simplify_px`` pixels (so the tolerance follows the GSD), and measured in metres in the UTM zone of
+its centroid, which works the same for scenes in any CRS and for polygons merged across zones.
+"""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rasterio.features
+import shapely
+from rasterio.transform import Affine
+from scipy import ndimage
+
+from magseg_ray.masks.instances import instances_from_classes
+from magseg_ray.masks.schemas import Schema
+from magseg_ray.stitch.outputs import NO_DATA
+
+FIBOA_METHOD = "auto-imagery"
+"""fiboa ``determination:method`` of every field this system maps."""
+
+
+def scene_fields(classes: np.ndarray, confidence: np.ndarray, transform: Affine, crs: str, schema: Schema,
+                 simplify_px: float = 1.0, min_field_px: int = 16) -> gpd.GeoDataFrame:
+    """Field polygons of one scene, in EPSG:4326, with ``confidence`` (mean over the field's
+    pixels) and ``pixels``; fields smaller than ``min_field_px`` pixels are dropped."""
+    valid = classes != NO_DATA
+    inst = instances_from_classes(np.where(valid, classes, 0), schema)
+    inst[~valid] = 0
+    ids = np.arange(1, int(inst.max()) + 1)
+    columns = {"instance": [], "pixels": [], "confidence": [], "geometry": []}
+    if len(ids):
+        pixels = ndimage.sum_labels(np.ones_like(inst), inst, ids)
+        conf = ndimage.mean(np.nan_to_num(confidence, nan=0.0), inst, ids)
+        keep = pixels >= min_field_px
+        inst[~np.isin(inst, ids[keep])] = 0
+        shapes: dict[int, list] = {}
+        for geom, value in rasterio.features.shapes(inst, mask=inst > 0, transform=transform, connectivity=4):
+            shapes.setdefault(int(value), []).append(shapely.geometry.shape(geom))
+        gsd = abs(transform.a)
+        for i in sorted(shapes):
+            geom = shapely.union_all(shapes[i]) if len(shapes[i]) > 1 else shapes[i][0]
+            columns["instance"].append(i)
+            columns["pixels"].append(int(pixels[i - 1]))
+            columns["confidence"].append(float(conf[i - 1]))
+            columns["geometry"].append(geom.simplify(simplify_px * gsd, preserve_topology=True))
+    frame = gpd.GeoDataFrame(columns, geometry="geometry", crs=crs)
+    return frame.to_crs("EPSG:4326")
+
+
+def utm_zone_crs(lon: float, lat: float) -> str:
+    """EPSG code of the WGS84 UTM zone holding a point."""
+    zone = int(np.clip(np.floor((lon + 180) / 6) + 1, 1, 60))
+    return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
+
+
+def measure(fields: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Add fiboa ``metrics:area`` (m²) and ``metrics:perimeter`` (m), each field measured in the UTM
+    zone of its centroid."""
+    fields = fields.copy()
+    area = pd.Series(np.nan, index=fields.index)
+    perimeter = pd.Series(np.nan, index=fields.index)
+    if len(fields):
+        centroids = shapely.centroid(fields.geometry.values)
+        zones = [utm_zone_crs(x, y) for x, y in zip(shapely.get_x(centroids), shapely.get_y(centroids))]
+        for zone in sorted(set(zones)):
+            rows = np.array(zones) == zone
+            projected = fields.geometry[rows].to_crs(zone)
+            area[rows] = projected.area.to_numpy()
+            perimeter[rows] = projected.length.to_numpy()
+    fields["metrics:area"] = area.astype(float)
+    fields["metrics:perimeter"] = perimeter.astype(float)
+    return fields

@@ -1,0 +1,86 @@
+"""Field tables in fiboa columns, written as partitioned GeoParquet 1.1 and one GeoPackage.
+
+Columns: ``id``, ``geometry`` (EPSG:4326), ``metrics:area`` (m²), ``metrics:perimeter`` (m),
+``determination:method`` (``auto-imagery``), ``determination:datetime`` (the scene's acquisition
+time), then ``class``, ``confidence`` (mean answer confidence over the field's pixels, 0-1),
+``scene_id`` and ``pixels``.
+
+Partitions: ``fields/cell=<cell>/<part>.parquet``, where the cell is the ``partition_degrees``
+lon/lat square holding the field's centroid (``x104_y12`` is 104-105 E, 12-13 N at 1 degree). A
+country-wide map is many files; readers filter by the ``cell`` directory or by the bbox covering
+column (GeoParquet 1.1) without reading the rest, and ``geopandas.read_parquet("fields")`` reads
+them all.
+"""
+
+from __future__ import annotations
+
+import io
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+
+from magseg_ray.fields.polygons import FIBOA_METHOD, measure
+from magseg_ray.stitch.outputs import RunFiles
+
+COLUMNS = ["id", "geometry", "metrics:area", "metrics:perimeter", "determination:method",
+           "determination:datetime", "class", "confidence", "scene_id", "pixels"]
+
+
+def to_fiboa(fields: gpd.GeoDataFrame, ids: list[str], class_name: str, datetimes: dict[str, str | None]) -> gpd.GeoDataFrame:
+    """``fields`` (``scene_id``, ``confidence``, ``pixels``, geometry in EPSG:4326) in fiboa columns;
+    ``datetimes`` maps scene id to its acquisition time (merged fields take their first scene's)."""
+    fields = measure(fields)
+    first_scene = [s.split("+")[0] for s in fields["scene_id"]]
+    fields["id"] = ids
+    fields["determination:method"] = FIBOA_METHOD
+    fields["determination:datetime"] = pd.to_datetime([datetimes.get(s) for s in first_scene], utc=True)
+    fields["class"] = class_name
+    fields["pixels"] = fields["pixels"].astype("int64")
+    return fields[COLUMNS].reset_index(drop=True)
+
+
+def cells(fields: gpd.GeoDataFrame, degrees: float) -> np.ndarray:
+    """Partition cell name of each field (see module doc)."""
+    c = shapely.centroid(fields.geometry.values)
+    x = np.floor(shapely.get_x(c) / degrees).astype(int) * degrees
+    y = np.floor(shapely.get_y(c) / degrees).astype(int) * degrees
+    return np.array([f"x{a:g}_y{b:g}" for a, b in zip(x, y)], dtype=object)
+
+
+def _parquet(frame: gpd.GeoDataFrame) -> bytes:
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False, write_covering_bbox=True, schema_version="1.1.0")
+    return buf.getvalue()
+
+
+def write_partitions(files: RunFiles, root: str, fields: gpd.GeoDataFrame, part: str, degrees: float) -> list[str]:
+    """Write ``fields`` as ``root/cell=<cell>/<part>.parquet`` files; returns their paths."""
+    written = []
+    if fields.empty:
+        return written
+    for cell, group in fields.groupby(cells(fields, degrees), sort=True):
+        rel = f"{root}/cell={cell}/{part}.parquet"
+        files.write(rel, _parquet(group.reset_index(drop=True)))
+        written.append(rel)
+    return written
+
+
+def read_fields(files: RunFiles, root: str = "fields") -> gpd.GeoDataFrame:
+    """Every partition under ``root`` as one frame (with its ``cell``), sorted by id."""
+    parts = []
+    for rel in files.listdir(root):
+        if rel.endswith(".parquet"):
+            frame = gpd.read_parquet(io.BytesIO(files.read(rel)))
+            parts.append(frame.assign(cell=rel.split("cell=", 1)[1].split("/", 1)[0]))
+    if not parts:
+        return gpd.GeoDataFrame({c: [] for c in COLUMNS if c != "geometry"}, geometry=[], crs="EPSG:4326")
+    return pd.concat(parts, ignore_index=True).sort_values("id").reset_index(drop=True)
+
+
+def write_geopackage(files: RunFiles, rel: str, fields: gpd.GeoDataFrame) -> None:
+    """All fields as one GeoPackage layer ``fields`` (QGIS opens it directly)."""
+    frame = fields.drop(columns=["cell"], errors="ignore").copy()
+    frame["determination:datetime"] = frame["determination:datetime"].astype(str)
+    files.write_with(rel, lambda path: frame.to_file(path, layer="fields", driver="GPKG"))

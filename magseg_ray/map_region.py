@@ -1,0 +1,198 @@
+"""map_region: an AOI -> a field map (GeoParquet + GeoPackage), on any Ray cluster.
+
+Stages (each in its own module):
+
+1. plan (:func:`~magseg_ray.chips.windows.chip_windows`): the chips of every scene the AOI touches;
+   chips whose output exists are finished and skipped, so a rerun resumes;
+2. Ray Data (:func:`~magseg_ray.chips.pipeline.mapping_chips`): chips read by range requests, then
+   a pool of model actors (:class:`~magseg_ray.model.segmenter.ChipSegmenter`, one GPU each on GPU
+   clusters, fractional CPUs here) that answer every patch with prefix reuse and write each chip's
+   output atomically;
+3. reducer, one Ray task per scene: stitch its chips (:mod:`magseg_ray.stitch.mosaic`), write the
+   scene's class raster, polygonize and measure fields (:mod:`magseg_ray.fields.polygons`), clip
+   to what the scene owns and set seam pieces aside (:mod:`magseg_ray.fields.seams`), write the
+   rest as GeoParquet partitions (:mod:`magseg_ray.fields.write`);
+4. on the driver: merge seam pieces, write them, one GeoPackage, ``summary.json``,
+   ``failures.json`` and ``preview.png``.
+
+Fields are written to ``fields.partial/`` and moved to ``fields/`` when complete, so an
+interrupted reduce leaves the previous map in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import geopandas as gpd
+
+from magseg_ray.errors import ConfigError, ModelLoadError
+
+DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
+"""Bundled demo: scenes (``scenes/``) and an AOI (``aoi.geojson``) spanning them."""
+
+
+def _h(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass(frozen=True)
+class MapConfig:
+    """Settings of one mapping run."""
+
+    aoi: str = field(default=str(DEMO_DIR / "aoi.geojson"), metadata=_h(
+        "area of interest: GeoJSON or any vector file of polygons (EPSG:4326 unless it declares a CRS)"))
+    catalog: str = field(default=str(DEMO_DIR / "scenes"), metadata=_h(
+        "scenes: a catalog .parquet, or a folder, file:// or s3:// prefix of COGs"))
+    model: str = field(default="", metadata=_h("model folder (Gemma3 checkpoint); default: the shipped demo model"))
+    out: str = field(default="", metadata=_h("output folder or s3:// prefix; default: maps/<AOI file name>"))
+    chip_size: int = field(default=0, metadata=_h("chip side in pixels; 0: what the model was trained with"))
+    overlap: int = field(default=-1, metadata=_h("pixels shared by neighbouring chips; -1: chip_size / 8"))
+    num_actors: int = field(default=1, metadata=_h("model actors (one GPU each with --use-gpu)"))
+    use_gpu: bool = field(default=False, metadata=_h("one GPU per model actor"))
+    cpus_per_actor: float = field(default=1.0, metadata=_h("CPUs reserved per model actor (and its torch threads)"))
+    read_cpus: float = field(default=0.25, metadata=_h("CPUs reserved per chip read task"))
+    batch_size: int = field(default=64, metadata=_h("patches decoded together (they share the chip's KV prefix)"))
+    max_new_tokens: int = field(default=0, metadata=_h("answer token budget per patch; 0: the longest mask text"))
+    simplify_px: float = field(default=1.0, metadata=_h("polygon simplification tolerance in pixels (x GSD)"))
+    min_field_px: int = field(default=16, metadata=_h("smallest field kept, in pixels"))
+    partition_degrees: float = field(default=1.0, metadata=_h("side of the lon/lat cells the GeoParquet is partitioned by"))
+
+    def out_root(self) -> str:
+        return self.out or str(Path("maps") / Path(self.aoi).stem)
+
+    def model_dir(self) -> str:
+        from magseg_ray.model.checkpoint import DEMO_MODEL
+
+        return self.model or str(DEMO_MODEL)
+
+
+def model_fingerprint(model_dir: str) -> str:
+    """A hash of the model's config and weights (first and last MiB and size of each weight file:
+    cheap for multi-GB checkpoints, and any retraining changes it)."""
+    h = hashlib.sha256()
+    root = Path(model_dir)
+    for path in sorted([root / "config.json", *root.glob("*.safetensors"), *root.glob("adapter_model.*")]):
+        if path.is_file():
+            size = path.stat().st_size
+            h.update(f"{path.name}:{size}".encode())
+            with path.open("rb") as f:
+                h.update(f.read(1 << 20))
+                f.seek(max(size - (1 << 20), 0))
+                h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Plan:
+    """What a run maps, resolved from the config before any Ray work."""
+
+    config: MapConfig
+    scenes: gpd.GeoDataFrame
+    aoi: object
+    tasks: list
+    chip: object
+    prompt: object
+    model_dir: str
+    identity: dict
+
+
+def plan(cfg: MapConfig, store=None) -> Plan:
+    """Check every input and resolve the run (errors name the input and what is wrong)."""
+    from magseg_ray.chips.windows import ChipConfig, chip_windows, load_aoi
+    from magseg_ray.masks.schemas import get_schema
+    from magseg_ray.model.checkpoint import check_checkpoint_dir
+    from magseg_ray.model.segmenter import ModelPrompt, read_model_prompt
+    from magseg_ray.scenes.catalog import load_catalog
+
+    model_dir = cfg.model_dir()
+    if not Path(model_dir).is_dir() and not cfg.model:
+        raise ModelLoadError(f"the demo model is missing at {model_dir}; pass --model")
+    check_checkpoint_dir(model_dir)
+    card = read_model_prompt(model_dir) or ModelPrompt()
+    schema = get_schema(card.schema)
+    if not schema.field_classes:
+        raise ConfigError(f"model {model_dir!r} answers in schema {schema.name!r}, which has no field class")
+    chip_size = cfg.chip_size or card.chip_size
+    overlap = chip_size // 8 if cfg.overlap < 0 else cfg.overlap
+    chip = ChipConfig(chip_size, overlap)
+    if chip_size % card.patch_size:
+        raise ConfigError(f"chip_size {chip_size} is not a multiple of the model's patch size {card.patch_size}")
+    aoi = load_aoi(cfg.aoi)
+    scenes = load_catalog(cfg.catalog, store).scenes
+    tasks = chip_windows(scenes, aoi, chip)
+    identity = {"aoi_sha256": hashlib.sha256(aoi.normalize().wkb).hexdigest()[:16],
+                "model": model_fingerprint(model_dir), "model_prompt": asdict(card),
+                "chip": {"chip_size": chip_size, "overlap": overlap}}
+    return Plan(cfg, scenes, aoi, tasks, chip, card.prompt(), model_dir, identity)
+
+
+def check_output(files, identity: dict) -> bool:
+    """Whether ``files`` already holds this run (resume); refuse a folder made for another AOI or model."""
+    if not files.exists("run.json"):
+        if files.listdir(""):
+            raise ConfigError(f"output {files.root!r} is not empty and holds no run.json: choose a new --out")
+        return False
+    old = json.loads(files.read("run.json"))
+    changed = [k for k in identity if old.get(k) != identity[k]]
+    if changed:
+        raise ConfigError(f"output {files.root!r} holds a run with a different {', '.join(changed)}: "
+                          "rerun with its original settings to resume, or choose a new --out")
+    return True
+
+
+def _progress(done: int, total: int, resumed: int, patches: int, seconds: float, failed: int) -> None:
+    rate = patches / seconds if seconds else 0.0
+    print(f"[map] chips {done + resumed}/{total} ({resumed} resumed, {failed} failed) "
+          f"patches {patches} {rate:.1f} patches/s", flush=True)
+
+
+def run_map_region(cfg: MapConfig, store=None) -> dict:
+    """Map the AOI on the current Ray cluster; returns the run summary (also ``summary.json``)."""
+    from magseg_ray.chips.pipeline import mapping_chips
+    from magseg_ray.fields.reduce import reduce_run
+    from magseg_ray.model.segmenter import ChipSegmenter
+    from magseg_ray.scenes.store import ObjectStore
+    from magseg_ray.stitch.outputs import RunFiles, finished_chips
+
+    store = store or ObjectStore.from_env()
+    p = plan(cfg, store)
+    files = RunFiles(cfg.out_root(), store)
+    resuming = check_output(files, p.identity)
+    if not resuming:
+        files.write("run.json", json.dumps(p.identity, indent=1))
+    done = finished_chips(files)
+    todo = [t for t in p.tasks if t.chip_id not in done]
+    resumed = len(p.tasks) - len(todo)
+    print(f"[map] {len(p.tasks)} chips in {p.scenes.shape[0]} catalogued scenes; {resumed} already done", flush=True)
+
+    failures: list[dict] = []
+    patches, start, last = 0, time.perf_counter(), 0.0
+    if todo:
+        threads = max(int(cfg.cpus_per_actor), 1)
+        ds = mapping_chips(p.scenes, p.aoi, p.chip, p.prompt.patch_size, store=store, read_cpus=cfg.read_cpus,
+                           skip=done)
+        ds = ds.map(ChipSegmenter, fn_constructor_args=(p.model_dir, p.prompt, cfg.batch_size,
+                                                        cfg.max_new_tokens or None, files.root, store, threads),
+                    concurrency=cfg.num_actors, num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
+        finished = 0
+        for row in ds.iter_rows():
+            finished += 1
+            patches += int(row["patches"])
+            if row["error"]:
+                failures.append({"chip_id": row["chip_id"], "scene_id": row["scene_id"], "error": row["error"]})
+            now = time.perf_counter()
+            if now - last > 10 or finished == len(todo):
+                _progress(finished, len(p.tasks), resumed, patches, now - start, len(failures))
+                last = now
+    model_seconds = time.perf_counter() - start
+    summary = reduce_run(p, files, store, failures)
+    summary.update(chips=len(p.tasks), chips_resumed=resumed, chips_failed=len(failures),
+                   patches_this_run=patches, model_seconds=round(model_seconds, 2),
+                   patches_per_s=round(patches / model_seconds, 2) if patches else None)
+    files.write("summary.json", json.dumps(summary, indent=1))
+    files.write("failures.json", json.dumps(failures, indent=1))
+    return summary

@@ -1,0 +1,106 @@
+"""A mapping run's files, in a local folder or under an ``s3://`` prefix, and per-chip outputs.
+
+Every file is written whole or not at all: locally to a temporary name and then renamed, on S3 by
+a single PUT. That is what makes a run resumable: a chip whose output file exists is finished, and
+a run killed at any moment leaves only finished files behind.
+
+Layout under the run root::
+
+    run.json                      what the run maps (AOI, model, settings): a rerun must match it
+    chips/<scene_id>/<row>_<col>.npz   per-chip classes (uint8, 255 = no data) and patch confidence
+    masks/<scene_id>.tif          stitched class raster of each scene (tiled GeoTIFF)
+    fields/cell=<cell>/*.parquet  field polygons, GeoParquet partitioned by grid cell
+    fields.gpkg, summary.json, failures.json, preview.png
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from magseg_ray.files import replace_atomically, write_atomic
+from magseg_ray.scenes.store import ObjectStore, split_uri
+
+NO_DATA = 255
+"""Class value of pixels outside the scene, the AOI or any answered patch."""
+
+
+class RunFiles:
+    """Read and write a run's files by path relative to its root (a folder or ``s3://`` prefix)."""
+
+    def __init__(self, root: str, store: ObjectStore | None = None):
+        self.root = str(root)
+        self.scheme, self.base = split_uri(root)
+        self.store = store or ObjectStore()
+        self._fs = self.store.filesystem(root) if self.scheme == "s3" else None
+
+    def uri(self, rel: str) -> str:
+        return f"s3://{self.base}/{rel}" if self.scheme == "s3" else os.path.join(self.base, rel)
+
+    def write(self, rel: str, data: bytes | str) -> None:
+        if self._fs is None:
+            write_atomic(self.uri(rel), data)
+        else:
+            self._fs.pipe_file(f"{self.base}/{rel}", data.encode() if isinstance(data, str) else data)
+
+    def read(self, rel: str) -> bytes:
+        if self._fs is None:
+            return Path(self.uri(rel)).read_bytes()
+        return self._fs.cat_file(f"{self.base}/{rel}")
+
+    def exists(self, rel: str) -> bool:
+        return Path(self.uri(rel)).exists() if self._fs is None else self._fs.exists(f"{self.base}/{rel}")
+
+    def listdir(self, rel: str) -> list[str]:
+        """Relative paths of the files below ``rel`` (recursively), sorted."""
+        if self._fs is None:
+            top = Path(self.uri(rel))
+            return sorted(str(p.relative_to(self.base)) for p in top.rglob("*") if p.is_file()
+                          and not p.name.startswith(".")) if top.is_dir() else []
+        found = self._fs.find(f"{self.base}/{rel}")
+        return sorted(posixpath.relpath(f, self.base) for f in found)
+
+    def write_with(self, rel: str, write) -> None:
+        """Let ``write(local_path)`` make a file (e.g. GDAL/OGR writers), then put it at ``rel``."""
+        if self._fs is None:
+            replace_atomically(self.uri(rel), write)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            local = Path(d) / posixpath.basename(rel)
+            write(local)
+            self._fs.put_file(str(local), f"{self.base}/{rel}")
+
+    def remove_tree(self, rel: str) -> None:
+        if self._fs is None:
+            import shutil
+
+            shutil.rmtree(self.uri(rel), ignore_errors=True)
+        elif self._fs.exists(f"{self.base}/{rel}"):
+            self._fs.rm(f"{self.base}/{rel}", recursive=True)
+
+
+def chip_file(chip_id: str) -> str:
+    """Relative path of a chip's output (chip ids are ``<scene_id>/<row>_<col>``)."""
+    return f"chips/{chip_id}.npz"
+
+
+def encode_chip(classes: np.ndarray, confidence: np.ndarray, patches: int, seconds: float) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, classes=classes.astype(np.uint8), confidence=confidence.astype(np.float32),
+                        patches=np.int64(patches), seconds=np.float64(seconds))
+    return buf.getvalue()
+
+
+def decode_chip(data: bytes) -> dict:
+    with np.load(io.BytesIO(data)) as z:
+        return {k: z[k] for k in z.files}
+
+
+def finished_chips(files: RunFiles) -> set[str]:
+    """Chip ids whose output exists."""
+    return {rel[len("chips/"):-len(".npz")] for rel in files.listdir("chips") if rel.endswith(".npz")}

@@ -1,0 +1,154 @@
+"""jobs/map_region.py end to end on a local Ray cluster, with the offline ``tiny`` model (random
+weights: its map is meaningless, the pipeline around it is what is tested; the reducer's geometry
+is tested against known masks in tests/fields/test_reduce.py)."""
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from scipy import ndimage
+
+from magseg_ray.errors import ConfigError, SceneError, SchemaError
+from magseg_ray.map_region import DEMO_DIR, MapConfig, check_output, plan
+from magseg_ray.model.segmenter import ModelPrompt, write_model_prompt
+from magseg_ray.scenes.catalog import build_catalog
+from magseg_ray.stitch.outputs import RunFiles
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def job_main():
+    spec = importlib.util.spec_from_file_location("map_region_job", ROOT / "jobs" / "map_region.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_dir):
+    """The tiny model with a 128 px chip card, and the demo AOI's synthetic part: two scenes in
+    UTM 47N and 48N."""
+    root = tmp_path_factory.mktemp("map")
+    model = root / "model"
+    shutil.copytree(tiny_dir, model)
+    write_model_prompt(model, ModelPrompt(chip_size=128))
+    demo = gpd.read_file(DEMO_DIR / "aoi.geojson")
+    aoi = root / "aoi.geojson"
+    aoi.write_text(demo.iloc[:1].to_json())
+    return {"root": root, "model": str(model), "aoi": str(aoi)}
+
+
+def flags(setup, out, address, **extra):
+    values = {"aoi": setup["aoi"], "model": setup["model"], "out": str(out), "address": address,
+              "max-new-tokens": 8, "cpus-per-actor": 0.5, "overlap": 32, **extra}
+    return [x for k, v in values.items() for x in (f"--{k}", str(v))]
+
+
+def test_maps_two_utm_zones_and_a_killed_run_resumes_to_the_same_map(ray_cluster, setup, capsys):
+    main, root = job_main(), setup["root"]
+    assert main(flags(setup, root / "a", ray_cluster.address)) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    a = RunFiles(str(root / "a"))
+    assert summary["scenes"] == 2 and summary["chips_failed"] == 0 and summary["chips"] == 50
+    assert summary["patches"] == summary["patches_this_run"] > 0 and summary["patches_per_s"] > 0
+    assert a.exists("fields.gpkg") and Path(a.uri("preview.png")).stat().st_size > 10_000
+    fields = gpd.read_parquet(a.uri("fields"))
+    assert len(fields) == summary["fields"] and fields.crs.to_epsg() == 4326
+
+    # chip seams never split a field: each polygon of a scene is one connected field of its
+    # stitched raster, and some of them span chips
+    with rasterio.open(a.uri("masks/synth_900.tif")) as src:
+        classes, transform, crs = src.read(1), src.transform, src.crs
+    from magseg_ray.masks.instances import instances_from_classes
+
+    inst = instances_from_classes(np.where(classes == 255, 0, classes))
+    sizes = ndimage.sum_labels(np.ones_like(inst), inst, np.arange(1, inst.max() + 1))
+    mine = fields[["synth_900" in s.split("+") for s in fields["scene_id"]]]
+    assert len(mine) == int((sizes >= 16).sum())
+    spans = [b for b in mine.to_crs(crs).bounds.itertuples()
+             if int((b.minx - transform.c) / transform.a) // 96 != int((b.maxx - transform.c) / transform.a) // 96]
+    assert spans  # fields crossing chip seams (stride 96 px) came out as single polygons
+
+    # kill a run mid-way (SIGKILL, no cleanup), rerun the same command: it resumes, same map
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs/map_region.py"), *flags(setup, root / "b", ray_cluster.address)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    chips = Path(root / "b" / "chips")
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(chips.rglob("*.npz"))) < 6:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(chips.rglob("*.npz")))
+    assert 6 <= done < 50 and not (root / "b" / "summary.json").exists()
+    assert main(flags(setup, root / "b", ray_cluster.address)) == 0
+    resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert resumed["chips_resumed"] >= done and resumed["patches"] == summary["patches"]
+    again = gpd.read_parquet(root / "b" / "fields").sort_values("id")
+    first = fields.sort_values("id")
+    assert list(again["id"]) == list(first["id"])
+    assert all(x.equals_exact(y, 0) for x, y in zip(again.geometry, first.geometry))
+    for scene in ("synth_900", "synth_901"):
+        with rasterio.open(root / "a" / f"masks/{scene}.tif") as x, rasterio.open(root / "b" / f"masks/{scene}.tif") as y:
+            assert np.array_equal(x.read(1), y.read(1))
+
+    # evaluate.py scores the map against the scene's truth
+    spec = importlib.util.spec_from_file_location("evaluate_job", ROOT / "jobs" / "evaluate.py")
+    evaluate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate)
+    truth = DEMO_DIR / "scenes" / "synth_900.fields.gpkg"
+    assert evaluate.main(["--pred", a.uri("masks/synth_900.tif"), "--truth", str(truth)]) == 0
+    assert "instance" in capsys.readouterr().out
+
+
+def test_a_broken_scene_goes_to_failures_and_the_rest_is_mapped(ray_cluster, setup, tmp_path, capsys):
+    scenes = tmp_path / "scenes"
+    shutil.copytree(DEMO_DIR / "scenes", scenes)
+    build_catalog(scenes).save(tmp_path / "catalog.parquet")
+    data = (scenes / "synth_901.tif").read_bytes()
+    (scenes / "synth_901.tif").write_bytes(data[:2000] + bytes(len(data) - 2000))  # tiles destroyed after cataloguing
+    assert job_main()(flags(setup, tmp_path / "out", ray_cluster.address, catalog=tmp_path / "catalog.parquet")) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    failures = json.loads((tmp_path / "out" / "failures.json").read_text())
+    assert summary["chips_failed"] == len(failures) > 0 and {f["scene_id"] for f in failures} == {"synth_901"}
+    assert summary["scenes"] == 1 and (tmp_path / "out" / "masks" / "synth_900.tif").exists()
+
+
+def test_bad_inputs(setup, tmp_path):
+    base = dict(aoi=setup["aoi"], model=setup["model"], out=str(tmp_path / "o"))
+    far = tmp_path / "far.geojson"
+    far.write_text('{"type": "Polygon", "coordinates": [[[10, 50], [10.1, 50], [10.1, 50.1], [10, 50]]]}')
+    with pytest.raises(SceneError, match="touches none"):
+        plan(MapConfig(**{**base, "aoi": str(far)}))
+    with pytest.raises(ConfigError, match="cannot be read"):
+        plan(MapConfig(**{**base, "aoi": str(tmp_path / "missing.geojson")}))
+    other = tmp_path / "model"
+    shutil.copytree(setup["model"], other)
+    (other / "magseg.json").write_text('{"schema": "nope"}')
+    with pytest.raises(SchemaError, match="nope"):
+        plan(MapConfig(**{**base, "model": str(other)}))
+    with pytest.raises(ConfigError, match="multiple"):
+        plan(MapConfig(**{**base, "chip_size": 100}))
+    # an output folder made for another AOI or model is refused, not overwritten
+    p = plan(MapConfig(**base))
+    files = RunFiles(str(tmp_path / "o"))
+    assert check_output(files, p.identity) is False
+    files.write("run.json", json.dumps(p.identity))
+    assert check_output(files, p.identity) is True
+    with pytest.raises(ConfigError, match="different aoi_sha256"):
+        check_output(files, {**p.identity, "aoi_sha256": "x"})
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty"):
+        check_output(RunFiles(str(tmp_path / "busy")), p.identity)
+    assert job_main()(["--aoi", str(far), "--model", setup["model"], "--out", str(tmp_path / "x")]) == 2
