@@ -32,7 +32,7 @@ import geopandas as gpd
 from magseg_ray.errors import ConfigError, ModelLoadError
 
 DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
-"""Bundled demo: scenes (``scenes/``) and an AOI (``aoi.geojson``) spanning them."""
+"""Bundled demo: scenes (``scenes/``) and an AOI (``demo.geojson``) spanning them."""
 
 
 def _h(text: str, **extra) -> dict:
@@ -43,7 +43,7 @@ def _h(text: str, **extra) -> dict:
 class MapConfig:
     """Settings of one mapping run."""
 
-    aoi: str = field(default=str(DEMO_DIR / "aoi.geojson"), metadata=_h(
+    aoi: str = field(default=str(DEMO_DIR / "demo.geojson"), metadata=_h(
         "area of interest: GeoJSON or any vector file of polygons (EPSG:4326 unless it declares a CRS)"))
     catalog: str = field(default=str(DEMO_DIR / "scenes"), metadata=_h(
         "scenes: a catalog .parquet, or a folder, file:// or s3:// prefix of COGs"))

@@ -42,7 +42,7 @@ def setup(tmp_path_factory, tiny_dir):
     model = root / "model"
     shutil.copytree(tiny_dir, model)
     write_model_prompt(model, ModelPrompt(chip_size=128))
-    demo = gpd.read_file(DEMO_DIR / "aoi.geojson")
+    demo = gpd.read_file(DEMO_DIR / "demo.geojson")
     aoi = root / "aoi.geojson"
     aoi.write_text(demo.iloc[:1].to_json())
     return {"root": root, "model": str(model), "aoi": str(aoi)}

@@ -7,6 +7,8 @@ anything else is read with :func:`geopandas.read_file` (GeoPackage, GeoJSON, Sha
   (0 = no field, k = field k). ``kind="auto"`` takes the GeoTIFF tag ``MAGSEG_KIND``
   (``class`` or ``instance``) where present, else treats ``uint8`` as class and any other dtype
   as instance. Nodata pixels, and grid pixels the raster does not cover, become 0.
+- Where a *prediction raster* has no data (nodata, or outside it), the truth is blanked too: a
+  map of part of a scene (an AOI) is scored on the part it maps, with truth fields clipped to it.
 - Vectors are polygons rasterized as instances, one id per feature in file order (a later
   feature overwrites an earlier one where they overlap), pixel centres inside (``all_touched``
   off), after reprojecting to the grid's CRS.
@@ -63,6 +65,8 @@ class _Raster(NamedTuple):
     transform: Affine
     crs: CRS
     kind: str
+    valid: np.ndarray
+    """Pixels that hold data (not nodata)."""
 
 
 class _Vector(NamedTuple):
@@ -91,15 +95,16 @@ def _read_raster(path: Path, kind: str) -> _Raster:
         raise RasterInputError(f"{path}: cannot read raster: {e}") from None
     if crs is None:
         raise RasterInputError(f"{path}: raster has no CRS")
+    valid = np.ones(data.shape, bool) if nodata is None else data != nodata
     if nodata is not None:
-        data[data == nodata] = 0
+        data[~valid] = 0
     if kind == "auto":
         kind = tag or ("class" if data.dtype == np.uint8 else "instance")
     if kind not in KINDS[1:]:
         raise RasterInputError(f"{path}: tag {KIND_TAG}={kind!r} is neither 'class' nor 'instance'")
     if kind == "instance" and data.size and data.min() < 0:
         raise RasterInputError(f"{path}: instance raster holds negative ids")
-    return _Raster(path, data, transform, crs, kind)
+    return _Raster(path, data, transform, crs, kind, valid)
 
 
 def _read_vector(path: Path, make_valid: bool = False) -> _Vector:
@@ -222,4 +227,11 @@ def load_pair(
     grid = _grid(truth, pred, resolution)
     truth_classes, truth_instances = _on_grid(truth, grid, schema)
     pred_classes, pred_instances = _on_grid(pred, grid, schema)
+    if isinstance(pred, _Raster) and not pred.valid.all():
+        covered = np.zeros(grid.shape, np.uint8)
+        reproject(pred.valid.astype(np.uint8), covered, src_transform=pred.transform, src_crs=pred.crs,
+                  dst_transform=grid.transform, dst_crs=grid.crs, resampling=Resampling.nearest)
+        outside = covered == 0
+        truth_classes, truth_instances = truth_classes.copy(), truth_instances.copy()
+        truth_classes[outside], truth_instances[outside] = 0, 0
     return AlignedPair(pred_classes, truth_classes, pred_instances, truth_instances, grid.transform, grid.crs)

@@ -61,6 +61,9 @@ class SFTConfig:
     local_crop: bool = field(default=True, metadata=_h("show a crop around the patch after the shared prefix"))
     val_fraction: float = field(default=0.2, metadata=_h("share of scenes held out for validation (by scene id hash)"))
     val_patches: int = field(default=32, metadata=_h("validation patches scored every eval_every steps"))
+    uniform_keep: float = field(default=1.0, metadata=_h(
+        "share of single-class patches (answer '*f', '*b') kept for training; lower values make the model "
+        "learn from patches with structure instead of the majority answer"))
     lora_r: int = field(default=16, metadata=_h("LoRA rank"))
     lora_alpha: int = field(default=32, metadata=_h("LoRA alpha"))
     train_projector: bool = field(default=False, metadata=_h(
@@ -104,6 +107,8 @@ def check_config(cfg: SFTConfig) -> None:
         raise ConfigError("--data is required: a catalog, folder or prefix of labelled scenes")
     if cfg.chip_size % cfg.patch_size:
         raise ConfigError(f"chip_size {cfg.chip_size} is not a multiple of patch_size {cfg.patch_size}")
+    if not 0 < cfg.uniform_keep <= 1:
+        raise ConfigError(f"uniform_keep must lie in (0, 1], got {cfg.uniform_keep}")
     if cfg.checkpoint_every < 1 or cfg.max_steps < 1 or cfg.batch_size < 1:
         raise ConfigError("max_steps, batch_size and checkpoint_every must be >= 1")
 
@@ -224,7 +229,8 @@ def train_loop(loop_config: dict) -> None:
         for i, chip in enumerate(shard.iter_rows()):
             if i < state["chips_done"]:
                 continue
-            records = patch_records(chip, prompt)
+            records = [r for r in patch_records(chip, prompt)
+                       if cfg.uniform_keep >= 1 or len(r["target"]) > 2 or rng.random() < cfg.uniform_keep]
             seen_patches += len(records)
             rng.shuffle(records)
             buffer.extend(records)

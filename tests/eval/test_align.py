@@ -156,3 +156,23 @@ def test_job_on_real_scene(tmp_path):
 def test_job_reports_user_errors(tmp_path, capsys):
     assert _job().main(["--pred", str(tmp_path / "nope.tif"), "--truth", f"{SCENE}.fields.gpkg"]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_a_map_of_part_of_a_scene_is_scored_on_that_part(tmp_path):
+    """A class map with nodata outside its AOI (what map_region writes): the truth is blanked there."""
+    from magseg_ray.eval.metrics import evaluate_masks
+
+    data = Path(__file__).resolve().parents[1] / "data" / "naip"
+    with rasterio.open(data / "naip_41p6497_m89p5929.labels.tif") as src:
+        classes = classes_from_instances(src.read(1), "fields3").astype(np.uint8)
+        profile = dict(driver="GTiff", width=src.width, height=src.height, count=1, dtype="uint8",
+                       crs=src.crs, transform=src.transform, nodata=255)
+    classes[:, : classes.shape[1] // 2] = 255  # only the east half was mapped
+    pred = tmp_path / "half.tif"
+    with rasterio.open(pred, "w", **profile) as dst:
+        dst.write(classes, 1)
+    pair = load_pair(pred, data / "naip_41p6497_m89p5929.fields.gpkg", "fields3")
+    assert not pair.truth_instances[:, : classes.shape[1] // 2].any()
+    field = evaluate_masks(pair.pred_classes, pair.truth_classes, "fields3", pair.pred_instances,
+                           pair.truth_instances)["instance"]["field"]
+    assert field["mean_iou"] > 0.95  # the fields the map cut at its edge are compared with the truth cut there

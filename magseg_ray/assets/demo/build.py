@@ -1,4 +1,4 @@
-"""Rebuild the bundled demo (scenes/ and aoi.geojson); run from the repository root:
+"""Rebuild the bundled demo (scenes/ and demo.geojson); run from the repository root:
 
     python magseg_ray/assets/demo/build.py [--naip ../shared/data/naip-fields]
 
@@ -8,7 +8,7 @@
 - ``synth_900``, ``synth_901``: synthetic smallholder scenes (0.5 m, 512 px), seeds the demo model
   never saw, placed side by side across the UTM 47N / 48N zone line at 102 E, 13 N (western
   Cambodia), overlapping by 8 m, so the AOI spans two scenes in different CRSs.
-- ``aoi.geojson``: both synthetic scenes and a 400 m square of the NAIP scene.
+- ``demo.geojson``: both synthetic scenes and a 400 m square of the NAIP scene.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def main() -> None:
     square = gpd.GeoSeries([shapely.box(x0, y0, x0 + 400, y0 + 400)], crs=naip["crs"]).to_crs("EPSG:4326")
     aoi = gpd.GeoDataFrame({"name": ["synthetic, across the 47N/48N seam", "NAIP, 400 m square"]},
                            geometry=[synth, square.iloc[0]], crs="EPSG:4326")
-    (HERE / "aoi.geojson").write_text(json.dumps(json.loads(aoi.to_json(drop_id=True)), indent=1))
+    (HERE / "demo.geojson").write_text(json.dumps(json.loads(aoi.to_json(drop_id=True)), indent=1))
 
 
 if __name__ == "__main__":
