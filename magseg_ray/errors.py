@@ -40,3 +40,11 @@ class ClusterError(MagsegError):
 
 class SceneError(MagsegError):
     """A scene or scene root is missing, unreadable, corrupt, or of an unsupported kind (dtype, no CRS)."""
+
+
+class TileRequestError(MagsegError, ValueError):
+    """A map tile request is malformed or out of range (z/x/y), or too coarse for per-patch inference."""
+
+
+class NotCoveredError(MagsegError):
+    """A requested place (a map tile) lies outside every catalogued scene."""

@@ -1,0 +1,128 @@
+"""Settings of the tile server, and the one place that sizes it (replicas, autoscaling, limits).
+
+Every field is a flag of ``jobs/serve.py`` and an ``args`` key of the Serve application builder
+``magseg_ray.serve:app`` (``serve run magseg_ray.serve:app catalog=... model=...``, or
+``serveConfigV2.applications[].args`` of a KubeRay RayService), so the three ways to start the
+server cannot drift apart. :meth:`ServeSettings.deployment_options` turns them into the Serve
+deployment options:
+
+- **replicas**: ``min_replicas == max_replicas`` gives that many fixed replicas; ``max_replicas >
+  min_replicas`` turns on Serve autoscaling between them, aiming at ``target_ongoing_requests`` per
+  replica. Each replica loads the model once and holds its own chip cache, and reserves
+  ``cpus_per_replica`` CPUs and ``gpus_per_replica`` GPUs (1 on GPU clusters: the model then runs
+  on that GPU in bf16).
+- **limits**: a replica takes at most ``max_ongoing_requests`` requests at once; each caller (the
+  HTTP proxy) queues at most ``max_queued_requests`` more, and answers any request beyond that at
+  once with HTTP 503 (``Retry-After: 1``) instead of letting it wait.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from magseg_ray.errors import ConfigError
+
+DEMO_SCENES = Path(__file__).resolve().parents[1] / "assets" / "demo" / "scenes"
+"""Default catalog: the bundled demo scenes (as ``map_region``'s)."""
+API_KEY_ENV = "MAGSEG_API_KEY"
+"""Environment variable read for the API key when ``api_key`` is empty (keeps it off command lines)."""
+
+
+def _h(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Settings of one tile server application."""
+
+    catalog: str = field(default=str(DEMO_SCENES), metadata=_h(
+        "scenes: a catalog .parquet, or a folder, file:// or s3:// prefix of COGs (as map_region's --catalog)"))
+    model: str = field(default="", metadata=_h("model folder (Gemma3 checkpoint); default: the shipped demo model"))
+    maps: str = field(default="", metadata=_h(
+        "comma-separated map_region output folders (or s3:// prefixes) made with this model: tiles they "
+        "cover are served from their masks/ and fields/ instead of running the model"))
+    api_key: str = field(default="", metadata=_h(
+        f"when set (or ${API_KEY_ENV}), every route but /healthz needs header X-API-Key (or ?key=) equal to it"))
+    overlap: int = field(default=-1, metadata=_h("pixels shared by neighbouring chips; -1: chip size / 8 (map_region's default)"))
+    max_new_tokens: int = field(default=0, metadata=_h("answer token budget per patch; 0: the longest mask text"))
+    patch_batch: int = field(default=64, metadata=_h("patches decoded together (they share the chip's KV prefix)"))
+    chip_batch: int = field(default=8, metadata=_h("most chips one batched model call takes (@serve.batch)"))
+    batch_wait_s: float = field(default=0.02, metadata=_h("how long a model call waits for more chips to batch"))
+    cache_mb: int = field(default=256, metadata=_h("chip cache size per replica, MiB (least recently used chips leave first)"))
+    min_zoom: int = field(default=12, metadata=_h("coarsest zoom served; coarser tiles get 400"))
+    max_chips_per_tile: int = field(default=64, metadata=_h(
+        "most model chips one tile may need in one scene; a tile needing more is too coarse for per-patch inference (400)"))
+    simplify_px: float = field(default=1.0, metadata=_h("polygon simplification tolerance in pixels (x GSD)"))
+    min_field_px: int = field(default=16, metadata=_h("smallest field kept, in pixels"))
+    min_replicas: int = field(default=1, metadata=_h("replicas (each loads the model); autoscaling lower bound"))
+    max_replicas: int = field(default=1, metadata=_h("autoscaling upper bound; equal to --min-replicas: no autoscaling"))
+    target_ongoing_requests: float = field(default=4.0, metadata=_h("autoscaling target of ongoing requests per replica"))
+    cpus_per_replica: float = field(default=1.0, metadata=_h("CPUs reserved per replica (and its torch threads)"))
+    gpus_per_replica: float = field(default=0.0, metadata=_h("GPUs per replica (1 on GPU clusters)"))
+    max_ongoing_requests: int = field(default=8, metadata=_h("requests a replica works on at once"))
+    max_queued_requests: int = field(default=16, metadata=_h("requests queued beyond those; more get 503 at once"))
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_zoom <= 24:
+            raise ConfigError(f"min_zoom must be within 0-24, got {self.min_zoom}")
+        if not 1 <= self.min_replicas <= self.max_replicas:
+            raise ConfigError(f"need 1 <= min_replicas <= max_replicas, got {self.min_replicas}, {self.max_replicas}")
+        for name in ("chip_batch", "patch_batch", "max_ongoing_requests", "max_queued_requests", "max_chips_per_tile"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.cache_mb < 0:
+            raise ConfigError(f"cache_mb must be >= 0, got {self.cache_mb}")
+
+    @classmethod
+    def from_args(cls, args: dict) -> ServeSettings:
+        """From the application builder's ``args`` (strings from ``serve run k=v``, or typed values
+        from a config file); unknown keys are refused, naming them."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        unknown = sorted(set(args) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown tile server settings {unknown}; known: {sorted(known)}")
+        values = {}
+        for name, value in args.items():
+            tp = hints[name]
+            try:
+                if tp is bool and isinstance(value, str):
+                    value = value.strip().lower() in ("1", "true", "yes", "on")
+                values[name] = tp(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"tile server setting {name}={value!r} is not a {tp.__name__}") from None
+        return cls(**values)
+
+    def model_dir(self) -> str:
+        from magseg_ray.model.checkpoint import DEMO_MODEL
+
+        return self.model or str(DEMO_MODEL)
+
+    def key(self) -> str:
+        """The API key in force ('' for none)."""
+        return self.api_key or os.environ.get(API_KEY_ENV, "")
+
+    def map_roots(self) -> list[str]:
+        return [m.strip() for m in self.maps.split(",") if m.strip()]
+
+    def deployment_options(self) -> dict:
+        """Options of the tile server's Serve deployment (see module doc)."""
+        from ray.serve.config import BackpressureConfig
+
+        options = {
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+            "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=1),
+            "ray_actor_options": {"num_cpus": self.cpus_per_replica, "num_gpus": self.gpus_per_replica},
+        }
+        if self.max_replicas > self.min_replicas:
+            options["autoscaling_config"] = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                                             "target_ongoing_requests": self.target_ongoing_requests}
+        else:
+            options["num_replicas"] = self.min_replicas
+        return options

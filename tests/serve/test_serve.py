@@ -1,0 +1,229 @@
+"""The tile server on a local Ray cluster, over HTTP on 127.0.0.1, against map_region's output.
+
+Applications on one Serve instance, all on the offline ``tiny`` model (random weights: the
+classes are meaningless, their agreement with map_region is what is tested), on a catalog of the
+demo scenes whose NAIP scene was corrupted after cataloguing:
+
+- ``/``: tiles computed on demand;
+- ``/guarded``: an API key, and limits of one ongoing and one queued request (503s under overload);
+- ``/precomputed`` (slow tests): map_region's output over one tile as precomputed maps, after
+  map_region has run there; its map is what the on-demand tiles are checked against.
+"""
+
+import json
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+
+from magseg_ray.cluster import free_port
+from magseg_ray.map_region import DEMO_DIR, MapConfig, run_map_region
+from magseg_ray.masks.schemas import get_schema
+from magseg_ray.model.segmenter import ModelPrompt, write_model_prompt
+from magseg_ray.scenes.catalog import build_catalog
+from magseg_ray.serve.tiles import Tile, classes_of_png, to_tile
+
+INSIDE = Tile(19, 410689, 243046)
+"""A tile wholly inside synth_900 (6 chips)."""
+SEAM = Tile(19, 410692, 243046)
+"""A tile across the synth_900 (UTM 47N) / synth_901 (UTM 48N) seam."""
+SETTINGS = {"max_new_tokens": 8, "overlap": 32, "cpus_per_replica": 0.25}
+"""As tests/test_map_region.py runs map_region (a 128 px chip card, 32 px overlap, 8 answer tokens)."""
+FIELDS3 = get_schema("fields3")
+
+
+def get(url, key=None, timeout=300):
+    """``(status, headers, body)`` of a GET (errors included; headers match names in any case)."""
+    request = urllib.request.Request(url, headers={"X-API-Key": key} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, tiny_dir, tmp_path_factory):
+    """The ``/`` and ``/guarded`` applications; Serve is shut down at the end."""
+    from ray import serve
+
+    from magseg_ray.serve import app
+
+    root = tmp_path_factory.mktemp("serve")
+    model = root / "model"
+    shutil.copytree(tiny_dir, model)
+    write_model_prompt(model, ModelPrompt(chip_size=128))
+    scenes = root / "scenes"
+    shutil.copytree(DEMO_DIR / "scenes", scenes)
+    catalog = str(build_catalog(scenes).save(root / "catalog.parquet"))
+    broken = scenes / "naip_43p7840_m92p4228.tif"
+    data = broken.read_bytes()
+    broken.write_bytes(data[:2000] + b"\xab" * (len(data) - 2000))  # tile index and tiles destroyed after cataloguing
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        base = {"catalog": catalog, "model": str(model), **SETTINGS}
+        serve.run(app(base), name="tiles", route_prefix="/")
+        guarded = {**base, "api_key": "s3cret", "max_ongoing_requests": 1, "max_queued_requests": 1}
+        serve.run(app({k: str(v) for k, v in guarded.items()}), name="guarded", route_prefix="/guarded")
+        yield {"url": f"http://127.0.0.1:{port}", "root": root, "base": base}
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def mapped(served):
+    """map_region's output over INSIDE (and a 10 m margin), and ``/precomputed`` serving it."""
+    from ray import serve
+
+    from magseg_ray.serve import app
+
+    root = served["root"]
+    aoi = root / "aoi.geojson"
+    # a little more than the tile, so that the mapped area covers the tile's window in the scene grid
+    aoi.write_text(gpd.GeoSeries([INSIDE.footprint.buffer(1e-4, join_style="mitre")], crs="EPSG:4326").to_json())
+    run = root / "run"
+    base = served["base"]
+    run_map_region(MapConfig(aoi=str(aoi), catalog=base["catalog"], model=base["model"], out=str(run), overlap=32,
+                             max_new_tokens=8, cpus_per_actor=0.5))
+    serve.run(app({**base, "maps": str(run)}), name="precomputed", route_prefix="/precomputed")
+    return {**served, "run": run}
+
+
+def mask_in_tile(run, scene, tile):
+    with rasterio.open(run / "masks" / f"{scene}.tif") as src:
+        return to_tile(src.read(1), src.transform, src.crs.to_string(), tile)
+
+
+def test_tiles_are_cached_and_seams_are_resolved(served):
+    url = served["url"]
+    status, headers, body = get(f"{url}/tiles/{INSIDE}.png")
+    assert status == 200 and headers["Content-Type"] == "image/png" and headers["X-Tile-Source"] == "model"
+    assert (classes_of_png(body, FIELDS3) != 255).all()  # wholly inside a scene: every pixel answered
+    # the same tile again comes from the chip cache: no chip computed
+    before = json.loads(get(f"{url}/healthz")[2])
+    assert get(f"{url}/tiles/{INSIDE}.png")[2] == body
+    after = json.loads(get(f"{url}/healthz")[2])
+    assert after["chips_computed"] == before["chips_computed"] and after["cache"]["hits"] >= before["cache"]["hits"] + 6
+    # across a scene seam: both scenes, each clipped to the part it owns, nothing overlapping
+    status, headers, body = get(f"{url}/tiles/{SEAM}.geojson")
+    assert status == 200 and headers["Content-Type"] == "application/geo+json"
+    assert headers["X-Scenes"] == "synth_900,synth_901"
+    seam = gpd.GeoDataFrame.from_features(json.loads(body)["features"], crs="EPSG:4326")
+    assert set(seam["scene_id"]) == {"synth_900", "synth_901"} and set(seam["source"]) == {"model"}
+    assert seam.within(SEAM.footprint.buffer(1e-9)).all()
+    utm = seam.to_crs("EPSG:32648")
+    assert utm.area.sum() == pytest.approx(utm.union_all().area, rel=1e-3)
+    status, _, body = get(f"{url}/tiles/{SEAM}.png")
+    assert status == 200 and (classes_of_png(body, FIELDS3) != 255).mean() > 0.99
+
+
+def test_bad_requests(served):
+    url = served["url"]
+    for path, status, words in [
+        ("tiles/25/1/1.png", 400, "zoom must be within"),
+        ("tiles/18/999999999/1.png", 400, "x and y must be within"),
+        ("tiles/18/a/1.geojson", 400, "integers"),
+        ("tiles/8/201/121.png", 400, "too coarse"),
+        ("tiles/14/3985/5971.png", 400, "ask for zoom 16 or finer"),  # min zoom passes, but the tile needs too many chips
+        ("tiles/18/1000/1000.png", 404, "outside every one of the 3 catalogued scenes"),
+        ("tiles/19/127543/191077.png", 502, "naip_43p7840_m92p4228"),
+        ("tiles/19/127543/191077.geojson", 502, "naip_43p7840_m92p4228"),
+        ("imagery/19/127543/191077.png", 502, "naip_43p7840_m92p4228"),
+    ]:
+        got, _, body = get(f"{url}/{path}")
+        assert got == status and words in json.loads(body)["detail"], (path, got, body[:300])
+    assert get(f"{url}/tiles/{INSIDE}.png")[0] == 200  # a broken scene elsewhere harms no other tile
+    assert get(f"{url}/imagery/{INSIDE}.png")[0] == 200
+
+
+def test_api_key(served):
+    url = f"{served['url']}/guarded"
+    assert get(f"{url}/healthz")[0] == 200
+    for path in (f"tiles/{INSIDE}.png", f"tiles/{INSIDE}.geojson", "tilejson.json", "map", f"imagery/{INSIDE}.png"):
+        assert get(f"{url}/{path}")[0] == 401
+        assert get(f"{url}/{path}", key="wrong")[0] == 401
+    assert get(f"{url}/imagery/{INSIDE}.png", key="s3cret")[0] == 200
+    status, _, body = get(f"{url}/tilejson.json?key=s3cret")
+    tj = json.loads(body)
+    assert status == 200 and tj["tiles"][0].endswith("/guarded/tiles/{z}/{x}/{y}.png?key=s3cret")
+    assert get(f"{url}/map?key=s3cret")[2].startswith(b"<!doctype html>")
+
+
+def test_overload_answers_503_at_once(served):
+    url = f"{served['url']}/guarded"
+    tiles = [Tile(19, 410689 + i % 3, 243046 + i // 3) for i in range(8)]  # not cached in this app: the model runs
+    results = [None] * len(tiles)
+
+    def fetch(i):
+        start = time.perf_counter()
+        status = get(f"{url}/tiles/{tiles[i]}.png", key="s3cret")[0]
+        results[i] = (status, time.perf_counter() - start)
+
+    threads = [threading.Thread(target=fetch, args=(i,)) for i in range(len(tiles))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    statuses = [s for s, _ in results]
+    assert set(statuses) <= {200, 503} and statuses.count(503) >= 1 and statuses.count(200) >= 1, results
+    assert max(seconds for status, seconds in results if status == 503) < 5, results
+
+
+@pytest.mark.slow
+def test_tiles_match_map_region_and_precomputed_maps_are_served(mapped):
+    url = mapped["url"]
+    want = mask_in_tile(mapped["run"], "synth_900", INSIDE)
+    known = want != 255
+    assert known.all()  # map_region mapped the AOI: this tile and a margin
+    got = classes_of_png(get(f"{url}/tiles/{INSIDE}.png")[2], FIELDS3)
+    assert (got == want).mean() > 0.95  # on demand: the same chips, decoded in other batches
+
+    status, headers, body = get(f"{url}/tiles/{INSIDE}.geojson")
+    fields = gpd.GeoDataFrame.from_features(json.loads(body)["features"], crs="EPSG:4326")
+    assert status == 200 and len(fields) > 0 and set(fields["scene_id"]) == {"synth_900"}
+    assert fields.within(INSIDE.footprint.buffer(1e-9)).all()
+    reference = gpd.read_parquet(mapped["run"] / "fields").clip(INSIDE.footprint)
+    a, b = fields.union_all(), reference.union_all()
+    assert shapely.area(shapely.intersection(a, b)) / shapely.area(shapely.union(a, b)) > 0.9
+
+    status, headers, body = get(f"{url}/precomputed/tiles/{INSIDE}.png")
+    assert status == 200 and headers["X-Tile-Source"] == "map"
+    assert np.array_equal(classes_of_png(body, FIELDS3), want)  # read from masks/, exactly
+    status, headers, body = get(f"{url}/precomputed/tiles/{INSIDE}.geojson")
+    assert status == 200 and headers["X-Tile-Source"] == "map"
+    features = json.loads(body)["features"]
+    assert features and {f["properties"]["source"] for f in features} == {f"map:{mapped['run']}"}
+    assert get(f"{url}/precomputed/tiles/{SEAM}.png")[1]["X-Tile-Source"] == "model"  # not covered by the run
+
+
+@pytest.mark.slow
+def test_map_page_in_headless_chromium(served, tmp_path):
+    """The /map viewer draws imagery, overlay and field outlines (screenshot kept at
+    $MAGSEG_SCREENSHOT when set)."""
+    import os
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on PATH (apt-get install chromium)")
+    shot = tmp_path / "map.png"
+    lon, lat = INSIDE.footprint.centroid.coords[0]
+    page = f"{served['url']}/map#19/{lat:.6f}/{lon:.6f}"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=512,512", "--virtual-time-budget=60000", f"--screenshot={shot}", page],
+                   check=True, capture_output=True, timeout=300)
+    if os.environ.get("MAGSEG_SCREENSHOT"):
+        shutil.copy(shot, os.environ["MAGSEG_SCREENSHOT"])
+    from PIL import Image
+
+    image = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
+    outline = (image == (0, 229, 255)).all(-1).mean()  # field outlines drawn from the GeoJSON tiles
+    assert len(np.unique(image, axis=0)) > 500 and outline > 0.0002, outline
