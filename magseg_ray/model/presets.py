@@ -106,6 +106,13 @@ def build_model(preset: str, seed: int = 0) -> tuple[Gemma3ForConditionalGenerat
     )
     torch.manual_seed(seed)
     model = Gemma3ForConditionalGeneration(config)
+    # Gemma3 initialises the projector's matrix to zeros, which is harmless under a pretrained
+    # checkpoint but fatal from scratch: image tokens are all zero and the vision tower gets no
+    # gradient, so a preset trained from random weights learns to ignore the image. Start it at
+    # 1/sqrt(fan-in) instead.
+    projection = model.model.multi_modal_projector.mm_input_projection_weight
+    with torch.no_grad():
+        projection.normal_(0.0, projection.shape[0] ** -0.5)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[tokenizer.eos_token_id, ids(END_OF_TURN)],

@@ -69,3 +69,26 @@ def test_random_masks_tokenize_back_to_the_same_text(tokenizer):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert tokenizer.decode(ids) == text
         assert len(ids) <= len(text)
+
+
+def test_image_tokens_carry_the_image_from_the_start():
+    """A zero-initialised projector makes every image token zero, and a preset trained from random
+    weights then learns to ignore the image: the preset's image tokens must differ across images
+    and across positions of one image."""
+    import numpy as np
+    import torch
+
+    from magseg_ray.model.presets import build_model
+    from magseg_ray.prompt import PromptConfig, build_patch_prompt
+
+    model, processor = build_model("tiny")
+    images = [np.zeros((128, 128, 3), np.uint8), np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)]
+    feats = []
+    for image in images:
+        p = build_patch_prompt(image, (0, 0, 32, 32), PromptConfig(local_crop=False))
+        enc = processor(text=[p.text], images=[p.images], return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            feats.append(model.model.get_image_features(enc["pixel_values"]).pooler_output[0])
+    norm = feats[1].norm(dim=-1).mean()
+    assert (feats[0] - feats[1]).norm(dim=-1).mean() > 0.1 * norm
+    assert (feats[1] - feats[1].mean(0)).norm(dim=-1).mean() > 0.05 * norm
