@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -91,6 +92,7 @@ def args(storage, model, **overrides):
     return [x for k, v in flags.items() for x in (f"--{k}", str(v))]
 
 
+@pytest.mark.slow  # two job runs: about 4.5 min on 2 busy cores
 def test_grpo_job_runs_and_resumes(ray_cluster, tiny_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
     main = grpo_main()
