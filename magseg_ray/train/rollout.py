@@ -7,7 +7,8 @@ reference, tagged with the policy version, with every request; an actor whose we
 another version loads them before it samples (so a restarted actor heals itself), and every
 result says which version produced it, so the learner records the lag instead of trusting it.
 
-Prompts do not travel either: every actor and learner holds the training chips (one object in
+Ray is imported where it is used, so that a driver can check its inputs with this module before
+:func:`magseg_ray.cluster.ray_session` sets Ray's environment up. Prompts do not travel either: every actor and learner holds the training chips (one object in
 the store) as a :class:`PromptSet` and a prompt is named by its key ``(chip index, patch index)``.
 :class:`RolloutPool` spreads one step's prompts over the actors and merges their groups.
 """
@@ -19,7 +20,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import ray
 
 from magseg_ray.model.lora import LoraSettings
 from magseg_ray.prompt import PromptConfig
@@ -69,6 +69,7 @@ class RolloutActor:
     def __init__(self, model_dir: str, adapter: str | None, lora: LoraSettings, prompt: PromptConfig,
                  reward: str, train_chips: list[dict], val_records: list[dict], seed: int = 0,
                  max_new_tokens: int | None = None, batch_size: int = 16):
+        import ray
         import torch
 
         from magseg_ray.masks.schemas import get_schema
@@ -89,6 +90,7 @@ class RolloutActor:
 
     def _sync(self, version: int, weights: list) -> None:
         """Load the LoRA weights of ``version`` (``weights``: [object ref]) unless already held."""
+        import ray
         from peft import set_peft_model_state_dict
 
         if version != self.version:
@@ -146,6 +148,8 @@ class RolloutPool:
     def start(cls, n: int, num_cpus: float, num_gpus: float = 0.0, **actor_args) -> RolloutPool:
         """``n`` actors of :class:`RolloutActor`; an actor that dies is restarted once and its
         request retried (it reloads the requested weights version by itself)."""
+        import ray
+
         remote = ray.remote(RolloutActor).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=1,
                                                   max_task_retries=1)
         return cls([remote.remote(**actor_args) for _ in range(n)])
@@ -153,6 +157,8 @@ class RolloutPool:
     def rollout(self, keys: list[Key], version: int, weights, group_size: int, temperature: float,
                 seed: int) -> dict:
         """Groups for ``keys`` (in order), the versions that made them, dropped answers and speed."""
+        import ray
+
         t0 = time.perf_counter()
         shares = [s for s in np.array_split(np.arange(len(keys)), len(self.actors)) if len(s)]
         refs = [actor.rollout.remote([keys[i] for i in share], version, [weights], group_size, temperature,
@@ -167,8 +173,12 @@ class RolloutPool:
 
     def evaluate(self, version: int, weights) -> dict:
         """The validation score of the policy at ``version`` (on the first actor)."""
+        import ray
+
         return ray.get(self.actors[0].evaluate.remote(version, [weights]))
 
     def shutdown(self) -> None:
+        import ray
+
         for actor in self.actors:
             ray.kill(actor)

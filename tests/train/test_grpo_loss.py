@@ -140,3 +140,19 @@ def test_bad_inputs_fail_before_workers_start(tiny_dir, tmp_path):
     attach_lora(small).save_pretrained(tmp_path / "adapter")
     with pytest.raises(ModelLoadError, match="does not fit"):
         check_config(GRPOConfig(**ok, adapter=str(tmp_path / "adapter")))
+
+
+def test_checking_inputs_does_not_import_ray(tiny_dir, tmp_path):
+    """jobs/grpo.py checks its inputs before ray_session sets Ray's environment (token auth,
+    loopback), which Ray reads at import: the check must not import Ray."""
+    import subprocess
+    import sys
+
+    from magseg_ray.model.checkpoint import load_model
+    from magseg_ray.model.lora import attach_lora
+
+    attach_lora(load_model(tiny_dir)[0]).save_pretrained(tmp_path / "adapter")
+    code = ("import sys; from magseg_ray.train.grpo import GRPOConfig, check_config; "
+            f"check_config(GRPOConfig(model={str(tiny_dir)!r}, adapter={str(tmp_path / 'adapter')!r}, data='x')); "
+            "assert 'ray' not in sys.modules, 'ray was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
