@@ -116,8 +116,9 @@ def main(argv=None) -> dict:
     lora_bytes = sum(t.numel() * t.element_size() for t in lora_state.values())
     full_bytes = sum(t.numel() * t.element_size() for t in full_state.values())
     result = {"benchmark": "grpo", "baseline": "full_weight_sync", "model": args.model, "lora_r": LORA.r,
-              "lora_sync_bytes": lora_bytes, "full_sync_bytes": full_bytes, "bytes_ratio": round(full_bytes / lora_bytes, 1),
-              "lora_sync_ms": round(lora_ms, 2), "full_sync_ms": round(full_ms, 2), "ms_ratio": round(full_ms / lora_ms, 2),
+              "lora_sync_bytes": lora_bytes, "full_sync_bytes": full_bytes,
+              "bytes_ratio": round(full_bytes / lora_bytes, 1), "lora_sync_ms": round(lora_ms, 2),
+              "full_sync_ms": round(full_ms, 2), "ms_ratio": round(full_ms / lora_ms, 2),
               "prompts": len(keys), "group_size": args.group_size, "max_new_tokens": args.max_new_tokens,
               "rollout_answers_per_s_1_actor": round(rates[0], 2), "rollout_answers_per_s_2_actors": round(rates[1], 2),
               "actor_scaling": round(rates[1] / rates[0], 2)}

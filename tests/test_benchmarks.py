@@ -1,6 +1,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,6 +27,7 @@ def test_streaming_benchmark_on_the_repo_sample(ray_cluster, capsys):
     assert capsys.readouterr().out.strip().count("\n") == 0
 
 
+@pytest.mark.slow  # about 80 s on 2 busy cores (4 actor starts)
 def test_grpo_benchmark_with_the_tiny_preset(ray_cluster, capsys):
     result = load("grpo").main(["--model", "tiny", "--prompts", "2", "--group-size", "2", "--max-new-tokens", "16",
                                 "--repeat", "1"])

@@ -77,14 +77,16 @@ class GRPOConfig:
     storage: str = field(default="runs", metadata=_h("folder holding runs (checkpoints and outputs)"))
     model: str = field(default=str(DEMO_MODEL), metadata=_h(
         "starting policy: a Gemma3 checkpoint folder (e.g. an SFT run's model/)"))
-    adapter: str = field(default="", metadata=_h("optional PEFT adapter (an SFT run's adapter/) merged into --model first"))
+    adapter: str = field(default="", metadata=_h(
+        "optional PEFT adapter (an SFT run's adapter/) merged into --model first"))
     data: str = field(default="", metadata=_h("scenes with labels: catalog .parquet, folder, file:// or s3:// prefix"))
     schema: str = field(default="fields3", metadata=_h("label schema of the answers", choices=["fields3", "ai4sf"]))
     patch_size: int = field(default=32, metadata=_h("patch side in pixels"))
     chip_size: int = field(default=256, metadata=_h("chip side in pixels (a multiple of the patch)"))
     local_crop: bool = field(default=True, metadata=_h("show a crop around the patch after the shared prefix"))
     val_fraction: float = field(default=0.2, metadata=_h("share of scenes held out for validation (by scene id hash)"))
-    val_patches: int = field(default=32, metadata=_h("validation patches scored at the start, every eval_every steps and at the end"))
+    val_patches: int = field(default=32, metadata=_h(
+        "validation patches scored at the start, every eval_every steps and at the end"))
     train_chips: int = field(default=64, metadata=_h("training chips read; their patches are the prompt pool"))
     reward: str = field(default="dice", metadata=_h(
         "reward of an answer: dice, boundary_f, instance_iou or module:function"))
@@ -100,7 +102,8 @@ class GRPOConfig:
     dr_grpo: bool = field(default=False, metadata=_h("Dr.GRPO advantages: r - mean, no division by the group std"))
     adv_eps: float = field(default=1e-4, metadata=_h("added to the group std before dividing"))
     loss_aggregation: str = field(default="token", metadata=_h(
-        "token: mean over all answer tokens; sequence: mean per answer, then over answers", choices=["token", "sequence"]))
+        "token: mean over all answer tokens; sequence: mean per answer, then over answers",
+        choices=["token", "sequence"]))
     lora_r: int = field(default=16, metadata=_h("LoRA rank"))
     lora_alpha: int = field(default=32, metadata=_h("LoRA alpha"))
     lr: float = field(default=5e-5, metadata=_h("learning rate (AdamW)"))
@@ -147,7 +150,8 @@ def check_config(cfg: GRPOConfig) -> None:
     if min(cfg.max_steps, cfg.checkpoint_every, cfg.updates_per_rollout, cfg.num_actors, cfg.num_learners) < 1:
         raise ConfigError("max_steps, checkpoint_every, updates_per_rollout, num_actors and num_learners must be >= 1")
     if cfg.prompts_per_step < cfg.num_learners:
-        raise ConfigError(f"prompts_per_step {cfg.prompts_per_step} leaves a learner of {cfg.num_learners} without prompts")
+        raise ConfigError(f"prompts_per_step {cfg.prompts_per_step} leaves a learner of {cfg.num_learners} "
+                          "without prompts")
     if cfg.temperature <= 0 or cfg.max_new_tokens < 8:
         raise ConfigError("temperature must be > 0 and max_new_tokens >= 8")
     get_reward(cfg.reward)  # the actors import it again; fail here first

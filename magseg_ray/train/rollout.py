@@ -7,10 +7,12 @@ reference, tagged with the policy version, with every request; an actor whose we
 another version loads them before it samples (so a restarted actor heals itself), and every
 result says which version produced it, so the learner records the lag instead of trusting it.
 
-Ray is imported where it is used, so that a driver can check its inputs with this module before
-:func:`magseg_ray.cluster.ray_session` sets Ray's environment up. Prompts do not travel either: every actor and learner holds the training chips (one object in
+Prompts do not travel either: every actor and learner holds the training chips (one object in
 the store) as a :class:`PromptSet` and a prompt is named by its key ``(chip index, patch index)``.
 :class:`RolloutPool` spreads one step's prompts over the actors and merges their groups.
+
+Ray is imported where it is used, so that a driver can check its inputs with this module before
+:func:`magseg_ray.cluster.ray_session` sets Ray's environment up (Ray reads it at import).
 """
 
 from __future__ import annotations

@@ -117,7 +117,8 @@ def load_base(cfg: SFTConfig):
     return build_model(cfg.base, seed=cfg.seed) if cfg.base in PRESETS else load_model(cfg.base)
 
 
-def score_patches(model, processor, records: list[dict], prompt: PromptConfig, settings=None) -> dict:
+def score_patches(model, processor, records: list[dict], prompt: PromptConfig,
+                  settings=None) -> dict:
     """Constrained answers for ``records`` scored against their targets: mean Dice over classes
     present (per patch, then averaged) and field IoU over all patches. ``settings``: a
     :class:`~magseg_ray.model.generate.GenerationSettings` (default: greedy, full budget)."""

@@ -56,8 +56,9 @@ def test_weight_sync_makes_the_actors_answer_like_the_learner(ray_cluster, tiny_
                     p.normal_(0, 0.5, generator=torch.Generator().manual_seed(i))
         v1 = ray.put({k: v.clone() for k, v in get_peft_model_state_dict(learner).items()})
         records = [PromptSet(chips, prompt).record(k) for k in keys]
-        local = answer_patches(learner, processor, [PatchPrompt(list(r["images"]), r["prompt"], "", r["box"]) for r in records],
-                               prompt, GenerationSettings(temperature=0.0, max_new_tokens=24))
+        prompts = [PatchPrompt(list(r["images"]), r["prompt"], "", r["box"]) for r in records]
+        greedy = GenerationSettings(temperature=0.0, max_new_tokens=24)
+        local = answer_patches(learner, processor, prompts, prompt, greedy)
 
         before = pool.rollout(keys, 0, v0, group_size=2, temperature=0.0, seed=0)
         after = pool.rollout(keys, 1, v1, group_size=2, temperature=0.0, seed=0)
