@@ -23,8 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import ray
-
 from magseg_ray.chips.pipeline import training_chips
 from magseg_ray.chips.windows import ChipConfig
 from magseg_ray.cluster import RaySettings, ray_session
@@ -37,6 +35,7 @@ from magseg_ray.train.rollout import PromptSet, RolloutPool, load_policy_base
 
 ROOT = Path(__file__).resolve().parents[1]
 LORA = LoraSettings(dropout=0.0)
+# Ray is imported where it is used: ray_session sets Ray's environment up first (Ray reads it at import).
 
 
 class SyncTarget:
@@ -47,18 +46,23 @@ class SyncTarget:
         self.model = attach_lora(model, LORA)
 
     def load_lora(self, weights: list) -> int:
+        import ray
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(self.model, ray.get(weights[0]))
         return 0
 
     def load_full(self, weights: list) -> int:
+        import ray
+
         self.model.load_state_dict(ray.get(weights[0]))
         return 0
 
 
 def time_sync(target, method: str, state: dict, repeat: int) -> float:
     """Median milliseconds of put + remote load of ``state``."""
+    import ray
+
     times = []
     for _ in range(repeat + 1):
         t0 = time.perf_counter()
@@ -99,6 +103,8 @@ def main(argv=None) -> dict:
         model_dir = args.model
         if args.model in PRESETS:
             model_dir = str(save_model(*build_model(args.model), Path(tmp) / "model"))
+        import ray
+
         learner, _ = load_policy_base(model_dir)
         learner = attach_lora(learner, LORA)
         lora_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(learner).items()}
