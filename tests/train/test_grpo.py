@@ -125,3 +125,18 @@ def test_grpo_job_runs_and_resumes(ray_cluster, tiny_dir, tmp_path, capsys, monk
 def test_bad_input_exits_with_a_message(tmp_path, tiny_dir, capsys):
     assert grpo_main()(args(tmp_path, tiny_dir, **{"group-size": 1})) == 2
     assert "group_size must be >= 2" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # one job through the Jobs API: about 2-3 min on 2 busy cores
+def test_ray_job_submit_against_the_local_cluster(ray_cluster, tiny_dir, tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", ray_cluster.dashboard_url,
+           "--working-dir", str(ROOT), "--", "python", "jobs/grpo.py",
+           *args(tmp_path, tiny_dir, **{"max-steps": 1, "checkpoint-every": 1, "updates-per-rollout": 1})]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads((tmp_path / "g" / "metrics.json").read_text())
+    assert summary["final"]["step"] == 1 and summary["final"]["lag"] == 0
+    assert summary["start"]["version"] == 0 and summary["final"]["version"] == 1
