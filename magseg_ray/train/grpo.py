@@ -107,8 +107,8 @@ class GRPOConfig:
     lora_r: int = field(default=16, metadata=_h("LoRA rank"))
     lora_alpha: int = field(default=32, metadata=_h("LoRA alpha"))
     lr: float = field(default=5e-5, metadata=_h("learning rate (AdamW)"))
-    num_learners: int = field(default=1, metadata=_h("Ray Train learner workers"))
-    cpus_per_learner: float = field(default=1.0, metadata=_h("CPUs reserved per learner"))
+    num_workers: int = field(default=1, metadata=_h("Ray Train learner workers"))
+    cpus_per_worker: float = field(default=1.0, metadata=_h("CPUs reserved per learner"))
     num_actors: int = field(default=2, metadata=_h("rollout actors"))
     cpus_per_actor: float = field(default=0.5, metadata=_h("CPUs reserved per rollout actor"))
     gpus_per_actor: float = field(default=0.0, metadata=_h("GPUs per rollout actor (fractions share a GPU)"))
@@ -147,10 +147,10 @@ def check_config(cfg: GRPOConfig) -> None:
         raise ConfigError("--data is required: a catalog, folder or prefix of labelled scenes")
     if cfg.chip_size % cfg.patch_size:
         raise ConfigError(f"chip_size {cfg.chip_size} is not a multiple of patch_size {cfg.patch_size}")
-    if min(cfg.max_steps, cfg.checkpoint_every, cfg.updates_per_rollout, cfg.num_actors, cfg.num_learners) < 1:
-        raise ConfigError("max_steps, checkpoint_every, updates_per_rollout, num_actors and num_learners must be >= 1")
-    if cfg.prompts_per_step < cfg.num_learners:
-        raise ConfigError(f"prompts_per_step {cfg.prompts_per_step} leaves a learner of {cfg.num_learners} "
+    if min(cfg.max_steps, cfg.checkpoint_every, cfg.updates_per_rollout, cfg.num_actors, cfg.num_workers) < 1:
+        raise ConfigError("max_steps, checkpoint_every, updates_per_rollout, num_actors and num_workers must be >= 1")
+    if cfg.prompts_per_step < cfg.num_workers:
+        raise ConfigError(f"prompts_per_step {cfg.prompts_per_step} leaves a learner of {cfg.num_workers} "
                           "without prompts")
     if cfg.temperature <= 0 or cfg.max_new_tokens < 8:
         raise ConfigError("temperature must be > 0 and max_new_tokens >= 8")
@@ -417,8 +417,8 @@ def run_grpo(cfg: GRPOConfig) -> dict:
         learner_loop,
         train_loop_config={"config": dataclasses.asdict(cfg), "actors": pool.actors, "keys": keys, "chips": chips_ref},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_learners, use_gpu=cfg.use_gpu,
-                                               resources_per_worker={"CPU": cfg.cpus_per_learner}),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=ray.train.RunConfig(name=cfg.run_name, storage_path=str(Path(cfg.storage).resolve()),
                                        failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
@@ -440,5 +440,5 @@ def run_grpo(cfg: GRPOConfig) -> dict:
     write_atomic(out / "metrics.json", json.dumps(summary, indent=1))
     plot_curves(history, ["reward", "dice", "kl", "clip_fraction", "val_dice"], out / "curves.png",
                 f"GRPO {cfg.run_name} (G={cfg.group_size}, beta={cfg.beta}, {cfg.num_actors} actors, "
-                f"{cfg.num_learners} learners)")
+                f"{cfg.num_workers} learners)")
     return summary

@@ -88,7 +88,7 @@ def args(storage, model, **overrides):
     flags = {"data": str(ROOT / "tests/data/naip"), "model": str(model), "val-fraction": 0.5, "train-chips": 2,
              "val-patches": 3, "group-size": 3, "prompts-per-step": 2, "max-new-tokens": 24, "max-steps": 3,
              "checkpoint-every": 2, "eval-every": 0, "updates-per-rollout": 2, "lr": 5e-3, "num-actors": 1,
-             "cpus-per-actor": 0.5, "num-learners": 1, "cpus-per-learner": 0.5, "storage": str(storage),
+             "cpus-per-actor": 0.5, "num-workers": 1, "cpus-per-worker": 0.5, "storage": str(storage),
              "run-name": "g", "log-every": 1, **overrides}
     return [x for k, v in flags.items() for x in (f"--{k}", str(v))]
 
