@@ -1,6 +1,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,4 +24,14 @@ def test_streaming_benchmark_on_the_repo_sample(ray_cluster, capsys):
     result = load("streaming").main(["--scenes", str(ROOT / "tests" / "data" / "naip"), "--chip", "256"])
     assert result["scenes"] == 2 and result["chips"] > 20 and result["failures"] == 0
     assert result["pipeline_mb"] > 0 and result["raw_mb"] > 0 and result["mb_per_s_ratio"] > 0
+    assert capsys.readouterr().out.strip().count("\n") == 0
+
+
+@pytest.mark.slow  # about 80 s on 2 busy cores (4 actor starts)
+def test_grpo_benchmark_with_the_tiny_preset(ray_cluster, capsys):
+    result = load("grpo").main(["--model", "tiny", "--prompts", "2", "--group-size", "2", "--max-new-tokens", "16",
+                                "--repeat", "1"])
+    assert 0 < result["lora_sync_bytes"] < result["full_sync_bytes"] and result["bytes_ratio"] > 1
+    assert result["lora_sync_ms"] > 0 and result["full_sync_ms"] > 0
+    assert result["rollout_answers_per_s_1_actor"] > 0 and result["rollout_answers_per_s_2_actors"] > 0
     assert capsys.readouterr().out.strip().count("\n") == 0

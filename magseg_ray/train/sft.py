@@ -122,18 +122,20 @@ def load_base(cfg: SFTConfig):
     return build_model(cfg.base, seed=cfg.seed) if cfg.base in PRESETS else load_model(cfg.base)
 
 
-def score_patches(model, processor, records: list[dict], prompt: PromptConfig) -> dict:
+def score_patches(model, processor, records: list[dict], prompt: PromptConfig,
+                  settings=None) -> dict:
     """Constrained answers for ``records`` scored against their targets: mean Dice over classes
-    present (per patch, then averaged) and field IoU over all patches."""
+    present (per patch, then averaged) and field IoU over all patches. ``settings``: a
+    :class:`~magseg_ray.model.generate.GenerationSettings` (default: greedy, full budget)."""
     from magseg_ray.eval.metrics import pixel_metrics
     from magseg_ray.masks.schemas import get_schema
-    from magseg_ray.model.generate import answer_patches
+    from magseg_ray.model.generate import GenerationSettings, answer_patches
     from magseg_ray.prompt import PatchPrompt
     from magseg_ray.rle.codec import decode
 
     schema = get_schema(prompt.schema)
     prompts = [PatchPrompt(list(r["images"]), r["prompt"], "", tuple(r["box"])) for r in records]
-    answers = answer_patches(model, processor, prompts, prompt)
+    answers = answer_patches(model, processor, prompts, prompt, settings or GenerationSettings())
     truths = [decode(r["target"], prompt.patch_size, prompt.patch_size, schema, strict=True)[0] for r in records]
     dice = [pixel_metrics(a.mask, t, schema)["mean"]["dice"] for a, t in zip(answers, truths)]
     pred_f = np.isin(np.stack([a.mask for a in answers]), schema.field_classes)

@@ -1,0 +1,448 @@
+"""GRPO post-training on Ray: rollout actors sample and score masks, Ray Train learners update LoRA.
+
+Roles (one process kind each):
+
+- the driver (:func:`run_grpo`) checks the inputs, reads the training chips (the prompt pool) and
+  the held-out validation patches once, starts the rollout actors
+  (:class:`magseg_ray.train.rollout.RolloutPool`) and a ``TorchTrainer``;
+- rollout actors hold the base model and a LoRA copy; for each patch prompt they sample
+  ``group_size`` answers under the R-RLE grammar (every answer decodes), decode them and score
+  each against the truth (:mod:`magseg_ray.train.rewards`; default: mean Dice over the classes
+  present in truth or answer);
+- learners (:func:`learner_loop`, Ray Train workers with DeepSpeed) attach a fresh LoRA to the
+  ``--model`` checkpoint, so the policy starts equal to it (LoRA's B is zero), and the frozen
+  reference policy is the same model with the adapter disabled (peft ``disable_adapter()``): no
+  second copy. After every update rank 0 puts the LoRA weights (only those) in the object store,
+  tagged with the policy version (= updates applied), and passes them with the next requests.
+
+One step: rank 0 takes the step's ``prompts_per_step`` prompts (a seeded shuffle of the pool, a
+pure function of the step, so a resumed run asks the same), has the actors roll them out with
+the current version, and broadcasts the groups; each learner takes every ``world``-th group and
+computes, per answer, the group-normalised advantage ``(r - mean) / (std + eps)`` (sample std;
+``dr_grpo`` skips the division), then ``updates_per_rollout`` optimizer steps on
+
+    per token:  -min(ratio * A, clip(ratio, 1 - clip_eps, 1 + clip_eps_high) * A) + beta * KL
+    ratio = pi / pi_old,   KL = pi_ref / pi - log(pi_ref / pi) - 1   (the k3 estimator)
+
+with log-probabilities of the answer tokens at the sampling temperature (the grammar's mask is
+not applied: ratios and KL are of the model's own distribution). ``pi_old`` is the policy that
+sampled (its log-probs are the first update's, detached), so the clip acts from the second update
+on. Answers are re-tokenized canonically for the loss (:func:`magseg_ray.train.batches.collate`).
+A dropped answer (reward raised or was not finite) takes no part; a group with fewer than two
+scored answers has advantage 0.
+
+Loss aggregation: token-mean (every answer token of the learner's batch weighs the same;
+``loss_aggregation=sequence`` averages per answer first, as the original GRPO). Mask answers vary
+a lot in length (``*b`` for an empty patch, hundreds of tokens for many small fields); under a
+sequence-mean a token of a short answer weighs far more than one of a long answer, which biases
+the policy towards short (blocky) masks when rewarded and spares long wrong masks when punished
+(the length bias Dr.GRPO and DAPO point out). Token-mean has no such bias.
+
+Every step the learner records the lag (its version minus the version each actor reports having
+sampled with; 0 on this synchronous schedule, checked rather than assumed). Checkpoints and resume
+work as in :mod:`magseg_ray.train.sft`; the start policy (version 0) and every ``eval_every``-th
+are scored on the same validation patches (greedy). Outputs under ``storage/run_name``:
+``adapter/`` (the GRPO LoRA, PEFT), ``model/`` (the policy merged into a plain checkpoint),
+``metrics.json`` (start, final and gain on validation, history) and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from magseg_ray.errors import ConfigError
+from magseg_ray.files import write_atomic
+from magseg_ray.model.checkpoint import DEMO_MODEL
+from magseg_ray.prompt import PromptConfig
+
+
+def _h(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """Settings of one GRPO run."""
+
+    run_name: str = field(default="grpo", metadata=_h("run name; rerunning with the same name resumes it"))
+    storage: str = field(default="runs", metadata=_h("folder holding runs (checkpoints and outputs)"))
+    model: str = field(default=str(DEMO_MODEL), metadata=_h(
+        "starting policy: a Gemma3 checkpoint folder (e.g. an SFT run's model/)"))
+    adapter: str = field(default="", metadata=_h(
+        "optional PEFT adapter (an SFT run's adapter/) merged into --model first"))
+    data: str = field(default="", metadata=_h("scenes with labels: catalog .parquet, folder, file:// or s3:// prefix"))
+    schema: str = field(default="fields3", metadata=_h("label schema of the answers", choices=["fields3", "ai4sf"]))
+    patch_size: int = field(default=32, metadata=_h("patch side in pixels"))
+    chip_size: int = field(default=256, metadata=_h("chip side in pixels (a multiple of the patch)"))
+    local_crop: bool = field(default=True, metadata=_h("show a crop around the patch after the shared prefix"))
+    val_fraction: float = field(default=0.2, metadata=_h("share of scenes held out for validation (by scene id hash)"))
+    val_patches: int = field(default=32, metadata=_h(
+        "validation patches scored at the start, every eval_every steps and at the end"))
+    train_chips: int = field(default=64, metadata=_h("training chips read; their patches are the prompt pool"))
+    reward: str = field(default="dice", metadata=_h(
+        "reward of an answer: dice, boundary_f, instance_iou or module:function"))
+    group_size: int = field(default=4, metadata=_h("answers sampled per prompt (G >= 2)"))
+    prompts_per_step: int = field(default=8, metadata=_h("patch prompts per step (over all learners)"))
+    temperature: float = field(default=1.0, metadata=_h("sampling temperature of rollouts (> 0)"))
+    max_new_tokens: int = field(default=160, metadata=_h(
+        "answer token budget of rollouts and validation (the grammar closes every mask within it)"))
+    updates_per_rollout: int = field(default=1, metadata=_h("optimizer steps on each rollout batch (GRPO's mu)"))
+    clip_eps: float = field(default=0.2, metadata=_h("ratio clip below 1 (and above 1 unless clip_eps_high)"))
+    clip_eps_high: float = field(default=0.0, metadata=_h("ratio clip above 1 (0: clip_eps; e.g. 0.28 asymmetric)"))
+    beta: float = field(default=0.04, metadata=_h("KL penalty coefficient (k3 estimator, to the reference policy)"))
+    dr_grpo: bool = field(default=False, metadata=_h("Dr.GRPO advantages: r - mean, no division by the group std"))
+    adv_eps: float = field(default=1e-4, metadata=_h("added to the group std before dividing"))
+    loss_aggregation: str = field(default="token", metadata=_h(
+        "token: mean over all answer tokens; sequence: mean per answer, then over answers",
+        choices=["token", "sequence"]))
+    lora_r: int = field(default=16, metadata=_h("LoRA rank"))
+    lora_alpha: int = field(default=32, metadata=_h("LoRA alpha"))
+    lr: float = field(default=5e-5, metadata=_h("learning rate (AdamW)"))
+    num_workers: int = field(default=1, metadata=_h("Ray Train learner workers"))
+    cpus_per_worker: float = field(default=1.0, metadata=_h("CPUs reserved per learner"))
+    num_actors: int = field(default=2, metadata=_h("rollout actors"))
+    cpus_per_actor: float = field(default=0.5, metadata=_h("CPUs reserved per rollout actor"))
+    gpus_per_actor: float = field(default=0.0, metadata=_h("GPUs per rollout actor (fractions share a GPU)"))
+    use_gpu: bool = field(default=False, metadata=_h("one GPU per learner (NCCL); else CPU (gloo)"))
+    gen_batch_size: int = field(default=16, metadata=_h("answers per generate call on an actor"))
+    zero_stage: int = field(default=2, metadata=_h("DeepSpeed ZeRO stage (LoRA weights stay whole on every learner)",
+                                                   choices=[0, 1, 2]))
+    max_steps: int = field(default=100, metadata=_h("GRPO steps (rollout + updates)"))
+    eval_every: int = field(default=25, metadata=_h("steps between validations (0: only at the start and end)"))
+    checkpoint_every: int = field(default=25, metadata=_h("steps between checkpoints"))
+    log_every: int = field(default=5, metadata=_h("steps between progress lines (rank 0)"))
+    max_failures: int = field(default=1, metadata=_h("learner-group restarts allowed after a failure"))
+    seed: int = field(default=0, metadata=_h("seed of the LoRA init, prompt order and sampling"))
+
+    def prompt(self) -> PromptConfig:
+        return PromptConfig(schema=self.schema, patch_size=self.patch_size, local_crop=self.local_crop)
+
+    def lora(self):
+        from magseg_ray.model.lora import LoraSettings
+
+        return LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=0.0)  # no dropout: ratio 1 on-policy
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.storage).resolve() / self.run_name
+
+
+def check_config(cfg: GRPOConfig) -> None:
+    """Fail before any actor or worker starts on what can be checked on the driver."""
+    from magseg_ray.model.checkpoint import check_checkpoint_dir
+    from magseg_ray.train.rewards import get_reward
+
+    if cfg.group_size < 2:
+        raise ConfigError(f"group_size must be >= 2 (advantages are relative to the group), got {cfg.group_size}")
+    if not cfg.data:
+        raise ConfigError("--data is required: a catalog, folder or prefix of labelled scenes")
+    if cfg.chip_size % cfg.patch_size:
+        raise ConfigError(f"chip_size {cfg.chip_size} is not a multiple of patch_size {cfg.patch_size}")
+    if min(cfg.max_steps, cfg.checkpoint_every, cfg.updates_per_rollout, cfg.num_actors, cfg.num_workers) < 1:
+        raise ConfigError("max_steps, checkpoint_every, updates_per_rollout, num_actors and num_workers must be >= 1")
+    if cfg.prompts_per_step < cfg.num_workers:
+        raise ConfigError(f"prompts_per_step {cfg.prompts_per_step} leaves a learner of {cfg.num_workers} "
+                          "without prompts")
+    if cfg.temperature <= 0 or cfg.max_new_tokens < 8:
+        raise ConfigError("temperature must be > 0 and max_new_tokens >= 8")
+    get_reward(cfg.reward)  # the actors import it again; fail here first
+    check_checkpoint_dir(cfg.model)
+    if cfg.adapter:
+        from magseg_ray.train.rollout import load_policy_base
+
+        load_policy_base(cfg.model, cfg.adapter)  # ModelLoadError if the adapter does not fit
+
+
+# ---- the loss --------------------------------------------------------------------------------
+
+def group_advantages(rewards: np.ndarray, scale: bool = True, eps: float = 1e-4) -> np.ndarray:
+    """Advantages of ``rewards`` (``groups x G``; NaN = dropped answer, whose advantage stays NaN):
+    reward minus its group's mean, divided by the group's sample std plus ``eps`` when ``scale``.
+    A group with fewer than two scored answers gets 0."""
+    rewards = np.asarray(rewards, float)
+    valid = ~np.isnan(rewards)
+    count = valid.sum(1, keepdims=True)
+    mean = np.where(valid, rewards, 0).sum(1, keepdims=True) / np.maximum(count, 1)
+    centred = rewards - mean
+    if scale:
+        std = np.sqrt(np.where(valid, centred**2, 0).sum(1, keepdims=True) / np.maximum(count - 1, 1))
+        centred = centred / (std + eps)
+    return np.where(count >= 2, centred, np.where(valid, 0.0, np.nan))
+
+
+def answer_logprobs(model, inputs: dict, labels, temperature: float = 1.0):
+    """Log-probabilities of the answer tokens (``labels`` != IGNORE, right-aligned as
+    :func:`~magseg_ray.train.batches.collate` makes them) and their mask, both ``B x n`` for the
+    longest answer's ``n``; only the last ``n + 1`` positions' logits are computed."""
+    import torch
+
+    from magseg_ray.train.batches import IGNORE
+
+    n = int((labels != IGNORE).sum(1).max())
+    logits = model(**inputs, logits_to_keep=n + 1).logits[:, :-1].float() / temperature
+    targets = labels[:, -n:]
+    mask = targets != IGNORE
+    logp = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return logp * mask, mask
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_low: float = 0.2, clip_high: float = 0.2,
+              beta: float = 0.04, aggregation: str = "token"):
+    """The clipped GRPO objective with the k3 KL penalty (see module doc), aggregated over the
+    answer tokens in ``mask`` (``B x n``); ``advantages`` is ``B``. Returns the loss and the
+    token-mean ``kl``, ``clip_fraction`` (tokens whose clipped term is the one taken) and ``ratio``."""
+    import torch
+
+    m = mask.float()
+    adv = advantages.unsqueeze(1)
+    ratio = torch.exp(logp - old_logp)
+    pg = -torch.min(ratio * adv, ratio.clamp(1 - clip_low, 1 + clip_high) * adv)
+    log_ref = ref_logp - logp
+    kl = torch.exp(log_ref) - log_ref - 1
+    per_token = (pg + beta * kl) * m
+    if aggregation == "token":
+        loss = per_token.sum() / m.sum().clamp(min=1)
+    else:
+        loss = (per_token.sum(1) / m.sum(1).clamp(min=1)).mean()
+    with torch.no_grad():
+        clipped = ((ratio < 1 - clip_low) & (adv < 0)) | ((ratio > 1 + clip_high) & (adv > 0))
+        total = m.sum().clamp(min=1)
+        stats = {"kl": float((kl * m).sum() / total), "clip_fraction": float((clipped * m).sum() / total),
+                 "ratio": float((ratio * m).sum() / total)}
+    return loss, stats
+
+
+def step_keys(n_prompts: int, step: int, per_step: int, seed: int) -> list[int]:
+    """Indices into the prompt pool for ``step``: consecutive slices of a seeded shuffle, reshuffled
+    every pass over the pool."""
+    out = []
+    for i in range(step * per_step, (step + 1) * per_step):
+        epoch, pos = divmod(i, n_prompts)
+        out.append(int(np.random.default_rng([seed, epoch]).permutation(n_prompts)[pos]))
+    return out
+
+
+# ---- the learner -----------------------------------------------------------------------------
+
+def _ds_config(batch: int, zero_stage: int, bf16: bool) -> dict:
+    return {"train_micro_batch_size_per_gpu": batch, "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": zero_stage}, "bf16": {"enabled": bf16},
+            "gradient_clipping": 1.0, "steps_per_print": 10**9}
+
+
+def learner_loop(loop_config: dict) -> None:
+    """Ray Train worker: GRPO updates of the LoRA policy on this learner's share of each step."""
+    import deepspeed
+    import ray
+    import ray.train
+    import torch
+    import torch.distributed as dist
+    from peft import get_peft_model_state_dict
+
+    from magseg_ray.model.lora import attach_lora
+    from magseg_ray.train.batches import collate
+    from magseg_ray.train.rollout import PromptSet, RolloutPool, load_policy_base
+
+    cfg = GRPOConfig(**loop_config["config"])
+    pool = RolloutPool(loop_config["actors"])
+    keys = loop_config["keys"]
+    prompts = PromptSet(ray.get(loop_config["chips"]), cfg.prompt())
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    use_cuda = cfg.use_gpu and torch.cuda.is_available()
+    device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+    bf16 = use_cuda and torch.cuda.is_bf16_supported()
+
+    model, processor = load_policy_base(cfg.model, cfg.adapter or None)
+    torch.manual_seed(cfg.seed)
+    model = attach_lora(model, cfg.lora())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    local_batch = -(-cfg.prompts_per_step // world) * cfg.group_size
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, dist_init_required=False,
+                                      config=_ds_config(local_batch, cfg.zero_stage, bf16))
+    policy = engine.module
+
+    state = {"step": 0, "history": [], "restored_from_step": None, "start": None}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            engine.load_checkpoint(d, tag="ds")
+            state = json.loads((Path(d) / "state.json").read_text())
+            state["restored_from_step"] = state["step"]
+
+    def publish():
+        """The current LoRA weights in the object store (rank 0 only)."""
+        lora = get_peft_model_state_dict(policy)
+        return ray.put({k: v.detach().to("cpu", copy=True) for k, v in lora.items()}) if rank == 0 else None
+
+    def report(row: dict, save: bool) -> None:
+        state["history"].append(row)
+        if not save:
+            ray.train.report(row)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            engine.save_checkpoint(d, tag="ds")
+            if rank == 0:
+                (Path(d) / "state.json").write_text(json.dumps(state))
+                policy.save_pretrained(Path(d) / "adapter")
+            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    weights = publish()
+    if state["start"] is None:
+        if rank == 0:
+            state["start"] = pool.evaluate(0, weights)
+        report({"step": 0, "policy_version": 0, **(state["start"] or {})}, save=False)
+
+    while state["step"] < cfg.max_steps:
+        step = state["step"]  # = the policy version the rollouts must use
+        t0 = time.perf_counter()
+        batch_keys = [keys[i] for i in step_keys(len(keys), step, cfg.prompts_per_step, cfg.seed)]
+        shared = [pool.rollout(batch_keys, step, weights, cfg.group_size, cfg.temperature, cfg.seed * 100_003 + step)
+                  if rank == 0 else None]
+        if world > 1:
+            dist.broadcast_object_list(shared, src=0, device=device if use_cuda else None)
+        rollout = shared[0]
+        groups = rollout["groups"]
+        rewards = np.array([g["rewards"] for g in groups])
+        advantages = group_advantages(rewards, scale=not cfg.dr_grpo, eps=cfg.adv_eps)
+        answers, adv = [], []
+        for gi in range(rank, len(groups), world):
+            record = prompts.record(groups[gi]["key"])
+            for j, text in enumerate(groups[gi]["texts"]):
+                if not np.isnan(rewards[gi, j]):
+                    answers.append({"prompt": record["prompt"], "images": record["images"], "target": text})
+                    adv.append(advantages[gi, j])
+        stats: dict = {}
+        if answers:
+            batch = {k: v.to(device) for k, v in collate(processor, answers).items()}
+            labels = batch.pop("labels")
+            advantage = torch.tensor(adv, dtype=torch.float32, device=device)
+            with torch.no_grad(), policy.disable_adapter():
+                ref_logp, _ = answer_logprobs(policy, batch, labels, cfg.temperature)
+            old_logp = None
+            for _ in range(cfg.updates_per_rollout):
+                logp, mask = answer_logprobs(engine, batch, labels, cfg.temperature)
+                if old_logp is None:
+                    old_logp = logp.detach()
+                loss, stats = grpo_loss(logp, old_logp, ref_logp, advantage, mask, cfg.clip_eps,
+                                        cfg.clip_eps_high or cfg.clip_eps, cfg.beta, cfg.loss_aggregation)
+                engine.backward(loss)
+                engine.step()
+                stats["loss"] = loss.item()
+        else:  # every answer of this learner was dropped: take part in the gradient all-reduce with zeros
+            for _ in range(cfg.updates_per_rollout):
+                engine.backward(sum(p.sum() * 0 for p in policy.parameters() if p.requires_grad))
+                engine.step()
+        state["step"] = step = step + 1
+        weights = publish()
+
+        finite = rewards[~np.isnan(rewards)]
+        dice = np.array([g["dice"] for g in groups], float)
+        row = {"step": step, "policy_version": step, "reward": float(finite.mean()) if finite.size else None,
+               "reward_std": float(finite.std()) if finite.size else None, "dice": float(np.nanmean(dice)),
+               "dropped": int(np.isnan(rewards).sum()), "drop_errors": rollout["errors"][:3],
+               "zero_std_groups": int(sum(np.nanstd(r) == 0 for r in rewards)),
+               "lag": max(step - 1 - v for v in rollout["versions"]), "answers_per_s": rollout["answers_per_s"],
+               "step_s": time.perf_counter() - t0, "restored_from_step": state["restored_from_step"], **stats}
+        if rank == 0 and step % cfg.log_every == 0:
+            print(f"[grpo] step {step}/{cfg.max_steps} reward {row['reward']:.4f} dice {row['dice']:.4f} "
+                  f"kl {row.get('kl', 0):.5f} clip {row.get('clip_fraction', 0):.3f} dropped {row['dropped']} "
+                  f"{row['answers_per_s']:.1f} answers/s", flush=True)
+        evaluate = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps
+        if evaluate and rank == 0:
+            row.update(pool.evaluate(step, weights))
+        report(row, save=step % cfg.checkpoint_every == 0 or step == cfg.max_steps)
+
+
+# ---- the driver ------------------------------------------------------------------------------
+
+def export_merged(cfg: GRPOConfig, adapter: Path, out: Path) -> Path:
+    """The GRPO policy (base, SFT adapter if any, GRPO adapter) merged into a plain checkpoint."""
+    from magseg_ray.model.checkpoint import save_model
+    from magseg_ray.model.lora import load_adapter
+    from magseg_ray.train.rollout import load_policy_base
+
+    from magseg_ray.model.segmenter import ModelPrompt, write_model_prompt
+
+    model, processor = load_policy_base(cfg.model, cfg.adapter or None)
+    save_model(load_adapter(model, adapter).merge_and_unload(), processor, out)
+    write_model_prompt(out, ModelPrompt(cfg.schema, cfg.patch_size, cfg.chip_size, cfg.local_crop))
+    return out
+
+
+def run_grpo(cfg: GRPOConfig) -> dict:
+    """Run GRPO on the current Ray cluster; return the summary (also in ``metrics.json``)."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from magseg_ray.chips.pipeline import patch_records, training_chips
+    from magseg_ray.chips.windows import ChipConfig
+    from magseg_ray.scenes.catalog import load_catalog
+    from magseg_ray.scenes.store import ObjectStore
+    from magseg_ray.train.curves import plot_curves
+    from magseg_ray.train.rollout import PromptSet, RolloutPool
+
+    check_config(cfg)
+    store = ObjectStore.from_env()
+    scenes = load_catalog(cfg.data, store).scenes
+    prompt = cfg.prompt()
+
+    def chips(split):
+        return training_chips(scenes, None, ChipConfig(cfg.chip_size, 0), prompt, store=store,
+                              val_fraction=cfg.val_fraction, split=split)
+
+    train = [c for c in chips("train").take(cfg.train_chips) if c["error"] is None]
+    keys = PromptSet(train, prompt).keys()
+    if len(keys) < cfg.prompts_per_step:
+        raise ConfigError(f"{len(keys)} training patches in {cfg.train_chips} chips of {cfg.data!r}: fewer than "
+                          f"prompts_per_step {cfg.prompts_per_step}")
+    val = [r for c in chips("val").take(max(cfg.val_patches // 8, 1)) for r in patch_records(c, prompt)]
+    random.Random(0).shuffle(val)
+    val = val[: cfg.val_patches]
+    if not val:
+        raise ConfigError(f"no validation patches: raise val_fraction ({cfg.val_fraction}) or val_patches")
+
+    chips_ref = ray.put(train)
+    pool = RolloutPool.start(cfg.num_actors, cfg.cpus_per_actor, cfg.gpus_per_actor, model_dir=cfg.model,
+                             adapter=cfg.adapter or None, lora=cfg.lora(), prompt=prompt, reward=cfg.reward,
+                             train_chips=chips_ref, val_records=val, seed=cfg.seed,
+                             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size)
+    trainer = TorchTrainer(
+        learner_loop,
+        train_loop_config={"config": dataclasses.asdict(cfg), "actors": pool.actors, "keys": keys, "chips": chips_ref},
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=ray.train.RunConfig(name=cfg.run_name, storage_path=str(Path(cfg.storage).resolve()),
+                                       failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+    )
+    try:
+        result = trainer.fit()
+    finally:
+        pool.shutdown()
+    out = cfg.run_dir
+    with result.checkpoint.as_directory() as d:
+        state = json.loads((Path(d) / "state.json").read_text())
+        shutil.copytree(Path(d) / "adapter", out / "adapter", dirs_exist_ok=True)
+    export_merged(cfg, out / "adapter", out / "model")
+    history = state["history"]
+    start, final = state["start"], history[-1]
+    summary = {"config": dataclasses.asdict(cfg), "val_patches": len(val), "train_prompts": len(keys),
+               "start": start, "final": final,
+               "val_dice_gain": final["val_dice"] - start["val_dice"], "history": history, "model": str(out / "model")}
+    write_atomic(out / "metrics.json", json.dumps(summary, indent=1))
+    plot_curves(history, ["reward", "dice", "kl", "clip_fraction", "val_dice"], out / "curves.png",
+                f"GRPO {cfg.run_name} (G={cfg.group_size}, beta={cfg.beta}, {cfg.num_actors} actors, "
+                f"{cfg.num_workers} learners)")
+    return summary
