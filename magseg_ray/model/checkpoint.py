@@ -51,8 +51,12 @@ def check_checkpoint_dir(path: str | Path) -> dict:
 def load_model(
     path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
 ) -> tuple[Gemma3ForConditionalGeneration, object]:
-    """Load model and processor from ``path``; ``dtype`` defaults to the checkpoint's own."""
+    """Load model and processor from ``path``; ``dtype`` defaults to the checkpoint's own on a GPU
+    and to float32 on the CPU (CPU kernels are slow and coarse in bfloat16; the demo model is
+    stored in bfloat16 to keep the repository small)."""
     check_checkpoint_dir(path)
+    if dtype is None and torch.device(device).type == "cpu":
+        dtype = torch.float32
     try:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
         model = Gemma3ForConditionalGeneration.from_pretrained(
