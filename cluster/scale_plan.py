@@ -203,8 +203,20 @@ def reads(lines: list[dict], g: dict) -> dict:
             "provenance": prov}
 
 
+def reducer_s_per_km2(lines: list[dict], g: dict) -> tuple[float, str]:
+    """CPU seconds the reducer spends per km²: measured by a mapping line's reducer figures (the
+    reducer runs on CPUs, so a CPU measurement is the real thing), else the per-chip assumption."""
+    measured = [r for r in lines if r["benchmark"] == "mapping" and r.get("reducer_km2_per_s")]
+    if measured:
+        r = measured[-1]
+        return 1 / r["reducer_km2_per_s"], (f"measured: {r['_file']} mapping, polygonizing {r['reducer_km2']} km² "
+                                             f"({r['reducer_fields']} fields) at {r['reducer_km2_per_s']} km²/s on one core")
+    return g["chips_per_km2"] * REDUCER_S_PER_CHIP, f"assumed {REDUCER_S_PER_CHIP} s per chip"
+
+
 def plan(lines: list[dict], s: Settings = Settings()) -> dict:
     g = geometry(s)
+    reducer_s, reducer_source = reducer_s_per_km2(lines, g)
     tok = tokens_per_patch(lines, s)
     rd = reads(lines, g)
     out = {"settings": {k: v for k, v in asdict(s).items() if k != "models"}, "gpu": GPU, "geometry": g,
@@ -229,7 +241,7 @@ def plan(lines: list[dict], s: Settings = Settings()) -> dict:
             "cluster": {"gpus": s.gpus, "km2_per_hour": km2_per_s * 3600, "chips_per_s": chips_per_s,
                         "read_mb_per_s": km2_per_s * rd["bytes_per_km2"] / 1e6,
                         "read_cpus": km2_per_s * rd["cpu_s_per_km2"],
-                        "reducer_cpus": chips_per_s * REDUCER_S_PER_CHIP,
+                        "reducer_cpus": km2_per_s * reducer_s, "reducer_source": reducer_source,
                         "object_store_mb_in_flight": s.gpus * IN_FLIGHT_CHIPS_PER_ACTOR * s.chip**2 * 4 / 1e6,
                         "decode_share": rep["stage_share"]["decode"]},
         }
@@ -267,7 +279,7 @@ def report(p: dict) -> str:
         lines.append(
             f"{key} on {c['gpus']} GPUs: {c['km2_per_hour']:,.0f} km2/h, {c['chips_per_s']:.1f} chips/s; reads "
             f"{c['read_mb_per_s']:.1f} MB/s on {c['read_cpus']:.1f} CPUs; reducer {c['reducer_cpus']:.1f} CPUs "
-            f"(assumed {REDUCER_S_PER_CHIP} s/chip); object store in flight ~{c['object_store_mb_in_flight']:.0f} MB "
+            f"({c['reducer_source']}); object store in flight ~{c['object_store_mb_in_flight']:.0f} MB "
             f"(RGB + validity of {IN_FLIGHT_CHIPS_PER_ACTOR} chips per actor, assumed)")
         lines.append(f"  throughput: {m['replica']['provenance']}")
     lines += [f"note: {n}" for n in p["notes"]]

@@ -124,3 +124,16 @@ def test_no_codec_line_is_a_clear_error(tmp_path):
     path.write_text(json.dumps(STREAM) + "\n")
     with pytest.raises(SystemExit, match="no codec benchmark line"):
         sp.plan(sp.read_lines([path]))
+
+
+def test_reducer_cpus_come_from_a_measured_reducer_rate():
+    base = [CODEC_05, STREAM]
+    assumed = sp.plan([{**r, "_file": "x"} for r in base])["models"]
+    slow = {**CPU_MAPPING, "_file": "x", "reducer_km2": 16.0, "reducer_fields": 100, "reducer_km2_per_s": 0.5}
+    fast = {**slow, "reducer_km2_per_s": 1.0}
+    m_slow = sp.plan([{**r, "_file": "x"} for r in base] + [slow])["models"]
+    m_fast = sp.plan([{**r, "_file": "x"} for r in base] + [fast])["models"]
+    for key in m_slow:
+        assert m_fast[key]["cluster"]["reducer_cpus"] == pytest.approx(m_slow[key]["cluster"]["reducer_cpus"] / 2)
+        assert "measured" in m_slow[key]["cluster"]["reducer_source"]
+        assert "assumed" in assumed[key]["cluster"]["reducer_source"]
