@@ -19,6 +19,7 @@ from magseg_ray.cluster import RaySettings, ray_session
 from magseg_ray.config import add_arguments, from_arguments
 from magseg_ray.errors import MagsegError
 from magseg_ray.map_region import MapConfig, plan, run_map_region
+from magseg_ray.scenes.store import ObjectStore
 
 
 def main(argv=None) -> int:
@@ -27,10 +28,10 @@ def main(argv=None) -> int:
     parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
     args = parser.parse_args(argv)
     try:
-        cfg = from_arguments(MapConfig, args)
-        plan(cfg)  # bad AOI, catalog or model: fail before starting Ray
+        store = ObjectStore.from_env()
+        planned = plan(from_arguments(MapConfig, args), store)  # bad AOI, catalog or model: fail before Ray
         with ray_session(RaySettings(address=args.address)):
-            summary = run_map_region(cfg)
+            summary = run_map_region(planned, store)
     except MagsegError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -150,8 +150,9 @@ def _progress(done: int, total: int, resumed: int, patches: int, seconds: float,
           f"patches {patches} {rate:.1f} patches/s", flush=True)
 
 
-def run_map_region(cfg: MapConfig, store=None) -> dict:
-    """Map the AOI on the current Ray cluster; returns the run summary (also ``summary.json``)."""
+def run_map_region(p: Plan, store=None) -> dict:
+    """Map a planned run (:func:`plan`, made with the same ``store``) on the current Ray cluster;
+    returns the run summary (also ``summary.json``)."""
     from magseg_ray.chips.pipeline import mapping_chips
     from magseg_ray.fields.reduce import reduce_run
     from magseg_ray.model.segmenter import ChipSegmenter
@@ -159,7 +160,7 @@ def run_map_region(cfg: MapConfig, store=None) -> dict:
     from magseg_ray.stitch.outputs import RunFiles, finished_chips
 
     store = store or ObjectStore.from_env()
-    p = plan(cfg, store)
+    cfg = p.config
     files = RunFiles(cfg.out_root(), store)
     resuming = check_output(files, p.identity)
     if not resuming:
