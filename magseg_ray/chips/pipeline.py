@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import random
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -137,7 +138,8 @@ def training_chips(scenes: gpd.GeoDataFrame, aoi, chip: ChipConfig = ChipConfig(
                    prompt: PromptConfig = PromptConfig(), read: ReadConfig = ReadConfig(), store=None,
                    val_fraction: float = 0.2, seed: int = 0, read_cpus: float = 0.5, split: str | None = None):
     """Pipeline 2 as a Ray Dataset of labelled chip records (see module doc); ``aoi`` None: all
-    scenes. ``split`` ("train" or "val") plans only the chips of that split's scenes."""
+    scenes. ``split`` ("train" or "val") plans only the chips of that split's scenes. Chips come in
+    a seeded random order rather than scene by scene."""
     import ray
 
     schema = get_schema(prompt.schema)
@@ -154,6 +156,8 @@ def training_chips(scenes: gpd.GeoDataFrame, aoi, chip: ChipConfig = ChipConfig(
     tasks = chip_windows(labelled, aoi if aoi is not None else labelled.union_all(), chip)
     labels_of = dict(zip(labelled["id"], labelled["labels_uri"]))
     items = [{**t.as_dict(), "labels_uri": labels_of[t.scene_id]} for t in tasks]
+    # chips of one scene look alike: a seeded permutation spreads them over the epoch (same on every run)
+    random.Random(seed).shuffle(items)
     return ray.data.from_items(items).map(_TrainingReader(prompt, read, store, val_fraction, seed), num_cpus=read_cpus)
 
 

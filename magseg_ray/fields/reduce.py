@@ -11,7 +11,7 @@ import geopandas as gpd
 import pandas as pd
 import shapely
 
-from magseg_ray.fields.seams import merge_pieces, owned_areas, seam_of, split_at_seams, tolerance_degrees
+from magseg_ray.fields.seams import merge_pieces, owned_areas, seams, split_at_seams, tolerance_degrees
 from magseg_ray.fields.write import read_fields, to_fiboa, write_geopackage, write_partitions
 from magseg_ray.stitch.outputs import NO_DATA, RunFiles, finished_chips
 
@@ -69,14 +69,14 @@ def reduce_run(plan, files: RunFiles, store, failures: list[dict]) -> dict:
             by_scene.setdefault(t.scene_id, []).append(t.chip_id)
     scenes = plan.scenes[plan.scenes["id"].isin(list(by_scene))]
     owned = owned_areas(scenes.set_index("id").geometry, plan.aoi)
+    seam = seams(owned, {s: tolerance_degrees(float(g)) for s, g in zip(scenes["id"], scenes["gsd"])})
     files.remove_tree(PARTIAL)
     task = ray.remote(num_cpus=0.5)(reduce_scene)
     refs = []
     for scene in scenes.to_dict("records"):
         sid = scene["id"]
         scene = {k: v for k, v in scene.items() if k != "geometry"}
-        tol = tolerance_degrees(float(scene["gsd"]))
-        refs.append(task.remote(scene, by_scene[sid], owned[sid], seam_of(sid, owned, tol), files.root, store,
+        refs.append(task.remote(scene, by_scene[sid], owned[sid], seam[sid], files.root, store,
                                 plan.chip, plan.prompt, cfg.simplify_px, cfg.min_field_px, cfg.partition_degrees))
     results = []
     for ref in refs:

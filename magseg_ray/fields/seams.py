@@ -27,21 +27,30 @@ METRES_PER_DEGREE = 111_320.0
 
 
 def owned_areas(footprints: gpd.GeoSeries, aoi) -> dict[str, shapely.Geometry]:
-    """Scene id -> the part of the AOI that scene maps (EPSG:4326); ``footprints`` is indexed by id."""
-    owned, taken = {}, shapely.Polygon()
-    for scene_id in sorted(footprints.index):
-        area = shapely.intersection(footprints[scene_id], aoi)
-        owned[scene_id] = shapely.difference(area, taken)
-        taken = shapely.union(taken, area)
+    """Scene id -> the part of the AOI that scene maps (EPSG:4326); ``footprints`` is indexed by id.
+    Only overlapping scenes are compared (an R-tree), so a country's catalog stays near-linear."""
+    ids = sorted(footprints.index)
+    areas = [shapely.intersection(footprints[i], aoi) for i in ids]
+    tree = shapely.STRtree(areas)
+    owned = {}
+    for k, (scene_id, area) in enumerate(zip(ids, areas)):
+        earlier = [areas[j] for j in tree.query(area, predicate="intersects") if j < k]
+        owned[scene_id] = shapely.difference(area, shapely.union_all(earlier)) if earlier else area
     return owned
 
 
-def seam_of(scene_id: str, owned: dict[str, shapely.Geometry], tolerance: float) -> shapely.Geometry:
-    """The edges of ``scene_id``'s owned area that other scenes' owned areas touch."""
-    others = [a for k, a in owned.items() if k != scene_id and not a.is_empty]
-    if not others or owned[scene_id].is_empty:
-        return shapely.LineString()
-    return shapely.intersection(owned[scene_id].boundary, shapely.union_all(others).buffer(tolerance))
+def seams(owned: dict[str, shapely.Geometry], tolerance: dict[str, float]) -> dict[str, shapely.Geometry]:
+    """Scene id -> the edges of its owned area that other scenes' owned areas touch (within that
+    scene's ``tolerance``); neighbours are found with an R-tree."""
+    ids = [k for k, a in owned.items() if not a.is_empty]
+    tree = shapely.STRtree([owned[k] for k in ids])
+    out = {k: shapely.LineString() for k in owned}
+    for k in ids:
+        near = tree.query(owned[k], predicate="dwithin", distance=tolerance[k])
+        others = [owned[ids[j]] for j in near if ids[j] != k]
+        if others:
+            out[k] = shapely.intersection(owned[k].boundary, shapely.union_all(others).buffer(tolerance[k]))
+    return out
 
 
 def _polygonal(geom):

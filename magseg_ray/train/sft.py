@@ -1,19 +1,22 @@
 """LoRA supervised fine-tuning on Ray Train with DeepSpeed.
 
 The driver (:func:`run_sft`) checks every input before a worker starts, builds the training
-pipeline (:func:`magseg_ray.chips.pipeline.training_chips`: chip records, split by scene), keeps a
-few validation patches, and launches a ``TorchTrainer``. Each worker (:func:`train_loop`) wraps
-the base model with LoRA, hands it to ``deepspeed.initialize`` (ZeRO stage from the config; gloo on
-CPU, NCCL on GPU; bf16 where CUDA has it, else fp32), and trains on its shard of chip records,
-expanding each chip into its patch instruction records.
+pipeline (:func:`magseg_ray.chips.pipeline.training_chips`: chip records in a seeded random order,
+split by scene), keeps a few validation patches, and launches a ``TorchTrainer``. Each worker
+(:func:`train_loop`) wraps the base model with LoRA, hands it to ``deepspeed.initialize`` (ZeRO
+stage from the config; gloo on CPU, NCCL on GPU; bf16 where CUDA has it, else fp32; AdamW with
+linear warmup and cosine decay), and trains on its shard of chip records, expanding each chip into
+its patch instruction records and drawing batches at random from a buffer of several chips'
+patches (``shuffle_patches``). The loss is the answer tokens' cross-entropy, by default averaged
+per answer first (:func:`answer_loss`).
 
 Every ``checkpoint_every`` steps all workers report a checkpoint: DeepSpeed's engine state (LoRA
 weights, optimizer, scheduler; one file per rank), the adapter in PEFT format and the data
 position. A failed worker restarts the group from the latest checkpoint (``max_failures``), and
 rerunning the same command with the same ``run_name`` and ``storage`` resumes instead of
 starting over (Ray Train restores the run's checkpoint list from storage). Data position is the
-number of chips of the current epoch whose patches were all trained on; a resumed worker skips
-them.
+number of chips of the current epoch whose patches were all trained on (none left in the shuffle
+buffer); a resumed worker skips them.
 
 Every ``eval_every`` steps rank 0 answers the validation patches with constrained generation and
 scores them (mean Dice over the classes present, field IoU). Outputs under ``storage/run_name``:
@@ -28,12 +31,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +69,11 @@ class SFTConfig:
     uniform_keep: float = field(default=1.0, metadata=_h(
         "share of single-class patches (answer '*f', '*b') kept for training; lower values make the model "
         "learn from patches with structure instead of the majority answer"))
+    loss_mean: str = field(default="answer", metadata=_h(
+        "how answer-token losses are averaged: 'answer' averages each answer's tokens, then the answers "
+        "(every patch weighs the same, so the few codes that say which class a uniform patch is are not "
+        "drowned by the long answers of boundary patches); 'token' averages all answer tokens of a batch",
+        choices=["answer", "token"]))
     lora_r: int = field(default=16, metadata=_h("LoRA rank"))
     lora_alpha: int = field(default=32, metadata=_h("LoRA alpha"))
     train_projector: bool = field(default=False, metadata=_h(
@@ -77,7 +87,12 @@ class SFTConfig:
     use_gpu: bool = field(default=False, metadata=_h("one GPU per worker (NCCL); else CPU (gloo)"))
     cpus_per_worker: float = field(default=1.0, metadata=_h("CPUs reserved per worker"))
     zero_stage: int = field(default=2, metadata=_h("DeepSpeed ZeRO stage", choices=[0, 1, 2, 3]))
-    lr: float = field(default=2e-4, metadata=_h("learning rate (AdamW)"))
+    lr: float = field(default=2e-4, metadata=_h("peak learning rate (AdamW)"))
+    warmup_steps: int = field(default=20, metadata=_h(
+        "steps of linear learning-rate warmup; then cosine decay to lr/10 at max_steps"))
+    shuffle_patches: int = field(default=512, metadata=_h(
+        "patches (from several chips) a worker holds and draws its batches from at random, so a batch "
+        "is not one chip's look-alike patches; 0 draws them in order"))
     batch_size: int = field(default=8, metadata=_h("patches per worker per step"))
     max_steps: int = field(default=200, metadata=_h("optimizer steps"))
     eval_every: int = field(default=50, metadata=_h("steps between validations (0: only at the end)"))
@@ -111,6 +126,8 @@ def check_config(cfg: SFTConfig) -> None:
         raise ConfigError(f"uniform_keep must lie in (0, 1], got {cfg.uniform_keep}")
     if cfg.checkpoint_every < 1 or cfg.max_steps < 1 or cfg.batch_size < 1:
         raise ConfigError("max_steps, batch_size and checkpoint_every must be >= 1")
+    if cfg.warmup_steps < 0 or cfg.shuffle_patches < 0:
+        raise ConfigError("warmup_steps and shuffle_patches must be >= 0")
 
 
 def load_base(cfg: SFTConfig):
@@ -142,6 +159,22 @@ def score_patches(model, processor, records: list[dict], prompt: PromptConfig,
     true_f = np.isin(np.stack(truths), schema.field_classes)
     union = (pred_f | true_f).sum()
     return {"val_dice": float(np.nanmean(dice)), "val_field_iou": float((pred_f & true_f).sum() / union) if union else 1.0}
+
+
+def answer_loss(model, batch: dict, mean: str = "answer"):
+    """Cross-entropy on the answer tokens of a collated batch, averaged as ``mean`` says (see
+    :attr:`SFTConfig.loss_mean`)."""
+    import torch
+
+    from magseg_ray.train.batches import IGNORE
+
+    if mean == "token":
+        return model(**batch).loss
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1].float()
+    target = batch["labels"][:, 1:]
+    per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE,
+                                                  reduction="none")
+    return (per_token.sum(1) / (target != IGNORE).sum(1).clamp(min=1)).mean()
 
 
 def _ds_config(cfg: SFTConfig, bf16: bool) -> dict:
@@ -181,8 +214,9 @@ def train_loop(loop_config: dict) -> None:
         train_modules = ("multi_modal_projector",) * cfg.train_projector + ("vision_tower",) * cfg.train_vision
         model = attach_lora(model, LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, train_modules=train_modules))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=_ds_config(cfg, bf16),
-                                      dist_init_required=False)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, cfg))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                      config=_ds_config(cfg, bf16), dist_init_required=False)
 
     state = {"step": 0, "epoch": 0, "chips_done": 0, "history": [], "restored_from_step": None}
     checkpoint = ray.train.get_checkpoint()
@@ -195,10 +229,13 @@ def train_loop(loop_config: dict) -> None:
     def to_device(batch):
         return {k: v.to(device) for k, v in batch.items()}
 
+    def batch_loss(batch: dict):
+        return answer_loss(engine, batch, cfg.loss_mean)
+
     def fixed_loss() -> float:
         engine.eval()
         with torch.no_grad():
-            loss = engine(**to_device(collate(processor, fixed_batch))).loss.item()
+            loss = batch_loss(to_device(collate(processor, fixed_batch))).item()
         engine.train()
         return loss
 
@@ -231,16 +268,16 @@ def train_loop(loop_config: dict) -> None:
         for i, chip in enumerate(shard.iter_rows()):
             if i < state["chips_done"]:
                 continue
-            records = [r for r in patch_records(chip, prompt)
+            records = [{**r, "chip_index": i} for r in patch_records(chip, prompt)
                        if cfg.uniform_keep >= 1 or len(r["target"]) > 2 or rng.random() < cfg.uniform_keep]
             seen_patches += len(records)
             rng.shuffle(records)
             buffer.extend(records)
-            while len(buffer) >= cfg.batch_size and state["step"] < cfg.max_steps:
-                batch = to_device(collate(processor, buffer[: cfg.batch_size]))
-                del buffer[: cfg.batch_size]
+            while len(buffer) >= max(cfg.batch_size, cfg.shuffle_patches) and state["step"] < cfg.max_steps:
+                picked = [buffer.pop(rng.randrange(len(buffer))) for _ in range(cfg.batch_size)]
+                batch = to_device(collate(processor, picked))
                 t_step = time.perf_counter()
-                loss = engine(**batch).loss
+                loss = batch_loss(batch)
                 engine.backward(loss)
                 engine.step()
                 state["step"] += 1
@@ -252,7 +289,7 @@ def train_loop(loop_config: dict) -> None:
                 step = state["step"]
                 if rank == 0 and step % cfg.log_every == 0:
                     print(f"[sft] step {step}/{cfg.max_steps} epoch {state['epoch']} loss {loss.item():.4f} "
-                          f"{tokens * ctx.get_world_size() / max(step_time, 1e-9):.0f} tokens/s", flush=True)
+                          f"lr {engine.get_lr()[0]:.2e} {tokens * ctx.get_world_size() / max(step_time, 1e-9):.0f} tokens/s", flush=True)
                 if step == cfg.fail_once_at_step and rank == 1:
                     marker = cfg.run_dir / f".failed_at_{step}"
                     if not marker.exists():
@@ -275,7 +312,8 @@ def train_loop(loop_config: dict) -> None:
                             engine.train()
                     losses.clear()
                     if save:
-                        state["chips_done"] = i  # this chip's remaining patches are redone on resume
+                        # chips with patches still in the buffer are redone on resume
+                        state["chips_done"] = min((r["chip_index"] for r in buffer), default=i)
                     report(extra, save)
             if state["step"] >= cfg.max_steps:
                 break
@@ -285,6 +323,16 @@ def train_loop(loop_config: dict) -> None:
                                   f"for {cfg.num_workers} workers")
             state["epoch"] += 1
             state["chips_done"] = 0
+            for r in buffer:  # leftovers carry into the next epoch, counted as its first chip's
+                r["chip_index"] = 0
+
+
+def lr_factor(cfg: SFTConfig, step: int) -> float:
+    """Learning-rate multiplier at ``step``: linear warmup, then cosine decay from 1 to 0.1."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min((step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1), 1.0)
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
 
 
 def export_merged(cfg: SFTConfig, adapter: Path, out: Path) -> Path:
@@ -324,10 +372,9 @@ def run_sft(cfg: SFTConfig) -> dict:
         val = [r for c in chips("val").take(max(cfg.val_patches // 8, 1)) for r in patch_records(c, prompt)]
         random.Random(0).shuffle(val)
         val = val[: cfg.val_patches]
-    first = [r for r in train.take(4) if r["error"] is None]
-    if not first:
-        raise ConfigError(f"no readable training chips in {cfg.data!r}")
-    fixed_batch = patch_records(first[0], prompt)[: cfg.batch_size]
+    fixed_batch = [r for c in train.take(8) if c["error"] is None for r in patch_records(c, prompt)][: cfg.batch_size]
+    if not fixed_batch:
+        raise ConfigError(f"no readable training patches in the first chips of {cfg.data!r}")
 
     trainer = TorchTrainer(
         train_loop,

@@ -84,6 +84,8 @@ def test_training_pipeline_records_match_the_labels(ray_cluster, s3_server, s3_s
     assert not failures(chips)
     assert {c["split"] for c in chips} == {split_of(s, 0.5) for s in scenes["id"]}
     assert all(c["split"] == split_of(c["scene_id"], 0.5) for c in chips)  # by scene
+    order = [c["scene_id"] for c in chips]  # chips come shuffled, not scene after scene
+    assert sum(a != b for a, b in zip(order, order[1:])) > len(set(order)) - 1
     # targets equal the classes derived from the whole scene's instance raster
     for scene_id in ("naip_44p0347_m93p8702", "synth_3"):  # real and synthetic
         chip = next(c for c in chips if c["chip_id"] == f"{scene_id}/256_256")

@@ -4,13 +4,14 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from magseg_ray.errors import ConfigError, ModelLoadError
 from magseg_ray.model.checkpoint import load_model
 from magseg_ray.model.presets import build_model
-from magseg_ray.train.sft import SFTConfig, check_config
+from magseg_ray.train.sft import SFTConfig, answer_loss, check_config, lr_factor
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +26,7 @@ def sft_main():
 def args(storage, *switches, **overrides):
     flags = {"data": str(ROOT / "tests/data/naip"), "base": "tiny", "val-fraction": 0.5, "num-workers": 2,
              "max-steps": 6, "checkpoint-every": 2, "eval-every": 3, "batch-size": 4, "val-patches": 4,
-             "lr": 1e-3, "cpus-per-worker": 0.5, "storage": str(storage), "run-name": "t", **overrides}
+             "lr": 1e-3, "warmup-steps": 2, "shuffle-patches": 16, "cpus-per-worker": 0.5, "storage": str(storage), "run-name": "t", **overrides}
     return [x for k, v in flags.items() for x in (f"--{k}", str(v))] + [f"--{s}" for s in switches]
 
 
@@ -80,3 +81,36 @@ def test_ray_job_submit_against_the_local_cluster(ray_cluster, tmp_path):
     base, _ = build_model("tiny", seed=0)
     changed = [n for n, p in trained.named_parameters() if not torch.equal(p, base.state_dict()[n])]
     assert any("language_model" in n for n in changed) and any("vision_tower" in n for n in changed)
+
+
+def test_learning_rate_warms_up_then_decays_to_a_tenth():
+    cfg = SFTConfig(warmup_steps=10, max_steps=110)
+    factors = [lr_factor(cfg, s) for s in range(111)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[60] == pytest.approx(0.55) and factors[110] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))  # no rise after the warmup
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        check_config(SFTConfig(base="tiny", data="x", warmup_steps=-1))
+
+
+def test_answer_mean_loss_weighs_every_patch_the_same():
+    from magseg_ray.prompt import PromptConfig, build_patch_prompt
+    from magseg_ray.train.batches import collate
+
+    model, processor = build_model("tiny", seed=0)
+    rng = np.random.default_rng(0)
+    chip = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    labels = np.zeros((64, 64), np.uint8)
+    labels[:, 20:] = 1
+    labels[40:, 5:9] = 2
+    records = []
+    for box in [(0, 0, 32, 32), (32, 32, 64, 64), (0, 32, 32, 64)]:  # answers of 3 different lengths
+        p = build_patch_prompt(chip, box, PromptConfig(patch_size=32), labels)
+        records.append({"images": p.images, "prompt": p.text, "target": p.target})
+    assert len({len(r["target"]) for r in records}) == 3
+    with torch.no_grad():
+        alone = [answer_loss(model, collate(processor, [r]), "token").item() for r in records]
+        together = answer_loss(model, collate(processor, records), "answer").item()
+        tokens = answer_loss(model, collate(processor, records), "token").item()
+    assert together == pytest.approx(np.mean(alone), rel=1e-4)  # left padding and shift line up
+    assert tokens != pytest.approx(together, rel=1e-3)  # token mean weighs long answers more

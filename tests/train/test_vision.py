@@ -1,0 +1,51 @@
+"""Dense vision pretraining (jobs/pretrain_vision.py) on the tiny preset and the bundled NAIP scenes."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from magseg_ray.errors import ConfigError
+from magseg_ray.model.checkpoint import load_model
+from magseg_ray.model.presets import build_model
+from magseg_ray.train.vision import VisionPretrainConfig, _shares, pretrain_vision
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_token_targets_are_the_class_shares_of_each_cell():
+    classes = np.zeros((8, 8), np.uint8)
+    classes[:4, :4] = 1  # top-left cell all field
+    classes[4:, 4:6] = 2  # bottom-right cell half boundary
+    shares = _shares(classes, 2)
+    assert np.allclose(shares, [[0, 1, 0], [1, 0, 0], [1, 0, 0], [0.5, 0, 0.5]])
+
+
+def test_pretraining_trains_the_vision_side_only_and_writes_a_base_for_sft(tmp_path):
+    spec = importlib.util.spec_from_file_location("pretrain_job", ROOT / "jobs" / "pretrain_vision.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    out = tmp_path / "base"
+    argv = ["--data", str(ROOT / "tests/data/naip"), "--out", str(out), "--base", "tiny", "--steps", "40",
+            "--batch-size", "8", "--log-every", "20", "--val-fraction", "0.5"]
+    assert job.main(argv) == 0
+    summary = json.loads((out / "vision_pretrain.json").read_text())
+    losses = [h["loss"] for h in summary["history"] if "loss" in h]
+    assert losses[-1] < losses[0]
+    assert (out / "vision_pretrain.png").stat().st_size > 5_000
+    trained, _ = load_model(out)  # a checkpoint SFT's --base takes
+    base, _ = build_model("tiny", seed=0)
+    reference = base.state_dict()
+    changed = {n for n, p in trained.named_parameters() if not torch.equal(p, reference[n])}
+    assert any("vision_tower" in n for n in changed) and any("multi_modal_projector" in n for n in changed)
+    assert not any("language_model" in n for n in changed)  # the decoder is SFT's to train
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ConfigError, match="--data and --out"):
+        pretrain_vision(VisionPretrainConfig(base="tiny"))
+    with pytest.raises(ConfigError, match="must split"):
+        pretrain_vision(VisionPretrainConfig(data=str(ROOT / "tests/data/naip"), out="x", base="tiny", chip_size=250))
