@@ -14,6 +14,12 @@ import types
 import typing
 
 
+def doc(text: str, **extra) -> dict:
+    """Field metadata: ``field(default=..., metadata=doc("what it is", choices=[...]))``; ``help``
+    becomes the flag's help, other keys go to ``add_argument``."""
+    return {"help": text, **extra}
+
+
 def _scalar_type(tp):
     """The scalar type of a field annotation (``int | None`` -> ``int``)."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):

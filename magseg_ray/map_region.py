@@ -29,37 +29,35 @@ from pathlib import Path
 
 import geopandas as gpd
 
+from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError, ModelLoadError
 
 DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
 """Bundled demo: scenes (``scenes/``) and an AOI (``demo.geojson``) spanning them."""
 
 
-def _h(text: str, **extra) -> dict:
-    return {"help": text, **extra}
-
 
 @dataclass(frozen=True)
 class MapConfig:
     """Settings of one mapping run."""
 
-    aoi: str = field(default=str(DEMO_DIR / "demo.geojson"), metadata=_h(
+    aoi: str = field(default=str(DEMO_DIR / "demo.geojson"), metadata=doc(
         "area of interest: GeoJSON or any vector file of polygons (EPSG:4326 unless it declares a CRS)"))
-    catalog: str = field(default=str(DEMO_DIR / "scenes"), metadata=_h(
+    catalog: str = field(default=str(DEMO_DIR / "scenes"), metadata=doc(
         "scenes: a catalog .parquet, or a folder, file:// or s3:// prefix of COGs"))
-    model: str = field(default="", metadata=_h("model folder (Gemma3 checkpoint); default: the shipped demo model"))
-    out: str = field(default="", metadata=_h("output folder or s3:// prefix; default: maps/<AOI file name>"))
-    chip_size: int = field(default=0, metadata=_h("chip side in pixels; 0: what the model was trained with"))
-    overlap: int = field(default=-1, metadata=_h("pixels shared by neighbouring chips; -1: chip_size / 8"))
-    num_actors: int = field(default=1, metadata=_h("model actors (one GPU each with --use-gpu)"))
-    use_gpu: bool = field(default=False, metadata=_h("one GPU per model actor"))
-    cpus_per_actor: float = field(default=1.0, metadata=_h("CPUs reserved per model actor (and its torch threads)"))
-    read_cpus: float = field(default=0.25, metadata=_h("CPUs reserved per chip read task"))
-    batch_size: int = field(default=64, metadata=_h("patches decoded together (they share the chip's KV prefix)"))
-    max_new_tokens: int = field(default=0, metadata=_h("answer token budget per patch; 0: the longest mask text"))
-    simplify_px: float = field(default=1.0, metadata=_h("polygon simplification tolerance in pixels (x GSD)"))
-    min_field_px: int = field(default=16, metadata=_h("smallest field kept, in pixels"))
-    partition_degrees: float = field(default=1.0, metadata=_h("side of the lon/lat cells the GeoParquet is partitioned by"))
+    model: str = field(default="", metadata=doc("model folder (Gemma3 checkpoint); default: the shipped demo model"))
+    out: str = field(default="", metadata=doc("output folder or s3:// prefix; default: maps/<AOI file name>"))
+    chip_size: int = field(default=0, metadata=doc("chip side in pixels; 0: what the model was trained with"))
+    overlap: int = field(default=-1, metadata=doc("pixels shared by neighbouring chips; -1: chip_size / 8"))
+    num_actors: int = field(default=1, metadata=doc("model actors (one GPU each with --use-gpu)"))
+    use_gpu: bool = field(default=False, metadata=doc("one GPU per model actor"))
+    cpus_per_actor: float = field(default=1.0, metadata=doc("CPUs reserved per model actor (and its torch threads)"))
+    read_cpus: float = field(default=0.25, metadata=doc("CPUs reserved per chip read task"))
+    batch_size: int = field(default=64, metadata=doc("patches decoded together (they share the chip's KV prefix)"))
+    max_new_tokens: int = field(default=0, metadata=doc("answer token budget per patch; 0: the longest mask text"))
+    simplify_px: float = field(default=1.0, metadata=doc("polygon simplification tolerance in pixels (x GSD)"))
+    min_field_px: int = field(default=16, metadata=doc("smallest field kept, in pixels"))
+    partition_degrees: float = field(default=1.0, metadata=doc("side of the lon/lat cells the GeoParquet is partitioned by"))
 
     def out_root(self) -> str:
         return self.out or str(Path("maps") / Path(self.aoi).stem)

@@ -24,6 +24,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError
 
 DEMO_SCENES = Path(__file__).resolve().parents[1] / "assets" / "demo" / "scenes"
@@ -32,40 +33,37 @@ API_KEY_ENV = "MAGSEG_API_KEY"
 """Environment variable read for the API key when ``api_key`` is empty (keeps it off command lines)."""
 
 
-def _h(text: str) -> dict:
-    return {"help": text}
-
 
 @dataclass(frozen=True)
 class ServeSettings:
     """Settings of one tile server application."""
 
-    catalog: str = field(default=str(DEMO_SCENES), metadata=_h(
+    catalog: str = field(default=str(DEMO_SCENES), metadata=doc(
         "scenes: a catalog .parquet, or a folder, file:// or s3:// prefix of COGs (as map_region's --catalog)"))
-    model: str = field(default="", metadata=_h("model folder (Gemma3 checkpoint); default: the shipped demo model"))
-    maps: str = field(default="", metadata=_h(
+    model: str = field(default="", metadata=doc("model folder (Gemma3 checkpoint); default: the shipped demo model"))
+    maps: str = field(default="", metadata=doc(
         "comma-separated map_region output folders (or s3:// prefixes) made with this model: tiles they "
         "cover are served from their masks/ and fields/ instead of running the model"))
-    api_key: str = field(default="", metadata=_h(
+    api_key: str = field(default="", metadata=doc(
         f"when set (or ${API_KEY_ENV}), every route but /healthz needs header X-API-Key (or ?key=) equal to it"))
-    overlap: int = field(default=-1, metadata=_h("pixels shared by neighbouring chips; -1: chip size / 8 (map_region's default)"))
-    max_new_tokens: int = field(default=0, metadata=_h("answer token budget per patch; 0: the longest mask text"))
-    patch_batch: int = field(default=64, metadata=_h("patches decoded together (they share the chip's KV prefix)"))
-    chip_batch: int = field(default=8, metadata=_h("most chips one batched model call takes (@serve.batch)"))
-    batch_wait_s: float = field(default=0.02, metadata=_h("how long a model call waits for more chips to batch"))
-    cache_mb: int = field(default=256, metadata=_h("chip cache size per replica, MiB (least recently used chips leave first)"))
-    min_zoom: int = field(default=12, metadata=_h("coarsest zoom served; coarser tiles get 400"))
-    max_chips_per_tile: int = field(default=64, metadata=_h(
+    overlap: int = field(default=-1, metadata=doc("pixels shared by neighbouring chips; -1: chip size / 8 (map_region's default)"))
+    max_new_tokens: int = field(default=0, metadata=doc("answer token budget per patch; 0: the longest mask text"))
+    patch_batch: int = field(default=64, metadata=doc("patches decoded together (they share the chip's KV prefix)"))
+    chip_batch: int = field(default=8, metadata=doc("most chips one batched model call takes (@serve.batch)"))
+    batch_wait_s: float = field(default=0.02, metadata=doc("how long a model call waits for more chips to batch"))
+    cache_mb: int = field(default=256, metadata=doc("chip cache size per replica, MiB (least recently used chips leave first)"))
+    min_zoom: int = field(default=12, metadata=doc("coarsest zoom served; coarser tiles get 400"))
+    max_chips_per_tile: int = field(default=64, metadata=doc(
         "most model chips one tile may need in one scene; a tile needing more is too coarse for per-patch inference (400)"))
-    simplify_px: float = field(default=1.0, metadata=_h("polygon simplification tolerance in pixels (x GSD)"))
-    min_field_px: int = field(default=16, metadata=_h("smallest field kept, in pixels"))
-    min_replicas: int = field(default=1, metadata=_h("replicas (each loads the model); autoscaling lower bound"))
-    max_replicas: int = field(default=1, metadata=_h("autoscaling upper bound; equal to --min-replicas: no autoscaling"))
-    target_ongoing_requests: float = field(default=4.0, metadata=_h("autoscaling target of ongoing requests per replica"))
-    cpus_per_replica: float = field(default=1.0, metadata=_h("CPUs reserved per replica (and its torch threads)"))
-    gpus_per_replica: float = field(default=0.0, metadata=_h("GPUs per replica (1 on GPU clusters)"))
-    max_ongoing_requests: int = field(default=8, metadata=_h("requests a replica works on at once"))
-    max_queued_requests: int = field(default=16, metadata=_h("requests queued beyond those; more get 503 at once"))
+    simplify_px: float = field(default=1.0, metadata=doc("polygon simplification tolerance in pixels (x GSD)"))
+    min_field_px: int = field(default=16, metadata=doc("smallest field kept, in pixels"))
+    min_replicas: int = field(default=1, metadata=doc("replicas (each loads the model); autoscaling lower bound"))
+    max_replicas: int = field(default=1, metadata=doc("autoscaling upper bound; equal to --min-replicas: no autoscaling"))
+    target_ongoing_requests: float = field(default=4.0, metadata=doc("autoscaling target of ongoing requests per replica"))
+    cpus_per_replica: float = field(default=1.0, metadata=doc("CPUs reserved per replica (and its torch threads)"))
+    gpus_per_replica: float = field(default=0.0, metadata=doc("GPUs per replica (1 on GPU clusters)"))
+    max_ongoing_requests: int = field(default=8, metadata=doc("requests a replica works on at once"))
+    max_queued_requests: int = field(default=16, metadata=doc("requests queued beyond those; more get 503 at once"))
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_zoom <= 24:

@@ -59,69 +59,67 @@ from pathlib import Path
 
 import numpy as np
 
+from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError
 from magseg_ray.files import write_atomic
 from magseg_ray.model.checkpoint import DEMO_MODEL
 from magseg_ray.prompt import PromptConfig
 
 
-def _h(text: str, **extra) -> dict:
-    return {"help": text, **extra}
-
 
 @dataclass(frozen=True)
 class GRPOConfig:
     """Settings of one GRPO run."""
 
-    run_name: str = field(default="grpo", metadata=_h("run name; rerunning with the same name resumes it"))
-    storage: str = field(default="runs", metadata=_h("folder holding runs (checkpoints and outputs)"))
-    model: str = field(default=str(DEMO_MODEL), metadata=_h(
+    run_name: str = field(default="grpo", metadata=doc("run name; rerunning with the same name resumes it"))
+    storage: str = field(default="runs", metadata=doc("folder holding runs (checkpoints and outputs)"))
+    model: str = field(default=str(DEMO_MODEL), metadata=doc(
         "starting policy: a Gemma3 checkpoint folder (e.g. an SFT run's model/)"))
-    adapter: str = field(default="", metadata=_h(
+    adapter: str = field(default="", metadata=doc(
         "optional PEFT adapter (an SFT run's adapter/) merged into --model first"))
-    data: str = field(default="", metadata=_h("scenes with labels: catalog .parquet, folder, file:// or s3:// prefix"))
-    schema: str = field(default="fields3", metadata=_h("label schema of the answers", choices=["fields3", "ai4sf"]))
-    patch_size: int = field(default=32, metadata=_h("patch side in pixels"))
-    chip_size: int = field(default=256, metadata=_h("chip side in pixels (a multiple of the patch)"))
-    local_crop: bool = field(default=True, metadata=_h("show a crop around the patch after the shared prefix"))
-    val_fraction: float = field(default=0.2, metadata=_h("share of scenes held out for validation (by scene id hash)"))
-    val_patches: int = field(default=32, metadata=_h(
+    data: str = field(default="", metadata=doc("scenes with labels: catalog .parquet, folder, file:// or s3:// prefix"))
+    schema: str = field(default="fields3", metadata=doc("label schema of the answers", choices=["fields3", "ai4sf"]))
+    patch_size: int = field(default=32, metadata=doc("patch side in pixels"))
+    chip_size: int = field(default=256, metadata=doc("chip side in pixels (a multiple of the patch)"))
+    local_crop: bool = field(default=True, metadata=doc("show a crop around the patch after the shared prefix"))
+    val_fraction: float = field(default=0.2, metadata=doc("share of scenes held out for validation (by scene id hash)"))
+    val_patches: int = field(default=32, metadata=doc(
         "validation patches scored at the start, every eval_every steps and at the end"))
-    train_chips: int = field(default=64, metadata=_h("training chips read; their patches are the prompt pool"))
-    reward: str = field(default="dice", metadata=_h(
+    train_chips: int = field(default=64, metadata=doc("training chips read; their patches are the prompt pool"))
+    reward: str = field(default="dice", metadata=doc(
         "reward of an answer: dice, boundary_f, instance_iou or module:function"))
-    group_size: int = field(default=4, metadata=_h("answers sampled per prompt (G >= 2)"))
-    prompts_per_step: int = field(default=8, metadata=_h("patch prompts per step (over all learners)"))
-    temperature: float = field(default=1.0, metadata=_h("sampling temperature of rollouts (> 0)"))
-    max_new_tokens: int = field(default=160, metadata=_h(
+    group_size: int = field(default=4, metadata=doc("answers sampled per prompt (G >= 2)"))
+    prompts_per_step: int = field(default=8, metadata=doc("patch prompts per step (over all learners)"))
+    temperature: float = field(default=1.0, metadata=doc("sampling temperature of rollouts (> 0)"))
+    max_new_tokens: int = field(default=160, metadata=doc(
         "answer token budget of rollouts and validation (the grammar closes every mask within it)"))
-    updates_per_rollout: int = field(default=1, metadata=_h("optimizer steps on each rollout batch (GRPO's mu)"))
-    clip_eps: float = field(default=0.2, metadata=_h("ratio clip below 1 (and above 1 unless clip_eps_high)"))
-    clip_eps_high: float = field(default=0.0, metadata=_h("ratio clip above 1 (0: clip_eps; e.g. 0.28 asymmetric)"))
-    beta: float = field(default=0.04, metadata=_h("KL penalty coefficient (k3 estimator, to the reference policy)"))
-    dr_grpo: bool = field(default=False, metadata=_h("Dr.GRPO advantages: r - mean, no division by the group std"))
-    adv_eps: float = field(default=1e-4, metadata=_h("added to the group std before dividing"))
-    loss_aggregation: str = field(default="token", metadata=_h(
+    updates_per_rollout: int = field(default=1, metadata=doc("optimizer steps on each rollout batch (GRPO's mu)"))
+    clip_eps: float = field(default=0.2, metadata=doc("ratio clip below 1 (and above 1 unless clip_eps_high)"))
+    clip_eps_high: float = field(default=0.0, metadata=doc("ratio clip above 1 (0: clip_eps; e.g. 0.28 asymmetric)"))
+    beta: float = field(default=0.04, metadata=doc("KL penalty coefficient (k3 estimator, to the reference policy)"))
+    dr_grpo: bool = field(default=False, metadata=doc("Dr.GRPO advantages: r - mean, no division by the group std"))
+    adv_eps: float = field(default=1e-4, metadata=doc("added to the group std before dividing"))
+    loss_aggregation: str = field(default="token", metadata=doc(
         "token: mean over all answer tokens; sequence: mean per answer, then over answers",
         choices=["token", "sequence"]))
-    lora_r: int = field(default=16, metadata=_h("LoRA rank"))
-    lora_alpha: int = field(default=32, metadata=_h("LoRA alpha"))
-    lr: float = field(default=5e-5, metadata=_h("learning rate (AdamW)"))
-    num_workers: int = field(default=1, metadata=_h("Ray Train learner workers"))
-    cpus_per_worker: float = field(default=1.0, metadata=_h("CPUs reserved per learner"))
-    num_actors: int = field(default=2, metadata=_h("rollout actors"))
-    cpus_per_actor: float = field(default=0.5, metadata=_h("CPUs reserved per rollout actor"))
-    gpus_per_actor: float = field(default=0.0, metadata=_h("GPUs per rollout actor (fractions share a GPU)"))
-    use_gpu: bool = field(default=False, metadata=_h("one GPU per learner (NCCL); else CPU (gloo)"))
-    gen_batch_size: int = field(default=16, metadata=_h("answers per generate call on an actor"))
-    zero_stage: int = field(default=2, metadata=_h("DeepSpeed ZeRO stage (LoRA weights stay whole on every learner)",
+    lora_r: int = field(default=16, metadata=doc("LoRA rank"))
+    lora_alpha: int = field(default=32, metadata=doc("LoRA alpha"))
+    lr: float = field(default=5e-5, metadata=doc("learning rate (AdamW)"))
+    num_workers: int = field(default=1, metadata=doc("Ray Train learner workers"))
+    cpus_per_worker: float = field(default=1.0, metadata=doc("CPUs reserved per learner"))
+    num_actors: int = field(default=2, metadata=doc("rollout actors"))
+    cpus_per_actor: float = field(default=0.5, metadata=doc("CPUs reserved per rollout actor"))
+    gpus_per_actor: float = field(default=0.0, metadata=doc("GPUs per rollout actor (fractions share a GPU)"))
+    use_gpu: bool = field(default=False, metadata=doc("one GPU per learner (NCCL); else CPU (gloo)"))
+    gen_batch_size: int = field(default=16, metadata=doc("answers per generate call on an actor"))
+    zero_stage: int = field(default=2, metadata=doc("DeepSpeed ZeRO stage (LoRA weights stay whole on every learner)",
                                                    choices=[0, 1, 2]))
-    max_steps: int = field(default=100, metadata=_h("GRPO steps (rollout + updates)"))
-    eval_every: int = field(default=25, metadata=_h("steps between validations (0: only at the start and end)"))
-    checkpoint_every: int = field(default=25, metadata=_h("steps between checkpoints"))
-    log_every: int = field(default=5, metadata=_h("steps between progress lines (rank 0)"))
-    max_failures: int = field(default=1, metadata=_h("learner-group restarts allowed after a failure"))
-    seed: int = field(default=0, metadata=_h("seed of the LoRA init, prompt order and sampling"))
+    max_steps: int = field(default=100, metadata=doc("GRPO steps (rollout + updates)"))
+    eval_every: int = field(default=25, metadata=doc("steps between validations (0: only at the start and end)"))
+    checkpoint_every: int = field(default=25, metadata=doc("steps between checkpoints"))
+    log_every: int = field(default=5, metadata=doc("steps between progress lines (rank 0)"))
+    max_failures: int = field(default=1, metadata=doc("learner-group restarts allowed after a failure"))
+    seed: int = field(default=0, metadata=doc("seed of the LoRA init, prompt order and sampling"))
 
     def prompt(self) -> PromptConfig:
         return PromptConfig(schema=self.schema, patch_size=self.patch_size, local_crop=self.local_crop)

@@ -43,64 +43,61 @@ from pathlib import Path
 
 import numpy as np
 
+from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError
 from magseg_ray.files import write_atomic
 from magseg_ray.prompt import PromptConfig
-
-
-def _h(text: str, **extra) -> dict:
-    return {"help": text, **extra}
 
 
 @dataclass(frozen=True)
 class SFTConfig:
     """Settings of one SFT run."""
 
-    run_name: str = field(default="sft", metadata=_h("run name; rerunning with the same name resumes it"))
-    storage: str = field(default="runs", metadata=_h("folder holding runs (checkpoints and outputs)"))
-    base: str = field(default="small", metadata=_h("base model: a preset (tiny, small) or a Gemma3 checkpoint folder"))
-    data: str = field(default="", metadata=_h("scenes with labels: catalog .parquet, folder, file:// or s3:// prefix"))
-    schema: str = field(default="fields3", metadata=_h("label schema of the answers", choices=["fields3", "ai4sf"]))
-    patch_size: int = field(default=32, metadata=_h("patch side in pixels"))
-    chip_size: int = field(default=256, metadata=_h("chip side in pixels (a multiple of the patch)"))
-    local_crop: bool = field(default=True, metadata=_h("show a crop around the patch after the shared prefix"))
-    val_fraction: float = field(default=0.2, metadata=_h("share of scenes held out for validation (by scene id hash)"))
-    val_patches: int = field(default=32, metadata=_h("validation patches scored every eval_every steps"))
-    uniform_keep: float = field(default=1.0, metadata=_h(
+    run_name: str = field(default="sft", metadata=doc("run name; rerunning with the same name resumes it"))
+    storage: str = field(default="runs", metadata=doc("folder holding runs (checkpoints and outputs)"))
+    base: str = field(default="small", metadata=doc("base model: a preset (tiny, small) or a Gemma3 checkpoint folder"))
+    data: str = field(default="", metadata=doc("scenes with labels: catalog .parquet, folder, file:// or s3:// prefix"))
+    schema: str = field(default="fields3", metadata=doc("label schema of the answers", choices=["fields3", "ai4sf"]))
+    patch_size: int = field(default=32, metadata=doc("patch side in pixels"))
+    chip_size: int = field(default=256, metadata=doc("chip side in pixels (a multiple of the patch)"))
+    local_crop: bool = field(default=True, metadata=doc("show a crop around the patch after the shared prefix"))
+    val_fraction: float = field(default=0.2, metadata=doc("share of scenes held out for validation (by scene id hash)"))
+    val_patches: int = field(default=32, metadata=doc("validation patches scored every eval_every steps"))
+    uniform_keep: float = field(default=1.0, metadata=doc(
         "share of single-class patches (answer '*f', '*b') kept for training; lower values make the model "
         "learn from patches with structure instead of the majority answer"))
-    loss_mean: str = field(default="answer", metadata=_h(
+    loss_mean: str = field(default="answer", metadata=doc(
         "how answer-token losses are averaged: 'answer' averages each answer's tokens, then the answers "
         "(every patch weighs the same, so the few codes that say which class a uniform patch is are not "
         "drowned by the long answers of boundary patches); 'token' averages all answer tokens of a batch",
         choices=["answer", "token"]))
-    lora_r: int = field(default=16, metadata=_h("LoRA rank"))
-    lora_alpha: int = field(default=32, metadata=_h("LoRA alpha"))
-    train_projector: bool = field(default=False, metadata=_h(
+    lora_r: int = field(default=16, metadata=doc("LoRA rank"))
+    lora_alpha: int = field(default=32, metadata=doc("LoRA alpha"))
+    train_projector: bool = field(default=False, metadata=doc(
         "also train the multimodal projector in full (for offline presets, whose projector starts random)"))
-    train_vision: bool = field(default=False, metadata=_h(
+    train_vision: bool = field(default=False, metadata=doc(
         "also train the vision tower in full (for offline presets, whose SigLIP starts random)"))
-    full: bool = field(default=False, metadata=_h(
+    full: bool = field(default=False, metadata=doc(
         "train every weight instead of LoRA adapters (for offline presets, which start random: LoRA on "
         "a random decoder learns little); writes no adapter/"))
-    num_workers: int = field(default=2, metadata=_h("Ray Train workers"))
-    use_gpu: bool = field(default=False, metadata=_h("one GPU per worker (NCCL); else CPU (gloo)"))
-    cpus_per_worker: float = field(default=1.0, metadata=_h("CPUs reserved per worker"))
-    zero_stage: int = field(default=2, metadata=_h("DeepSpeed ZeRO stage", choices=[0, 1, 2, 3]))
-    lr: float = field(default=2e-4, metadata=_h("peak learning rate (AdamW)"))
-    warmup_steps: int = field(default=20, metadata=_h(
+    num_workers: int = field(default=2, metadata=doc("Ray Train workers"))
+    use_gpu: bool = field(default=False, metadata=doc("one GPU per worker (NCCL); else CPU (gloo)"))
+    cpus_per_worker: float = field(default=1.0, metadata=doc("CPUs reserved per worker"))
+    zero_stage: int = field(default=2, metadata=doc("DeepSpeed ZeRO stage", choices=[0, 1, 2, 3]))
+    lr: float = field(default=2e-4, metadata=doc("peak learning rate (AdamW)"))
+    warmup_steps: int = field(default=20, metadata=doc(
         "steps of linear learning-rate warmup; then cosine decay to lr/10 at max_steps"))
-    shuffle_patches: int = field(default=512, metadata=_h(
+    shuffle_patches: int = field(default=512, metadata=doc(
         "patches (from several chips) a worker holds and draws its batches from at random, so a batch "
-        "is not one chip's look-alike patches; 0 draws them in order"))
-    batch_size: int = field(default=8, metadata=_h("patches per worker per step"))
-    max_steps: int = field(default=200, metadata=_h("optimizer steps"))
-    eval_every: int = field(default=50, metadata=_h("steps between validations (0: only at the end)"))
-    checkpoint_every: int = field(default=50, metadata=_h("steps between checkpoints"))
-    log_every: int = field(default=10, metadata=_h("steps between progress lines (rank 0)"))
-    max_failures: int = field(default=1, metadata=_h("worker-group restarts allowed after a failure"))
-    seed: int = field(default=0, metadata=_h("seed of the base preset, LoRA init and patch shuffling"))
-    fail_once_at_step: int = field(default=-1, metadata=_h(
+        "is not one chip's look-alike patches; 0 takes them in arrival order (one chip's patches, shuffled)"))
+    batch_size: int = field(default=8, metadata=doc("patches per worker per step"))
+    max_steps: int = field(default=200, metadata=doc("optimizer steps"))
+    eval_every: int = field(default=50, metadata=doc("steps between validations (0: only at the end)"))
+    checkpoint_every: int = field(default=50, metadata=doc("steps between checkpoints"))
+    log_every: int = field(default=10, metadata=doc("steps between progress lines (rank 0)"))
+    max_failures: int = field(default=1, metadata=doc("worker-group restarts allowed after a failure"))
+    seed: int = field(default=0, metadata=doc("seed of the base preset, LoRA init and patch shuffling"))
+    fail_once_at_step: int = field(default=-1, metadata=doc(
         "fault injection for tests: worker 1 exits once, 5 s after reaching this step (-1: never)"))
 
     def prompt(self) -> PromptConfig:
@@ -214,7 +211,7 @@ def train_loop(loop_config: dict) -> None:
         train_modules = ("multi_modal_projector",) * cfg.train_projector + ("vision_tower",) * cfg.train_vision
         model = attach_lora(model, LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, train_modules=train_modules))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=cfg.warmup_steps, total=cfg.max_steps))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                       config=_ds_config(cfg, bf16), dist_init_required=False)
 
@@ -229,13 +226,10 @@ def train_loop(loop_config: dict) -> None:
     def to_device(batch):
         return {k: v.to(device) for k, v in batch.items()}
 
-    def batch_loss(batch: dict):
-        return answer_loss(engine, batch, cfg.loss_mean)
-
     def fixed_loss() -> float:
         engine.eval()
         with torch.no_grad():
-            loss = batch_loss(to_device(collate(processor, fixed_batch))).item()
+            loss = answer_loss(engine, to_device(collate(processor, fixed_batch)), cfg.loss_mean).item()
         engine.train()
         return loss
 
@@ -274,10 +268,11 @@ def train_loop(loop_config: dict) -> None:
             rng.shuffle(records)
             buffer.extend(records)
             while len(buffer) >= max(cfg.batch_size, cfg.shuffle_patches) and state["step"] < cfg.max_steps:
-                picked = [buffer.pop(rng.randrange(len(buffer))) for _ in range(cfg.batch_size)]
+                picked = [buffer.pop(rng.randrange(len(buffer)) if cfg.shuffle_patches else 0)
+                          for _ in range(cfg.batch_size)]
                 batch = to_device(collate(processor, picked))
                 t_step = time.perf_counter()
-                loss = batch_loss(batch)
+                loss = answer_loss(engine, batch, cfg.loss_mean)
                 engine.backward(loss)
                 engine.step()
                 state["step"] += 1
@@ -327,11 +322,12 @@ def train_loop(loop_config: dict) -> None:
                 r["chip_index"] = 0
 
 
-def lr_factor(cfg: SFTConfig, step: int) -> float:
-    """Learning-rate multiplier at ``step``: linear warmup, then cosine decay from 1 to 0.1."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = min((step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1), 1.0)
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Learning-rate multiplier at ``step`` of ``total``: linear warmup over ``warmup`` steps, then
+    cosine decay from 1 to 0.1."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
     return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
 
 

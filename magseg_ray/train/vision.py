@@ -20,32 +20,30 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError
-
-
-def _h(text: str, **extra) -> dict:
-    return {"help": text, **extra}
 
 
 @dataclass(frozen=True)
 class VisionPretrainConfig:
     """Settings of a dense vision pretraining run."""
 
-    data: str = field(default="", metadata=_h("scenes with labels: a folder or catalog (as SFT's --data)"))
-    out: str = field(default="", metadata=_h("folder to write the model to (what SFT's --base takes)"))
-    base: str = field(default="small", metadata=_h("offline preset (tiny, small) or a checkpoint folder"))
-    chip_size: int = field(default=256, metadata=_h("chip side in pixels, as SFT and mapping use"))
-    patch_size: int = field(default=32, metadata=_h("patch side in pixels"))
-    val_fraction: float = field(default=0.2, metadata=_h("share of scenes held out (same rule as SFT)"))
-    steps: int = field(default=600, metadata=_h("optimizer steps"))
-    batch_size: int = field(default=32, metadata=_h("patch prompts per step (two images each)"))
-    lr: float = field(default=1e-3, metadata=_h("peak learning rate (AdamW; 5 % warmup, cosine to a tenth)"))
-    log_every: int = field(default=50, metadata=_h("steps between progress lines and validations"))
-    seed: int = field(default=0, metadata=_h("seed of the preset and of the sampled chips"))
+    data: str = field(default="", metadata=doc("scenes with labels: a folder or catalog (as SFT's --data)"))
+    out: str = field(default="", metadata=doc("folder to write the model to (what SFT's --base takes)"))
+    base: str = field(default="small", metadata=doc("offline preset (tiny, small) or a checkpoint folder"))
+    chip_size: int = field(default=256, metadata=doc("chip side in pixels, as SFT and mapping use"))
+    patch_size: int = field(default=32, metadata=doc("patch side in pixels"))
+    val_fraction: float = field(default=0.2, metadata=doc("share of scenes held out (same rule as SFT)"))
+    steps: int = field(default=600, metadata=doc("optimizer steps"))
+    batch_size: int = field(default=32, metadata=doc("patch prompts per step (two images each)"))
+    lr: float = field(default=1e-3, metadata=doc("peak learning rate (AdamW; 5 % warmup, cosine to a tenth)"))
+    log_every: int = field(default=50, metadata=doc("steps between progress lines and validations"))
+    seed: int = field(default=0, metadata=doc("seed of the preset and of the sampled chips"))
 
 
 class _Scenes:
@@ -104,9 +102,13 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
     from magseg_ray.model.presets import PRESETS, build_model
     from magseg_ray.scenes.catalog import load_catalog
     from magseg_ray.train.curves import plot_curves
+    from magseg_ray.train.sft import lr_factor
 
     if not cfg.data or not cfg.out:
         raise ConfigError("--data and --out are required")
+    if Path(cfg.out).exists() and any(Path(cfg.out).iterdir()):
+        raise ConfigError(f"--out {cfg.out!r} is not empty: pretraining writes a whole model there; "
+                          "give a new folder")
     model, processor = build_model(cfg.base, seed=cfg.seed) if cfg.base in PRESETS else load_model(cfg.base)
     grid = math.isqrt(model.config.mm_tokens_per_image)
     if cfg.chip_size % grid or (2 * cfg.patch_size) % grid:
@@ -122,9 +124,8 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
     params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(),
               *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
-    warmup = max(cfg.steps // 20, 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / warmup if s < warmup else
-                                                 0.1 + 0.45 * (1 + math.cos(math.pi * (s - warmup) / max(cfg.steps - warmup, 1))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(lr_factor, warmup=max(cfg.steps // 20, 1), total=cfg.steps))
 
     def loss_and_accuracy(images, targets):
         pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]

@@ -44,8 +44,14 @@ def test_pretraining_trains_the_vision_side_only_and_writes_a_base_for_sft(tmp_p
     assert not any("language_model" in n for n in changed)  # the decoder is SFT's to train
 
 
-def test_bad_inputs_are_named():
+def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(ConfigError, match="--data and --out"):
         pretrain_vision(VisionPretrainConfig(base="tiny"))
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(ConfigError, match="not empty"):
+        pretrain_vision(VisionPretrainConfig(data=str(ROOT / "tests/data/naip"), out=str(taken), base="tiny"))
+    assert (taken / "model.safetensors").read_bytes() == b"weights"  # nothing written over
     with pytest.raises(ConfigError, match="must split"):
         pretrain_vision(VisionPretrainConfig(data=str(ROOT / "tests/data/naip"), out="x", base="tiny", chip_size=250))
