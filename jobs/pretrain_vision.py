@@ -4,8 +4,9 @@
     python jobs/sft.py --data SCENES --base runs/small-vision --full ...
 
 Trains the vision tower and projector so that each image token predicts the class shares of the
-pixels it covers (training split only); writes a whole model that SFT's --base takes, with
-vision_pretrain.json and vision_pretrain.png. See magseg_ray.train.vision. A real Gemma3
+pixels it covers, in --sub-cells x --sub-cells blocks (training split only); writes a whole model
+that SFT's --base takes (with the same --crop-scale), with vision_pretrain.json and
+vision_pretrain.png. See magseg_ray.train.vision. A real Gemma3
 checkpoint does not need this step.
 """
 

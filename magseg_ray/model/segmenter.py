@@ -35,9 +35,12 @@ class ModelPrompt:
     """Chip side in pixels the model saw as global context."""
     local_crop: bool = True
     """Whether prompts show the local crop."""
+    crop_scale: float = 2.0
+    """Side of the local crop as a multiple of the patch side."""
 
     def prompt(self) -> PromptConfig:
-        return PromptConfig(schema=self.schema, patch_size=self.patch_size, local_crop=self.local_crop)
+        return PromptConfig(schema=self.schema, patch_size=self.patch_size, local_crop=self.local_crop,
+                            crop_scale=self.crop_scale)
 
 
 def read_model_prompt(model_dir: str | Path) -> ModelPrompt | None:
@@ -50,6 +53,20 @@ def read_model_prompt(model_dir: str | Path) -> ModelPrompt | None:
         return ModelPrompt(**{k: values[k] for k in ModelPrompt.__dataclass_fields__ if k in values})
     except (json.JSONDecodeError, TypeError) as e:
         raise ConfigError(f"{path}: not a valid model prompt card: {e}") from None
+
+
+def check_model_prompt(model_dir: str | Path, prompt: PromptConfig) -> None:
+    """Raise :class:`ConfigError` if the model folder's ``magseg.json`` records prompt settings other
+    than ``prompt``'s: training on prompts a model was not built for wastes the run silently."""
+    card = read_model_prompt(model_dir)
+    if card is None:
+        return
+    ours = {k: getattr(prompt, k) for k in ("schema", "patch_size", "local_crop", "crop_scale")}
+    theirs = {k: getattr(card, k) for k in ours}
+    differ = [f"{k} {ours[k]!r} (model: {theirs[k]!r})" for k in ours if ours[k] != theirs[k]]
+    if differ:
+        raise ConfigError(f"{Path(model_dir) / MODEL_CARD}: the model was built for other prompts: "
+                          f"{', '.join(differ)}; pass the model's values")
 
 
 def write_model_prompt(model_dir: str | Path, settings: ModelPrompt) -> None:

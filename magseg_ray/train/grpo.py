@@ -82,6 +82,9 @@ class GRPOConfig:
     patch_size: int = field(default=32, metadata=doc("patch side in pixels"))
     chip_size: int = field(default=256, metadata=doc("chip side in pixels (a multiple of the patch)"))
     local_crop: bool = field(default=True, metadata=doc("show a crop around the patch after the shared prefix"))
+    crop_scale: float = field(default=2.0, metadata=doc(
+        "side of the local crop as a multiple of the patch side (1: the patch alone, at the image tokens' "
+        "finest resolution; 2: the patch and half a patch of context around it)"))
     val_fraction: float = field(default=0.2, metadata=doc("share of scenes held out for validation (by scene id hash)"))
     val_patches: int = field(default=32, metadata=doc(
         "validation patches scored at the start, every eval_every steps and at the end"))
@@ -122,7 +125,8 @@ class GRPOConfig:
     seed: int = field(default=0, metadata=doc("seed of the LoRA init, prompt order and sampling"))
 
     def prompt(self) -> PromptConfig:
-        return PromptConfig(schema=self.schema, patch_size=self.patch_size, local_crop=self.local_crop)
+        return PromptConfig(schema=self.schema, patch_size=self.patch_size, local_crop=self.local_crop,
+                            crop_scale=self.crop_scale)
 
     def lora(self):
         from magseg_ray.model.lora import LoraSettings
@@ -137,6 +141,7 @@ class GRPOConfig:
 def check_config(cfg: GRPOConfig) -> None:
     """Fail before any actor or worker starts on what can be checked on the driver."""
     from magseg_ray.model.checkpoint import check_checkpoint_dir
+    from magseg_ray.model.segmenter import check_model_prompt
     from magseg_ray.train.rewards import get_reward
 
     if cfg.group_size < 2:
@@ -154,6 +159,7 @@ def check_config(cfg: GRPOConfig) -> None:
         raise ConfigError("temperature must be > 0 and max_new_tokens >= 8")
     get_reward(cfg.reward)  # the actors import it again; fail here first
     check_checkpoint_dir(cfg.model)
+    check_model_prompt(cfg.model, cfg.prompt())
     if cfg.adapter:
         from magseg_ray.train.rollout import load_policy_base
 
@@ -373,7 +379,7 @@ def export_merged(cfg: GRPOConfig, adapter: Path, out: Path) -> Path:
 
     model, processor = load_policy_base(cfg.model, cfg.adapter or None)
     save_model(load_adapter(model, adapter).merge_and_unload(), processor, out)
-    write_model_prompt(out, ModelPrompt(cfg.schema, cfg.patch_size, cfg.chip_size, cfg.local_crop))
+    write_model_prompt(out, ModelPrompt(cfg.schema, cfg.patch_size, cfg.chip_size, cfg.local_crop, cfg.crop_scale))
     return out
 
 

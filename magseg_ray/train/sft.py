@@ -61,6 +61,9 @@ class SFTConfig:
     patch_size: int = field(default=32, metadata=doc("patch side in pixels"))
     chip_size: int = field(default=256, metadata=doc("chip side in pixels (a multiple of the patch)"))
     local_crop: bool = field(default=True, metadata=doc("show a crop around the patch after the shared prefix"))
+    crop_scale: float = field(default=2.0, metadata=doc(
+        "side of the local crop as a multiple of the patch side (1: the patch alone, at the image tokens' "
+        "finest resolution; 2: the patch and half a patch of context around it)"))
     val_fraction: float = field(default=0.2, metadata=doc("share of scenes held out for validation (by scene id hash)"))
     val_patches: int = field(default=32, metadata=doc("validation patches scored every eval_every steps"))
     uniform_keep: float = field(default=1.0, metadata=doc(
@@ -101,20 +104,30 @@ class SFTConfig:
         "fault injection for tests: worker 1 exits once, 5 s after reaching this step (-1: never)"))
 
     def prompt(self) -> PromptConfig:
-        return PromptConfig(schema=self.schema, patch_size=self.patch_size, local_crop=self.local_crop)
+        return PromptConfig(schema=self.schema, patch_size=self.patch_size, local_crop=self.local_crop,
+                            crop_scale=self.crop_scale)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.storage).resolve() / self.run_name
 
 
+def model_card(cfg: SFTConfig):
+    """The prompt settings written next to every model this run saves."""
+    from magseg_ray.model.segmenter import ModelPrompt
+
+    return ModelPrompt(cfg.schema, cfg.patch_size, cfg.chip_size, cfg.local_crop, cfg.crop_scale)
+
+
 def check_config(cfg: SFTConfig) -> None:
     """Fail before any worker starts on what can be checked on the driver."""
     from magseg_ray.model.checkpoint import check_checkpoint_dir
     from magseg_ray.model.presets import PRESETS
+    from magseg_ray.model.segmenter import check_model_prompt
 
     if cfg.base not in PRESETS:
         check_checkpoint_dir(cfg.base)
+        check_model_prompt(cfg.base, cfg.prompt())
     if not cfg.data:
         raise ConfigError("--data is required: a catalog, folder or prefix of labelled scenes")
     if cfg.chip_size % cfg.patch_size:
@@ -194,9 +207,11 @@ def train_loop(loop_config: dict) -> None:
     from magseg_ray.chips.pipeline import patch_records
     from magseg_ray.model.checkpoint import save_model
     from magseg_ray.model.lora import LoraSettings, attach_lora
+    from magseg_ray.model.segmenter import write_model_prompt
     from magseg_ray.train.batches import collate
 
     cfg = SFTConfig(**loop_config["config"])
+    card = model_card(cfg)
     val_records, fixed_batch = loop_config["val"], loop_config["fixed_batch"]
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
@@ -243,8 +258,9 @@ def train_loop(loop_config: dict) -> None:
             engine.save_checkpoint(d, tag="ds")
             if rank == 0:
                 (Path(d) / "state.json").write_text(json.dumps(state))
-                if cfg.full:
+                if cfg.full:  # a checkpoint's model maps as it is
                     save_model(engine.module, processor, Path(d) / "model")
+                    write_model_prompt(Path(d) / "model", card)
                 else:
                     engine.module.save_pretrained(Path(d) / "adapter")
             ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
@@ -348,7 +364,7 @@ def run_sft(cfg: SFTConfig) -> dict:
 
     from magseg_ray.chips.pipeline import patch_records, training_chips
     from magseg_ray.chips.windows import ChipConfig
-    from magseg_ray.model.segmenter import ModelPrompt, write_model_prompt
+    from magseg_ray.model.segmenter import write_model_prompt
     from magseg_ray.scenes.catalog import load_catalog
     from magseg_ray.scenes.store import ObjectStore
     from magseg_ray.train.curves import plot_curves
@@ -392,7 +408,7 @@ def run_sft(cfg: SFTConfig) -> dict:
         else:
             shutil.copytree(Path(d) / "adapter", out / "adapter", dirs_exist_ok=True)
             export_merged(cfg, out / "adapter", out / "model")
-    write_model_prompt(out / "model", ModelPrompt(cfg.schema, cfg.patch_size, cfg.chip_size, cfg.local_crop))
+    write_model_prompt(out / "model", model_card(cfg))
     history = state["history"]
     summary = {"config": dataclasses.asdict(cfg), "final": history[-1], "history": history,
                "val_patches": len(val), "model": str(out / "model")}

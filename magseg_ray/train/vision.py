@@ -6,9 +6,12 @@ reaching it is each answer's loss through a decoder that is itself learning, so 
 the answer prior ("all field") long before it learns to read the image. This step gives the tower
 and projector a direct, dense signal first: every soft token of the two images a patch prompt shows
 (the chip, and the local crop around the patch) predicts, through a throw-away linear head, the
-class shares (schema ``fields3``) of the pixels it covers. With the ``small`` preset's 8 x 8 tokens
-per image, the 256 px chip gives one token per 32 px patch and the 64 px crop one per 8 x 8 pixels. SFT then starts
-from a model whose image tokens can be read, and only has to learn to write them as R-RLE.
+class shares (schema ``fields3``) of the pixels it covers, split into ``sub_cells x sub_cells``
+blocks. With the ``small`` preset's 8 x 8 tokens per image, the 256 px chip gives one token per
+32 px patch and a 64 px crop (``crop_scale`` 2) one per 8 x 8 pixels; with ``crop_scale`` 1 and
+``sub_cells`` 4, every pixel of the 32 px crop is a target of its own, so the tokens learn where
+inside them a boundary runs, which an R-RLE answer must say to the pixel. SFT then starts from a
+model whose image tokens can be read, and only has to learn to write them as R-RLE.
 
 Run it on the training split only (same ``split_of`` rule and ``val_fraction`` as SFT); it reports
 token accuracy (majority class) on the validation split before and after.
@@ -38,6 +41,10 @@ class VisionPretrainConfig:
     base: str = field(default="small", metadata=doc("offline preset (tiny, small) or a checkpoint folder"))
     chip_size: int = field(default=256, metadata=doc("chip side in pixels, as SFT and mapping use"))
     patch_size: int = field(default=32, metadata=doc("patch side in pixels"))
+    crop_scale: float = field(default=2.0, metadata=doc("local crop side / patch side; give SFT the same value"))
+    sub_cells: int = field(default=1, metadata=doc(
+        "each image token predicts the class shares of sub_cells x sub_cells blocks of its pixels "
+        "(1: one share vector per token)"))
     val_fraction: float = field(default=0.2, metadata=doc("share of scenes held out (same rule as SFT)"))
     steps: int = field(default=600, metadata=doc("optimizer steps"))
     batch_size: int = field(default=32, metadata=doc("patch prompts per step (two images each)"))
@@ -49,12 +56,12 @@ class VisionPretrainConfig:
 class _Scenes:
     """Whole scenes in memory (RGB + fields3 classes) and a sampler of patch prompt images."""
 
-    def __init__(self, scenes, chip: int, patch: int, grid: int):
+    def __init__(self, scenes, chip: int, patch: int, crop: int, grid: int, sub: int):
         import rasterio
 
         from magseg_ray.masks.schemas import classes_from_instances
 
-        self.chip, self.patch, self.grid, self.items = chip, patch, grid, []
+        self.chip, self.patch, self.crop, self.grid, self.sub, self.items = chip, patch, crop, grid, sub, []
         for row in scenes.itertuples():
             with rasterio.open(row.uri) as src:
                 image = np.moveaxis(src.read([1, 2, 3]), 0, -1)
@@ -66,7 +73,7 @@ class _Scenes:
             raise ConfigError(f"no labelled scene of at least {chip} px to pretrain on")
 
     def sample(self, rng: np.random.Generator, n: int) -> tuple[list[np.ndarray], np.ndarray]:
-        """``2n`` images (chip, crop, chip, crop, ...) and their token targets ``(2n, grid**2, 3)``."""
+        """``2n`` images (chip, crop, chip, crop, ...) and their token targets ``(2n, grid**2, sub**2, 3)``."""
         from magseg_ray.prompt import local_crop
 
         images, targets = [], []
@@ -77,20 +84,22 @@ class _Scenes:
             chip, cls = image[y : y + self.chip, x : x + self.chip], classes[y : y + self.chip, x : x + self.chip]
             px, py = (rng.integers(self.chip // self.patch, size=2) * self.patch).tolist()
             box = (px, py, px + self.patch, py + self.patch)
-            crop_size = 2 * self.patch
-            crop = local_crop(chip, box, crop_size)
+            crop = local_crop(chip, box, self.crop)
             # outside the chip the crop is zero-padded: count it as background, as the answer does not see it
-            crop_cls = local_crop(cls[..., None], box, crop_size)[..., 0]
+            crop_cls = local_crop(cls[..., None], box, self.crop)[..., 0]
             images += [chip, crop]
-            targets += [_shares(cls, self.grid), _shares(crop_cls, self.grid)]
+            targets += [_shares(cls, self.grid, self.sub), _shares(crop_cls, self.grid, self.sub)]
         return images, np.stack(targets)
 
 
-def _shares(classes: np.ndarray, grid: int) -> np.ndarray:
-    """Class shares (b, f, e) of each cell of a ``grid`` x ``grid`` split of a square class mask."""
-    s = classes.shape[0] // grid
-    cells = classes[: s * grid, : s * grid].reshape(grid, s, grid, s).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
-    return np.stack([(cells == k).mean(1) for k in range(3)], 1).astype(np.float32)
+def _shares(classes: np.ndarray, grid: int, sub: int = 1) -> np.ndarray:
+    """Class shares (b, f, e) of the ``sub x sub`` blocks of each cell of a ``grid x grid`` split of a
+    square class mask: ``(grid**2, sub**2, 3)``, cells and blocks in row-major order."""
+    n = grid * sub
+    s = classes.shape[0] // n
+    blocks = classes[: s * n, : s * n].reshape(grid, sub, s, grid, sub, s).transpose(0, 3, 1, 4, 2, 5)
+    blocks = blocks.reshape(grid * grid, sub * sub, s * s)
+    return np.stack([(blocks == k).mean(2) for k in range(3)], 2).astype(np.float32)
 
 
 def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
@@ -100,6 +109,8 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
     from magseg_ray.chips.pipeline import split_of
     from magseg_ray.model.checkpoint import load_model, save_model
     from magseg_ray.model.presets import PRESETS, build_model
+    from magseg_ray.model.segmenter import ModelPrompt, write_model_prompt
+    from magseg_ray.prompt import PromptConfig
     from magseg_ray.scenes.catalog import load_catalog
     from magseg_ray.train.curves import plot_curves
     from magseg_ray.train.sft import lr_factor
@@ -110,17 +121,18 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
         raise ConfigError(f"--out {cfg.out!r} is not empty: pretraining writes a whole model there; "
                           "give a new folder")
     model, processor = build_model(cfg.base, seed=cfg.seed) if cfg.base in PRESETS else load_model(cfg.base)
-    grid = math.isqrt(model.config.mm_tokens_per_image)
-    if cfg.chip_size % grid or (2 * cfg.patch_size) % grid:
-        raise ConfigError(f"chip_size {cfg.chip_size} and the {2 * cfg.patch_size} px crop must split into the "
-                          f"model's {grid} x {grid} image tokens")
+    grid, sub = math.isqrt(model.config.mm_tokens_per_image), cfg.sub_cells
+    crop = PromptConfig(patch_size=cfg.patch_size, crop_scale=cfg.crop_scale).crop_size
+    if sub < 1 or cfg.chip_size % (grid * sub) or crop % (grid * sub):
+        raise ConfigError(f"chip_size {cfg.chip_size} and the {crop} px crop must split into the model's "
+                          f"{grid} x {grid} image tokens times sub_cells {cfg.sub_cells}")
     scenes = load_catalog(cfg.data).scenes
     scenes = scenes[scenes["labels_uri"].notna()]
     split = np.array([split_of(s, cfg.val_fraction, 0) for s in scenes["id"]])
-    train = _Scenes(scenes[split == "train"], cfg.chip_size, cfg.patch_size, grid)
-    val = _Scenes(scenes[split == "val"], cfg.chip_size, cfg.patch_size, grid) if (split == "val").any() else train
+    train = _Scenes(scenes[split == "train"], cfg.chip_size, cfg.patch_size, crop, grid, sub)
+    val = _Scenes(scenes[split == "val"], cfg.chip_size, cfg.patch_size, crop, grid, sub) if (split == "val").any() else train
     torch.manual_seed(cfg.seed)
-    head = torch.nn.Linear(model.config.text_config.hidden_size, 3)
+    head = torch.nn.Linear(model.config.text_config.hidden_size, sub * sub * 3)
     params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(),
               *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
@@ -129,7 +141,8 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
 
     def loss_and_accuracy(images, targets):
         pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        logits = head(model.model.get_image_features(pixels).pooler_output)
+        features = model.model.get_image_features(pixels).pooler_output
+        logits = head(features).unflatten(-1, (sub * sub, 3))
         target = torch.from_numpy(targets)
         loss = -(target * torch.log_softmax(logits, -1)).sum(-1).mean()
         accuracy = (logits.argmax(-1) == target.argmax(-1)).float().mean()
@@ -164,6 +177,8 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
     model.eval()
     out = Path(cfg.out)
     save_model(model, processor, out)
+    # the prompt settings the tokens were trained for: SFT from this base refuses others
+    write_model_prompt(out, ModelPrompt(patch_size=cfg.patch_size, chip_size=cfg.chip_size, crop_scale=cfg.crop_scale))
     summary = {"config": cfg.__dict__, "history": history, "val_majority_class_accuracy": majority,
                "final": history[-1], "model": str(out)}
     (out / "vision_pretrain.json").write_text(json.dumps(summary, indent=1))

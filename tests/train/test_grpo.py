@@ -14,7 +14,7 @@ from magseg_ray.chips.pipeline import patch_records
 from magseg_ray.model.checkpoint import load_model
 from magseg_ray.model.generate import GenerationSettings, answer_patches
 from magseg_ray.model.lora import attach_lora
-from magseg_ray.prompt import PatchPrompt, PromptConfig
+from magseg_ray.prompt import PatchPrompt
 from magseg_ray.train.grpo import GRPOConfig
 from magseg_ray.train.rollout import PromptSet, RolloutPool, load_policy_base
 

@@ -64,6 +64,17 @@ def test_bad_inputs_fail_before_workers_start(tmp_path):
     assert sft_main()(["--data", str(tmp_path), "--base", "tiny", "--storage", str(tmp_path)]) == 2
 
 
+def test_a_base_built_for_other_prompts_is_refused(tmp_path):
+    from magseg_ray.model.checkpoint import save_model
+    from magseg_ray.model.segmenter import ModelPrompt, write_model_prompt
+
+    save_model(*build_model("tiny"), tmp_path / "base")
+    write_model_prompt(tmp_path / "base", ModelPrompt(crop_scale=1.0))
+    with pytest.raises(ConfigError, match=r"crop_scale 2.0 \(model: 1.0\)"):
+        check_config(SFTConfig(base=str(tmp_path / "base"), data="x"))
+    check_config(SFTConfig(base=str(tmp_path / "base"), data="x", crop_scale=1.0))
+
+
 def test_ray_job_submit_against_the_local_cluster(ray_cluster, tmp_path):
     import subprocess
     import sys

@@ -11,6 +11,7 @@ import torch
 from magseg_ray.errors import ConfigError
 from magseg_ray.model.checkpoint import load_model
 from magseg_ray.model.presets import build_model
+from magseg_ray.model.segmenter import read_model_prompt
 from magseg_ray.train.vision import VisionPretrainConfig, _shares, pretrain_vision
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +22,18 @@ def test_token_targets_are_the_class_shares_of_each_cell():
     classes[:4, :4] = 1  # top-left cell all field
     classes[4:, 4:6] = 2  # bottom-right cell half boundary
     shares = _shares(classes, 2)
-    assert np.allclose(shares, [[0, 1, 0], [1, 0, 0], [1, 0, 0], [0.5, 0, 0.5]])
+    assert np.allclose(shares[:, 0], [[0, 1, 0], [1, 0, 0], [1, 0, 0], [0.5, 0, 0.5]])
+
+
+def test_sub_cells_give_each_token_the_classes_of_its_blocks():
+    classes = np.random.default_rng(0).integers(0, 3, (8, 8)).astype(np.uint8)
+    pixels = _shares(classes, 2, 4)  # 2 x 2 tokens of 4 x 4 pixels: one block per pixel
+    assert pixels.shape == (4, 16, 3)
+    token = 1  # top-right cell: rows 0-3, columns 4-7
+    assert np.array_equal(pixels[token].argmax(1).reshape(4, 4), classes[:4, 4:])
+    assert np.allclose(pixels.max(2), 1)  # one-hot
+    halves = _shares(classes, 2, 2)  # 2 x 2 blocks of 2 x 2 pixels per token
+    assert np.allclose(halves[3, 1], [(classes[4:6, 6:] == k).mean() for k in range(3)])
 
 
 def test_pretraining_trains_the_vision_side_only_and_writes_a_base_for_sft(tmp_path):
@@ -30,13 +42,14 @@ def test_pretraining_trains_the_vision_side_only_and_writes_a_base_for_sft(tmp_p
     spec.loader.exec_module(job)
     out = tmp_path / "base"
     argv = ["--data", str(ROOT / "tests/data/naip"), "--out", str(out), "--base", "tiny", "--steps", "40",
-            "--batch-size", "8", "--log-every", "20", "--val-fraction", "0.5"]
+            "--batch-size", "8", "--log-every", "20", "--val-fraction", "0.5", "--crop-scale", "1", "--sub-cells", "2"]
     assert job.main(argv) == 0
     summary = json.loads((out / "vision_pretrain.json").read_text())
     losses = [h["loss"] for h in summary["history"] if "loss" in h]
     assert losses[-1] < losses[0]
     assert (out / "vision_pretrain.png").stat().st_size > 5_000
-    trained, _ = load_model(out)  # a checkpoint SFT's --base takes
+    trained, _ = load_model(out)  # a checkpoint SFT's --base takes, with the prompts it was trained for
+    assert read_model_prompt(out).crop_scale == 1.0
     base, _ = build_model("tiny", seed=0)
     reference = base.state_dict()
     changed = {n for n, p in trained.named_parameters() if not torch.equal(p, reference[n])}
