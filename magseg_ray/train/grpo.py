@@ -78,13 +78,13 @@ class GRPOConfig:
     adapter: str = field(default="", metadata=doc(
         "optional PEFT adapter (an SFT run's adapter/) merged into --model first"))
     data: str = field(default="", metadata=doc("scenes with labels: catalog .parquet, folder, file:// or s3:// prefix"))
-    schema: str = field(default="fields3", metadata=doc("label schema of the answers", choices=["fields3", "ai4sf"]))
-    patch_size: int = field(default=32, metadata=doc("patch side in pixels"))
+    schema: str | None = field(default=None, metadata=doc(
+        "label schema of the answers (default: the model's magseg.json, as for the next three)",
+        choices=["fields3", "ai4sf"]))
+    patch_size: int | None = field(default=None, metadata=doc("patch side in pixels"))
     chip_size: int = field(default=256, metadata=doc("chip side in pixels (a multiple of the patch)"))
-    local_crop: bool = field(default=True, metadata=doc("show a crop around the patch after the shared prefix"))
-    crop_scale: float = field(default=2.0, metadata=doc(
-        "side of the local crop as a multiple of the patch side (1: the patch alone, at the image tokens' "
-        "finest resolution; 2: the patch and half a patch of context around it)"))
+    local_crop: bool | None = field(default=None, metadata=doc("show a crop around the patch after the shared prefix"))
+    crop_scale: float | None = field(default=None, metadata=doc("side of the local crop as a multiple of the patch side"))
     val_fraction: float = field(default=0.2, metadata=doc("share of scenes held out for validation (by scene id hash)"))
     val_patches: int = field(default=32, metadata=doc(
         "validation patches scored at the start, every eval_every steps and at the end"))
@@ -124,9 +124,17 @@ class GRPOConfig:
     max_failures: int = field(default=1, metadata=doc("learner-group restarts allowed after a failure"))
     seed: int = field(default=0, metadata=doc("seed of the LoRA init, prompt order and sampling"))
 
+    def model_prompt(self):
+        """The policy's prompt settings: those given here, the rest from the model's ``magseg.json``
+        (a model is trained for one prompt layout; the defaults follow it)."""
+        from magseg_ray.model.segmenter import ModelPrompt, read_model_prompt
+
+        given = {k: getattr(self, k) for k in ("schema", "patch_size", "local_crop", "crop_scale")}
+        card = read_model_prompt(self.model) or ModelPrompt()
+        return dataclasses.replace(card, chip_size=self.chip_size, **{k: v for k, v in given.items() if v is not None})
+
     def prompt(self) -> PromptConfig:
-        return PromptConfig(schema=self.schema, patch_size=self.patch_size, local_crop=self.local_crop,
-                            crop_scale=self.crop_scale)
+        return self.model_prompt().prompt()
 
     def lora(self):
         from magseg_ray.model.lora import LoraSettings
@@ -148,8 +156,10 @@ def check_config(cfg: GRPOConfig) -> None:
         raise ConfigError(f"group_size must be >= 2 (advantages are relative to the group), got {cfg.group_size}")
     if not cfg.data:
         raise ConfigError("--data is required: a catalog, folder or prefix of labelled scenes")
-    if cfg.chip_size % cfg.patch_size:
-        raise ConfigError(f"chip_size {cfg.chip_size} is not a multiple of patch_size {cfg.patch_size}")
+    check_checkpoint_dir(cfg.model)
+    patch_size = cfg.model_prompt().patch_size
+    if cfg.chip_size % patch_size:
+        raise ConfigError(f"chip_size {cfg.chip_size} is not a multiple of patch_size {patch_size}")
     if min(cfg.max_steps, cfg.checkpoint_every, cfg.updates_per_rollout, cfg.num_actors, cfg.num_workers) < 1:
         raise ConfigError("max_steps, checkpoint_every, updates_per_rollout, num_actors and num_workers must be >= 1")
     if cfg.prompts_per_step < cfg.num_workers:
@@ -158,7 +168,6 @@ def check_config(cfg: GRPOConfig) -> None:
     if cfg.temperature <= 0 or cfg.max_new_tokens < 8:
         raise ConfigError("temperature must be > 0 and max_new_tokens >= 8")
     get_reward(cfg.reward)  # the actors import it again; fail here first
-    check_checkpoint_dir(cfg.model)
     check_model_prompt(cfg.model, cfg.prompt())
     if cfg.adapter:
         from magseg_ray.train.rollout import load_policy_base
@@ -375,11 +384,11 @@ def export_merged(cfg: GRPOConfig, adapter: Path, out: Path) -> Path:
     from magseg_ray.model.lora import load_adapter
     from magseg_ray.train.rollout import load_policy_base
 
-    from magseg_ray.model.segmenter import ModelPrompt, write_model_prompt
+    from magseg_ray.model.segmenter import write_model_prompt
 
     model, processor = load_policy_base(cfg.model, cfg.adapter or None)
     save_model(load_adapter(model, adapter).merge_and_unload(), processor, out)
-    write_model_prompt(out, ModelPrompt(cfg.schema, cfg.patch_size, cfg.chip_size, cfg.local_crop, cfg.crop_scale))
+    write_model_prompt(out, cfg.model_prompt())
     return out
 
 

@@ -144,6 +144,21 @@ def test_bad_inputs_fail_before_workers_start(tiny_dir, tmp_path):
         check_config(GRPOConfig(**ok, adapter=str(tmp_path / "adapter")))
 
 
+def test_prompt_settings_follow_the_model_card(tiny_dir, tmp_path):
+    import shutil
+
+    from magseg_ray.model.segmenter import ModelPrompt, read_model_prompt, write_model_prompt
+
+    model = shutil.copytree(tiny_dir, tmp_path / "model")
+    write_model_prompt(model, ModelPrompt(patch_size=16, crop_scale=1.0))
+    cfg = GRPOConfig(model=str(model), data="x")
+    check_config(cfg)
+    assert (cfg.prompt().patch_size, cfg.prompt().crop_scale) == (16, 1.0)
+    assert read_model_prompt(tiny_dir) is None and GRPOConfig(model=str(tiny_dir)).prompt().crop_scale == 2.0
+    with pytest.raises(ConfigError, match=r"crop_scale 2.0 \(model: 1.0\)"):
+        check_config(GRPOConfig(model=str(model), data="x", crop_scale=2.0))
+
+
 def test_checking_inputs_does_not_import_ray(tiny_dir, tmp_path):
     """jobs/grpo.py checks its inputs before ray_session sets Ray's environment (token auth,
     loopback), which Ray reads at import: the check must not import Ray."""
