@@ -157,9 +157,9 @@ def check_config(cfg: GRPOConfig) -> None:
     if not cfg.data:
         raise ConfigError("--data is required: a catalog, folder or prefix of labelled scenes")
     check_checkpoint_dir(cfg.model)
-    patch_size = cfg.model_prompt().patch_size
-    if cfg.chip_size % patch_size:
-        raise ConfigError(f"chip_size {cfg.chip_size} is not a multiple of patch_size {patch_size}")
+    card = cfg.model_prompt()
+    if cfg.chip_size % card.patch_size:
+        raise ConfigError(f"chip_size {cfg.chip_size} is not a multiple of patch_size {card.patch_size}")
     if min(cfg.max_steps, cfg.checkpoint_every, cfg.updates_per_rollout, cfg.num_actors, cfg.num_workers) < 1:
         raise ConfigError("max_steps, checkpoint_every, updates_per_rollout, num_actors and num_workers must be >= 1")
     if cfg.prompts_per_step < cfg.num_workers:
@@ -168,7 +168,7 @@ def check_config(cfg: GRPOConfig) -> None:
     if cfg.temperature <= 0 or cfg.max_new_tokens < 8:
         raise ConfigError("temperature must be > 0 and max_new_tokens >= 8")
     get_reward(cfg.reward)  # the actors import it again; fail here first
-    check_model_prompt(cfg.model, cfg.prompt())
+    check_model_prompt(cfg.model, card.prompt())  # flags given against the model's card
     if cfg.adapter:
         from magseg_ray.train.rollout import load_policy_base
 

@@ -103,20 +103,18 @@ class SFTConfig:
     fail_once_at_step: int = field(default=-1, metadata=doc(
         "fault injection for tests: worker 1 exits once, 5 s after reaching this step (-1: never)"))
 
+    def model_prompt(self):
+        """The prompt settings written next to every model this run saves (``magseg.json``)."""
+        from magseg_ray.model.segmenter import ModelPrompt
+
+        return ModelPrompt(self.schema, self.patch_size, self.chip_size, self.local_crop, self.crop_scale)
+
     def prompt(self) -> PromptConfig:
-        return PromptConfig(schema=self.schema, patch_size=self.patch_size, local_crop=self.local_crop,
-                            crop_scale=self.crop_scale)
+        return self.model_prompt().prompt()
 
     @property
     def run_dir(self) -> Path:
         return Path(self.storage).resolve() / self.run_name
-
-
-def model_card(cfg: SFTConfig):
-    """The prompt settings written next to every model this run saves."""
-    from magseg_ray.model.segmenter import ModelPrompt
-
-    return ModelPrompt(cfg.schema, cfg.patch_size, cfg.chip_size, cfg.local_crop, cfg.crop_scale)
 
 
 def check_config(cfg: SFTConfig) -> None:
@@ -211,7 +209,7 @@ def train_loop(loop_config: dict) -> None:
     from magseg_ray.train.batches import collate
 
     cfg = SFTConfig(**loop_config["config"])
-    card = model_card(cfg)
+    card = cfg.model_prompt()
     val_records, fixed_batch = loop_config["val"], loop_config["fixed_batch"]
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
@@ -408,7 +406,7 @@ def run_sft(cfg: SFTConfig) -> dict:
         else:
             shutil.copytree(Path(d) / "adapter", out / "adapter", dirs_exist_ok=True)
             export_merged(cfg, out / "adapter", out / "model")
-    write_model_prompt(out / "model", model_card(cfg))
+    write_model_prompt(out / "model", cfg.model_prompt())
     history = state["history"]
     summary = {"config": dataclasses.asdict(cfg), "final": history[-1], "history": history,
                "val_patches": len(val), "model": str(out / "model")}
