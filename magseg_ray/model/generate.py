@@ -33,7 +33,7 @@ from magseg_ray.prompt import (
     check_chip,
     patch_boxes,
 )
-from magseg_ray.errors import ChipError
+from magseg_ray.errors import ChipError, ConfigError
 from magseg_ray.rle.codec import DecodeReport, decode
 from magseg_ray.rle.constrained import RLELogitsProcessor
 
@@ -49,6 +49,16 @@ class GenerationSettings:
     max_new_tokens: int | None = None
     """Answer token budget; None allows the longest mask text of a patch (``2 p^2 + 2`` tokens).
     With a smaller budget the grammar still closes every answer as a whole mask."""
+    greedy: str = "kind"
+    """How a greedy decoder (temperature 0) picks each token: ``kind`` first picks the kind of the
+    next piece (a number, ``*``, a newline, a class code, or the end) by its total probability, then
+    the most probable token of that kind (see :meth:`.RLELogitsProcessor.by_kind`); ``token`` picks
+    the single most probable token, which favours ending a row over a run length the model is sure
+    of but spreads over several values."""
+
+    def __post_init__(self):
+        if self.greedy not in ("kind", "token"):
+            raise ConfigError(f"greedy must be 'kind' or 'token', not {self.greedy!r}")
 
 
 @dataclass
@@ -89,10 +99,16 @@ def answer_patches(model, processor, prompts: list[PatchPrompt], config: PromptC
         inputs = _inputs(processor, batch, device)
         prompt_len = inputs["input_ids"].shape[1]
         grammar = RLELogitsProcessor(tokenizer, p, p, config.schema, prompt_len, eos, budget)
-        sampling = {"do_sample": True, "temperature": settings.temperature} if settings.temperature > 0 else {"do_sample": False}
-        out = model.generate(**inputs, **sampling, max_new_tokens=budget, logits_processor=LogitsProcessorList([grammar]),
-                             output_scores=True, return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
-        logprobs = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+        processors = [grammar]
+        if settings.temperature > 0:
+            sampling = {"do_sample": True, "temperature": settings.temperature}
+        else:
+            sampling = {"do_sample": False}
+            if settings.greedy == "kind":
+                processors.append(lambda ids, scores: grammar.by_kind(scores))
+        out = model.generate(**inputs, **sampling, max_new_tokens=budget, logits_processor=LogitsProcessorList(processors),
+                             output_logits=True, return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+        logprobs = _constrained_logprobs(grammar, out.sequences, out.logits, prompt_len, settings.temperature)
         new = out.sequences[:, prompt_len:]
         for prompt, tokens, lp in zip(batch, new, logprobs):
             ended = torch.isin(tokens, eos_ids.to(tokens.device))
@@ -102,6 +118,20 @@ def answer_patches(model, processor, prompts: list[PatchPrompt], config: PromptC
             confidence = float(torch.exp(lp[:n].float().mean()))
             answers.append(PatchAnswer(prompt.box, text, mask, report, confidence))
     return answers
+
+
+def _constrained_logprobs(grammar: RLELogitsProcessor, sequences: torch.Tensor, logits: tuple, prompt_len: int,
+                          temperature: float) -> torch.Tensor:
+    """``b x steps`` log-probabilities of the generated tokens under the grammar-constrained
+    distribution (at ``temperature`` when sampling), from ``generate``'s raw logits; the same
+    numbers :func:`answer_chip` accumulates, whatever rule picked the tokens."""
+    out = []
+    for t, step in enumerate(logits):
+        scores = grammar(sequences[:, : prompt_len + t], step.float())
+        if temperature > 0:
+            scores = scores / temperature
+        out.append(torch.log_softmax(scores, -1).gather(1, sequences[:, prompt_len + t, None])[:, 0])
+    return torch.stack(out, 1)
 
 
 def _eos(model) -> list[int]:
@@ -170,7 +200,7 @@ def answer_chip(model, processor, chip: np.ndarray, boxes: list, config: PromptC
                 scores = scores / settings.temperature
                 token = torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)[:, 0]
             else:
-                token = scores.argmax(-1)
+                token = (grammar.by_kind(scores) if settings.greedy == "kind" else scores).argmax(-1)
             token = torch.where(done, tokenizer.pad_token_id, token)
             chosen = torch.log_softmax(scores, -1).gather(1, token[:, None])[:, 0]
             logprob += torch.where(done, 0.0, chosen)

@@ -13,6 +13,13 @@ tokens for digits, codes, ``*`` and newline), so an answer is never cut off mid-
 thing the grammar does not force is merging identical consecutive rows into one ``N*`` line; such
 text still decodes strictly.
 
+:meth:`RLELogitsProcessor.by_kind` serves kind-first greedy decoding: numbers are many tokens
+(``"3"``, ``"14"``, ``"27"``), so when a model is fairly sure a run length comes next but not which
+one, their probability is spread thin and plain greedy decoding ends the line or the answer
+instead, writing whole-row and whole-patch masks. Deciding the *kind* of the next piece first (a
+number, ``*``, a newline, one class code, or the end) by its total probability, then the most
+probable token of that kind, follows what the model believes about the mask's structure.
+
 Works with any Hugging Face tokenizer: candidate tokens are those whose vocabulary string consists
 only of characters of the mask alphabet; everything else (words, spaces, specials) is masked.
 """
@@ -138,6 +145,13 @@ class RLELogitsProcessor:
         self.pieces = dict(self.candidates)
         self._states: dict[int, tuple[int, State]] = {}
         self._allowed = lru_cache(maxsize=None)(self._allowed_ids)
+        # the kind of each token for by_kind: 0 a number, 1 "*", 2 newline, 3.. the class codes, and
+        # last the end of the answer (with every token the grammar never allows)
+        firsts = "*\n" + self.grammar.codes
+        self.n_kinds = len(firsts) + 2
+        self.kinds = torch.full((len(pieces),), self.n_kinds - 1, dtype=torch.long)
+        for i, piece in self.candidates:
+            self.kinds[i] = 0 if piece[0] in _DIGITS else 1 + firsts.index(piece[0])
 
     def advance(self, s: State, text: str) -> State | None:
         for ch in text:
@@ -147,10 +161,11 @@ class RLELogitsProcessor:
         return s
 
     def _allowed_ids(self, s: State, budget: int | None) -> torch.Tensor:
-        """Token ids allowed in state ``s`` with ``budget`` tokens left (None: no limit)."""
-        if s.phase == "done" or self.grammar.complete(s):
+        """Token ids allowed in state ``s`` with ``budget`` tokens left (None: no limit). A complete
+        mask may still go on: after the ``*f`` of ``*f14b4f`` the answer may end or write a length."""
+        if s.phase == "done":
             return self.eos
-        ids = []
+        ids = self.eos.tolist() if self.grammar.complete(s) else []
         for i, piece in self.candidates:
             nxt = self.advance(s, piece)
             # the token, the rest of the mask, and the end token must fit the budget
@@ -158,7 +173,7 @@ class RLELogitsProcessor:
                 ids.append(i)
         if not ids and budget is not None:  # budget too small from the start: ignore it
             return self._allowed(s, None)
-        return torch.tensor(ids, dtype=torch.long)
+        return torch.tensor(sorted(ids), dtype=torch.long)
 
     def allowed(self, s: State, budget: int | None) -> torch.Tensor:
         # tokens_to_finish is at most 6, so a budget of 8 or more constrains nothing: share the cache
@@ -186,3 +201,14 @@ class RLELogitsProcessor:
             allowed = self.allowed(s, budget)
             out[row, allowed] = scores[row, allowed]
         return out
+
+    def by_kind(self, scores: torch.Tensor) -> torch.Tensor:
+        """Constrained ``scores`` (``b x vocab``, from :meth:`__call__`) with only the tokens of each
+        row's most probable kind left (see module doc); the argmax of the result is the kind-first
+        greedy choice."""
+        kinds = self.kinds.to(scores.device)
+        if scores.shape[1] > kinds.shape[0]:  # model vocabularies may be padded past the tokenizer's
+            kinds = torch.cat([kinds, kinds.new_full((scores.shape[1] - kinds.shape[0],), self.n_kinds - 1)])
+        kinds = kinds[: scores.shape[1]].expand_as(scores)
+        mass = scores.new_zeros(scores.shape[0], self.n_kinds).scatter_add_(1, kinds, torch.softmax(scores, -1))
+        return scores.masked_fill(kinds != mass.argmax(1, keepdim=True), float("-inf"))

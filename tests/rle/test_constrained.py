@@ -1,4 +1,5 @@
 import numpy as np
+import torch
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -97,3 +98,43 @@ def test_random_weights_model_only_writes_valid_masks(tiny, patch, budget):
         mask, report = decode(text, patch, patch, "fields3", strict=True)
         assert report.ok and mask.shape == (patch, patch)
         assert any(int(t) in eos for t in row)  # the answer ended, within the budget
+
+
+def test_kind_first_choice_follows_the_total_probability_of_each_kind(tiny):
+    from magseg_ray.rle.constrained import RLELogitsProcessor
+
+    tokenizer = tiny[1].tokenizer
+    eos = tokenizer.eos_token_id
+    proc = RLELogitsProcessor(tokenizer, 32, 32, "fields3", 0, [eos])
+    ids = tokenizer.convert_tokens_to_ids
+    # after "*f" the answer may end, or a run length 1..31 may follow (then another code)
+    prompt = torch.tensor([[ids("*"), ids("f")]])
+    numbers = [ids(str(n)) for n in range(1, 32)]
+    scores = torch.full((1, len(tokenizer)), -5.0)
+    scores[0, eos] = 0.0  # the single most probable token: the end (p ~ 0.2)
+    scores[0, numbers] = -1.0  # each length far less likely, together ~0.8
+    scores[0, ids("14")] = -0.5  # the most probable length
+    constrained = proc(prompt, scores)
+    assert int(constrained.argmax()) == eos  # plain greedy ends the answer: "*f"
+    assert int(proc.by_kind(constrained).argmax()) == ids("14")  # kind-first writes a length
+    scores[0, numbers] = -4.0  # now the lengths together are less likely than the end
+    assert int(proc.by_kind(proc(prompt, scores)).argmax()) == eos
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=masks())
+def test_decoder_may_write_every_canonical_text(tiny, case):
+    # every token of a canonical answer is allowed where it stands, the end wherever the text so
+    # far is a whole mask; a mask complete after "*f" may still go on ("*f14b4f")
+    from magseg_ray.rle.constrained import RLELogitsProcessor
+
+    schema, mask = case
+    tokenizer = tiny[1].tokenizer
+    proc = RLELogitsProcessor(tokenizer, *mask.shape, schema, 0, [tokenizer.eos_token_id])
+    text = encode(mask, schema)
+    tokens = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    for n, token in enumerate(tokens):
+        state = proc.state_of(0, tokens[:n])
+        allowed = proc.allowed(state, None).tolist()
+        assert token in allowed, (text, tokenizer.convert_ids_to_tokens(tokens[:n + 1]))
+        assert (tokenizer.eos_token_id in allowed) == proc.grammar.complete(state)
