@@ -32,3 +32,25 @@ def test_greedy_answers_do_not_depend_on_batching(tiny):
     four = answer_patches(*tiny, prompts, cfg, GenerationSettings(batch_size=4, max_new_tokens=40))
     assert [a.text for a in one] == [a.text for a in four]
     assert all(a.report.ok for a in one)
+
+
+@pytest.mark.parametrize("greedy", ["kind", "token"])
+def test_prefix_reuse_decoder_answers_as_generate_does(tiny, greedy):
+    from magseg_ray.model.generate import answer_chip
+    from magseg_ray.prompt import patch_boxes
+
+    chip = np.random.default_rng(3).integers(0, 256, (32, 64, 3), dtype=np.uint8)
+    cfg = PromptConfig(patch_size=16)
+    boxes = patch_boxes(32, 64, 16)
+    settings = GenerationSettings(batch_size=3, max_new_tokens=40, greedy=greedy)
+    fast = answer_chip(*tiny, chip, boxes, cfg, settings)
+    naive = answer_patches(*tiny, [build_patch_prompt(chip, b, cfg) for b in boxes], cfg, settings)
+    assert [a.text for a in fast] == [a.text for a in naive]
+    assert np.allclose([a.confidence for a in fast], [a.confidence for a in naive], atol=1e-3)
+
+
+def test_unknown_greedy_rule_is_refused():
+    from magseg_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="greedy"):
+        GenerationSettings(greedy="beam")
