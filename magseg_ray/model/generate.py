@@ -105,7 +105,7 @@ def answer_patches(model, processor, prompts: list[PatchPrompt], config: PromptC
         else:
             sampling = {"do_sample": False}
             if settings.greedy == "kind":
-                processors.append(lambda ids, scores: grammar.by_kind(scores))
+                processors.append(lambda ids, scores, grammar=grammar: grammar.by_kind(scores))
         out = model.generate(**inputs, **sampling, max_new_tokens=budget, logits_processor=LogitsProcessorList(processors),
                              output_logits=True, return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
         logprobs = _constrained_logprobs(grammar, out.sequences, out.logits, prompt_len, settings.temperature)

@@ -145,6 +145,7 @@ class RLELogitsProcessor:
         self.pieces = dict(self.candidates)
         self._states: dict[int, tuple[int, State]] = {}
         self._allowed = lru_cache(maxsize=None)(self._allowed_ids)
+        self._kinds_of = lru_cache(maxsize=None)(self._kinds_for)
         # the kind of each token for by_kind: 0 a number, 1 "*", 2 newline, 3.. the class codes, and
         # last the end of the answer (with every token the grammar never allows)
         firsts = "*\n" + self.grammar.codes
@@ -173,7 +174,7 @@ class RLELogitsProcessor:
                 ids.append(i)
         if not ids and budget is not None:  # budget too small from the start: ignore it
             return self._allowed(s, None)
-        return torch.tensor(sorted(ids), dtype=torch.long)
+        return torch.tensor(ids, dtype=torch.long)
 
     def allowed(self, s: State, budget: int | None) -> torch.Tensor:
         # tokens_to_finish is at most 6, so a budget of 8 or more constrains nothing: share the cache
@@ -202,13 +203,16 @@ class RLELogitsProcessor:
             out[row, allowed] = scores[row, allowed]
         return out
 
+    def _kinds_for(self, width: int, device) -> torch.Tensor:
+        """Kinds of token ids ``0..width-1`` on ``device`` (model vocabularies may be padded past the
+        tokenizer's; the padding is never allowed). Cached: it runs at every decoding step."""
+        pad = self.kinds.new_full((max(width - len(self.kinds), 0),), self.n_kinds - 1)
+        return torch.cat([self.kinds, pad])[:width].to(device)
+
     def by_kind(self, scores: torch.Tensor) -> torch.Tensor:
         """Constrained ``scores`` (``b x vocab``, from :meth:`__call__`) with only the tokens of each
         row's most probable kind left (see module doc); the argmax of the result is the kind-first
         greedy choice."""
-        kinds = self.kinds.to(scores.device)
-        if scores.shape[1] > kinds.shape[0]:  # model vocabularies may be padded past the tokenizer's
-            kinds = torch.cat([kinds, kinds.new_full((scores.shape[1] - kinds.shape[0],), self.n_kinds - 1)])
-        kinds = kinds[: scores.shape[1]].expand_as(scores)
+        kinds = self._kinds_of(scores.shape[1], scores.device).expand_as(scores)
         mass = scores.new_zeros(scores.shape[0], self.n_kinds).scatter_add_(1, kinds, torch.softmax(scores, -1))
         return scores.masked_fill(kinds != mass.argmax(1, keepdim=True), float("-inf"))
