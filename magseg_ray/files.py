@@ -28,3 +28,16 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
     """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically."""
     raw = data.encode() if isinstance(data, str) else data
     return replace_atomically(path, lambda tmp: tmp.write_bytes(raw))
+
+
+def local_absolute(path: str) -> str:
+    """``path`` as an absolute path if it names something on this machine's disk, else unchanged.
+
+    Configs hold paths the way users type them, relative to where they ran the job, but Ray Train
+    workers and actors run in other directories: a relative model folder would be found by the
+    driver's checks and then be missing on every worker. URLs (``s3://...``), preset names and
+    paths that do not exist (left for the config checks to report as given) stay as they are.
+    """
+    if not path or "://" in path or not Path(path).exists():
+        return path
+    return str(Path(path).resolve())

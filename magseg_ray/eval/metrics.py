@@ -130,7 +130,11 @@ def instance_metrics(pred_instances: np.ndarray, truth_instances: np.ndarray) ->
     an over-segmented field is scored as merged; its IoU is ``|T ∩ union| / |T ∪ union|``, 0 if
     nothing was assigned (a false negative).
 
-    Returns ``mean_iou`` and ``median_iou`` over truth instances, ``false_negative_rate`` (share
+    This rule forgives over-segmentation completely: a map shattered along every image edge scores
+    like a clean one. ``one_to_one_mean_iou`` does not: each truth instance is scored by its best
+    single predicted instance, so a field split in two scores at most about one half.
+
+    Returns ``mean_iou``, ``median_iou`` and ``one_to_one_mean_iou`` over truth instances, ``false_negative_rate`` (share
     of truth instances with nothing assigned), ``false_positive_rate`` (share of predicted
     instances assigned to no truth), ``n_truth`` and ``n_pred``. Undefined cases: with no truth
     instances the IoUs and the false negative rate are NaN and the false positive rate is 1.0
@@ -154,8 +158,11 @@ def instance_metrics(pred_instances: np.ndarray, truth_instances: np.ndarray) ->
     n_assigned = np.bincount(assigned, minlength=n_truth + 1)[1:]
     truth_area = np.bincount(truth, minlength=n_truth + 1)
     iou = inter[1:] / (truth_area[1:] + union_pred[1:] - inter[1:])
+    pairs = table[1:] / (truth_area[1:, None] + pred_area[None, :] - table[1:])  # IoU of each (truth, pred)
+    best = pairs.max(1) if n_pred else np.zeros(n_truth)
     return {
         "mean_iou": float(iou.mean()) if n_truth else _NAN,
+        "one_to_one_mean_iou": float(best.mean()) if n_truth else _NAN,
         "median_iou": float(np.median(iou)) if n_truth else _NAN,
         "false_negative_rate": float((n_assigned == 0).mean()) if n_truth else _NAN,
         "false_positive_rate": float((assigned == 0).mean()) if n_pred else _NAN,

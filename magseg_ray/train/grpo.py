@@ -61,7 +61,7 @@ import numpy as np
 
 from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError
-from magseg_ray.files import write_atomic
+from magseg_ray.files import local_absolute, write_atomic
 from magseg_ray.model.checkpoint import DEMO_MODEL
 from magseg_ray.prompt import PromptConfig
 
@@ -123,6 +123,10 @@ class GRPOConfig:
     log_every: int = field(default=5, metadata=doc("steps between progress lines (rank 0)"))
     max_failures: int = field(default=1, metadata=doc("learner-group restarts allowed after a failure"))
     seed: int = field(default=0, metadata=doc("seed of the LoRA init, prompt order and sampling"))
+
+    def __post_init__(self):  # actors and workers run elsewhere: ship local paths as absolute ones
+        for name in ("model", "adapter", "data"):
+            object.__setattr__(self, name, local_absolute(getattr(self, name)))
 
     def model_prompt(self):
         """The policy's prompt settings: those given here, the rest from the model's ``magseg.json``

@@ -45,7 +45,7 @@ import numpy as np
 
 from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError
-from magseg_ray.files import write_atomic
+from magseg_ray.files import local_absolute, write_atomic
 from magseg_ray.prompt import PromptConfig
 
 
@@ -102,6 +102,13 @@ class SFTConfig:
     seed: int = field(default=0, metadata=doc("seed of the base preset, LoRA init and patch shuffling"))
     fail_once_at_step: int = field(default=-1, metadata=doc(
         "fault injection for tests: worker 1 exits once, 5 s after reaching this step (-1: never)"))
+
+    def __post_init__(self):  # workers run elsewhere: ship local paths as absolute ones
+        from magseg_ray.model.presets import PRESETS
+
+        if self.base not in PRESETS:
+            object.__setattr__(self, "base", local_absolute(self.base))
+        object.__setattr__(self, "data", local_absolute(self.data))
 
     def model_prompt(self):
         """The prompt settings written next to every model this run saves (``magseg.json``)."""

@@ -68,6 +68,15 @@ def test_over_segmented_field_is_merged():
     m = instance_metrics(pred, truth)
     assert (m["mean_iou"], m["false_negative_rate"], m["false_positive_rate"]) == (1.0, 0.0, 0.0)
     assert (m["n_truth"], m["n_pred"]) == (1, 2)
+    assert m["one_to_one_mean_iou"] == 0.5  # best single piece: half the field
+
+
+def test_one_to_one_iou_sees_merges_and_missing_predictions():
+    truth = np.zeros((2, 4), np.int32)
+    truth[:, :2], truth[:, 2:] = 1, 2
+    merged = instance_metrics(np.ones_like(truth), truth)
+    assert merged["one_to_one_mean_iou"] == 0.5 and merged["mean_iou"] == 0.25  # the tie goes to field 1 only
+    assert instance_metrics(np.zeros_like(truth), truth)["one_to_one_mean_iou"] == 0.0
 
 
 def test_partial_match_by_hand():
@@ -77,7 +86,7 @@ def test_partial_match_by_hand():
     pred[:2, 1:3] = 5  # 4 px inside the truth ...
     pred[2, 2] = 5  # ... and 1 outside: a majority of its 5 px
     m = instance_metrics(pred, truth)
-    assert m["mean_iou"] == pytest.approx(4 / 7)
+    assert m["mean_iou"] == m["one_to_one_mean_iou"] == pytest.approx(4 / 7)
     assert (m["false_negative_rate"], m["false_positive_rate"]) == (0.0, 0.0)
 
 
@@ -88,6 +97,7 @@ def test_straddling_prediction_without_majority_is_fp_and_fn():
     pred[1:, 1:3] = 1  # 1 px in each truth and 2 px of background: no majority
     m = instance_metrics(pred, truth)
     assert m["mean_iou"] == m["median_iou"] == 0.0
+    assert m["one_to_one_mean_iou"] == pytest.approx(1 / 7)  # 1 px shared, 4 + 4 - 1 in the union
     assert (m["false_negative_rate"], m["false_positive_rate"]) == (1.0, 1.0)
 
 
@@ -97,6 +107,7 @@ def test_empty_truth():
     pred[0, 0] = 1
     m = instance_metrics(pred, empty)
     assert math.isnan(m["mean_iou"]) and math.isnan(m["median_iou"]) and math.isnan(m["false_negative_rate"])
+    assert math.isnan(m["one_to_one_mean_iou"])
     assert (m["false_positive_rate"], m["n_truth"], m["n_pred"]) == (1.0, 0, 1)
     assert math.isnan(instance_metrics(empty, empty)["false_positive_rate"])
 

@@ -71,13 +71,15 @@ def main() -> None:
             m = evaluate_masks(pair.pred_classes, pair.truth_classes, "fields3", pair.pred_instances,
                                pair.truth_instances)
             field = m["instance"]["field"]
-            result[name] = {"field_instance_mean_iou": field["mean_iou"], "field_pixel_iou": m["pixel"]["field"]["iou"],
+            result[name] = {"field_instance_mean_iou": field["mean_iou"],
+                            "field_one_to_one_mean_iou": field["one_to_one_mean_iou"], "field_pixel_iou": m["pixel"]["field"]["iou"],
                             "mean_dice": m["pixel"]["mean"]["dice"], "n_truth": field["n_truth"],
                             "n_pred": field["n_pred"]}
         rows.append(result)
         print(json.dumps(result), flush=True)
-    means = {k: float(np.mean([r[k]["field_instance_mean_iou"] for r in rows])) for k in ("model", "threshold", "everything")}
-    print(json.dumps({"mean_field_instance_mean_iou": means}))
+    means = {metric: {k: float(np.mean([r[k][metric] for r in rows])) for k in ("model", "threshold", "everything")}
+             for metric in ("field_instance_mean_iou", "field_one_to_one_mean_iou")}
+    print(json.dumps({f"mean_{metric}": m for metric, m in means.items()}))
     (out / "eval.json").write_text(json.dumps({"model": args.model, "scenes": rows, "mean": means}, indent=1))
 
 
