@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from magseg_ray.files import local_absolute, replace_atomically, write_atomic
@@ -45,4 +47,4 @@ def test_training_configs_ship_absolute_local_paths_to_workers(tmp_path, monkeyp
     assert SFTConfig(base="tiny").base == "tiny" and SFTConfig(data="s3://b/x").data == "s3://b/x"
     grpo = GRPOConfig(model="model", adapter="model", data="scenes")
     assert {grpo.model, grpo.adapter, grpo.data} == {str(tmp_path / "model"), str(tmp_path / "scenes")}
-    assert SFTConfig(**{**vars(sft)}) == sft  # rebuilt on the workers from the shipped dict: unchanged
+    assert SFTConfig(**dataclasses.asdict(sft)) == sft  # rebuilt on the workers from the shipped dict
