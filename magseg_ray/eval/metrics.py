@@ -134,9 +134,9 @@ def instance_metrics(pred_instances: np.ndarray, truth_instances: np.ndarray) ->
     like a clean one. ``one_to_one_mean_iou`` does not: each truth instance is scored by its best
     single predicted instance, so a field split in two scores at most about one half.
 
-    Returns ``mean_iou``, ``median_iou`` and ``one_to_one_mean_iou`` over truth instances, ``false_negative_rate`` (share
-    of truth instances with nothing assigned), ``false_positive_rate`` (share of predicted
-    instances assigned to no truth), ``n_truth`` and ``n_pred``. Undefined cases: with no truth
+    Returns ``mean_iou``, ``median_iou`` and ``one_to_one_mean_iou`` over truth instances,
+    ``false_negative_rate`` (share of truth instances with nothing assigned), ``false_positive_rate``
+    (share of predicted instances assigned to no truth), ``n_truth`` and ``n_pred``. Undefined cases: with no truth
     instances the IoUs and the false negative rate are NaN and the false positive rate is 1.0
     (NaN if there are no predictions either); with no predictions the false positive rate is NaN.
     """

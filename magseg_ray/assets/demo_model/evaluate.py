@@ -72,9 +72,9 @@ def main() -> None:
                                pair.truth_instances)
             field = m["instance"]["field"]
             result[name] = {"field_instance_mean_iou": field["mean_iou"],
-                            "field_one_to_one_mean_iou": field["one_to_one_mean_iou"], "field_pixel_iou": m["pixel"]["field"]["iou"],
-                            "mean_dice": m["pixel"]["mean"]["dice"], "n_truth": field["n_truth"],
-                            "n_pred": field["n_pred"]}
+                            "field_one_to_one_mean_iou": field["one_to_one_mean_iou"],
+                            "field_pixel_iou": m["pixel"]["field"]["iou"], "mean_dice": m["pixel"]["mean"]["dice"],
+                            "n_truth": field["n_truth"], "n_pred": field["n_pred"]}
         rows.append(result)
         print(json.dumps(result), flush=True)
     means = {metric: {k: float(np.mean([r[k][metric] for r in rows])) for k in ("model", "threshold", "everything")}
