@@ -49,9 +49,18 @@ class PromptConfig:
     crop_scale: float = 2.0
     """Side of the local crop as a multiple of ``patch_size`` (>= 1; 2 shows the patch plus half a
     patch of context on each side)."""
+    boundary_width: int = 1
+    """Half-width ``w`` in pixels of the boundary class in training answers (schemas with one, such
+    as ``fields3``): a field pixel is boundary when another field lies within ``w`` pixels of it,
+    across a gap or not (see :func:`~magseg_ray.masks.schemas.classes_from_instances`). A gap of
+    ``g < w`` pixels between two fields becomes a line ``2w - g`` pixels wide (``w - g`` of boundary
+    on each side). Field polygons drawn on aerial imagery are often parted by a gap of 2-4 px only,
+    which a width of 1 never marks; a width of 6 turns it into a line of about 9 px."""
 
     def __post_init__(self) -> None:
         get_schema(self.schema)
+        if self.boundary_width < 0:
+            raise ChipError(f"boundary_width must be >= 0, got {self.boundary_width}")
         if self.patch_size < 1:
             raise ChipError(f"patch_size must be >= 1, got {self.patch_size}")
         if self.crop_scale < 1:

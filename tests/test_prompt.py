@@ -79,4 +79,6 @@ def test_bad_labels_and_config():
         patch_boxes(100, 128)
     with pytest.raises(SchemaError, match="unknown label schema"):
         PromptConfig(schema="nope")
+    with pytest.raises(ChipError, match="boundary_width must be >= 0, got -1"):
+        PromptConfig(boundary_width=-1)
 

@@ -31,7 +31,7 @@ from PIL import Image
 from magseg_ray.chips.read import Chip, ReadConfig, open_scene, read_chip, read_padded
 from magseg_ray.chips.windows import ChipConfig, ChipTask, chip_windows
 from magseg_ray.errors import ConfigError, MagsegError
-from magseg_ray.masks.schemas import BOUNDARY_WIDTH, classes_from_instances, get_schema
+from magseg_ray.masks.schemas import classes_from_instances, get_schema
 from magseg_ray.prompt import PromptConfig, build_patch_prompt, patch_boxes
 
 
@@ -117,7 +117,7 @@ class _TrainingReader:
                "chip_png": None, "classes": None}
         try:
             chip = read_chip(task, self.read, store=self.store)
-            classes = _read_classes(row["labels_uri"], task, self.prompt.schema, self.store)
+            classes = _read_classes(row["labels_uri"], task, self.prompt, self.store)
         except (MagsegError, rasterio.errors.RasterioError) as e:
             out["error"] = str(e)
             return out
@@ -125,13 +125,14 @@ class _TrainingReader:
         return out
 
 
-def _read_classes(labels_uri: str, task: ChipTask, schema: str, store) -> np.ndarray:
+def _read_classes(labels_uri: str, task: ChipTask, prompt: PromptConfig, store) -> np.ndarray:
     """Class mask of a chip from its scene's instance raster, derived with a margin so that field
     boundaries on the chip's edge see the neighbouring field outside it."""
-    m = BOUNDARY_WIDTH
+    m = prompt.boundary_width
     with open_scene(labels_uri, store) as src:
         inst = read_padded(src, [1], task.row_off - m, task.col_off - m, task.size + 2 * m, task.size + 2 * m)[0][0]
-    return classes_from_instances(inst, schema)[m:-m, m:-m] if m else classes_from_instances(inst, schema)
+    classes = classes_from_instances(inst, prompt.schema, m)
+    return classes[m:-m, m:-m] if m else classes
 
 
 def training_chips(scenes: gpd.GeoDataFrame, aoi, chip: ChipConfig = ChipConfig(overlap=0),

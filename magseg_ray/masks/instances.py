@@ -7,8 +7,10 @@ from scipy import ndimage
 
 from magseg_ray.masks.schemas import Schema, get_schema
 
-BOUNDARY_REACH = 3
-"""How far (pixels, Euclidean) a boundary pixel may lie from the interior it is given to."""
+BOUNDARY_REACH = 9
+"""How far (pixels, Euclidean) a boundary pixel may lie from the interior it is given to: enough
+for the boundary widths models are trained with (up to 6 px deep, so 6 * sqrt(2) at a corner; see
+:attr:`magseg_ray.prompt.PromptConfig.boundary_width`)."""
 
 
 def instances_from_classes(

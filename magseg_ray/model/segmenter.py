@@ -37,10 +37,12 @@ class ModelPrompt:
     """Whether prompts show the local crop."""
     crop_scale: float = 2.0
     """Side of the local crop as a multiple of the patch side."""
+    boundary_width: int = 1
+    """Half-width in pixels of the boundary class in the answers the model was trained on."""
 
     def prompt(self) -> PromptConfig:
         return PromptConfig(schema=self.schema, patch_size=self.patch_size, local_crop=self.local_crop,
-                            crop_scale=self.crop_scale)
+                            crop_scale=self.crop_scale, boundary_width=self.boundary_width)
 
 
 def read_model_prompt(model_dir: str | Path) -> ModelPrompt | None:

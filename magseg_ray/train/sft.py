@@ -64,6 +64,10 @@ class SFTConfig:
     crop_scale: float = field(default=2.0, metadata=doc(
         "side of the local crop as a multiple of the patch side (1: the patch alone, at the image tokens' "
         "finest resolution; 2: the patch and half a patch of context around it)"))
+    boundary_width: int = field(default=1, metadata=doc(
+        "half-width w in pixels of the boundary class in the answers: a field pixel is boundary when another "
+        "field lies within w px, so a gap of g < w px between two fields becomes a line 2w - g px wide "
+        "(6 turns the 2-4 px gaps between fields in aerial labels into lines of about 9 px)"))
     val_fraction: float = field(default=0.2, metadata=doc("share of scenes held out for validation (by scene id hash)"))
     val_patches: int = field(default=32, metadata=doc("validation patches scored every eval_every steps"))
     uniform_keep: float = field(default=1.0, metadata=doc(
@@ -114,7 +118,8 @@ class SFTConfig:
         """The prompt settings written next to every model this run saves (``magseg.json``)."""
         from magseg_ray.model.segmenter import ModelPrompt
 
-        return ModelPrompt(self.schema, self.patch_size, self.chip_size, self.local_crop, self.crop_scale)
+        return ModelPrompt(self.schema, self.patch_size, self.chip_size, self.local_crop, self.crop_scale,
+                           self.boundary_width)
 
     def prompt(self) -> PromptConfig:
         return self.model_prompt().prompt()

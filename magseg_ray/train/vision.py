@@ -45,6 +45,9 @@ class VisionPretrainConfig:
     sub_cells: int = field(default=1, metadata=doc(
         "each image token predicts the class shares of sub_cells x sub_cells blocks of its pixels "
         "(1: one share vector per token)"))
+    boundary_width: int = field(default=1, metadata=doc(
+        "half-width in pixels of the boundary class in the targets (see SFT's --boundary-width); give SFT "
+        "the same value"))
     val_fraction: float = field(default=0.2, metadata=doc("share of scenes held out (same rule as SFT)"))
     steps: int = field(default=600, metadata=doc("optimizer steps"))
     batch_size: int = field(default=32, metadata=doc("patch prompts per step (two images each)"))
@@ -56,7 +59,7 @@ class VisionPretrainConfig:
 class _Scenes:
     """Whole scenes in memory (RGB + fields3 classes) and a sampler of patch prompt images."""
 
-    def __init__(self, scenes, chip: int, patch: int, crop: int, grid: int, sub: int):
+    def __init__(self, scenes, chip: int, patch: int, crop: int, grid: int, sub: int, boundary_width: int):
         import rasterio
 
         from magseg_ray.masks.schemas import classes_from_instances
@@ -66,7 +69,7 @@ class _Scenes:
             with rasterio.open(row.uri) as src:
                 image = np.moveaxis(src.read([1, 2, 3]), 0, -1)
             with rasterio.open(row.labels_uri) as src:
-                classes = classes_from_instances(src.read(1), "fields3")
+                classes = classes_from_instances(src.read(1), "fields3", boundary_width)
             if min(image.shape[:2]) >= chip:
                 self.items.append((image, classes))
         if not self.items:
@@ -129,8 +132,9 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
     scenes = load_catalog(cfg.data).scenes
     scenes = scenes[scenes["labels_uri"].notna()]
     split = np.array([split_of(s, cfg.val_fraction, 0) for s in scenes["id"]])
-    train = _Scenes(scenes[split == "train"], cfg.chip_size, cfg.patch_size, crop, grid, sub)
-    val = _Scenes(scenes[split == "val"], cfg.chip_size, cfg.patch_size, crop, grid, sub) if (split == "val").any() else train
+    layout = (cfg.chip_size, cfg.patch_size, crop, grid, sub, cfg.boundary_width)
+    train = _Scenes(scenes[split == "train"], *layout)
+    val = _Scenes(scenes[split == "val"], *layout) if (split == "val").any() else train
     torch.manual_seed(cfg.seed)
     head = torch.nn.Linear(model.config.text_config.hidden_size, sub * sub * 3)
     params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(),
@@ -178,7 +182,8 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
     out = Path(cfg.out)
     save_model(model, processor, out)
     # the prompt settings the tokens were trained for: SFT from this base refuses others
-    write_model_prompt(out, ModelPrompt(patch_size=cfg.patch_size, chip_size=cfg.chip_size, crop_scale=cfg.crop_scale))
+    write_model_prompt(out, ModelPrompt(patch_size=cfg.patch_size, chip_size=cfg.chip_size, crop_scale=cfg.crop_scale,
+                                        boundary_width=cfg.boundary_width))
     summary = {"config": cfg.__dict__, "history": history, "val_majority_class_accuracy": majority,
                "final": history[-1], "model": str(out)}
     (out / "vision_pretrain.json").write_text(json.dumps(summary, indent=1))

@@ -101,6 +101,20 @@ def test_training_pipeline_records_match_the_labels(ray_cluster, s3_server, s3_s
         direct = np.moveaxis(local_window(local / f"{scene_id}.tif", 256, 256, 256), 0, -1)
         assert np.array_equal(records[0]["images"][0], direct)
 
+    # a wider boundary: chip classes still equal those of the whole scene, at the new width, so a
+    # gap between fields read across a chip edge is marked as in the scene
+    naip = scenes[scenes["id"] == "naip_44p0347_m93p8702"]
+    wide = training_chips(naip, None, ChipConfig(256, 0), PromptConfig(boundary_width=6), store=s3_server.store)
+    with rasterio.open(local / "naip_44p0347_m93p8702.labels.tif") as src:
+        inst = src.read(1)
+    thin, thick = classes_from_instances(inst, "fields3"), classes_from_instances(inst, "fields3", 6)
+    assert (thick == 2).sum() > 3 * (thin == 2).sum()
+    for c in wide.take_all():
+        r, col = map(int, c["chip_id"].split("/")[1].split("_"))
+        want = thick[r : r + 256, col : col + 256]
+        got = c["classes"][: want.shape[0], : want.shape[1]]
+        assert np.array_equal(got, want), c["chip_id"]
+
     # Parquet shards, locally and on the object store, hold the same chips
     write_shards(ds, str(tmp_path / "shards"))
     assert pq.read_table(tmp_path / "shards").num_rows == len(chips)

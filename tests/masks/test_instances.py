@@ -58,14 +58,28 @@ def test_interior_components_are_4_connected():
 
 
 def test_boundary_far_from_interior_forms_own_components():
-    mask = np.zeros((9, 9), np.uint8)
+    mask = np.zeros((16, 16), np.uint8)
     mask[:3, :3] = 1
     mask[:3, 3] = 2  # next to the interior: joins it
-    mask[8, 2:7] = 2  # a lone boundary line: a field of its own
+    mask[15, 2:7] = 2  # a lone boundary line, 13 px from the interior: a field of its own
     out = instances_from_classes(mask, "fields3")
     assert out[0, 3] == out[0, 0] == 1
-    assert set(np.unique(out[8, 2:7])) == {2}
+    assert set(np.unique(out[15, 2:7])) == {2}
     assert out.max() == 2
+
+
+@pytest.mark.parametrize("width", [1, 4, 6])
+def test_wide_boundaries_across_a_gap_round_trip(width):
+    """Aerial field polygons are often parted by a gap of a few pixels: at boundary width w both
+    sides of a 3 px gap are marked w - 3 px deep, touching fields w px deep, and every marked
+    pixel goes back to its own field."""
+    inst = np.zeros((40, 44), np.int32)
+    inst[:20, :20], inst[:20, 23:44], inst[20:, :44] = 1, 2, 3  # a 3 px gap, then touching fields below
+    classes = classes_from_instances(inst, "fields3", width)
+    deep = max(width - 3, 0)
+    assert (classes[:12, 20 - deep : 20] == 2).all() and (classes[:12, :20 - deep] == 1).all()
+    assert (classes[26:, :] == 1).all() and (classes[20 : 20 + width, :18] == 2).all()
+    assert same_partition(instances_from_classes(classes, "fields3"), inst)
 
 
 def test_schema_without_boundary_class():

@@ -66,13 +66,23 @@ def test_bad_inputs_fail_before_workers_start(tmp_path):
 
 def test_a_base_built_for_other_prompts_is_refused(tmp_path):
     from magseg_ray.model.checkpoint import save_model
-    from magseg_ray.model.segmenter import ModelPrompt, write_model_prompt
+    from magseg_ray.model.segmenter import ModelPrompt, read_model_prompt, write_model_prompt
 
     save_model(*build_model("tiny"), tmp_path / "base")
     write_model_prompt(tmp_path / "base", ModelPrompt(crop_scale=1.0))
     with pytest.raises(ConfigError, match=r"crop_scale 2.0 \(model: 1.0\)"):
         check_config(SFTConfig(base=str(tmp_path / "base"), data="x"))
     check_config(SFTConfig(base=str(tmp_path / "base"), data="x", crop_scale=1.0))
+    # a wider boundary changes the answers, not the prompt layout: a base trained at width 1 may go
+    # on at width 4, and the models the run saves record the new width
+    wider = SFTConfig(base=str(tmp_path / "base"), data="x", crop_scale=1.0, boundary_width=4)
+    check_config(wider)
+    (tmp_path / "out").mkdir()
+    write_model_prompt(tmp_path / "out", wider.model_prompt())
+    assert read_model_prompt(tmp_path / "out").prompt().boundary_width == 4
+    card = tmp_path / "base" / "magseg.json"  # a card written before the field existed reads as width 1
+    card.write_text(json.dumps({k: v for k, v in json.loads(card.read_text()).items() if k != "boundary_width"}))
+    assert read_model_prompt(tmp_path / "base").boundary_width == 1
 
 
 def test_ray_job_submit_against_the_local_cluster(ray_cluster, tmp_path):
