@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from magseg_ray.errors import ChipError
-from magseg_ray.masks.schemas import Schema, get_schema
+from magseg_ray.masks.schemas import BOUNDARY_WIDTH, MAX_BOUNDARY_WIDTH, Schema, get_schema
 from magseg_ray.model.tokenizer import BOI, BOS, END_OF_TURN, START_OF_TURN
 from magseg_ray.rle.codec import encode
 
@@ -49,7 +49,7 @@ class PromptConfig:
     crop_scale: float = 2.0
     """Side of the local crop as a multiple of ``patch_size`` (>= 1; 2 shows the patch plus half a
     patch of context on each side)."""
-    boundary_width: int = 1
+    boundary_width: int = BOUNDARY_WIDTH
     """Half-width ``w`` in pixels of the boundary class in training answers (schemas with one, such
     as ``fields3``): a field pixel is boundary when another field lies within ``w`` pixels of it,
     across a gap or not (see :func:`~magseg_ray.masks.schemas.classes_from_instances`). A gap of
@@ -59,8 +59,9 @@ class PromptConfig:
 
     def __post_init__(self) -> None:
         get_schema(self.schema)
-        if self.boundary_width < 0:
-            raise ChipError(f"boundary_width must be >= 0, got {self.boundary_width}")
+        if not 0 <= self.boundary_width <= MAX_BOUNDARY_WIDTH:
+            raise ChipError(f"boundary_width must lie in 0..{MAX_BOUNDARY_WIDTH} (the fields step gives boundary "
+                            f"pixels back to their field only that deep), got {self.boundary_width}")
         if self.patch_size < 1:
             raise ChipError(f"patch_size must be >= 1, got {self.patch_size}")
         if self.crop_scale < 1:

@@ -79,6 +79,7 @@ def test_bad_labels_and_config():
         patch_boxes(100, 128)
     with pytest.raises(SchemaError, match="unknown label schema"):
         PromptConfig(schema="nope")
-    with pytest.raises(ChipError, match="boundary_width must be >= 0, got -1"):
-        PromptConfig(boundary_width=-1)
+    for width in (-1, 7):
+        with pytest.raises(ChipError, match=f"boundary_width must lie in 0..6 .*, got {width}"):
+            PromptConfig(boundary_width=width)
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import ndimage
 
-from magseg_ray.masks.schemas import Schema, get_schema
+from magseg_ray.masks.schemas import MAX_BOUNDARY_WIDTH, Schema, get_schema
 
-BOUNDARY_REACH = 9
-"""How far (pixels, Euclidean) a boundary pixel may lie from the interior it is given to: enough
-for the boundary widths models are trained with (up to 6 px deep, so 6 * sqrt(2) at a corner; see
-:attr:`magseg_ray.prompt.PromptConfig.boundary_width`)."""
+BOUNDARY_REACH = math.ceil(MAX_BOUNDARY_WIDTH * math.sqrt(2))
+"""How far (pixels, Euclidean) a boundary pixel may lie from the interior it is given to (9):
+boundaries up to ``MAX_BOUNDARY_WIDTH`` px deep, measured at a corner."""
 
 
 def instances_from_classes(

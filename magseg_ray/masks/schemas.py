@@ -118,6 +118,9 @@ def get_schema(name: str | Schema) -> Schema:
 
 BOUNDARY_WIDTH = 1
 """Default boundary half-width in pixels for ``fields3`` (see :func:`classes_from_instances`)."""
+MAX_BOUNDARY_WIDTH = 6
+"""Widest boundary a model may be trained with: the fields step gives boundary pixels back to
+their field only this deep (see :data:`magseg_ray.masks.instances.BOUNDARY_REACH`)."""
 
 
 def classes_from_instances(

@@ -37,7 +37,7 @@ class ModelPrompt:
     """Whether prompts show the local crop."""
     crop_scale: float = 2.0
     """Side of the local crop as a multiple of the patch side."""
-    boundary_width: int = 1
+    boundary_width: int = PromptConfig.boundary_width
     """Half-width in pixels of the boundary class in the answers the model was trained on."""
 
     def prompt(self) -> PromptConfig:

@@ -64,7 +64,7 @@ class SFTConfig:
     crop_scale: float = field(default=2.0, metadata=doc(
         "side of the local crop as a multiple of the patch side (1: the patch alone, at the image tokens' "
         "finest resolution; 2: the patch and half a patch of context around it)"))
-    boundary_width: int = field(default=1, metadata=doc(
+    boundary_width: int = field(default=PromptConfig.boundary_width, metadata=doc(
         "half-width w in pixels of the boundary class in the answers: a field pixel is boundary when another "
         "field lies within w px, so a gap of g < w px between two fields becomes a line 2w - g px wide "
         "(6 turns the 2-4 px gaps between fields in aerial labels into lines of about 9 px)"))
@@ -135,9 +135,10 @@ def check_config(cfg: SFTConfig) -> None:
     from magseg_ray.model.presets import PRESETS
     from magseg_ray.model.segmenter import check_model_prompt
 
+    prompt = cfg.prompt()  # bad prompt settings (a negative crop scale, too wide a boundary) fail here
     if cfg.base not in PRESETS:
         check_checkpoint_dir(cfg.base)
-        check_model_prompt(cfg.base, cfg.prompt())
+        check_model_prompt(cfg.base, prompt)
     if not cfg.data:
         raise ConfigError("--data is required: a catalog, folder or prefix of labelled scenes")
     if cfg.chip_size % cfg.patch_size:

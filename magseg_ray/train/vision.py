@@ -30,6 +30,7 @@ import numpy as np
 
 from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError
+from magseg_ray.masks.schemas import BOUNDARY_WIDTH
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class VisionPretrainConfig:
     sub_cells: int = field(default=1, metadata=doc(
         "each image token predicts the class shares of sub_cells x sub_cells blocks of its pixels "
         "(1: one share vector per token)"))
-    boundary_width: int = field(default=1, metadata=doc(
+    boundary_width: int = field(default=BOUNDARY_WIDTH, metadata=doc(
         "half-width in pixels of the boundary class in the targets (see SFT's --boundary-width); give SFT "
         "the same value"))
     val_fraction: float = field(default=0.2, metadata=doc("share of scenes held out (same rule as SFT)"))
@@ -125,7 +126,7 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
                           "give a new folder")
     model, processor = build_model(cfg.base, seed=cfg.seed) if cfg.base in PRESETS else load_model(cfg.base)
     grid, sub = math.isqrt(model.config.mm_tokens_per_image), cfg.sub_cells
-    crop = PromptConfig(patch_size=cfg.patch_size, crop_scale=cfg.crop_scale).crop_size
+    crop = PromptConfig(patch_size=cfg.patch_size, crop_scale=cfg.crop_scale, boundary_width=cfg.boundary_width).crop_size
     if sub < 1 or cfg.chip_size % (grid * sub) or crop % (grid * sub):
         raise ConfigError(f"chip_size {cfg.chip_size} and the {crop} px crop must split into the model's "
                           f"{grid} x {grid} image tokens times sub_cells {cfg.sub_cells}")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from magseg_ray.errors import ConfigError, ModelLoadError
+from magseg_ray.errors import ChipError, ConfigError, ModelLoadError
 from magseg_ray.model.checkpoint import load_model
 from magseg_ray.model.presets import build_model
 from magseg_ray.train.sft import SFTConfig, answer_loss, check_config, lr_factor
@@ -59,6 +59,8 @@ def test_bad_inputs_fail_before_workers_start(tmp_path):
         check_config(SFTConfig(base=str(tmp_path / "nope"), data="x"))
     with pytest.raises(ConfigError, match="--data is required"):
         check_config(SFTConfig(base="tiny"))
+    with pytest.raises(ChipError, match="boundary_width must lie in 0..6"):  # a preset base: no card to check
+        check_config(SFTConfig(base="tiny", data="x", boundary_width=7))
     with pytest.raises(ConfigError, match="not a multiple"):
         check_config(SFTConfig(base="tiny", data="x", chip_size=100))
     assert sft_main()(["--data", str(tmp_path), "--base", "tiny", "--storage", str(tmp_path)]) == 2
