@@ -21,7 +21,7 @@ without more the tower's position embeddings wash out of the projected tokens: i
 token of column 3" is something the decoder can attend to.
 
 Run it on the training split only (same ``split_of`` rule and ``val_fraction`` as SFT); it reports
-token accuracy (majority class) on the validation split before and after.
+token accuracy (majority class) and position accuracy on the validation split before and after.
 """
 
 from __future__ import annotations
@@ -130,6 +130,8 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
 
     if not cfg.data or not cfg.out:
         raise ConfigError("--data and --out are required")
+    if cfg.position_weight < 0:
+        raise ConfigError(f"position_weight {cfg.position_weight} must be >= 0")
     if Path(cfg.out).exists() and any(Path(cfg.out).iterdir()):
         raise ConfigError(f"--out {cfg.out!r} is not empty: pretraining writes a whole model there; "
                           "give a new folder")
@@ -146,8 +148,6 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
     train = _Scenes(scenes[split == "train"], *layout)
     val = _Scenes(scenes[split == "val"], *layout) if (split == "val").any() else train
     torch.manual_seed(cfg.seed)
-    if cfg.position_weight < 0:
-        raise ConfigError(f"position_weight {cfg.position_weight} must be >= 0")
     hidden = model.config.text_config.hidden_size
     head, where = torch.nn.Linear(hidden, sub * sub * 3), torch.nn.Linear(hidden, 2 * grid)
     params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(),
