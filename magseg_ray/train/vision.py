@@ -115,6 +115,26 @@ def _shares(classes: np.ndarray, grid: int, sub: int = 1) -> np.ndarray:
     return np.stack([(blocks == k).mean(2) for k in range(3)], 2).astype(np.float32)
 
 
+def token_losses(features, targets: np.ndarray, head, where, position_weight: float = 1.0):
+    """Loss, class accuracy and position accuracy of image tokens ``features`` (``images x tokens x
+    hidden``) against their class-share ``targets`` (from :meth:`_Scenes.sample`), read by the linear
+    heads ``head`` (class shares of each token's blocks) and ``where`` (its row and column)."""
+    import torch
+
+    grid = math.isqrt(features.shape[1])
+    logits = head(features).unflatten(-1, (targets.shape[2], 3))
+    target = torch.from_numpy(targets)
+    loss = -(target * torch.log_softmax(logits, -1)).sum(-1).mean()
+    accuracy = (logits.argmax(-1) == target.argmax(-1)).float().mean()
+    # (images, tokens, 2, grid) -> (images, grid, 2, tokens): rows and columns as two cross-entropies
+    places = where(features).unflatten(-1, (2, grid)).permute(0, 3, 2, 1)
+    token = torch.arange(grid * grid)
+    truth = torch.stack([token // grid, token % grid]).expand(len(features), 2, grid * grid)
+    loss = loss + position_weight * torch.nn.functional.cross_entropy(places, truth)
+    placed = (places.argmax(1) == truth).all(1).float().mean()
+    return loss, float(accuracy), float(placed)
+
+
 def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
     """Pretrain the vision tower and projector of ``cfg.base``; save the whole model to ``cfg.out``."""
     import torch
@@ -152,8 +172,6 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
     head, where = torch.nn.Linear(hidden, sub * sub * 3), torch.nn.Linear(hidden, 2 * grid)
     params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(),
               *head.parameters(), *where.parameters()]
-    token = torch.arange(grid * grid)
-    place = torch.stack([token // grid, token % grid])  # (2, tokens): row and column of each token
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(lr_factor, warmup=max(cfg.steps // 20, 1), total=cfg.steps))
@@ -161,16 +179,7 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
     def loss_and_accuracy(images, targets):
         pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
         features = model.model.get_image_features(pixels).pooler_output
-        logits = head(features).unflatten(-1, (sub * sub, 3))
-        target = torch.from_numpy(targets)
-        loss = -(target * torch.log_softmax(logits, -1)).sum(-1).mean()
-        accuracy = (logits.argmax(-1) == target.argmax(-1)).float().mean()
-        # (images, tokens, 2, grid) -> (images, grid, 2, tokens): rows and columns as two cross-entropies
-        places = where(features).unflatten(-1, (2, grid)).permute(0, 3, 2, 1)
-        truth = place.expand(len(images), 2, grid * grid)
-        loss = loss + cfg.position_weight * torch.nn.functional.cross_entropy(places, truth)
-        placed = (places.argmax(1) == truth).all(1).float().mean()
-        return loss, float(accuracy), float(placed)
+        return token_losses(features, targets, head, where, cfg.position_weight)
 
     val_batch = val.sample(np.random.default_rng(10**6 + cfg.seed), 128)
 

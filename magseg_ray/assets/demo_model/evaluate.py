@@ -26,8 +26,9 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import rasterio
-from rasterio.windows import Window
 import shapely
+import torch
+from rasterio.windows import Window
 
 from magseg_ray.chips.pipeline import split_of
 from magseg_ray.eval.align import load_pair
@@ -57,13 +58,10 @@ class _Ceiling:
         import math
         from functools import partial
 
-        import torch
-
         from magseg_ray.model.checkpoint import load_model
         from magseg_ray.train.sft import lr_factor
-        from magseg_ray.train.vision import _Scenes
+        from magseg_ray.train.vision import _Scenes, token_losses
 
-        self.torch = torch
         torch.manual_seed(0)
         self.model, self.processor = load_model(model_dir)
         self.grid = grid = math.isqrt(self.model.config.mm_tokens_per_image)
@@ -74,17 +72,12 @@ class _Ceiling:
                   *self.head.parameters(), *where.parameters()]
         optimizer = torch.optim.AdamW(params, lr=5e-4)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=max(steps // 20, 1), total=steps))
-        token = torch.arange(grid * grid)
-        place = torch.stack([token // grid, token % grid])
         rng = np.random.default_rng(0)
         self.model.train()
         for step in range(1, steps + 1):
             images, targets = train.sample(rng, 32)
-            features = self._features(images[1::2])  # the crops: a mapped pixel is read from its patch's crop
-            logits = self.head(features).unflatten(-1, (16, 3))
-            loss = -(torch.from_numpy(targets[1::2]) * torch.log_softmax(logits, -1)).sum(-1).mean()
-            places = where(features).unflatten(-1, (2, grid)).permute(0, 3, 2, 1)
-            loss = loss + torch.nn.functional.cross_entropy(places, place.expand(len(features), 2, grid * grid))
+            # the crops only: a mapped pixel is read from its patch's crop
+            loss, *_ = token_losses(self._features(images[1::2]), targets[1::2], self.head, where)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -111,18 +104,22 @@ class _Ceiling:
                 part = image[y : y + 32, x : x + 32]
                 crop[: part.shape[0], : part.shape[1]] = part
                 crops.append(crop)
-            with self.torch.no_grad():
+            with torch.no_grad():
                 probs = self.head(self._features(crops)).unflatten(-1, (16, 3)).softmax(-1)
             probs = probs.reshape(-1, g, g, 4, 4, 3).permute(0, 1, 3, 2, 4, 5).reshape(-1, 32, 32, 3).numpy()
             for (y, x), p in zip(tiles[i : i + 64], probs):
                 out[y : y + 32, x : x + 32] = p[: h - y, : w - x]
         return out
 
-    def classes(self, image: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        probs = self.probabilities(image)
+    @staticmethod
+    def classes_of(probs: np.ndarray, threshold: float) -> np.ndarray:
+        """Class mask: the most probable class, boundary wherever its probability exceeds ``threshold``."""
         classes = probs.argmax(-1).astype(np.uint8)
-        classes[probs[..., 2] > (self.threshold if threshold is None else threshold)] = 2
+        classes[probs[..., 2] > threshold] = 2
         return classes
+
+    def classes(self, image: np.ndarray) -> np.ndarray:
+        return self.classes_of(self.probabilities(image), self.threshold)
 
 
 def _ceiling(model_dir: str, data: Path, scenes, steps: int, out: Path) -> _Ceiling:
@@ -140,11 +137,9 @@ def _ceiling(model_dir: str, data: Path, scenes, steps: int, out: Path) -> _Ceil
     for threshold in _Ceiling.THRESHOLDS:
         scores = []
         for scene, probs, profile in squares:
-            classes = probs.argmax(-1).astype(np.uint8)
-            classes[probs[..., 2] > threshold] = 2
             path = out / f"{scene}.ceiling_train.tif"
             with rasterio.open(path, "w", **profile) as dst:
-                dst.write(classes, 1)
+                dst.write(_Ceiling.classes_of(probs, threshold), 1)
             scores.append(_score(path, data / f"{scene}.fields.gpkg")["field_instance_mean_iou"])
         ceiling.tuning[str(threshold)] = float(np.mean(scores))
         print(json.dumps({"ceiling_threshold": threshold, "training_squares_instance_iou": np.mean(scores)}), flush=True)
@@ -161,6 +156,8 @@ def main() -> None:
     p.add_argument("--ceiling", type=int, default=0, metavar="STEPS",
                    help="also score a per-pixel head on the model's image tokens, trained STEPS steps (see above)")
     args = p.parse_args()
+    if args.ceiling < 0:
+        p.error(f"--ceiling {args.ceiling}: the number of training steps must be >= 0")
     data, out = Path(args.data), Path(args.out)
     scenes = load_catalog(data).scenes
     val = scenes[[split_of(s, 0.2) == "val" for s in scenes["id"]]]
