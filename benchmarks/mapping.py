@@ -30,7 +30,7 @@ from magseg_ray.chips.windows import ChipConfig, chip_windows
 from magseg_ray.map_region import DEMO_DIR
 from magseg_ray.model.checkpoint import DEMO_MODEL, load_model
 from magseg_ray.model.generate import GenerationSettings, answer_chip, answer_patches
-from magseg_ray.model.segmenter import ModelPrompt, read_model_prompt
+from magseg_ray.model.card import ModelPrompt, read_model_prompt
 from magseg_ray.prompt import build_patch_prompt, patch_boxes
 from magseg_ray.scenes.catalog import load_catalog
 

@@ -74,7 +74,7 @@ def phase(base: str, paths: list[str], concurrency: int, timeout: float) -> dict
 def tiny_model(root: Path) -> str:
     from magseg_ray.model.checkpoint import save_model
     from magseg_ray.model.presets import build_model
-    from magseg_ray.model.segmenter import ModelPrompt, write_model_prompt
+    from magseg_ray.model.card import ModelPrompt, write_model_prompt
 
     model, processor = build_model("tiny")
     path = save_model(model, processor, root / "tiny")

@@ -103,7 +103,7 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     from magseg_ray.chips.windows import ChipConfig, chip_windows, load_aoi
     from magseg_ray.masks.schemas import get_schema
     from magseg_ray.model.checkpoint import check_checkpoint_dir
-    from magseg_ray.model.segmenter import ModelPrompt, read_model_prompt
+    from magseg_ray.model.card import ModelPrompt, read_model_prompt
     from magseg_ray.scenes.catalog import load_catalog
 
     model_dir = cfg.model_dir()

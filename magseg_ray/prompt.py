@@ -29,8 +29,14 @@ import numpy as np
 
 from magseg_ray.errors import ChipError
 from magseg_ray.masks.schemas import BOUNDARY_WIDTH, MAX_BOUNDARY_WIDTH, Schema, get_schema
-from magseg_ray.model.tokenizer import BOI, BOS, END_OF_TURN, START_OF_TURN
 from magseg_ray.rle.codec import encode
+
+BOS, START_OF_TURN, END_OF_TURN = "<bos>", "<start_of_turn>", "<end_of_turn>"
+BOI = "<start_of_image>"
+"""Gemma3's chat markup and image placeholder, the same strings in every Gemma3 tokenizer."""
+
+INSTRUCTIONS = ("natural", "short")
+"""Instruction styles (see :attr:`PromptConfig.instruction`)."""
 
 Box = tuple[int, int, int, int]
 """A patch box in chip pixel coordinates: ``(x0, y0, x1, y1)``, end-exclusive."""
@@ -56,6 +62,11 @@ class PromptConfig:
     ``g < w`` pixels between two fields becomes a line ``2w - g`` pixels wide (``w - g`` of boundary
     on each side). Field polygons drawn on aerial imagery are often parted by a gap of 2-4 px only,
     which a width of 1 never marks; a width of 6 turns it into a line of about 9 px."""
+    instruction: str = "natural"
+    """``natural``: the instruction states the chip size, the classes and the answer syntax in words
+    (about 100 tokens; what a real Gemma3 reads). ``short``: ``Segment`` and the class codes (5
+    tokens), for offline presets that learn the task from scratch and gain nothing from the words
+    but pay for every token in every training step."""
 
     def __post_init__(self) -> None:
         get_schema(self.schema)
@@ -66,6 +77,8 @@ class PromptConfig:
             raise ChipError(f"patch_size must be >= 1, got {self.patch_size}")
         if self.crop_scale < 1:
             raise ChipError(f"crop_scale must be >= 1, got {self.crop_scale}")
+        if self.instruction not in INSTRUCTIONS:
+            raise ChipError(f"instruction must be one of {', '.join(INSTRUCTIONS)}, got {self.instruction!r}")
 
     @property
     def crop_size(self) -> int:
@@ -88,8 +101,11 @@ class PatchPrompt:
     """The R-RLE answer for the patch, when labels were given (without the end-of-turn marker)."""
 
 
-def instruction(schema: Schema, chip_h: int, chip_w: int, patch_size: int) -> str:
-    """The shared instruction: chip size, classes with their codes, and the R-RLE answer syntax."""
+def instruction(schema: Schema, chip_h: int, chip_w: int, patch_size: int, style: str = "natural") -> str:
+    """The shared instruction: chip size, classes with their codes, and the R-RLE answer syntax in
+    words; in the ``short`` style only ``Segment`` and the class codes."""
+    if style == "short":
+        return f"Segment {''.join(schema.codes)}"
     classes = ", ".join(f"{c.code} {c.name}" for c in schema.classes)
     return (
         f"Segment this {chip_w}x{chip_h} image chip into classes {classes}. "
@@ -152,7 +168,7 @@ def build_patch_prompt(
     if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
         raise ChipError(f"patch box {box} lies outside the {w}x{h} chip")
 
-    prefix = f"{BOS}{START_OF_TURN}user\n{BOI}{instruction(schema, h, w, p)}\nPatch "
+    prefix = f"{BOS}{START_OF_TURN}user\n{BOI}{instruction(schema, h, w, p, config.instruction)}\nPatch "
     images = [chip]
     text = prefix
     if config.local_crop:

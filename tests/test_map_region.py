@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from magseg_ray.errors import ConfigError, SceneError, SchemaError
 from magseg_ray.map_region import DEMO_DIR, MapConfig, check_output, plan
-from magseg_ray.model.segmenter import ModelPrompt, write_model_prompt
+from magseg_ray.model.card import ModelPrompt, write_model_prompt
 from magseg_ray.scenes.catalog import build_catalog
 from magseg_ray.stitch.outputs import RunFiles
 

@@ -24,9 +24,10 @@ from collections.abc import Iterable
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
-START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
-BOI, EOI, IMAGE = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
+from magseg_ray.prompt import BOI, BOS, END_OF_TURN, START_OF_TURN
+
+EOS, PAD, UNK = "<eos>", "<pad>", "<unk>"
+EOI, IMAGE = "<end_of_image>", "<image_soft_token>"
 # Gemma3's ids for pad/eos/bos are 0/1/2; keep the same order.
 SPECIAL_TOKENS = (PAD, EOS, BOS, UNK, START_OF_TURN, END_OF_TURN, BOI, EOI, IMAGE)
 

@@ -69,7 +69,8 @@ class TileServer:
         from magseg_ray.chips.windows import ChipConfig
         from magseg_ray.map_region import model_fingerprint
         from magseg_ray.masks.schemas import get_schema
-        from magseg_ray.model.segmenter import ChipSegmenter, ModelPrompt, read_model_prompt
+        from magseg_ray.model.card import ModelPrompt, read_model_prompt
+        from magseg_ray.model.segmenter import ChipSegmenter
         from magseg_ray.scenes.catalog import load_catalog
         from magseg_ray.scenes.store import ObjectStore
         from magseg_ray.serve.cache import ChipCache

@@ -52,7 +52,6 @@ import dataclasses
 import json
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,7 +130,7 @@ class GRPOConfig:
     def model_prompt(self):
         """The policy's prompt settings: those given here, the rest from the model's ``magseg.json``
         (a model is trained for one prompt layout; the defaults follow it)."""
-        from magseg_ray.model.segmenter import ModelPrompt, read_model_prompt
+        from magseg_ray.model.card import ModelPrompt, read_model_prompt
 
         given = {k: getattr(self, k) for k in ("schema", "patch_size", "local_crop", "crop_scale")}
         card = read_model_prompt(self.model) or ModelPrompt()
@@ -153,7 +152,7 @@ class GRPOConfig:
 def check_config(cfg: GRPOConfig) -> None:
     """Fail before any actor or worker starts on what can be checked on the driver."""
     from magseg_ray.model.checkpoint import check_checkpoint_dir
-    from magseg_ray.model.segmenter import check_model_prompt
+    from magseg_ray.model.card import check_model_prompt
     from magseg_ray.train.rewards import get_reward
 
     if cfg.group_size < 2:
@@ -250,15 +249,8 @@ def step_keys(n_prompts: int, step: int, per_step: int, seed: int) -> list[int]:
 
 # ---- the learner -----------------------------------------------------------------------------
 
-def _ds_config(batch: int, zero_stage: int, bf16: bool) -> dict:
-    return {"train_micro_batch_size_per_gpu": batch, "gradient_accumulation_steps": 1,
-            "zero_optimization": {"stage": zero_stage}, "bf16": {"enabled": bf16},
-            "gradient_clipping": 1.0, "steps_per_print": 10**9}
-
-
 def learner_loop(loop_config: dict) -> None:
     """Ray Train worker: GRPO updates of the LoRA policy on this learner's share of each step."""
-    import deepspeed
     import ray
     import ray.train
     import torch
@@ -267,6 +259,7 @@ def learner_loop(loop_config: dict) -> None:
 
     from magseg_ray.model.lora import attach_lora
     from magseg_ray.train.batches import collate
+    from magseg_ray.train.engine import CheckpointState, deepspeed_engine, worker_device
     from magseg_ray.train.rollout import PromptSet, RolloutPool, load_policy_base
 
     cfg = GRPOConfig(**loop_config["config"])
@@ -275,26 +268,17 @@ def learner_loop(loop_config: dict) -> None:
     prompts = PromptSet(ray.get(loop_config["chips"]), cfg.prompt())
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    use_cuda = cfg.use_gpu and torch.cuda.is_available()
-    device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
-    bf16 = use_cuda and torch.cuda.is_bf16_supported()
+    device, bf16 = worker_device(cfg.use_gpu)
 
     model, processor = load_policy_base(cfg.model, cfg.adapter or None)
     torch.manual_seed(cfg.seed)
     model = attach_lora(model, cfg.lora())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     local_batch = -(-cfg.prompts_per_step // world) * cfg.group_size
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, dist_init_required=False,
-                                      config=_ds_config(local_batch, cfg.zero_stage, bf16))
+    engine = deepspeed_engine(model, optimizer, local_batch, cfg.zero_stage, bf16)
     policy = engine.module
-
-    state = {"step": 0, "history": [], "restored_from_step": None, "start": None}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            engine.load_checkpoint(d, tag="ds")
-            state = json.loads((Path(d) / "state.json").read_text())
-            state["restored_from_step"] = state["step"]
+    run = CheckpointState(engine, rank, {"step": 0, "history": [], "restored_from_step": None, "start": None})
+    state = run.state
 
     def publish():
         """The current LoRA weights in the object store (rank 0 only)."""
@@ -302,16 +286,7 @@ def learner_loop(loop_config: dict) -> None:
         return ray.put({k: v.detach().to("cpu", copy=True) for k, v in lora.items()}) if rank == 0 else None
 
     def report(row: dict, save: bool) -> None:
-        state["history"].append(row)
-        if not save:
-            ray.train.report(row)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            engine.save_checkpoint(d, tag="ds")
-            if rank == 0:
-                (Path(d) / "state.json").write_text(json.dumps(state))
-                policy.save_pretrained(Path(d) / "adapter")
-            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
+        run.report(row, save, lambda folder: policy.save_pretrained(folder / "adapter"))
 
     weights = publish()
     if state["start"] is None:
@@ -326,7 +301,7 @@ def learner_loop(loop_config: dict) -> None:
         shared = [pool.rollout(batch_keys, step, weights, cfg.group_size, cfg.temperature, cfg.seed * 100_003 + step)
                   if rank == 0 else None]
         if world > 1:
-            dist.broadcast_object_list(shared, src=0, device=device if use_cuda else None)
+            dist.broadcast_object_list(shared, src=0, device=device if device.type == "cuda" else None)
         rollout = shared[0]
         groups = rollout["groups"]
         rewards = np.array([g["rewards"] for g in groups])
@@ -386,9 +361,8 @@ def export_merged(cfg: GRPOConfig, adapter: Path, out: Path) -> Path:
     """The GRPO policy (base, SFT adapter if any, GRPO adapter) merged into a plain checkpoint."""
     from magseg_ray.model.checkpoint import save_model
     from magseg_ray.model.lora import load_adapter
+    from magseg_ray.model.card import write_model_prompt
     from magseg_ray.train.rollout import load_policy_base
-
-    from magseg_ray.model.segmenter import write_model_prompt
 
     model, processor = load_policy_base(cfg.model, cfg.adapter or None)
     save_model(load_adapter(model, adapter).merge_and_unload(), processor, out)
@@ -399,14 +373,13 @@ def export_merged(cfg: GRPOConfig, adapter: Path, out: Path) -> Path:
 def run_grpo(cfg: GRPOConfig) -> dict:
     """Run GRPO on the current Ray cluster; return the summary (also in ``metrics.json``)."""
     import ray
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     from magseg_ray.chips.pipeline import patch_records, training_chips
     from magseg_ray.chips.windows import ChipConfig
     from magseg_ray.scenes.catalog import load_catalog
     from magseg_ray.scenes.store import ObjectStore
     from magseg_ray.train.curves import plot_curves
+    from magseg_ray.train.engine import torch_trainer
     from magseg_ray.train.rollout import PromptSet, RolloutPool
 
     check_config(cfg)
@@ -434,16 +407,8 @@ def run_grpo(cfg: GRPOConfig) -> dict:
                              adapter=cfg.adapter or None, lora=cfg.lora(), prompt=prompt, reward=cfg.reward,
                              train_chips=chips_ref, val_records=val, seed=cfg.seed,
                              max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size)
-    trainer = TorchTrainer(
-        learner_loop,
-        train_loop_config={"config": dataclasses.asdict(cfg), "actors": pool.actors, "keys": keys, "chips": chips_ref},
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=ray.train.RunConfig(name=cfg.run_name, storage_path=str(Path(cfg.storage).resolve()),
-                                       failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
-    )
+    trainer = torch_trainer(learner_loop, {"config": dataclasses.asdict(cfg), "actors": pool.actors, "keys": keys,
+                                           "chips": chips_ref}, cfg)
     try:
         result = trainer.fit()
     finally:

@@ -35,7 +35,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -68,6 +67,10 @@ class SFTConfig:
         "half-width w in pixels of the boundary class in the answers: a field pixel is boundary when another "
         "field lies within w px, so a gap of g < w px between two fields becomes a line 2w - g px wide "
         "(6 turns the 2-4 px gaps between fields in aerial labels into lines of about 9 px)"))
+    instruction: str = field(default=PromptConfig.instruction, metadata=doc(
+        "instruction style: 'natural' states chip size, classes and answer syntax in words (about 100 tokens, "
+        "for real Gemma3 checkpoints); 'short' is 'Segment' and the class codes (5 tokens: offline presets learn "
+        "the task from scratch and pay for every prompt token in every step)", choices=["natural", "short"]))
     val_fraction: float = field(default=0.2, metadata=doc("share of scenes held out for validation (by scene id hash)"))
     val_patches: int = field(default=32, metadata=doc("validation patches scored every eval_every steps"))
     uniform_keep: float = field(default=1.0, metadata=doc(
@@ -84,6 +87,9 @@ class SFTConfig:
         "also train the multimodal projector in full (for offline presets, whose projector starts random)"))
     train_vision: bool = field(default=False, metadata=doc(
         "also train the vision tower in full (for offline presets, whose SigLIP starts random)"))
+    freeze_vision: bool = field(default=False, metadata=doc(
+        "keep the vision tower and projector frozen (after dense vision pretraining) and compute each image's "
+        "tokens once, without a backward pass, reusing them for every prompt and epoch that shows the image"))
     full: bool = field(default=False, metadata=doc(
         "train every weight instead of LoRA adapters (for offline presets, which start random: LoRA on "
         "a random decoder learns little); writes no adapter/"))
@@ -116,10 +122,10 @@ class SFTConfig:
 
     def model_prompt(self):
         """The prompt settings written next to every model this run saves (``magseg.json``)."""
-        from magseg_ray.model.segmenter import ModelPrompt
+        from magseg_ray.model.card import ModelPrompt
 
         return ModelPrompt(self.schema, self.patch_size, self.chip_size, self.local_crop, self.crop_scale,
-                           self.boundary_width)
+                           self.boundary_width, self.instruction)
 
     def prompt(self) -> PromptConfig:
         return self.model_prompt().prompt()
@@ -133,7 +139,7 @@ def check_config(cfg: SFTConfig) -> None:
     """Fail before any worker starts on what can be checked on the driver."""
     from magseg_ray.model.checkpoint import check_checkpoint_dir
     from magseg_ray.model.presets import PRESETS
-    from magseg_ray.model.segmenter import check_model_prompt
+    from magseg_ray.model.card import check_model_prompt
 
     prompt = cfg.prompt()  # bad prompt settings (a negative crop scale, too wide a boundary) fail here
     if cfg.base not in PRESETS:
@@ -149,6 +155,9 @@ def check_config(cfg: SFTConfig) -> None:
         raise ConfigError("max_steps, batch_size and checkpoint_every must be >= 1")
     if cfg.warmup_steps < 0 or cfg.shuffle_patches < 0:
         raise ConfigError("warmup_steps and shuffle_patches must be >= 0")
+    if cfg.freeze_vision and (cfg.train_vision or cfg.train_projector):
+        raise ConfigError("--freeze-vision keeps the vision tower and projector fixed: drop --train-vision "
+                          "and --train-projector")
 
 
 def load_base(cfg: SFTConfig):
@@ -182,6 +191,18 @@ def score_patches(model, processor, records: list[dict], prompt: PromptConfig,
     return {"val_dice": float(np.nanmean(dice)), "val_field_iou": float((pred_f & true_f).sum() / union) if union else 1.0}
 
 
+def model_inputs(batch: dict) -> dict:
+    """A collated batch as model keyword arguments: cached image tokens (``image_features``, from
+    :class:`~magseg_ray.train.features.ImageFeatureCache`) go in as the model's image encoder output."""
+    if "image_features" not in batch:
+        return batch
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    inputs = {k: v for k, v in batch.items() if k != "image_features"}
+    inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=batch["image_features"])}
+    return inputs
+
+
 def answer_loss(model, batch: dict, mean: str = "answer"):
     """Cross-entropy on the answer tokens of a collated batch, averaged as ``mean`` says (see
     :attr:`SFTConfig.loss_mean`)."""
@@ -189,6 +210,7 @@ def answer_loss(model, batch: dict, mean: str = "answer"):
 
     from magseg_ray.train.batches import IGNORE
 
+    batch = model_inputs(batch)
     if mean == "token":
         return model(**batch).loss
     logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1].float()
@@ -198,92 +220,142 @@ def answer_loss(model, batch: dict, mean: str = "answer"):
     return (per_token.sum(1) / (target != IGNORE).sum(1).clamp(min=1)).mean()
 
 
-def _ds_config(cfg: SFTConfig, bf16: bool) -> dict:
-    return {
-        "train_micro_batch_size_per_gpu": cfg.batch_size,
-        "gradient_accumulation_steps": 1,
-        "zero_optimization": {"stage": cfg.zero_stage},
-        "bf16": {"enabled": bf16},
-        "gradient_clipping": 1.0,
-        "steps_per_print": 10**9,
-    }
+class _Worker:
+    """One Ray Train worker of an SFT run: its engine, batches, state and reporting."""
+
+    def __init__(self, cfg: SFTConfig, val_records: list[dict], fixed_batch: list[dict]):
+        import ray.train
+        import torch
+
+        from magseg_ray.model.lora import LoraSettings, attach_lora
+        from magseg_ray.train.engine import CheckpointState, deepspeed_engine, worker_device
+        from magseg_ray.train.features import ImageFeatureCache
+
+        self.cfg, self.val_records, self.fixed_batch = cfg, val_records, fixed_batch
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device, bf16 = worker_device(cfg.use_gpu)
+        model, self.processor = load_base(cfg)
+        torch.manual_seed(cfg.seed)
+        self.cache = None
+        if cfg.freeze_vision:
+            model.model.vision_tower.requires_grad_(False)
+            model.model.multi_modal_projector.requires_grad_(False)
+            self.cache = ImageFeatureCache(model.to(self.device), self.processor, self.device)
+        if not cfg.full:
+            modules = ("multi_modal_projector",) * cfg.train_projector + ("vision_tower",) * cfg.train_vision
+            model = attach_lora(model, LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, train_modules=modules))
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, partial(lr_factor, warmup=cfg.warmup_steps, total=cfg.max_steps))
+        self.engine = deepspeed_engine(model, optimizer, cfg.batch_size, cfg.zero_stage, bf16, scheduler)
+        self.run = CheckpointState(self.engine, self.rank, {"step": 0, "epoch": 0, "chips_done": 0, "history": [],
+                                                            "restored_from_step": None})
+        self.state = self.run.state
+        self.losses: list[float] = []
+        # throughput over training steps (batch making included), this process's first step excluded
+        self.step_time, self.tokens, self.patches, self.steps_here = 0.0, 0, 0, 0
+
+    def batch(self, records: list[dict]) -> dict:
+        """Model inputs of ``records`` on the worker's device (cached image tokens when frozen)."""
+        from magseg_ray.train.batches import collate, collate_text
+
+        if self.cache is None:
+            batch = collate(self.processor, records)
+        else:
+            batch = {**collate_text(self.processor, records), "image_features": self.cache(records)}
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def fixed_loss(self) -> float:
+        import torch
+
+        self.engine.eval()
+        with torch.no_grad():
+            loss = answer_loss(self.engine, self.batch(self.fixed_batch), self.cfg.loss_mean).item()
+        self.engine.train()
+        return loss
+
+    def train_step(self, records: list[dict]) -> float:
+        """One optimizer step on ``records``; returns its loss."""
+        start = time.perf_counter()
+        batch = self.batch(records)
+        loss = answer_loss(self.engine, batch, self.cfg.loss_mean)
+        self.engine.backward(loss)
+        self.engine.step()
+        self.state["step"] += 1
+        self.steps_here += 1
+        if self.steps_here > 1:
+            self.step_time += time.perf_counter() - start
+            self.tokens += int(batch["attention_mask"].sum())
+            self.patches += len(records)
+        self.losses.append(loss.item())
+        return self.losses[-1]
+
+    def rates(self) -> dict:
+        """All workers' training tokens and patches per second, from this rank's (batches are the
+        same size on every rank)."""
+        if not self.step_time:
+            return {"tokens_per_s": None, "patches_per_s": None}
+        return {"tokens_per_s": self.tokens * self.world / self.step_time,
+                "patches_per_s": self.patches * self.world / self.step_time}
+
+    def save_rank0(self, folder: Path) -> None:
+        from magseg_ray.model.card import write_model_prompt
+        from magseg_ray.model.checkpoint import save_model
+
+        if self.cfg.full:  # a checkpoint's model maps as it is
+            save_model(self.engine.module, self.processor, folder / "model")
+            write_model_prompt(folder / "model", self.cfg.model_prompt())
+        else:
+            self.engine.module.save_pretrained(folder / "adapter")
+
+    def after_step(self, loss: float, chip_index: int, buffer: list[dict]) -> None:
+        """Progress line, fault injection, validation and checkpoint as the step number asks."""
+        cfg, step = self.cfg, self.state["step"]
+        if self.rank == 0 and step % cfg.log_every == 0:
+            rates = self.rates()
+            print(f"[sft] step {step}/{cfg.max_steps} epoch {self.state['epoch']} loss {loss:.4f} "
+                  f"lr {self.engine.get_lr()[0]:.2e} {rates['tokens_per_s'] or 0:.0f} tokens/s "
+                  f"{rates['patches_per_s'] or 0:.1f} patches/s", flush=True)
+        if step == cfg.fail_once_at_step and self.rank == 1:
+            marker = cfg.run_dir / f".failed_at_{step}"
+            if not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+                time.sleep(5)  # let the controller register the last reported checkpoint
+                os._exit(1)  # a worker dies mid-run: Ray Train restarts from the checkpoint
+        evaluate = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps
+        save = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
+        if not (evaluate or save):
+            return
+        extra = {"loss": float(np.mean(self.losses)), **self.rates(),
+                 "restored_from_step": self.state["restored_from_step"]}
+        if evaluate:
+            extra["fixed_batch_loss"] = self.fixed_loss()
+            if self.rank == 0 and self.val_records:
+                self.engine.eval()
+                extra.update(score_patches(self.engine.module, self.processor, self.val_records, self.cfg.prompt()))
+                self.engine.train()
+        self.losses.clear()
+        if save:  # chips with patches still in the buffer are redone on resume
+            self.state["chips_done"] = min((r["chip_index"] for r in buffer), default=chip_index)
+        self.run.report({"step": step, "epoch": self.state["epoch"], **extra}, save, self.save_rank0)
 
 
 def train_loop(loop_config: dict) -> None:
-    """Ray Train worker: DeepSpeed LoRA SFT on this worker's shard of chip records."""
-    import deepspeed
+    """Ray Train worker: DeepSpeed SFT on this worker's shard of chip records (see module doc)."""
     import ray.train
-    import torch
 
     from magseg_ray.chips.pipeline import patch_records
-    from magseg_ray.model.checkpoint import save_model
-    from magseg_ray.model.lora import LoraSettings, attach_lora
-    from magseg_ray.model.segmenter import write_model_prompt
-    from magseg_ray.train.batches import collate
 
     cfg = SFTConfig(**loop_config["config"])
-    card = cfg.model_prompt()
-    val_records, fixed_batch = loop_config["val"], loop_config["fixed_batch"]
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    prompt = cfg.prompt()
-    use_cuda = cfg.use_gpu and torch.cuda.is_available()
-    device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
-    bf16 = use_cuda and torch.cuda.is_bf16_supported()
-
-    model, processor = load_base(cfg)
-    torch.manual_seed(cfg.seed)
-    if not cfg.full:
-        train_modules = ("multi_modal_projector",) * cfg.train_projector + ("vision_tower",) * cfg.train_vision
-        model = attach_lora(model, LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, train_modules=train_modules))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=cfg.warmup_steps, total=cfg.max_steps))
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                      config=_ds_config(cfg, bf16), dist_init_required=False)
-
-    state = {"step": 0, "epoch": 0, "chips_done": 0, "history": [], "restored_from_step": None}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            engine.load_checkpoint(d, tag="ds")
-            state = json.loads((Path(d) / "state.json").read_text())
-            state["restored_from_step"] = state["step"]
-
-    def to_device(batch):
-        return {k: v.to(device) for k, v in batch.items()}
-
-    def fixed_loss() -> float:
-        engine.eval()
-        with torch.no_grad():
-            loss = answer_loss(engine, to_device(collate(processor, fixed_batch)), cfg.loss_mean).item()
-        engine.train()
-        return loss
-
-    def report(extra: dict, save: bool) -> None:
-        row = {"step": state["step"], "epoch": state["epoch"], **extra}
-        state["history"].append(row)
-        if not save:
-            ray.train.report(row)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            engine.save_checkpoint(d, tag="ds")
-            if rank == 0:
-                (Path(d) / "state.json").write_text(json.dumps(state))
-                if cfg.full:  # a checkpoint's model maps as it is
-                    save_model(engine.module, processor, Path(d) / "model")
-                    write_model_prompt(Path(d) / "model", card)
-                else:
-                    engine.module.save_pretrained(Path(d) / "adapter")
-            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
-
+    worker = _Worker(cfg, loop_config["val"], loop_config["fixed_batch"])
+    state, prompt = worker.state, cfg.prompt()
     if state["step"] == 0:
-        report({"fixed_batch_loss": fixed_loss()}, save=False)
-    rng = random.Random(cfg.seed * 1000 + rank)
+        worker.run.report({"step": 0, "epoch": 0, "fixed_batch_loss": worker.fixed_loss()}, save=False)
+    rng = random.Random(cfg.seed * 1000 + worker.rank)
     shard = ray.train.get_dataset_shard("train")
     buffer: list[dict] = []
-    losses: list[float] = []
-    # throughput over training steps only (no eval, checkpoint or data waits), this process's first step excluded
-    step_time, tokens, steps_here = 0.0, 0, 0
     while state["step"] < cfg.max_steps:
         seen_patches = 0
         for i, chip in enumerate(shard.iter_rows()):
@@ -297,52 +369,13 @@ def train_loop(loop_config: dict) -> None:
             while len(buffer) >= max(cfg.batch_size, cfg.shuffle_patches) and state["step"] < cfg.max_steps:
                 picked = [buffer.pop(rng.randrange(len(buffer)) if cfg.shuffle_patches else 0)
                           for _ in range(cfg.batch_size)]
-                batch = to_device(collate(processor, picked))
-                t_step = time.perf_counter()
-                loss = answer_loss(engine, batch, cfg.loss_mean)
-                engine.backward(loss)
-                engine.step()
-                state["step"] += 1
-                losses.append(loss.item())
-                steps_here += 1
-                if steps_here > 1:
-                    step_time += time.perf_counter() - t_step
-                    tokens += int(batch["attention_mask"].sum())
-                step = state["step"]
-                if rank == 0 and step % cfg.log_every == 0:
-                    print(f"[sft] step {step}/{cfg.max_steps} epoch {state['epoch']} loss {loss.item():.4f} "
-                          f"lr {engine.get_lr()[0]:.2e} {tokens * ctx.get_world_size() / max(step_time, 1e-9):.0f} tokens/s", flush=True)
-                if step == cfg.fail_once_at_step and rank == 1:
-                    marker = cfg.run_dir / f".failed_at_{step}"
-                    if not marker.exists():
-                        marker.parent.mkdir(parents=True, exist_ok=True)
-                        marker.touch()
-                        time.sleep(5)  # let the controller register the last reported checkpoint
-                        os._exit(1)  # a worker dies mid-run: Ray Train restarts from the checkpoint
-                evaluate = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps
-                save = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
-                if evaluate or save:
-                    # all workers' tokens per second, from rank 0's (batches are the same size on every rank)
-                    tps = tokens * ctx.get_world_size() / step_time if step_time else None
-                    extra = {"loss": float(np.mean(losses)), "tokens_per_s": tps,
-                             "restored_from_step": state["restored_from_step"]}
-                    if evaluate:
-                        extra["fixed_batch_loss"] = fixed_loss()
-                        if rank == 0 and val_records:
-                            engine.eval()
-                            extra.update(score_patches(engine.module, processor, val_records, prompt))
-                            engine.train()
-                    losses.clear()
-                    if save:
-                        # chips with patches still in the buffer are redone on resume
-                        state["chips_done"] = min((r["chip_index"] for r in buffer), default=i)
-                    report(extra, save)
+                worker.after_step(worker.train_step(picked), i, buffer)
             if state["step"] >= cfg.max_steps:
                 break
         else:
             if seen_patches == 0 and state["chips_done"] == 0:
-                raise ConfigError(f"worker {rank} got no training patches: the training split is too small "
-                                  f"for {cfg.num_workers} workers")
+                raise ConfigError(f"worker {worker.rank} got no training patches: the training split is too "
+                                  f"small for {cfg.num_workers} workers")
             state["epoch"] += 1
             state["chips_done"] = 0
             for r in buffer:  # leftovers carry into the next epoch, counted as its first chip's
@@ -370,15 +403,13 @@ def export_merged(cfg: SFTConfig, adapter: Path, out: Path) -> Path:
 
 def run_sft(cfg: SFTConfig) -> dict:
     """Run SFT on the current Ray cluster; return the final metrics (also in ``metrics.json``)."""
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from magseg_ray.chips.pipeline import patch_records, training_chips
     from magseg_ray.chips.windows import ChipConfig
-    from magseg_ray.model.segmenter import write_model_prompt
+    from magseg_ray.model.card import write_model_prompt
     from magseg_ray.scenes.catalog import load_catalog
     from magseg_ray.scenes.store import ObjectStore
     from magseg_ray.train.curves import plot_curves
+    from magseg_ray.train.engine import torch_trainer
 
     check_config(cfg)
     store = ObjectStore.from_env()
@@ -399,17 +430,8 @@ def run_sft(cfg: SFTConfig) -> dict:
     if not fixed_batch:
         raise ConfigError(f"no readable training patches in the first chips of {cfg.data!r}")
 
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"config": dataclasses.asdict(cfg), "val": val, "fixed_batch": fixed_batch},
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=ray.train.RunConfig(name=cfg.run_name, storage_path=str(Path(cfg.storage).resolve()),
-                                       failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
-        datasets={"train": train},
-    )
+    trainer = torch_trainer(train_loop, {"config": dataclasses.asdict(cfg), "val": val, "fixed_batch": fixed_batch},
+                            cfg, datasets={"train": train})
     result = trainer.fit()
     out = cfg.run_dir
     with result.checkpoint.as_directory() as d:
@@ -424,6 +446,6 @@ def run_sft(cfg: SFTConfig) -> dict:
     summary = {"config": dataclasses.asdict(cfg), "final": history[-1], "history": history,
                "val_patches": len(val), "model": str(out / "model")}
     write_atomic(out / "metrics.json", json.dumps(summary, indent=1))
-    plot_curves(history, ["loss", "fixed_batch_loss", "val_dice", "val_field_iou"], out / "curves.png",
+    plot_curves(history, ["loss", "fixed_batch_loss", "val_dice", "val_field_iou", "patches_per_s"], out / "curves.png",
                 f"SFT {cfg.run_name} ({cfg.base}, {cfg.num_workers} workers, ZeRO-{cfg.zero_stage})")
     return summary

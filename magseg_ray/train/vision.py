@@ -64,6 +64,7 @@ class VisionPretrainConfig:
     lr: float = field(default=1e-3, metadata=doc("peak learning rate (AdamW; 5 % warmup, cosine to a tenth)"))
     log_every: int = field(default=50, metadata=doc("steps between progress lines and validations"))
     seed: int = field(default=0, metadata=doc("seed of the preset and of the sampled chips"))
+    use_gpu: bool = field(default=False, metadata=doc("train on this machine's GPU when it has one (else the CPU)"))
 
 
 class _Scenes:
@@ -123,12 +124,12 @@ def token_losses(features, targets: np.ndarray, head, where, position_weight: fl
 
     grid = math.isqrt(features.shape[1])
     logits = head(features).unflatten(-1, (targets.shape[2], 3))
-    target = torch.from_numpy(targets)
+    target = torch.from_numpy(targets).to(features.device)
     loss = -(target * torch.log_softmax(logits, -1)).sum(-1).mean()
     accuracy = (logits.argmax(-1) == target.argmax(-1)).float().mean()
     # (images, tokens, 2, grid) -> (images, grid, 2, tokens): rows and columns as two cross-entropies
     places = where(features).unflatten(-1, (2, grid)).permute(0, 3, 2, 1)
-    token = torch.arange(grid * grid)
+    token = torch.arange(grid * grid, device=features.device)
     truth = torch.stack([token // grid, token % grid]).expand(len(features), 2, grid * grid)
     loss = loss + position_weight * torch.nn.functional.cross_entropy(places, truth)
     placed = (places.argmax(1) == truth).all(1).float().mean()
@@ -142,7 +143,7 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
     from magseg_ray.chips.pipeline import split_of
     from magseg_ray.model.checkpoint import load_model, save_model
     from magseg_ray.model.presets import PRESETS, build_model
-    from magseg_ray.model.segmenter import ModelPrompt, write_model_prompt
+    from magseg_ray.model.card import ModelPrompt, write_model_prompt
     from magseg_ray.prompt import PromptConfig
     from magseg_ray.scenes.catalog import load_catalog
     from magseg_ray.train.curves import plot_curves
@@ -168,8 +169,10 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
     train = _Scenes(scenes[split == "train"], *layout)
     val = _Scenes(scenes[split == "val"], *layout) if (split == "val").any() else train
     torch.manual_seed(cfg.seed)
+    device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     hidden = model.config.text_config.hidden_size
     head, where = torch.nn.Linear(hidden, sub * sub * 3), torch.nn.Linear(hidden, 2 * grid)
+    model, head, where = model.to(device), head.to(device), where.to(device)
     params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(),
               *head.parameters(), *where.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
@@ -177,7 +180,7 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
         optimizer, partial(lr_factor, warmup=max(cfg.steps // 20, 1), total=cfg.steps))
 
     def loss_and_accuracy(images, targets):
-        pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"].to(device)
         features = model.model.get_image_features(pixels).pooler_output
         return token_losses(features, targets, head, where, cfg.position_weight)
 
@@ -211,7 +214,7 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
                   f"{row['val_position_accuracy']:.3f} {row['seconds']:.0f} s", flush=True)
     model.eval()
     out = Path(cfg.out)
-    save_model(model, processor, out)
+    save_model(model.cpu(), processor, out)
     # the prompt settings the tokens were trained for: SFT from this base refuses others
     write_model_prompt(out, ModelPrompt(patch_size=cfg.patch_size, chip_size=cfg.chip_size, crop_scale=cfg.crop_scale,
                                         boundary_width=cfg.boundary_width))

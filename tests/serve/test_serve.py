@@ -26,7 +26,7 @@ import shapely
 from magseg_ray.cluster import free_port
 from magseg_ray.map_region import DEMO_DIR, MapConfig, run_map_region
 from magseg_ray.masks.schemas import get_schema
-from magseg_ray.model.segmenter import ModelPrompt, write_model_prompt
+from magseg_ray.model.card import ModelPrompt, write_model_prompt
 from magseg_ray.scenes.catalog import build_catalog
 from magseg_ray.serve.tiles import Tile, classes_of_png, to_tile
 

@@ -94,8 +94,7 @@ def args(storage, model, **overrides):
 
 
 @pytest.mark.slow  # two job runs: about 4.5 min on 2 busy cores
-def test_grpo_job_runs_and_resumes(ray_cluster, tiny_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+def test_grpo_job_runs_and_resumes(ray_cluster, tiny_dir, tmp_path, capsys):
     main = grpo_main()
     assert main(args(tmp_path, tiny_dir, address=ray_cluster.address)) == 0
     run = tmp_path / "g"

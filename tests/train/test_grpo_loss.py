@@ -147,7 +147,7 @@ def test_bad_inputs_fail_before_workers_start(tiny_dir, tmp_path):
 def test_prompt_settings_follow_the_model_card(tiny_dir, tmp_path):
     import shutil
 
-    from magseg_ray.model.segmenter import ModelPrompt, read_model_prompt, write_model_prompt
+    from magseg_ray.model.card import ModelPrompt, read_model_prompt, write_model_prompt
 
     model = shutil.copytree(tiny_dir, tmp_path / "model")
     write_model_prompt(model, ModelPrompt(patch_size=16, crop_scale=1.0, boundary_width=4))

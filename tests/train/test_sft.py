@@ -30,8 +30,7 @@ def args(storage, *switches, **overrides):
     return [x for k, v in flags.items() for x in (f"--{k}", str(v))] + [f"--{s}" for s in switches]
 
 
-def test_sft_survives_a_killed_worker_and_resumes_on_rerun(ray_cluster, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+def test_sft_survives_a_killed_worker_and_resumes_on_rerun(ray_cluster, tmp_path, capsys):
     main = sft_main()
     assert main(args(tmp_path, **{"fail-once-at-step": 3, "address": ray_cluster.address})) == 0
     run = tmp_path / "t"
@@ -68,7 +67,7 @@ def test_bad_inputs_fail_before_workers_start(tmp_path):
 
 def test_a_base_built_for_other_prompts_is_refused(tmp_path):
     from magseg_ray.model.checkpoint import save_model
-    from magseg_ray.model.segmenter import ModelPrompt, read_model_prompt, write_model_prompt
+    from magseg_ray.model.card import ModelPrompt, read_model_prompt, write_model_prompt
 
     save_model(*build_model("tiny"), tmp_path / "base")
     write_model_prompt(tmp_path / "base", ModelPrompt(crop_scale=1.0))
@@ -136,3 +135,22 @@ def test_answer_mean_loss_weighs_every_patch_the_same():
         tokens = answer_loss(model, collate(processor, records), "token").item()
     assert together == pytest.approx(np.mean(alone), rel=1e-4)  # left padding and shift line up
     assert tokens != pytest.approx(together, rel=1e-3)  # token mean weighs long answers more
+
+
+def test_frozen_vision_trains_the_decoder_on_cached_image_tokens(ray_cluster, tmp_path):
+    from magseg_ray.model.card import read_model_prompt
+
+    flags = args(tmp_path, "full", "freeze-vision", **{"max-steps": 3, "checkpoint-every": 3, "eval-every": 3,
+                                                       "instruction": "short", "address": ray_cluster.address})
+    assert sft_main()(flags) == 0
+    run = tmp_path / "t"
+    final = json.loads((run / "metrics.json").read_text())["final"]
+    assert final["patches_per_s"] > 0 and 0 <= final["val_dice"] <= 1
+    trained, _ = load_model(run / "model")
+    base, _ = build_model("tiny", seed=0)
+    changed = {n for n, p in trained.named_parameters() if not torch.equal(p, base.state_dict()[n])}
+    assert any("language_model" in n for n in changed)
+    assert not any("vision_tower" in n or "multi_modal_projector" in n for n in changed)
+    assert read_model_prompt(run / "model").instruction == "short"  # mapping builds the same prompts
+    with pytest.raises(ConfigError, match="--freeze-vision"):
+        check_config(SFTConfig(base="tiny", data="x", freeze_vision=True, train_vision=True))

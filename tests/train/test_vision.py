@@ -11,7 +11,7 @@ import torch
 from magseg_ray.errors import ConfigError
 from magseg_ray.model.checkpoint import load_model
 from magseg_ray.model.presets import build_model
-from magseg_ray.model.segmenter import read_model_prompt
+from magseg_ray.model.card import read_model_prompt
 from magseg_ray.train.vision import VisionPretrainConfig, _shares, pretrain_vision
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,82 @@
+"""The model card: the prompt settings a model was trained with, kept beside its weights.
+
+A model answers well only for the prompt layout it was trained on, so every model folder this
+project writes holds ``magseg.json``: the fields of :class:`ModelPrompt`. Jobs read it to build the
+same prompts (:func:`read_model_prompt`), and training refuses a base built for other prompts
+(:func:`check_model_prompt`). A checkpoint without the file (a hub Gemma3 folder) has no card; a
+card written before a field existed reads that field's default, which is what such a model used.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from magseg_ray.errors import ConfigError
+from magseg_ray.prompt import PromptConfig
+
+MODEL_CARD = "magseg.json"
+"""File in a model folder that records the prompt settings the model was trained with."""
+
+LAYOUT_FIELDS = ("schema", "patch_size", "local_crop", "crop_scale")
+"""Settings that fix the prompt's layout: a base built for other values is refused for training.
+The rest (boundary width, instruction, answer format) are what a further training run may change."""
+
+
+@dataclass(frozen=True)
+class ModelPrompt:
+    """Prompt settings a model was trained with (``magseg.json`` in its folder)."""
+
+    schema: str = "fields3"
+    """Label schema of the answers."""
+    patch_size: int = 32
+    """Patch side in pixels."""
+    chip_size: int = 512
+    """Chip side in pixels the model saw as global context."""
+    local_crop: bool = True
+    """Whether prompts show the local crop."""
+    crop_scale: float = 2.0
+    """Side of the local crop as a multiple of the patch side."""
+    boundary_width: int = PromptConfig.boundary_width
+    """Half-width in pixels of the boundary class in the answers the model was trained on."""
+    instruction: str = PromptConfig.instruction
+    """Instruction style of the prompts (see :attr:`~magseg_ray.prompt.PromptConfig.instruction`)."""
+
+    def prompt(self) -> PromptConfig:
+        return PromptConfig(schema=self.schema, patch_size=self.patch_size, local_crop=self.local_crop,
+                            crop_scale=self.crop_scale, boundary_width=self.boundary_width,
+                            instruction=self.instruction)
+
+
+def read_model_prompt(model_dir: str | Path) -> ModelPrompt | None:
+    """The model folder's prompt settings, or None for a checkpoint without ``magseg.json``."""
+    path = Path(model_dir) / MODEL_CARD
+    if not path.is_file():
+        return None
+    try:
+        values = json.loads(path.read_text())
+        return ModelPrompt(**{k: values[k] for k in ModelPrompt.__dataclass_fields__ if k in values})
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ConfigError(f"{path}: not a valid model prompt card: {e}") from None
+
+
+def check_model_prompt(model_dir: str | Path, prompt: PromptConfig) -> None:
+    """Raise :class:`ConfigError` if the model folder's ``magseg.json`` records another prompt layout
+    (:data:`LAYOUT_FIELDS`) than ``prompt``'s: training on prompts a model was not built for wastes
+    the run silently."""
+    card = read_model_prompt(model_dir)
+    if card is None:
+        return
+    ours = {k: getattr(prompt, k) for k in LAYOUT_FIELDS}
+    theirs = {k: getattr(card, k) for k in ours}
+    differ = [f"{k} {ours[k]!r} (model: {theirs[k]!r})" for k in ours if ours[k] != theirs[k]]
+    if differ:
+        raise ConfigError(f"{Path(model_dir) / MODEL_CARD}: the model was built for other prompts: "
+                          f"{', '.join(differ)}; pass the model's values")
+
+
+def write_model_prompt(model_dir: str | Path, settings: ModelPrompt) -> None:
+    from magseg_ray.files import write_atomic
+
+    write_atomic(Path(model_dir) / MODEL_CARD, json.dumps(asdict(settings), indent=1))
