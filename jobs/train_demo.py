@@ -1,10 +1,12 @@
-"""Train the demo model in one command: dense vision pretraining, then frozen-tower SFT.
+"""Train the demo model: pack labelled scenes once, then run the recipe in one process (GPU or CPU).
 
-    python jobs/train_demo.py --data SCENES --out runs/demo [--vision-steps 1000 --sft-steps 1000]
-    python jobs/train_demo.py --data SCENES --out runs/gpu --use-gpu --num-workers 1 --batch-size 64 ...
+    python jobs/train_demo.py pack --data ../shared/data/naip-fields --out data/naip-packed
+    python jobs/train_demo.py train --data data/naip-packed --out runs/demo [--sft-steps 1000] ...
 
-Writes OUT/model (every job's --model), OUT/metrics.json, OUT/vision and OUT/sft (curves,
-checkpoints). The GPU recipe of the demo model's card is this command. See magseg_ray.train.recipe.
+`pack` needs the full install (GDAL, geopandas); `train` needs only PyTorch and transformers, so it
+runs on a lent GPU machine from the packed folder (about 15 MB). `train` writes OUT/model (every
+job's --model), OUT/metrics.json and OUT/curves.png; rerunning it continues a stopped run. See
+magseg_ray.train.recipe and the demo model's card for the GPU command.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import argparse
 import json
 import sys
 
-from magseg_ray.cluster import RaySettings, ray_session
 from magseg_ray.config import add_arguments, from_arguments
 from magseg_ray.errors import MagsegError
 from magseg_ray.train.recipe import RecipeConfig, run_recipe
@@ -21,17 +22,27 @@ from magseg_ray.train.recipe import RecipeConfig, run_recipe
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser, RecipeConfig)
-    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    pack = commands.add_parser("pack", help="labelled scenes -> a packed folder that train reads")
+    pack.add_argument("--data", required=True, help="labelled scenes: folder, catalog, file:// or s3:// prefix")
+    pack.add_argument("--out", required=True, help="folder to write the packed scenes to")
+    pack.add_argument("--val-fraction", type=float, default=0.2, help="share of scenes held out (default 0.2)")
+    add_arguments(commands.add_parser("train", help="run the recipe on a packed folder"), RecipeConfig)
     args = parser.parse_args(argv)
     try:
-        cfg = from_arguments(RecipeConfig, args)
-        with ray_session(RaySettings(address=args.address)):
-            summary = run_recipe(cfg)
+        if args.command == "pack":
+            from magseg_ray.train.demo_data import pack_scenes
+
+            index = pack_scenes(args.data, args.out, args.val_fraction)
+            print(json.dumps({"out": args.out, "scenes": len(index["scenes"]),
+                              "val": sum(s["split"] == "val" for s in index["scenes"])}))
+            return 0
+        state = run_recipe(from_arguments(RecipeConfig, args))
     except MagsegError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"model": summary["model"], "sft": summary["sft"], "vision": summary.get("vision")}))
+    print(json.dumps({"out": args.out, "status": state["status"], "final": state["history"][-1],
+                      "vision": state["vision"]}))
     return 0
 
 

@@ -1,29 +1,35 @@
-"""The demo model's training recipe as one run: dense vision pretraining, then frozen-tower SFT.
+"""The demo model's recipe in one process: dense vision pretraining, then SFT with the tower frozen.
 
-One command trains the demo model on whatever the machine has (the same code on a GPU in minutes,
-or on a laptop CPU with fewer steps):
+Made for a short GPU lease (one command, minutes, a machine with PyTorch and transformers only) and
+the same code on a CPU with fewer steps. It reads scenes packed by
+:func:`~magseg_ray.train.demo_data.pack_scenes` and, on the GPU when there is one (bf16 autocast):
 
-1. :func:`~magseg_ray.train.vision.pretrain_vision` (skipped with ``vision_steps`` 0): the tower
-   and projector learn per-pixel classes at the crop's finest resolution (``crop_scale`` 1,
-   ``sub_cells`` 4), at the answers' boundary width, on the training split.
-2. :func:`~magseg_ray.train.sft.run_sft` with the tower frozen and its image tokens cached
-   (``freeze_vision``), every decoder weight trained (``full``), the short instruction.
+1. :func:`~magseg_ray.train.vision.train_tower` (skipped with ``vision_steps`` 0): the tower and
+   projector learn every crop pixel's class (``crop_scale`` 1, ``sub_cells`` 4) at the answers'
+   boundary width, and each token its place;
+2. SFT with the tower frozen: each step draws ``batch_size`` patches from random chips of random
+   training scenes (single-class patches kept with probability ``uniform_keep``), computes their
+   image tokens without a gradient, and trains every decoder weight on the answers (loss averaged
+   per answer, AdamW, warmup and cosine decay, gradients clipped at 1). The short instruction.
 
-Outputs in ``out``: ``vision/`` (step 1's model), ``sft/`` (the SFT run: checkpoints, curves),
-``model/`` (the trained model, what every job's ``--model`` takes) and ``metrics.json`` (both
-steps' summaries and the wall-clock seconds of each). Rerunning the command resumes: a finished
-pretraining is kept, and SFT resumes from its latest checkpoint. The data are labelled scenes on disk (the
-30 naip-fields scenes are 16 MB), so a GPU machine needs nothing prepared beyond a copy of them.
+Every ``eval_every`` steps the model answers fixed validation patches (constrained decoding, mean
+Dice and field IoU) and is saved to ``out/model`` with ``metrics.json`` (``"status": "partial"``
+until the last step), so a stopped run keeps its latest model; rerunning the command continues from
+that model at the saved step (the learning-rate schedule resumes; the optimizer state starts anew).
+It is the Ray Train + DeepSpeed SFT job's recipe (``jobs/sft.py --freeze-vision --instruction short
+--full``) without the cluster; that job is the one to scale out.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+
+import numpy as np
 
 from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError
@@ -35,8 +41,8 @@ from magseg_ray.model.checkpoint import DEMO_MODEL
 class RecipeConfig:
     """Settings of one run of the demo model's recipe."""
 
-    data: str = field(default="", metadata=doc("labelled scenes (folder or catalog, as SFT's --data)"))
-    out: str = field(default="", metadata=doc("new folder for the run's outputs"))
+    data: str = field(default="", metadata=doc("packed scene folder (see `train_demo.py pack`)"))
+    out: str = field(default="", metadata=doc("folder for the run: model/, metrics.json, curves"))
     base: str = field(default=str(DEMO_MODEL), metadata=doc(
         "model to start from: the shipped demo model (training carries over between days), a checkpoint "
         "folder or an offline preset (tiny, small)"))
@@ -44,52 +50,148 @@ class RecipeConfig:
     vision_batch_size: int = field(default=32, metadata=doc("patch prompts per vision pretraining step"))
     vision_lr: float = field(default=5e-4, metadata=doc("peak learning rate of vision pretraining"))
     sft_steps: int = field(default=1000, metadata=doc("SFT optimizer steps"))
-    batch_size: int = field(default=16, metadata=doc("SFT patches per worker per step"))
+    batch_size: int = field(default=32, metadata=doc("SFT patches per step"))
     lr: float = field(default=3e-4, metadata=doc("peak SFT learning rate"))
-    boundary_width: int = field(default=6, metadata=doc("boundary half-width of the answers (see SFT)"))
-    uniform_keep: float = field(default=0.2, metadata=doc("share of single-class patches kept (see SFT)"))
-    use_gpu: bool = field(default=False, metadata=doc("train on GPUs (one per SFT worker)"))
-    num_workers: int = field(default=2, metadata=doc("SFT workers (Ray Train + DeepSpeed)"))
-    cpus_per_worker: float = field(default=0.75, metadata=doc("CPUs reserved per SFT worker"))
-    eval_every: int = field(default=100, metadata=doc("SFT steps between validations"))
-    checkpoint_every: int = field(default=50, metadata=doc("SFT steps between checkpoints"))
-    val_patches: int = field(default=64, metadata=doc("validation patches scored at each validation"))
+    warmup_steps: int = field(default=20, metadata=doc("SFT steps of linear warmup, then cosine decay to lr/10"))
+    boundary_width: int = field(default=6, metadata=doc("boundary half-width of the answers (see jobs/sft.py)"))
+    uniform_keep: float = field(default=0.2, metadata=doc("share of single-class patches kept (see jobs/sft.py)"))
+    eval_every: int = field(default=200, metadata=doc("SFT steps between validation and saving the model"))
+    val_patches: int = field(default=128, metadata=doc("fixed validation patches scored at each validation"))
+    log_every: int = field(default=20, metadata=doc("SFT steps between progress lines"))
+    seed: int = field(default=0, metadata=doc("seed of the sampled windows and patches"))
+
+    def prompt(self):
+        from magseg_ray.prompt import PromptConfig
+
+        return PromptConfig(patch_size=32, crop_scale=1.0, boundary_width=self.boundary_width, instruction="short")
+
+    def card(self):
+        from magseg_ray.model.card import ModelPrompt
+
+        return ModelPrompt(chip_size=256, crop_scale=1.0, boundary_width=self.boundary_width, instruction="short")
+
+
+def _records(sampler, rng: np.random.Generator, n: int, prompt, keep: float) -> list[dict]:
+    """``n`` patch records from random windows; single-class patches kept with probability ``keep``."""
+    from magseg_ray.prompt import build_patch_prompt
+
+    out: list[dict] = []
+    while len(out) < n:
+        chip, classes, box = sampler.window(rng)
+        p = build_patch_prompt(chip, box, prompt, labels=classes)
+        if len(p.target) > 2 or rng.random() < keep:
+            out.append({"images": p.images, "prompt": p.text, "target": p.target, "box": box})
+    return out
+
+
+class _SFT:
+    """The frozen-tower SFT stage: model, optimizer, batches and steps."""
+
+    def __init__(self, model, processor, cfg: RecipeConfig, device, first_step: int):
+        import torch
+
+        from magseg_ray.train.sft import lr_factor
+
+        self.model, self.processor, self.cfg, self.device = model, processor, cfg, device
+        model.model.vision_tower.requires_grad_(False)
+        model.model.multi_modal_projector.requires_grad_(False)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+        factor = partial(lr_factor, warmup=cfg.warmup_steps, total=cfg.sft_steps)
+        # a resumed run picks the schedule up where it stopped
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: factor(s + first_step))
+        self.params = params
+
+    def step(self, records: list[dict]) -> float:
+        import torch
+
+        from magseg_ray.train.batches import collate_text
+        from magseg_ray.train.sft import answer_loss
+
+        batch = {k: v.to(self.device) for k, v in collate_text(self.processor, records).items()}
+        pixels = self.processor.image_processor([i for r in records for i in r["images"]],
+                                                return_tensors="pt")["pixel_values"].to(self.device)
+        cuda = self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cuda):
+            with torch.no_grad():
+                batch["image_features"] = self.model.get_image_features(pixels).pooler_output
+            loss = answer_loss(self.model, batch)
+        self.optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.schedule.step()
+        return loss.item()
+
+
+def _start(cfg: RecipeConfig, out: Path):
+    """Model, processor and the SFT step to start at: a partial run's saved model, else the base."""
+    from magseg_ray.model.checkpoint import load_model
+    from magseg_ray.model.presets import PRESETS, build_model
+
+    metrics = out / "metrics.json"
+    if (out / "model").is_dir() and metrics.is_file():
+        state = json.loads(metrics.read_text())
+        return (*load_model(out / "model"), state)
+    model, processor = build_model(cfg.base, seed=cfg.seed) if cfg.base in PRESETS else load_model(cfg.base)
+    return model, processor, {"status": "partial", "config": dataclasses.asdict(cfg), "vision": None, "history": []}
+
+
+def _save(model, processor, cfg: RecipeConfig, out: Path, state: dict) -> None:
+    from magseg_ray.model.card import write_model_prompt
+    from magseg_ray.model.checkpoint import save_model
+
+    save_model(model, processor, out / "model")
+    write_model_prompt(out / "model", cfg.card())
+    write_atomic(out / "metrics.json", json.dumps(state, indent=1))
 
 
 def run_recipe(cfg: RecipeConfig) -> dict:
-    """Run both steps (see module doc); return the summary written to ``metrics.json``."""
-    from magseg_ray.train.sft import SFTConfig, check_config, run_sft
-    from magseg_ray.train.vision import VisionPretrainConfig, pretrain_vision
+    """Run the recipe (see module doc); return the summary written to ``out/metrics.json``."""
+    import torch
+
+    from magseg_ray.train.curves import plot_curves
+    from magseg_ray.train.demo_data import unpack_scenes
+    from magseg_ray.train.sft import score_patches
+    from magseg_ray.train.vision import VisionPretrainConfig, samplers, train_tower
 
     if not cfg.data or not cfg.out:
         raise ConfigError("--data and --out are required")
+    if min(cfg.sft_steps, cfg.batch_size, cfg.eval_every) < 1 or cfg.vision_steps < 0:
+        raise ConfigError("sft_steps, batch_size and eval_every must be >= 1, vision_steps >= 0")
     out = Path(cfg.out)
-    sft = SFTConfig(run_name="sft", storage=str(out), base=cfg.base, data=cfg.data, crop_scale=1.0,
-                    boundary_width=cfg.boundary_width, instruction="short", freeze_vision=True, full=True,
-                    uniform_keep=cfg.uniform_keep, lr=cfg.lr, batch_size=cfg.batch_size, max_steps=cfg.sft_steps,
-                    warmup_steps=min(20, cfg.sft_steps), num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                    cpus_per_worker=cfg.cpus_per_worker, eval_every=cfg.eval_every,
-                    checkpoint_every=cfg.checkpoint_every, val_patches=cfg.val_patches)
-    check_config(sft)  # bad SFT settings fail before the pretraining's minutes are spent
-    summary: dict = {"config": dataclasses.asdict(cfg)}
-    done = out / "vision" / "vision_pretrain.json"
-    if cfg.vision_steps and done.exists():  # a rerun resumes: the pretrained tower is kept
-        summary["vision"] = json.loads((out / "metrics.json").read_text()).get("vision") if (
-            out / "metrics.json").exists() else {"final": json.loads(done.read_text())["final"]}
-        sft = dataclasses.replace(sft, base=str(out / "vision"))
-    elif cfg.vision_steps:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    scenes = unpack_scenes(cfg.data, cfg.boundary_width)
+    model, processor, state = _start(cfg, out)
+    model = model.to(device)
+    vision = VisionPretrainConfig(crop_scale=1.0, sub_cells=4, boundary_width=cfg.boundary_width,
+                                  steps=cfg.vision_steps, batch_size=cfg.vision_batch_size, lr=cfg.vision_lr,
+                                  log_every=max(cfg.vision_steps // 10, 1), seed=cfg.seed)
+    train, val = samplers(model, vision, scenes["train"], scenes["val"])
+    if cfg.vision_steps and state["vision"] is None:
         start = time.perf_counter()
-        vision = pretrain_vision(VisionPretrainConfig(
-            data=cfg.data, out=str(out / "vision"), base=cfg.base, crop_scale=1.0, sub_cells=4,
-            boundary_width=cfg.boundary_width, steps=cfg.vision_steps, batch_size=cfg.vision_batch_size,
-            lr=cfg.vision_lr, use_gpu=cfg.use_gpu, log_every=max(cfg.vision_steps // 10, 1)))
-        summary["vision"] = {"final": vision["final"], "seconds": round(time.perf_counter() - start, 1)}
-        write_atomic(out / "metrics.json", json.dumps(summary, indent=1))
-        sft = dataclasses.replace(sft, base=str(out / "vision"))
-    start = time.perf_counter()
-    result = run_sft(sft)
-    summary["sft"] = {"final": result["final"], "seconds": round(time.perf_counter() - start, 1)}
-    shutil.copytree(out / "sft" / "model", out / "model", dirs_exist_ok=True)
-    summary["model"] = str(out / "model")
-    write_atomic(out / "metrics.json", json.dumps(summary, indent=1))
-    return summary
+        history, majority = train_tower(model, processor, train, val, vision, device)
+        state["vision"] = {"final": history[-1], "majority": majority, "seconds": round(time.perf_counter() - start, 1)}
+    first = state["history"][-1]["step"] if state["history"] else 0
+    sft = _SFT(model, processor, cfg, device, first)
+    val_records = _records(val, np.random.default_rng(10**6), cfg.val_patches, cfg.prompt(), 1.0)
+    rng, losses, start = np.random.default_rng([cfg.seed, first]), [], time.perf_counter()
+    for step in range(first + 1, cfg.sft_steps + 1):
+        model.train()
+        losses.append(sft.step(_records(train, rng, cfg.batch_size, cfg.prompt(), cfg.uniform_keep)))
+        if step % cfg.log_every == 0:
+            rate = (step - first) * cfg.batch_size / (time.perf_counter() - start)
+            print(f"[recipe] step {step}/{cfg.sft_steps} loss {np.mean(losses[-cfg.log_every:]):.4f} "
+                  f"{rate:.1f} patches/s", flush=True)
+        if step % cfg.eval_every == 0 or step == cfg.sft_steps:
+            model.eval()
+            row = {"step": step, "loss": float(np.mean(losses)), "seconds": round(time.perf_counter() - start, 1),
+                   "patches_per_s": (step - first) * cfg.batch_size / (time.perf_counter() - start),
+                   **score_patches(model, processor, val_records, cfg.prompt())}
+            losses.clear()
+            state["history"].append(row)
+            state["status"] = "complete" if step == cfg.sft_steps else "partial"
+            _save(model, processor, cfg, out, state)
+    plot_curves(state["history"], ["loss", "val_dice", "val_field_iou"], out / "curves.png",
+                f"Demo recipe ({Path(cfg.base).name}, {cfg.sft_steps} SFT steps, batch {cfg.batch_size})")
+    return state

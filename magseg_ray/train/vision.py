@@ -67,24 +67,39 @@ class VisionPretrainConfig:
     use_gpu: bool = field(default=False, metadata=doc("train on this machine's GPU when it has one (else the CPU)"))
 
 
-class _Scenes:
-    """Whole scenes in memory (RGB + fields3 classes) and a sampler of patch prompt images."""
+def read_labelled(scenes, boundary_width: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """RGB and ``fields3`` classes (at ``boundary_width``) of catalogued labelled scenes, read whole."""
+    import rasterio
 
-    def __init__(self, scenes, chip: int, patch: int, crop: int, grid: int, sub: int, boundary_width: int):
-        import rasterio
+    from magseg_ray.masks.schemas import classes_from_instances
 
-        from magseg_ray.masks.schemas import classes_from_instances
+    items = []
+    for row in scenes.itertuples():
+        with rasterio.open(row.uri) as src:
+            image = np.moveaxis(src.read([1, 2, 3]), 0, -1)
+        with rasterio.open(row.labels_uri) as src:
+            items.append((image, classes_from_instances(src.read(1), "fields3", boundary_width)))
+    return items
 
-        self.chip, self.patch, self.crop, self.grid, self.sub, self.items = chip, patch, crop, grid, sub, []
-        for row in scenes.itertuples():
-            with rasterio.open(row.uri) as src:
-                image = np.moveaxis(src.read([1, 2, 3]), 0, -1)
-            with rasterio.open(row.labels_uri) as src:
-                classes = classes_from_instances(src.read(1), "fields3", boundary_width)
-            if min(image.shape[:2]) >= chip:
-                self.items.append((image, classes))
+
+class SceneSampler:
+    """Whole labelled scenes in memory (RGB + fields3 classes) and samplers of patch prompt windows."""
+
+    def __init__(self, items: list[tuple[np.ndarray, np.ndarray]], chip: int, patch: int, crop: int, grid: int = 1,
+                 sub: int = 1):
+        self.chip, self.patch, self.crop, self.grid, self.sub = chip, patch, crop, grid, sub
+        self.items = [(image, classes) for image, classes in items if min(image.shape[:2]) >= chip]
         if not self.items:
-            raise ConfigError(f"no labelled scene of at least {chip} px to pretrain on")
+            raise ConfigError(f"no labelled scene of at least {chip} px to train on")
+
+    def window(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+        """A random chip of a random scene, its classes, and a random patch box in it."""
+        image, classes = self.items[rng.integers(len(self.items))]
+        y = rng.integers(image.shape[0] - self.chip + 1)
+        x = rng.integers(image.shape[1] - self.chip + 1)
+        px, py = (rng.integers(self.chip // self.patch, size=2) * self.patch).tolist()
+        return (image[y : y + self.chip, x : x + self.chip], classes[y : y + self.chip, x : x + self.chip],
+                (px, py, px + self.patch, py + self.patch))
 
     def sample(self, rng: np.random.Generator, n: int) -> tuple[list[np.ndarray], np.ndarray]:
         """``2n`` images (chip, crop, chip, crop, ...) and their token targets ``(2n, grid**2, sub**2, 3)``."""
@@ -92,12 +107,7 @@ class _Scenes:
 
         images, targets = [], []
         for _ in range(n):
-            image, classes = self.items[rng.integers(len(self.items))]
-            y = rng.integers(image.shape[0] - self.chip + 1)
-            x = rng.integers(image.shape[1] - self.chip + 1)
-            chip, cls = image[y : y + self.chip, x : x + self.chip], classes[y : y + self.chip, x : x + self.chip]
-            px, py = (rng.integers(self.chip // self.patch, size=2) * self.patch).tolist()
-            box = (px, py, px + self.patch, py + self.patch)
+            chip, cls, box = self.window(rng)
             crop = local_crop(chip, box, self.crop)
             # outside the chip the crop is zero-padded: count it as background, as the answer does not see it
             crop_cls = local_crop(cls[..., None], box, self.crop)[..., 0]
@@ -136,43 +146,31 @@ def token_losses(features, targets: np.ndarray, head, where, position_weight: fl
     return loss, float(accuracy), float(placed)
 
 
-def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
-    """Pretrain the vision tower and projector of ``cfg.base``; save the whole model to ``cfg.out``."""
-    import torch
-
-    from magseg_ray.chips.pipeline import split_of
-    from magseg_ray.model.checkpoint import load_model, save_model
-    from magseg_ray.model.presets import PRESETS, build_model
-    from magseg_ray.model.card import ModelPrompt, write_model_prompt
+def samplers(model, cfg: VisionPretrainConfig, train_items: list, val_items: list) -> tuple:
+    """Training and validation :class:`SceneSampler` for ``model``'s token grid and ``cfg``'s layout."""
     from magseg_ray.prompt import PromptConfig
-    from magseg_ray.scenes.catalog import load_catalog
-    from magseg_ray.train.curves import plot_curves
-    from magseg_ray.train.sft import lr_factor
 
-    if not cfg.data or not cfg.out:
-        raise ConfigError("--data and --out are required")
-    if cfg.position_weight < 0:
-        raise ConfigError(f"position_weight {cfg.position_weight} must be >= 0")
-    if Path(cfg.out).exists() and any(Path(cfg.out).iterdir()):
-        raise ConfigError(f"--out {cfg.out!r} is not empty: pretraining writes a whole model there; "
-                          "give a new folder")
-    model, processor = build_model(cfg.base, seed=cfg.seed) if cfg.base in PRESETS else load_model(cfg.base)
     grid, sub = math.isqrt(model.config.mm_tokens_per_image), cfg.sub_cells
     crop = PromptConfig(patch_size=cfg.patch_size, crop_scale=cfg.crop_scale, boundary_width=cfg.boundary_width).crop_size
     if sub < 1 or cfg.chip_size % (grid * sub) or crop % (grid * sub):
         raise ConfigError(f"chip_size {cfg.chip_size} and the {crop} px crop must split into the model's "
                           f"{grid} x {grid} image tokens times sub_cells {cfg.sub_cells}")
-    scenes = load_catalog(cfg.data).scenes
-    scenes = scenes[scenes["labels_uri"].notna()]
-    split = np.array([split_of(s, cfg.val_fraction, 0) for s in scenes["id"]])
-    layout = (cfg.chip_size, cfg.patch_size, crop, grid, sub, cfg.boundary_width)
-    train = _Scenes(scenes[split == "train"], *layout)
-    val = _Scenes(scenes[split == "val"], *layout) if (split == "val").any() else train
+    train = SceneSampler(train_items, cfg.chip_size, cfg.patch_size, crop, grid, sub)
+    return train, SceneSampler(val_items, cfg.chip_size, cfg.patch_size, crop, grid, sub) if val_items else train
+
+
+def train_tower(model, processor, train: SceneSampler, val: SceneSampler, cfg: VisionPretrainConfig,
+                device="cpu") -> tuple[list[dict], float]:
+    """Dense pretraining of ``model``'s tower and projector (see module doc) on ``device``; returns the
+    history (validation rows) and the validation majority-class accuracy."""
+    import torch
+
+    from magseg_ray.train.sft import lr_factor
+
     torch.manual_seed(cfg.seed)
-    device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     hidden = model.config.text_config.hidden_size
-    head, where = torch.nn.Linear(hidden, sub * sub * 3), torch.nn.Linear(hidden, 2 * grid)
-    model, head, where = model.to(device), head.to(device), where.to(device)
+    head = torch.nn.Linear(hidden, train.sub * train.sub * 3).to(device)
+    where = torch.nn.Linear(hidden, 2 * train.grid).to(device)
     params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(),
               *head.parameters(), *where.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
@@ -213,6 +211,35 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
                   f"{row['val_token_accuracy']:.3f} (majority class {majority:.3f}) position accuracy "
                   f"{row['val_position_accuracy']:.3f} {row['seconds']:.0f} s", flush=True)
     model.eval()
+    return history, majority
+
+
+def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
+    """Pretrain the vision tower and projector of ``cfg.base``; save the whole model to ``cfg.out``."""
+    import torch
+
+    from magseg_ray.chips.pipeline import split_of
+    from magseg_ray.model.card import ModelPrompt, write_model_prompt
+    from magseg_ray.model.checkpoint import load_model, save_model
+    from magseg_ray.model.presets import PRESETS, build_model
+    from magseg_ray.scenes.catalog import load_catalog
+    from magseg_ray.train.curves import plot_curves
+
+    if not cfg.data or not cfg.out:
+        raise ConfigError("--data and --out are required")
+    if cfg.position_weight < 0:
+        raise ConfigError(f"position_weight {cfg.position_weight} must be >= 0")
+    if Path(cfg.out).exists() and any(Path(cfg.out).iterdir()):
+        raise ConfigError(f"--out {cfg.out!r} is not empty: pretraining writes a whole model there; "
+                          "give a new folder")
+    model, processor = build_model(cfg.base, seed=cfg.seed) if cfg.base in PRESETS else load_model(cfg.base)
+    scenes = load_catalog(cfg.data).scenes
+    scenes = scenes[scenes["labels_uri"].notna()]
+    split = np.array([split_of(s, cfg.val_fraction, 0) for s in scenes["id"]])
+    train, val = samplers(model, cfg, read_labelled(scenes[split == "train"], cfg.boundary_width),
+                          read_labelled(scenes[split == "val"], cfg.boundary_width))
+    device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+    history, majority = train_tower(model.to(device), processor, train, val, cfg, device)
     out = Path(cfg.out)
     save_model(model.cpu(), processor, out)
     # the prompt settings the tokens were trained for: SFT from this base refuses others

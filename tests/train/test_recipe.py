@@ -1,40 +1,75 @@
-"""jobs/train_demo.py: the demo model's recipe (vision pretraining, frozen-tower SFT) on the CPU."""
+"""jobs/train_demo.py: pack labelled scenes, then the one-process recipe (vision pretraining, frozen SFT)."""
 
 import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
+from magseg_ray.errors import ConfigError
 from magseg_ray.model.card import read_model_prompt
 from magseg_ray.model.checkpoint import load_model
+from magseg_ray.train.demo_data import unpack_scenes
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_recipe_trains_a_model_that_maps_and_resumes(ray_cluster, tmp_path):
+def _job():
     spec = importlib.util.spec_from_file_location("train_demo", ROOT / "jobs" / "train_demo.py")
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
-    def flags(sft_steps: int) -> list[str]:
-        return ["--data", str(ROOT / "tests/data/naip"), "--out", str(tmp_path / "run"), "--base", "tiny",
-                "--vision-steps", "2", "--vision-batch-size", "2", "--sft-steps", str(sft_steps), "--batch-size", "2",
-                "--num-workers", "1", "--cpus-per-worker", "0.5", "--eval-every", "2", "--checkpoint-every", "2",
-                "--val-patches", "2", "--address", ray_cluster.address]
+    return job.main
 
-    assert job.main(flags(2)) == 0
-    run = tmp_path / "run"
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["vision"]["final"]["step"] == 2 and metrics["sft"]["final"]["step"] == 2
-    card = read_model_prompt(run / "model")
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("packed")
+    assert _job()(["pack", "--data", str(ROOT / "tests/data/naip"), "--out", str(out), "--val-fraction", "0.5"]) == 0
+    return out
+
+
+def test_packed_scenes_read_back_with_their_classes(packed):
+    import rasterio
+
+    index = json.loads((packed / "index.json").read_text())
+    assert index["scenes"] and "USDA" in index["attribution"]
+    scenes = unpack_scenes(packed, boundary_width=6)
+    assert len(scenes["train"]) + len(scenes["val"]) == len(index["scenes"])
+    first = index["scenes"][0]
+    image, classes = scenes[first["split"]][0]  # scenes come back in index order within each split
+    with rasterio.open(ROOT / "tests/data/naip" / f"{first['id']}.labels.tif") as src:
+        fields = src.read(1) > 0
+    assert image.dtype == "uint8" and image.shape[:2] == classes.shape == fields.shape
+    assert set(np.unique(classes)) <= {0, 1, 2} and ((classes > 0) == fields).all()  # lossless labels
+
+
+def test_recipe_trains_the_decoder_on_a_frozen_tower_and_resumes(packed, tmp_path):
+    main = _job()
+    flags = ["train", "--data", str(packed), "--out", str(tmp_path / "run"), "--base", "tiny", "--vision-steps", "2",
+             "--vision-batch-size", "2", "--batch-size", "4", "--eval-every", "2", "--val-patches", "4",
+             "--log-every", "1"]
+    assert main([*flags, "--sft-steps", "2"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and metrics["vision"]["final"]["step"] == 2
+    assert metrics["history"][-1]["step"] == 2 and 0 <= metrics["history"][-1]["val_dice"] <= 1
+    card = read_model_prompt(tmp_path / "run" / "model")
     assert (card.instruction, card.crop_scale, card.boundary_width) == ("short", 1.0, 6)
-    # SFT kept the pretrained tower frozen: the model's vision weights are the pretraining's
-    model, _ = load_model(run / "model")
-    vision, _ = load_model(run / "vision")
-    tower = {n: p for n, p in vision.named_parameters() if "vision_tower" in n}
-    assert tower and all(torch.equal(p, tower[n]) for n, p in model.named_parameters() if n in tower)
-    # a rerun with more SFT steps keeps the pretraining and resumes SFT from its checkpoint
-    assert job.main(flags(4)) == 0
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["sft"]["final"]["step"] == 4 and metrics["sft"]["final"]["restored_from_step"] == 2
-    assert metrics["vision"]["final"]["step"] == 2
+    first, _ = load_model(tmp_path / "run" / "model")
+    # more steps: the run continues from its saved model, the tower stays as pretrained
+    assert main([*flags, "--sft-steps", "4"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [h["step"] for h in metrics["history"]] == [2, 4]
+    second, _ = load_model(tmp_path / "run" / "model")
+    old = dict(first.named_parameters())
+    changed = {n for n, p in second.named_parameters() if not torch.equal(p, old[n])}
+    assert any("language_model" in n for n in changed)
+    assert not any("vision_tower" in n or "multi_modal_projector" in n for n in changed)
+
+
+def test_recipe_refuses_a_folder_that_is_not_packed(tmp_path):
+    from magseg_ray.train.recipe import RecipeConfig, run_recipe
+
+    with pytest.raises(ConfigError, match="not a packed scene folder"):
+        run_recipe(RecipeConfig(data=str(tmp_path), out=str(tmp_path / "run"), base="tiny"))

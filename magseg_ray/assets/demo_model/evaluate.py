@@ -60,12 +60,12 @@ class _Ceiling:
 
         from magseg_ray.model.checkpoint import load_model
         from magseg_ray.train.sft import lr_factor
-        from magseg_ray.train.vision import _Scenes, token_losses
+        from magseg_ray.train.vision import SceneSampler, read_labelled, token_losses
 
         torch.manual_seed(0)
         self.model, self.processor = load_model(model_dir)
         self.grid = grid = math.isqrt(self.model.config.mm_tokens_per_image)
-        train = _Scenes(scenes, 256, 32, 32, grid, 4, 6)
+        train = SceneSampler(read_labelled(scenes, 6), 256, 32, 32, grid, 4)
         hidden = self.model.config.text_config.hidden_size
         self.head, where = torch.nn.Linear(hidden, 16 * 3), torch.nn.Linear(hidden, 2 * grid)
         params = [*self.model.model.vision_tower.parameters(), *self.model.model.multi_modal_projector.parameters(),
