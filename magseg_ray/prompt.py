@@ -115,6 +115,12 @@ def instruction(schema: Schema, chip_h: int, chip_w: int, patch_size: int, style
     )
 
 
+def single_class(target: str) -> bool:
+    """Whether an answer names one class only (a whole-patch answer such as ``*f``), in any answer
+    format: its letters, the class codes, are all the same."""
+    return len({c for c in target if c.isalpha()}) == 1
+
+
 def check_chip(chip: np.ndarray) -> np.ndarray:
     """Validate a chip: an HxWx3 uint8 array (scenes convert other band counts and dtypes first)."""
     chip = np.asarray(chip)

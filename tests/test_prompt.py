@@ -83,3 +83,10 @@ def test_bad_labels_and_config():
         with pytest.raises(ChipError, match=f"boundary_width must lie in 0..6 .*, got {width}"):
             PromptConfig(boundary_width=width)
 
+
+
+def test_single_class_answers_are_told_apart_from_structured_ones():
+    from magseg_ray.prompt import single_class
+
+    assert single_class("*f") and single_class("*b") and single_class("0:f")
+    assert not single_class("*f14b4f") and not single_class("2*f20e2b\n*b") and not single_class("0:f20e22b\n12:b")

@@ -73,13 +73,13 @@ class RecipeConfig:
 
 def _records(sampler, rng: np.random.Generator, n: int, prompt, keep: float) -> list[dict]:
     """``n`` patch records from random windows; single-class patches kept with probability ``keep``."""
-    from magseg_ray.prompt import build_patch_prompt
+    from magseg_ray.prompt import build_patch_prompt, single_class
 
     out: list[dict] = []
     while len(out) < n:
         chip, classes, box = sampler.window(rng)
         p = build_patch_prompt(chip, box, prompt, labels=classes)
-        if len(p.target) > 2 or rng.random() < keep:
+        if not single_class(p.target) or rng.random() < keep:
             out.append({"images": p.images, "prompt": p.text, "target": p.target, "box": box})
     return out
 

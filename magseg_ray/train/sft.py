@@ -347,6 +347,7 @@ def train_loop(loop_config: dict) -> None:
     import ray.train
 
     from magseg_ray.chips.pipeline import patch_records
+    from magseg_ray.prompt import single_class
 
     cfg = SFTConfig(**loop_config["config"])
     worker = _Worker(cfg, loop_config["val"], loop_config["fixed_batch"])
@@ -362,7 +363,7 @@ def train_loop(loop_config: dict) -> None:
             if i < state["chips_done"]:
                 continue
             records = [{**r, "chip_index": i} for r in patch_records(chip, prompt)
-                       if cfg.uniform_keep >= 1 or len(r["target"]) > 2 or rng.random() < cfg.uniform_keep]
+                       if cfg.uniform_keep >= 1 or not single_class(r["target"]) or rng.random() < cfg.uniform_keep]
             seen_patches += len(records)
             rng.shuffle(records)
             buffer.extend(records)
