@@ -138,10 +138,16 @@ def _start(cfg: RecipeConfig, out: Path):
 
 
 def _save(model, processor, cfg: RecipeConfig, out: Path, state: dict) -> None:
+    """The model in bfloat16 (as the shipped demo model: 16 MB for ``small``, small enough to bring
+    back from a lent machine), its card, and the run's state."""
+    import copy
+
+    import torch
+
     from magseg_ray.model.card import write_model_prompt
     from magseg_ray.model.checkpoint import save_model
 
-    save_model(model, processor, out / "model")
+    save_model(copy.deepcopy(model).to(torch.bfloat16), processor, out / "model")
     write_model_prompt(out / "model", cfg.card())
     write_atomic(out / "metrics.json", json.dumps(state, indent=1))
 
