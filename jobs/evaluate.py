@@ -1,10 +1,13 @@
 """Score a predicted field map against its truth; print the metrics as one JSON line.
 
-    python jobs/evaluate.py --pred PRED --truth TRUTH [--schema fields3] [--out metrics.json]
+    python jobs/evaluate.py --pred PRED --truth TRUTH [--schema fields3] [--aoi AOI] [--out metrics.json]
 
 PRED and TRUTH are class or instance GeoTIFFs or polygon files (GeoParquet, GeoPackage, ...);
 see :mod:`magseg_ray.eval.align` for how they are put on one grid and
-:mod:`magseg_ray.eval.metrics` for the metrics. Exit status 2 on bad input.
+:mod:`magseg_ray.eval.metrics` for the metrics (pixel, instance, and Fields of The World's
+object precision/recall/F1). A map written by ``jobs/map_region.py`` (its ``fields.gpkg`` or a
+raster in its ``masks/``) is scored on the AOI of its run unless ``--aoi`` names another.
+Warnings (an empty truth) go to stderr and into the JSON. Exit status 2 on bad input.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import json
 import sys
 from pathlib import Path
 
+from magseg_ray.chips.windows import load_aoi
 from magseg_ray.errors import MagsegError
-from magseg_ray.eval.align import KINDS, load_pair
+from magseg_ray.eval.align import KINDS, load_pair, run_aoi
 from magseg_ray.eval.metrics import evaluate_masks
 from magseg_ray.files import write_atomic
 from magseg_ray.masks.schemas import SCHEMAS
@@ -39,8 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resolution",
         type=float,
-        help="pixel size in the truth's CRS units; required, and used, only when both are vector files",
+        help="pixel size in the truth's CRS units, used only when both are vector files "
+        "(default: 1 m, in the truth's CRS if projected in metres, else in its UTM zone)",
     )
+    p.add_argument("--aoi", help="score only inside this AOI (vector file; default: the AOI of the "
+                   "map_region run that wrote PRED, if it is one)")
+    p.add_argument("--grid-like", help="score on this raster's pixel grid")
+    p.add_argument("--object-iou", type=float, default=0.5,
+                   help="IoU an object match must exceed (Fields of The World: 0.5, the default; >= 0.5)")
     p.add_argument(
         "--boundary-tolerance",
         type=float,
@@ -57,20 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     """Run the job; return the exit status (0, or 2 on a user error)."""
     args = _parser().parse_args(argv)
     try:
+        found = (load_aoi(args.aoi), args.aoi) if args.aoi else run_aoi(args.pred)
+        aoi, aoi_path = found or (None, None)
         pair = load_pair(args.pred, args.truth, args.schema, args.pred_kind, args.truth_kind, args.resolution,
-                         args.make_valid)
-        metrics = evaluate_masks(
-            pair.pred_classes,
-            pair.truth_classes,
-            args.schema,
-            pair.pred_instances,
-            pair.truth_instances,
-            args.boundary_tolerance,
-        )
+                         args.make_valid, aoi, args.grid_like)
+        metrics = evaluate_masks(pair.pred_classes, pair.truth_classes, args.schema, pair.pred_instances,
+                                 pair.truth_instances, args.boundary_tolerance, args.object_iou)
     except MagsegError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    text = json.dumps({"pred": str(args.pred), "truth": str(args.truth), **metrics}, allow_nan=False)
+    for warning in pair.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    record = {"pred": str(args.pred), "truth": str(args.truth), "aoi": aoi_path, "warnings": list(pair.warnings),
+              **metrics}
+    text = json.dumps(record, allow_nan=False)
     if args.out:
         write_atomic(args.out, text + "\n")
     print(text)

@@ -100,7 +100,7 @@ class Plan:
 
 def plan(cfg: MapConfig, store=None) -> Plan:
     """Check every input and resolve the run (errors name the input and what is wrong)."""
-    from magseg_ray.chips.windows import ChipConfig, chip_windows, load_aoi
+    from magseg_ray.chips.windows import ChipConfig, aoi_fingerprint, chip_windows, load_aoi
     from magseg_ray.masks.schemas import get_schema
     from magseg_ray.model.checkpoint import check_checkpoint_dir
     from magseg_ray.model.card import ModelPrompt, read_model_prompt
@@ -122,7 +122,7 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     aoi = load_aoi(cfg.aoi)
     scenes = load_catalog(cfg.catalog, store).scenes
     tasks = chip_windows(scenes, aoi, chip)
-    identity = {"aoi_sha256": hashlib.sha256(aoi.normalize().wkb).hexdigest()[:16],
+    identity = {"aoi_sha256": aoi_fingerprint(aoi),
                 "model": model_fingerprint(model_dir), "model_prompt": asdict(card),
                 "chip": {"chip_size": chip_size, "overlap": overlap}}
     return Plan(cfg, scenes, aoi, tasks, chip, card.prompt(), model_dir, identity)

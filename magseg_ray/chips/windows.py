@@ -10,6 +10,7 @@ bottom edge; the reader pads it (see :mod:`magseg_ray.chips.read`) and marks tho
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -94,6 +95,11 @@ def load_aoi(path: str | Path) -> shapely.Geometry:
                 "declare the CRS the coordinates are in"
             )
     return shapely.union_all(df.to_crs(AOI_CRS).geometry.values)
+
+
+def aoi_fingerprint(aoi: shapely.Geometry) -> str:
+    """A short hash of an AOI's geometry (as :func:`load_aoi` returns it), whatever its vertex order."""
+    return hashlib.sha256(shapely.normalize(aoi).wkb).hexdigest()[:16]
 
 
 def chip_windows(scenes: gpd.GeoDataFrame, aoi: shapely.Geometry, config: ChipConfig = ChipConfig()) -> list[ChipTask]:

@@ -13,15 +13,30 @@ anything else is read with :func:`geopandas.read_file` (GeoPackage, GeoJSON, Sha
   feature overwrites an earlier one where they overlap), pixel centres inside (``all_touched``
   off), after reprojecting to the grid's CRS.
 
-The grid is the truth raster's; for a vector truth, the prediction raster's; for two vectors,
-the truth's bounds (the prediction's where the truth is empty) in the truth's CRS at
-``resolution``. Rasters in another CRS or grid are warped onto it with nearest resampling.
-Class masks come from instance rasters via ``classes_from_instances``, and instances from
-class rasters via ``instances_from_classes``.
+The grid is ``grid_like``'s (a raster named for it) where given, else the truth raster's; for a
+vector truth, the prediction raster's; for two vectors, the truth's bounds (the prediction's
+where the truth is empty; cut to the AOI's bounds where one is given) at ``resolution`` in the
+truth's CRS units, or by default at 1 m in the truth's CRS if that is projected in metres, else
+in the truth's UTM zone. Rasters in another CRS or grid are warped onto it with nearest
+resampling. Class masks come from instance rasters via ``classes_from_instances``, and
+instances from class rasters via ``instances_from_classes``.
+
+What is scored, and what is refused:
+
+- An ``aoi`` (a polygon in EPSG:4326, as :func:`~magseg_ray.chips.windows.load_aoi` returns it)
+  limits scoring to the pixels whose centres it holds: truth and prediction are blanked outside
+  it, so a map of an AOI is not charged with the truth's fields beyond it. :func:`run_aoi` finds
+  the AOI of the ``map_region`` run that wrote a prediction.
+- A vector truth on a grid too coarse for it is refused: when fewer than half of the truth's
+  fields that lie on the grid cover a pixel centre (a 1-degree grid holds none), the scores would
+  describe the grid, not the map.
+- A truth with no field on the scored pixels is not an error, but :attr:`AlignedPair.warnings`
+  says so: its instance and object scores are undefined.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +52,7 @@ from rasterio.features import rasterize
 from rasterio.transform import array_bounds, from_origin
 from rasterio.warp import Resampling, reproject, transform_bounds
 
+from magseg_ray.chips.windows import AOI_CRS, aoi_fingerprint, load_aoi
 from magseg_ray.errors import ConfigError, RasterInputError
 from magseg_ray.masks.instances import instances_from_classes
 from magseg_ray.masks.schemas import Schema, classes_from_instances, get_schema
@@ -57,6 +73,8 @@ class AlignedPair:
     truth_instances: np.ndarray
     transform: Affine
     crs: CRS
+    warnings: tuple[str, ...] = ()
+    """What a reader of the scores should know (an empty truth), one sentence each."""
 
 
 class _Raster(NamedTuple):
@@ -149,20 +167,80 @@ def _read(path: str | Path, kind: str, make_valid: bool = False) -> _Raster | _V
     return _read_raster(path, kind) if path.suffix.lower() in (".tif", ".tiff") else _read_vector(path, make_valid)
 
 
-def _grid(truth: _Raster | _Vector, pred: _Raster | _Vector, resolution: float | None) -> _Grid:
+def _raster_grid(path: str | Path) -> _Grid:
+    """The pixel grid of a raster, without reading its pixels."""
+    try:
+        with rasterio.open(path) as src:
+            grid = _Grid(src.transform, src.crs, src.shape, Path(path))
+    except rasterio.errors.RasterioError as e:
+        raise RasterInputError(f"{path}: cannot read raster: {e}") from None
+    if grid.crs is None:
+        raise RasterInputError(f"{path}: raster has no CRS")
+    return grid
+
+
+def _metric_crs(truth: _Vector, pred: _Vector) -> CRS:
+    """The truth's CRS if it is projected in metres, else the UTM zone of the truth (of the
+    prediction where the truth is empty)."""
+    crs = CRS.from_user_input(truth.parts.crs)
+    if crs.is_projected and crs.linear_units in ("metre", "meter"):
+        return crs
+    parts = truth.parts if len(truth.parts) else pred.parts
+    if not len(parts):
+        raise RasterInputError(f"{truth.path} and {pred.path} are both empty: no extent to evaluate on")
+    return CRS.from_user_input(parts.estimate_utm_crs())
+
+
+def _grid(truth: _Raster | _Vector, pred: _Raster | _Vector, resolution: float | None, aoi) -> _Grid:
     """The evaluation grid (see the module docstring)."""
     for src in (truth, pred):
         if isinstance(src, _Raster):
             return _Grid(src.transform, src.crs, src.data.shape, src.path)
-    if resolution is None or not resolution > 0:
-        raise ConfigError(f"{truth.path} and {pred.path} are both vector files: give a positive resolution")
-    parts = truth.parts if len(truth.parts) else pred.parts.to_crs(truth.parts.crs)
+    crs = CRS.from_user_input(truth.parts.crs)
+    if resolution is None:
+        crs, resolution = _metric_crs(truth, pred), 1.0
+    elif not resolution > 0:
+        raise ConfigError(f"resolution must be positive, got {resolution}")
+    parts = (truth.parts if len(truth.parts) else pred.parts).to_crs(crs)
     if not len(parts):
         raise RasterInputError(f"{truth.path} and {pred.path} are both empty: no extent to evaluate on")
     west, south, east, north = parts.total_bounds
+    if aoi is not None:
+        a_west, a_south, a_east, a_north = gpd.GeoSeries([aoi], crs=AOI_CRS).to_crs(crs).total_bounds
+        west, south, east, north = max(west, a_west), max(south, a_south), min(east, a_east), min(north, a_north)
+        if not (east > west and north > south):
+            raise RasterInputError(f"the AOI and {truth.path} do not overlap")
     shape = (max(1, math.ceil((north - south) / resolution)), max(1, math.ceil((east - west) / resolution)))
     transform = from_origin(west, north, resolution, resolution)
-    return _Grid(transform, CRS.from_user_input(truth.parts.crs), shape, truth.path)
+    return _Grid(transform, crs, shape, truth.path)
+
+
+def _describe(grid: _Grid) -> str:
+    """``"40 x 40 px at 1 metre (EPSG:32616)"``."""
+    units = "degree" if grid.crs.is_geographic else grid.crs.linear_units
+    return f"{grid.shape[0]} x {grid.shape[1]} px at {abs(grid.transform.a):g} {units} ({grid.crs})"
+
+
+def _check_holds(truth: _Vector, pred_path: Path, grid: _Grid, instances: np.ndarray) -> None:
+    """Refuse a grid on which fewer than half of the truth's fields lying on it cover a pixel centre."""
+    if not len(truth.parts):
+        return
+    extent = shapely.box(*array_bounds(*grid.shape, grid.transform))
+    on_grid = np.unique(truth.ids[truth.parts.to_crs(grid.crs).intersects(extent).to_numpy()])
+    held = np.intersect1d(on_grid, np.unique(instances))
+    if 2 * held.size < on_grid.size:
+        raise RasterInputError(
+            f"{truth.path} against {pred_path}: the grid ({_describe(grid)}) holds {held.size} of the "
+            f"{on_grid.size} truth fields on it: give a finer resolution, or none (default: 1 m)")
+
+
+def _aoi_mask(aoi, grid: _Grid) -> np.ndarray:
+    """Pixels of the grid whose centres lie in the AOI (EPSG:4326)."""
+    shape = gpd.GeoSeries([aoi], crs=AOI_CRS).to_crs(grid.crs).iloc[0]
+    inside = rasterize([(shape, 1)], grid.shape, transform=grid.transform, dtype=np.uint8).astype(bool)
+    if not inside.any():
+        raise RasterInputError(f"the AOI holds no pixel of the grid of {grid.source} ({_describe(grid)})")
+    return inside
 
 
 def _check_overlap(path: Path, bounds, grid: _Grid) -> None:
@@ -203,6 +281,14 @@ def _on_grid(src: _Raster | _Vector, grid: _Grid, schema: Schema) -> tuple[np.nd
     return classes_from_instances(warped, schema), warped
 
 
+def _coverage(pred: _Raster, grid: _Grid) -> np.ndarray:
+    """Grid pixels where the prediction raster holds data."""
+    covered = np.zeros(grid.shape, np.uint8)
+    reproject(pred.valid.astype(np.uint8), covered, src_transform=pred.transform, src_crs=pred.crs,
+              dst_transform=grid.transform, dst_crs=grid.crs, resampling=Resampling.nearest)
+    return covered > 0
+
+
 def load_pair(
     pred_path: str | Path,
     truth_path: str | Path,
@@ -211,27 +297,64 @@ def load_pair(
     truth_kind: str = "auto",
     resolution: float | None = None,
     make_valid: bool = False,
+    aoi: shapely.Geometry | None = None,
+    grid_like: str | Path | None = None,
 ) -> AlignedPair:
     """Read a prediction and its truth onto one grid (see the module docstring for the rules).
 
     ``pred_kind``/``truth_kind`` (``auto``, ``class``, ``instance``) apply to rasters only;
-    ``resolution`` (CRS units per pixel) is needed, and used, only when both inputs are vectors.
-    Raises :class:`RasterInputError` for a missing or unreadable file, an input without a CRS,
-    inputs that do not overlap, or invalid or non-polygon geometries; :class:`SchemaError` for a
-    class raster with values outside the schema; :class:`ConfigError` for a bad kind or a
-    missing resolution. An empty truth is not an error. ``make_valid`` repairs invalid polygons
-    instead of refusing them.
+    ``resolution`` (CRS units per pixel) is used only when both inputs are vectors (default: 1 m,
+    see above); ``aoi`` (EPSG:4326) limits the scored pixels; ``grid_like`` names a raster whose
+    grid to score on. Raises :class:`RasterInputError` for a missing or unreadable file, an input
+    without a CRS, inputs (or an AOI) that do not overlap, invalid or non-polygon geometries, or a
+    grid too coarse for a vector truth; :class:`SchemaError` for a class raster with values
+    outside the schema; :class:`ConfigError` for a bad kind or resolution. An empty truth is not
+    an error (see :attr:`AlignedPair.warnings`). ``make_valid`` repairs invalid polygons instead
+    of refusing them.
     """
     schema = get_schema(schema)
     truth, pred = _read(truth_path, truth_kind, make_valid), _read(pred_path, pred_kind, make_valid)
-    grid = _grid(truth, pred, resolution)
+    grid = _raster_grid(grid_like) if grid_like is not None else _grid(truth, pred, resolution, aoi)
     truth_classes, truth_instances = _on_grid(truth, grid, schema)
+    if isinstance(truth, _Vector):
+        _check_holds(truth, pred.path, grid, truth_instances)
     pred_classes, pred_instances = _on_grid(pred, grid, schema)
+    scored = np.ones(grid.shape, bool)
     if isinstance(pred, _Raster) and not pred.valid.all():
-        covered = np.zeros(grid.shape, np.uint8)
-        reproject(pred.valid.astype(np.uint8), covered, src_transform=pred.transform, src_crs=pred.crs,
-                  dst_transform=grid.transform, dst_crs=grid.crs, resampling=Resampling.nearest)
-        outside = covered == 0
-        truth_classes, truth_instances = truth_classes.copy(), truth_instances.copy()
-        truth_classes[outside], truth_instances[outside] = 0, 0
-    return AlignedPair(pred_classes, truth_classes, pred_instances, truth_instances, grid.transform, grid.crs)
+        scored &= _coverage(pred, grid)
+    if aoi is not None:
+        scored &= _aoi_mask(aoi, grid)
+    for layer in (truth_classes, truth_instances, pred_classes, pred_instances):
+        layer[~scored] = 0
+    warnings = ()
+    if not truth_instances.any():
+        warnings = (f"{truth.path} holds no field on the scored pixels: instance and object scores are "
+                    "undefined (null), and every predicted field pixel counts against the map",)
+    return AlignedPair(pred_classes, truth_classes, pred_instances, truth_instances, grid.transform, grid.crs,
+                       warnings)
+
+
+def run_aoi(pred_path: str | Path) -> tuple[shapely.Geometry, str] | None:
+    """The AOI (EPSG:4326) and AOI file of the ``map_region`` run that wrote ``pred_path`` (its
+    ``fields.gpkg`` or a raster in its ``masks/``), or None if the file lies in no run folder.
+
+    The run's ``summary.json`` names the AOI file and its ``run.json`` holds the AOI's
+    fingerprint; a file that is gone or changed since the run raises :class:`RasterInputError`.
+    """
+    path = Path(pred_path).resolve()
+    root = next((d for d in (path.parent, path.parent.parent) if (d / "run.json").is_file()), None)
+    if root is None:
+        return None
+    hint = "pass the AOI it was mapped with (--aoi)"
+    try:
+        aoi_path = json.loads((root / "summary.json").read_text())["aoi"]
+        expected = json.loads((root / "run.json").read_text())["aoi_sha256"]
+    except (OSError, ValueError, KeyError) as e:
+        raise RasterInputError(f"{pred_path}: its run folder {root} names no AOI ({e}): {hint}") from None
+    try:
+        aoi = load_aoi(aoi_path)
+    except ConfigError as e:
+        raise RasterInputError(f"{pred_path}: the AOI of its run cannot be read ({e}): {hint}") from None
+    if aoi_fingerprint(aoi) != expected:
+        raise RasterInputError(f"{pred_path}: the AOI file of its run, {aoi_path}, changed since the run: {hint}")
+    return aoi, aoi_path

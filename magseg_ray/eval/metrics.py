@@ -1,4 +1,6 @@
-"""Mask metrics: per-class pixel scores, boundary F-score, and field instance matching.
+"""Mask metrics: per-class pixel scores, boundary F-score, field instance matching (the papers'
+majority rule and one-to-one IoU), and the object-level precision, recall and F1 of Fields of The
+World (a match is a one-to-one pair with IoU > 0.5).
 
 Undefined values are NaN in Python results and ``null`` in the JSON that
 :func:`evaluate_masks` returns; each function's docstring says when they occur.
@@ -7,10 +9,12 @@ Undefined values are NaN in Python results and ``null`` in the JSON that
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
 
+from magseg_ray.errors import ConfigError
 from magseg_ray.masks.instances import instances_from_classes
 from magseg_ray.masks.schemas import Schema, get_schema
 
@@ -120,6 +124,34 @@ def _compact(ids: np.ndarray) -> tuple[np.ndarray, int]:
     return labels + 1, uniq.size
 
 
+class _Overlaps(NamedTuple):
+    """Pixel counts shared by every truth and predicted instance of two instance rasters."""
+
+    table: np.ndarray
+    """``(n_truth + 1) x n_pred``: pixels of predicted instance j in truth instance i (row 0: no truth)."""
+    truth_area: np.ndarray
+    """Pixels of each truth instance, index 0 = no truth."""
+    pred_area: np.ndarray
+    """Pixels of each predicted instance."""
+
+    def pair_iou(self) -> np.ndarray:
+        """``n_truth x n_pred`` IoU of every (truth, prediction) pair."""
+        inter = self.table[1:]
+        return inter / (self.truth_area[1:, None] + self.pred_area[None, :] - inter)
+
+
+def _overlaps(pred_instances: np.ndarray, truth_instances: np.ndarray) -> _Overlaps:
+    """The overlap table of two instance rasters of one shape (non-negative ids, 0 = none)."""
+    shapes = np.shape(pred_instances), np.shape(truth_instances)
+    if shapes[0] != shapes[1]:
+        raise ValueError(f"prediction shape {shapes[0]} differs from truth shape {shapes[1]}")
+    truth, n_truth = _compact(truth_instances)
+    pred, n_pred = _compact(pred_instances)
+    table = np.bincount(truth * (n_pred + 1) + pred, minlength=(n_truth + 1) * (n_pred + 1))
+    table = table.reshape(n_truth + 1, n_pred + 1)[:, 1:]  # rows truth (0 = none), columns pred
+    return _Overlaps(table, np.bincount(truth, minlength=n_truth + 1), table.sum(0))
+
+
 def instance_metrics(pred_instances: np.ndarray, truth_instances: np.ndarray) -> dict:
     """Match predicted instances to truth instances and score each truth instance by IoU.
 
@@ -132,7 +164,8 @@ def instance_metrics(pred_instances: np.ndarray, truth_instances: np.ndarray) ->
 
     This rule forgives over-segmentation completely: a map shattered along every image edge scores
     like a clean one. ``one_to_one_mean_iou`` does not: each truth instance is scored by its best
-    single predicted instance, so a field split in two scores at most about one half.
+    single predicted instance, so a field split in two scores at most about one half. Neither
+    counts the pieces; :func:`object_metrics` does.
 
     Returns ``mean_iou``, ``median_iou`` and ``one_to_one_mean_iou`` over truth instances,
     ``false_negative_rate`` (share of truth instances with nothing assigned), ``false_positive_rate``
@@ -140,14 +173,9 @@ def instance_metrics(pred_instances: np.ndarray, truth_instances: np.ndarray) ->
     instances the IoUs and the false negative rate are NaN and the false positive rate is 1.0
     (NaN if there are no predictions either); with no predictions the false positive rate is NaN.
     """
-    shapes = np.shape(pred_instances), np.shape(truth_instances)
-    if shapes[0] != shapes[1]:
-        raise ValueError(f"prediction shape {shapes[0]} differs from truth shape {shapes[1]}")
-    truth, n_truth = _compact(truth_instances)
-    pred, n_pred = _compact(pred_instances)
-    table = np.bincount(truth * (n_pred + 1) + pred, minlength=(n_truth + 1) * (n_pred + 1))
-    table = table.reshape(n_truth + 1, n_pred + 1)[:, 1:]  # rows truth (0 = none), columns pred
-    pred_area = table.sum(0)
+    o = _overlaps(pred_instances, truth_instances)
+    table, pred_area = o.table, o.pred_area
+    n_truth, n_pred = table.shape[0] - 1, table.shape[1]
     assigned = np.zeros(n_pred, np.int64)
     if n_truth:
         best = table[1:].argmax(0) + 1
@@ -156,10 +184,8 @@ def instance_metrics(pred_instances: np.ndarray, truth_instances: np.ndarray) ->
     inter = np.bincount(assigned, weights=table[assigned, np.arange(n_pred)], minlength=n_truth + 1)
     union_pred = np.bincount(assigned, weights=pred_area, minlength=n_truth + 1)
     n_assigned = np.bincount(assigned, minlength=n_truth + 1)[1:]
-    truth_area = np.bincount(truth, minlength=n_truth + 1)
-    iou = inter[1:] / (truth_area[1:] + union_pred[1:] - inter[1:])
-    pairs = table[1:] / (truth_area[1:, None] + pred_area[None, :] - table[1:])  # IoU of each (truth, pred)
-    best = pairs.max(1) if n_pred else np.zeros(n_truth)
+    iou = inter[1:] / (o.truth_area[1:] + union_pred[1:] - inter[1:])
+    best = o.pair_iou().max(1) if n_pred else np.zeros(n_truth)
     return {
         "mean_iou": float(iou.mean()) if n_truth else _NAN,
         "one_to_one_mean_iou": float(best.mean()) if n_truth else _NAN,
@@ -168,6 +194,55 @@ def instance_metrics(pred_instances: np.ndarray, truth_instances: np.ndarray) ->
         "false_positive_rate": float((assigned == 0).mean()) if n_pred else _NAN,
         "n_truth": n_truth,
         "n_pred": n_pred,
+    }
+
+
+def match_objects(pair_iou: np.ndarray, iou_threshold: float = 0.5) -> list[tuple[int, int]]:
+    """One-to-one matches ``(truth index, pred index)`` of pairs whose IoU exceeds ``iou_threshold``.
+
+    Pairs are taken in order of decreasing IoU (ties: lower truth, then lower prediction index),
+    each truth and each prediction at most once. With a threshold of 0.5 or more a truth and a
+    prediction over it are each other's only candidates, so the order cannot change the result;
+    the rule is written out so that it does not depend on that. Thresholds below 0.5 are refused,
+    as Fields of The World refuses them.
+    """
+    if not 0.5 <= iou_threshold < 1:
+        raise ConfigError(f"object IoU threshold must be in [0.5, 1), got {iou_threshold}")
+    truth_idx, pred_idx = np.nonzero(pair_iou > iou_threshold)
+    order = np.lexsort((pred_idx, truth_idx, -pair_iou[truth_idx, pred_idx]))
+    used_truth, used_pred, matches = set(), set(), []
+    for t, p in zip(truth_idx[order].tolist(), pred_idx[order].tolist()):
+        if t not in used_truth and p not in used_pred:
+            used_truth.add(t)
+            used_pred.add(p)
+            matches.append((t, p))
+    return matches
+
+
+def object_metrics(pred_instances: np.ndarray, truth_instances: np.ndarray, iou_threshold: float = 0.5) -> dict:
+    """Object-level scores of Fields of The World: each object counts once, whatever its size.
+
+    A predicted instance matches a truth instance when their IoU exceeds ``iou_threshold`` (0.5),
+    one to one (:func:`match_objects`). Matched pairs are true positives (``tp``), unmatched
+    predictions false positives (``fp``), unmatched truths false negatives (``fn``);
+    ``precision = tp / (tp + fp)``, ``recall = tp / (tp + fn)``, ``f1 = 2 tp / (2 tp + fp + fn)``.
+    A field split in two, two fields merged into one, and a map shattered into many pieces all
+    score a miss, and every piece of a shattered map is a false positive.
+
+    Undefined cases: precision is NaN with no predictions, recall with no truth, F1 with neither.
+    """
+    o = _overlaps(pred_instances, truth_instances)
+    n_truth, n_pred = o.table.shape[0] - 1, o.table.shape[1]
+    tp = len(match_objects(o.pair_iou(), iou_threshold))
+    fp, fn = n_pred - tp, n_truth - tp
+    return {
+        "precision": tp / n_pred if n_pred else _NAN,
+        "recall": tp / n_truth if n_truth else _NAN,
+        "f1": 2 * tp / (n_pred + n_truth) if n_pred + n_truth else _NAN,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "iou_threshold": iou_threshold,
     }
 
 
@@ -185,29 +260,32 @@ def evaluate_masks(
     pred_instances: np.ndarray | None = None,
     truth_instances: np.ndarray | None = None,
     boundary_tolerance: float = 2,
+    object_iou: float = 0.5,
 ) -> dict:
     """All metrics of a prediction against the truth, as a JSON-serialisable dict (NaN -> None).
 
-    ``{"schema": name, "pixel": pixel_metrics(...), "instance": {class name: instance_metrics}}``.
-    Instance metrics are computed for ``"field"`` from the given instance rasters, or from
+    ``{"schema": name, "pixel": pixel_metrics(...), "instance": {class name: instance_metrics},
+    "object": {class name: object_metrics}}``. Instance and object metrics are computed for
+    ``"field"`` from the given instance rasters, or from
     :func:`~magseg_ray.masks.instances.instances_from_classes` where one is not given, and for
     every other non-background class outside ``schema.field_classes`` (tree, cloud, pond and
-    well in ``alu``) from the 4-connected components of that class.
+    well in ``alu``) from the 4-connected components of that class. ``object_iou`` is the IoU a
+    match must exceed (:func:`object_metrics`).
     """
     schema = get_schema(schema)
     if pred_instances is None:
         pred_instances = instances_from_classes(pred_classes, schema)
     if truth_instances is None:
         truth_instances = instances_from_classes(truth_classes, schema)
-    instance = {"field": instance_metrics(pred_instances, truth_instances)}
+    pairs = {"field": (pred_instances, truth_instances)}
     for c in sorted(set(range(1, len(schema.classes))) - set(schema.field_classes)):
-        instance[schema.names[c]] = instance_metrics(
-            ndimage.label(np.asarray(pred_classes) == c)[0], ndimage.label(np.asarray(truth_classes) == c)[0]
-        )
+        pairs[schema.names[c]] = (ndimage.label(np.asarray(pred_classes) == c)[0],
+                                  ndimage.label(np.asarray(truth_classes) == c)[0])
     return _json_safe(
         {
             "schema": schema.name,
             "pixel": pixel_metrics(pred_classes, truth_classes, schema, boundary_tolerance),
-            "instance": instance,
+            "instance": {name: instance_metrics(*pair) for name, pair in pairs.items()},
+            "object": {name: object_metrics(*pair, object_iou) for name, pair in pairs.items()},
         }
     )

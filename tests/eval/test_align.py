@@ -90,20 +90,106 @@ def test_raster_pred_in_other_crs_is_reprojected(tmp_path):
     assert (pair.pred_instances == pair.truth_instances).mean() > 0.97
 
 
-def test_two_vectors_need_a_resolution(tmp_path):
+def test_two_vectors_default_to_one_metre_in_the_truths_crs(tmp_path):
     truth = write_fields(tmp_path / "truth.gpkg")
     pred = write_fields(tmp_path / "pred.parquet", gpd.GeoSeries(FIELDS, crs=UTM).to_crs(3857), "EPSG:3857")
-    with pytest.raises(ConfigError, match="resolution"):
-        load_pair(pred, truth, "fields3")
-    pair = load_pair(pred, truth, "fields3", resolution=0.5)
-    assert pair.truth_instances.shape == (36, 68)
+    pair = load_pair(pred, truth, "fields3")
+    assert pair.crs == UTM and pair.truth_instances.shape == (18, 34)
+    np.testing.assert_array_equal(pair.truth_instances, INST[2:20, 2:36])
     assert (pair.pred_instances == pair.truth_instances).mean() > 0.97
+    pair = load_pair(pred, truth, "fields3", resolution=0.5)  # in the truth's CRS units
+    assert pair.truth_instances.shape == (36, 68)
+    with pytest.raises(ConfigError, match="resolution must be positive"):
+        load_pair(pred, truth, "fields3", resolution=0)
 
 
-def test_empty_truth_is_not_an_error(tmp_path):
+def test_a_truth_in_degrees_is_scored_at_one_metre_in_its_utm_zone(tmp_path):
+    """Issue 22: two vector files, truth in EPSG:4326, and no --resolution."""
+    degrees = gpd.GeoSeries(FIELDS, crs=UTM).to_crs(4326)
+    truth = write_fields(tmp_path / "truth.gpkg", degrees, "EPSG:4326")
+    pair = load_pair(write_fields(tmp_path / "pred.gpkg"), truth, "fields3")
+    assert pair.crs == UTM and abs(pair.transform.a) == 1.0
+    assert set(np.unique(pair.truth_instances)) == {0, 1, 2}
+    assert (pair.pred_instances == pair.truth_instances).mean() > 0.95
+
+
+def test_a_grid_too_coarse_for_the_truth_is_refused(tmp_path):
+    """Issue 22: ``--resolution 1`` on a truth in degrees was a 1-pixel grid that scored 1.0."""
+    degrees = gpd.GeoSeries(FIELDS, crs=UTM).to_crs(4326)
+    truth = write_fields(tmp_path / "truth.gpkg", degrees, "EPSG:4326")
+    pred = write_fields(tmp_path / "pred.gpkg")
+    with pytest.raises(RasterInputError, match=r"truth.gpkg against .*pred.gpkg: the grid \(1 x 1 px at 1 degree "
+                       r"\(EPSG:4326\)\) holds 0 of the 2 truth fields on it"):
+        load_pair(pred, truth, "fields3", resolution=1)
+    # a raster's grid too: one 100 m pixel whose centre misses both fields
+    coarse = write_tif(tmp_path / "coarse.tif", np.ones((1, 1), np.uint8), transform=from_origin(299_950, 4_600_100, 100, 100))
+    with pytest.raises(RasterInputError, match=r"\(1 x 1 px at 100 metre \(EPSG:32616\)\) holds 0 of the 2"):
+        load_pair(coarse, write_fields(tmp_path / "truth_utm.gpkg"), "fields3")
+
+
+def test_an_empty_truth_warns(tmp_path):
     truth = write_tif(tmp_path / "truth.tif", np.zeros((40, 40), np.uint16))
     pair = load_pair(write_fields(tmp_path / "pred.gpkg"), truth, "fields3")
     assert pair.truth_instances.max() == 0 and pair.pred_instances.max() == 2
+    assert len(pair.warnings) == 1 and "truth.tif holds no field on the scored pixels" in pair.warnings[0]
+    assert load_pair(write_fields(tmp_path / "p.gpkg"), write_tif(tmp_path / "t.tif", INST), "fields3").warnings == ()
+
+
+def _aoi_of(geom, path):
+    """``geom`` (UTM) written as a GeoJSON AOI; returns the AOI as map_region reads it."""
+    from magseg_ray.chips.windows import load_aoi
+
+    path.write_text(gpd.GeoSeries([geom], crs=UTM).to_crs(4326).to_json())
+    return load_aoi(path)
+
+
+def test_an_aoi_limits_the_scored_pixels(tmp_path):
+    """A map of an AOI holding field 1 only, against the whole truth: field 2 is not a miss."""
+    pred = write_fields(tmp_path / "fields.gpkg", FIELDS[:1])
+    truth = write_fields(tmp_path / "truth.gpkg")
+    whole = load_pair(pred, truth, "fields3")
+    assert set(np.unique(whole.truth_instances)) == {1, 2}
+    aoi = _aoi_of(box(300_000, 4_600_010, 300_017, 4_600_040), tmp_path / "aoi.geojson")
+    part = load_pair(pred, truth, "fields3", aoi=aoi)
+    np.testing.assert_array_equal(part.truth_instances, part.pred_instances)
+    assert set(np.unique(part.truth_instances)) - {0} == {1}
+    far = _aoi_of(box(310_000, 4_600_000, 310_020, 4_600_020), tmp_path / "far.geojson")
+    with pytest.raises(RasterInputError, match="AOI and .*truth.gpkg do not overlap"):
+        load_pair(pred, truth, "fields3", aoi=far)
+
+
+def test_grid_like_scores_on_a_named_rasters_grid(tmp_path):
+    like = write_tif(tmp_path / "like.tif", np.zeros((50, 60), np.uint8), transform=from_origin(299_990, 4_600_045, 1, 1))
+    pair = load_pair(write_fields(tmp_path / "pred.gpkg"), write_fields(tmp_path / "truth.gpkg"), "fields3",
+                     grid_like=like)
+    assert pair.truth_instances.shape == (50, 60) and pair.transform == from_origin(299_990, 4_600_045, 1, 1)
+    np.testing.assert_array_equal(pair.truth_instances[5:45, 10:50], INST)
+
+
+def _run_folder(root, aoi_path, aoi):
+    """The files of a map_region run that say which AOI it mapped (run.json, summary.json)."""
+    from magseg_ray.chips.windows import aoi_fingerprint
+
+    root.mkdir()
+    (root / "run.json").write_text(json.dumps({"aoi_sha256": aoi_fingerprint(aoi)}))
+    (root / "summary.json").write_text(json.dumps({"aoi": str(aoi_path)}))
+    return root
+
+
+def test_run_aoi_finds_the_aoi_of_the_run_that_wrote_a_map(tmp_path):
+    from magseg_ray.eval.align import run_aoi
+
+    aoi_path = tmp_path / "aoi.geojson"
+    aoi = _aoi_of(box(300_000, 4_600_010, 300_017, 4_600_040), aoi_path)
+    run = _run_folder(tmp_path / "run", aoi_path, aoi)
+    (run / "masks").mkdir()
+    for pred in (run / "fields.gpkg", run / "masks" / "scene.tif"):
+        found, where = run_aoi(pred)
+        assert found.equals(aoi) and where == str(aoi_path)
+    assert run_aoi(tmp_path / "elsewhere.gpkg") is None
+    _aoi_of(box(300_000, 4_600_010, 300_030, 4_600_040), aoi_path)  # the AOI file changed since the run
+    with pytest.raises(RasterInputError, match="changed since the run: pass the AOI it was mapped with"):
+        run_aoi(run / "fields.gpkg")
 
 
 def test_missing_file(tmp_path):
@@ -176,3 +262,42 @@ def test_a_map_of_part_of_a_scene_is_scored_on_that_part(tmp_path):
     field = evaluate_masks(pair.pred_classes, pair.truth_classes, "fields3", pair.pred_instances,
                            pair.truth_instances)["instance"]["field"]
     assert field["mean_iou"] > 0.95  # the fields the map cut at its edge are compared with the truth cut there
+
+
+def test_job_refuses_the_one_degree_grid_of_issue_22(tmp_path, capsys):
+    degrees = gpd.GeoSeries(FIELDS, crs=UTM).to_crs(4326)
+    truth = write_fields(tmp_path / "truth.gpkg", degrees, "EPSG:4326")
+    pred = write_fields(tmp_path / "pred.gpkg")
+    assert _job().main(["--pred", str(pred), "--truth", str(truth), "--resolution", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "truth.gpkg against" in err and "holds 0 of the 2 truth fields" in err
+    assert _job().main(["--pred", str(pred), "--truth", str(truth)]) == 0  # default: 1 m in UTM 16N
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["instance"]["field"]["n_truth"] == 2 and metrics["object"]["field"]["f1"] > 0.9
+
+
+def test_job_warns_on_an_empty_truth(tmp_path, capsys):
+    truth = write_tif(tmp_path / "truth.tif", np.zeros((40, 40), np.uint16))
+    assert _job().main(["--pred", str(write_fields(tmp_path / "pred.gpkg")), "--truth", str(truth)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("warning: ") and "holds no field" in captured.err
+    metrics = json.loads(captured.out)
+    assert len(metrics["warnings"]) == 1 and metrics["instance"]["field"]["mean_iou"] is None
+
+
+def test_job_scores_a_runs_fields_on_the_runs_aoi(tmp_path, capsys):
+    """Issue 22: fields.gpkg of an AOI run against a whole-scene truth counted the fields outside as missed."""
+    aoi_path = tmp_path / "aoi.geojson"
+    aoi = _aoi_of(box(300_000, 4_600_010, 300_017, 4_600_040), aoi_path)
+    run = _run_folder(tmp_path / "run", aoi_path, aoi)
+    pred = write_fields(run / "fields.gpkg", FIELDS[:1])  # the run mapped field 1 perfectly
+    truth = str(write_fields(tmp_path / "truth.gpkg"))
+    assert _job().main(["--pred", str(pred), "--truth", truth]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["aoi"] == str(aoi_path)
+    assert metrics["instance"]["field"]["n_truth"] == 1 and metrics["object"]["field"]["recall"] == 1.0
+    other = tmp_path / "other.geojson"  # --aoi wins over the run's
+    _aoi_of(box(300_000, 4_600_000, 300_040, 4_600_040), other)
+    assert _job().main(["--pred", str(pred), "--truth", truth, "--aoi", str(other)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["aoi"] == str(other) and metrics["object"]["field"]["recall"] == 0.5

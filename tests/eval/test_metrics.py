@@ -4,8 +4,14 @@ import math
 import numpy as np
 import pytest
 
-from magseg_ray.errors import SchemaError
-from magseg_ray.eval.metrics import evaluate_masks, instance_metrics, pixel_metrics
+from magseg_ray.errors import ConfigError, SchemaError
+from magseg_ray.eval.metrics import (
+    evaluate_masks,
+    instance_metrics,
+    match_objects,
+    object_metrics,
+    pixel_metrics,
+)
 
 
 def test_pixel_metrics_by_hand():
@@ -130,3 +136,76 @@ def test_evaluate_masks_alu_scores_each_class_as_instances():
     assert m["tree"]["mean_iou"] == pytest.approx(1 / 2)
     assert m["pond"]["false_negative_rate"] == 1.0
     assert m["cloud"]["n_truth"] == 0 and m["cloud"]["mean_iou"] is None
+
+
+def _two_fields() -> np.ndarray:
+    """Two 4 x 4 fields side by side, ids 3 and 9, with a background column between them."""
+    truth = np.zeros((4, 9), np.int32)
+    truth[:, :4], truth[:, 5:] = 3, 9
+    return truth
+
+
+def _objects(pred, truth) -> tuple:
+    m = object_metrics(pred, truth)
+    return m["tp"], m["fp"], m["fn"], m["precision"], m["recall"], m["f1"]
+
+
+def test_object_metrics_perfect_and_partial_match():
+    truth = _two_fields()
+    assert _objects(truth * 2, truth) == (2, 0, 0, 1.0, 1.0, 1.0)  # ids need not agree
+    pred = truth.copy()
+    pred[:, 5:7] = 0  # field 9 predicted as 8 of its 16 px: IoU 0.5 exactly, not > 0.5
+    assert _objects(pred, truth) == (1, 1, 1, 0.5, 0.5, 0.5)
+    pred[0, 5] = 9  # 9 of 16 px: IoU 9/16 > 0.5
+    assert _objects(pred, truth) == (2, 0, 0, 1.0, 1.0, 1.0)
+
+
+def test_object_metrics_split_field_is_a_miss_and_two_false_positives():
+    truth = _two_fields()
+    pred = truth.copy()
+    pred[:, 7:] = 4  # field 9 split in halves (IoU 0.5 each, not > 0.5)
+    assert _objects(pred, truth) == (1, 2, 1, 1 / 3, 1 / 2, 2 / 5)
+    # the majority rule forgives the split completely
+    assert instance_metrics(pred, truth)["mean_iou"] == 1.0
+
+
+def test_object_metrics_merged_fields_match_at_most_one():
+    truth = _two_fields()
+    assert _objects((truth > 0).astype(np.int32), truth) == (0, 1, 2, 0.0, 0.0, 0.0)  # IoU 16/32 each
+    truth[:, 5:] = 0
+    truth[:2, 5:] = 9  # a small neighbour: the merged prediction (24 px) holds all of field 3 (16 px)
+    merged = (truth > 0).astype(np.int32)
+    assert _objects(merged, truth) == (1, 0, 1, 1.0, 0.5, 2 / 3)  # IoU 16/24 with field 3 only
+
+
+def test_object_metrics_shattered_map():
+    truth = _two_fields()
+    pred = np.arange(truth.size, dtype=np.int32).reshape(truth.shape) + 1  # every pixel its own piece
+    pred[truth == 0] = 0
+    assert _objects(pred, truth) == (0, 32, 2, 0.0, 0.0, 0.0)
+    assert instance_metrics(pred, truth)["mean_iou"] == 1.0  # majority matching scores it perfect
+
+
+def test_object_metrics_undefined_cases():
+    empty, truth = np.zeros((4, 9), np.int32), _two_fields()
+    tp, fp, fn, precision, recall, f1 = _objects(empty, truth)
+    assert (tp, fp, fn, recall, f1) == (0, 0, 2, 0.0, 0.0) and math.isnan(precision)
+    tp, fp, fn, precision, recall, f1 = _objects(truth, empty)
+    assert (tp, fp, fn, precision, f1) == (0, 2, 0, 0.0, 0.0) and math.isnan(recall)
+    assert all(math.isnan(v) for v in _objects(empty, empty)[3:])
+
+
+def test_match_objects_uses_each_truth_and_prediction_once():
+    iou = np.array([[0.9, 0.8], [0.85, 0.2]])
+    assert match_objects(iou) == [(0, 0)]  # truth 1 and pred 1 lost their only candidates above 0.5 ...
+    assert match_objects(np.array([[0.6, 0.7], [0.55, 0.3]])) == [(0, 1), (1, 0)]  # ... each used once
+    with pytest.raises(ConfigError, match="0.5"):
+        match_objects(iou, 0.3)
+
+
+def test_evaluate_masks_has_object_scores():
+    truth = np.array([[1, 1, 0, 1, 1]], np.uint8)
+    m = evaluate_masks(truth, truth, "fields3")
+    assert m["object"]["field"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "tp": 2, "fp": 0, "fn": 0,
+                                    "iou_threshold": 0.5}
+    assert evaluate_masks(truth, truth, "alu")["object"]["tree"]["f1"] is None

@@ -1,11 +1,22 @@
-"""How the model card's table was measured: the model against the two baselines on held-out scenes.
+"""How the model card's table is measured: a model against the two baselines on the held-out scenes.
 
-    python magseg_ray/assets/demo_model/evaluate.py --data ../shared/data/naip-fields --out /tmp/eval
+    python magseg_ray/assets/demo_model/evaluate.py --data ../shared/data/naip-fields --out DIR [--model M]
 
-Maps a 400 m square at the centre of each validation scene (``split_of(id, 0.2) == "val"``, the
-scenes SFT held out) with ``jobs/map_region.py``, writes both baselines on exactly the mapped
-pixels, and scores all three with the rules of ``jobs/evaluate.py`` (truth blanked where a map has
-no data; ``--make-valid``). Prints one JSON line per scene and the means; writes ``eval.json``.
+Maps each validation scene (``split_of(id, 0.2) == "val"``, the scenes SFT held out) **whole** with
+``jobs/map_region.py`` (the AOI is each scene's bounds plus 16 m; ``--half-side M`` maps only a
+square of side 2M metres at each scene's centre instead), writes both baselines
+(``jobs/baseline.py``) on exactly the mapped pixels, and scores, against ``<scene>.fields.gpkg``
+with the rules of ``jobs/evaluate.py`` (``--make-valid``; truth blanked where a map has no data):
+
+- ``model``: the map's class raster (``masks/<scene>.tif``);
+- ``model_fields``: the map's polygons (``fields.gpkg``) on the same pixel grid, on the run's AOI;
+- ``threshold`` and ``everything``: the baselines' class rasters.
+
+Scores of each: field instance mean IoU (majority-overlap matching), one-to-one mean IoU (each truth
+field by its best single piece), Fields of The World's object precision, recall and F1 (one-to-one
+matches at IoU > 0.5; over all scenes, from the summed counts), field pixel IoU, pieces predicted.
+Prints one JSON line per scene, a table, and last one JSON line that sums up the run (the line to
+compare models by); writes ``eval.json``. Rerunning with the same ``--out`` resumes the map.
 
 ``--ceiling STEPS`` also scores what a perfect decoder could get from the model's image tokens: the
 tower and a per-pixel linear head on the crop tokens are trained for STEPS steps on the training
@@ -31,7 +42,7 @@ import torch
 from rasterio.windows import Window
 
 from magseg_ray.chips.pipeline import split_of
-from magseg_ray.eval.align import load_pair
+from magseg_ray.eval.align import load_pair, run_aoi
 from magseg_ray.eval.baselines import baseline_classes
 from magseg_ray.eval.metrics import evaluate_masks
 from magseg_ray.model.checkpoint import DEMO_MODEL
@@ -40,13 +51,45 @@ from magseg_ray.scenes.catalog import load_catalog
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _score(path: Path, truth: Path) -> dict:
-    pair = load_pair(path, truth, "fields3", make_valid=True)
+MAPS = ("model", "model_fields", "threshold", "everything", "ceiling")
+"""Maps scored per scene, in table order (``ceiling`` only with ``--ceiling``)."""
+MEANS = ("field_instance_mean_iou", "field_one_to_one_mean_iou", "field_pixel_iou", "mean_dice")
+"""Scores averaged over scenes; object scores are pooled from the summed counts instead."""
+
+
+def _score(path: Path, truth: Path, aoi=None, grid_like: Path | None = None) -> dict:
+    pair = load_pair(path, truth, "fields3", make_valid=True, aoi=aoi, grid_like=grid_like)
     m = evaluate_masks(pair.pred_classes, pair.truth_classes, "fields3", pair.pred_instances, pair.truth_instances)
-    field = m["instance"]["field"]
+    field, objects = m["instance"]["field"], m["object"]["field"]
     return {"field_instance_mean_iou": field["mean_iou"], "field_one_to_one_mean_iou": field["one_to_one_mean_iou"],
+            "object_precision": objects["precision"], "object_recall": objects["recall"], "object_f1": objects["f1"],
+            "object_tp": objects["tp"], "object_fp": objects["fp"], "object_fn": objects["fn"],
             "field_pixel_iou": m["pixel"]["field"]["iou"], "mean_dice": m["pixel"]["mean"]["dice"],
             "n_truth": field["n_truth"], "n_pred": field["n_pred"]}
+
+
+def _pooled(rows: list[dict], name: str) -> dict:
+    """Means over scenes of :data:`MEANS`, and object scores from the counts summed over scenes."""
+    out = {k: float(np.mean([r[name][k] for r in rows])) for k in MEANS}
+    tp, fp, fn = (sum(r[name][f"object_{k}"] for r in rows) for k in ("tp", "fp", "fn"))
+    out.update(object_precision=tp / (tp + fp) if tp + fp else None, object_recall=tp / (tp + fn) if tp + fn else None,
+               object_f1=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+               object_tp=tp, object_fp=fp, object_fn=fn, n_pred=sum(r[name]["n_pred"] for r in rows))
+    return out
+
+
+def _table(means: dict, n_truth: int) -> str:
+    """The means as a Markdown table, one row per map."""
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    lines = ["| map | instance mean IoU | one-to-one IoU | object P | object R | object F1 | pieces "
+             f"({n_truth} fields) | field pixel IoU |", "|---|---|---|---|---|---|---|---|"]
+    for name, m in means.items():
+        lines.append(f"| {name} | {f(m['field_instance_mean_iou'])} | {f(m['field_one_to_one_mean_iou'])} | "
+                     f"{f(m['object_precision'])} | {f(m['object_recall'])} | {f(m['object_f1'])} | {m['n_pred']} | "
+                     f"{f(m['field_pixel_iou'])} |")
+    return "\n".join(lines)
 
 
 class _Ceiling:
@@ -147,60 +190,90 @@ def _ceiling(model_dir: str, data: Path, scenes, steps: int, out: Path) -> _Ceil
     return ceiling
 
 
+MARGIN_M = 16.0
+"""Metres added around a whole scene's bounds for its AOI, so that no edge pixel falls outside it."""
+
+
+def _aoi(val, half_side: float) -> gpd.GeoSeries:
+    """The mapped area (EPSG:4326): each scene whole, or a square of side ``2 * half_side`` m at its centre."""
+    shapes = []
+    for row in val.itertuples():
+        x0, y0, x1, y1 = row.native_bounds
+        if half_side > 0:
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            x0, y0, x1, y1 = cx - half_side, cy - half_side, cx + half_side, cy + half_side
+        else:
+            x0, y0, x1, y1 = x0 - MARGIN_M, y0 - MARGIN_M, x1 + MARGIN_M, y1 + MARGIN_M
+        shapes.append(gpd.GeoSeries([shapely.box(x0, y0, x1, y1)], crs=row.crs).to_crs(4326).iloc[0])
+    return gpd.GeoSeries(shapes, crs=4326)
+
+
+def _scene(row, data: Path, out: Path, names: tuple, ceiling, aoi) -> dict:
+    """Every map of one scene, scored; the baselines (and the ceiling) written on the model's mapped pixels."""
+    pred, truth = out / "map" / "masks" / f"{row.id}.tif", data / f"{row.id}.fields.gpkg"
+    with rasterio.open(pred) as src:
+        covered, profile = src.read(1) != 255, src.profile
+    with rasterio.open(data / f"{row.id}.tif") as src:
+        image = np.moveaxis(src.read([1, 2, 3]), 0, -1)
+    result = {"scene": row.id}
+    for name in names:
+        if name == "model":
+            result[name] = _score(pred, truth)
+            continue
+        if name == "model_fields":
+            result[name] = _score(out / "map" / "fields.gpkg", truth, aoi, grid_like=pred)
+            continue
+        path = out / f"{row.id}.{name}.tif"
+        classes = ceiling.classes(image) if name == "ceiling" else baseline_classes(image, name)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(np.where(covered, classes, 255).astype(np.uint8), 1)
+        result[name] = _score(path, truth)
+    result["n_truth"] = result["model"]["n_truth"]
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="folder of naip-fields scenes")
-    p.add_argument("--out", required=True, help="output folder (a fresh one)")
+    p.add_argument("--out", required=True, help="output folder (a fresh one, or this script's earlier one to resume)")
     p.add_argument("--model", default=str(DEMO_MODEL), help="model folder (default: the demo model)")
-    p.add_argument("--half-side", type=float, default=200.0, help="half the square's side, in metres")
+    p.add_argument("--half-side", type=float, default=0.0, metavar="M",
+                   help="map only a square of side 2M metres at each scene's centre (default 0: whole scenes)")
     p.add_argument("--ceiling", type=int, default=0, metavar="STEPS",
                    help="also score a per-pixel head on the model's image tokens, trained STEPS steps (see above)")
     args = p.parse_args()
     if args.ceiling < 0:
         p.error(f"--ceiling {args.ceiling}: the number of training steps must be >= 0")
+    if args.half_side < 0:
+        p.error(f"--half-side {args.half_side}: must be >= 0 (0: whole scenes)")
     data, out = Path(args.data), Path(args.out)
     scenes = load_catalog(data).scenes
     val = scenes[[split_of(s, 0.2) == "val" for s in scenes["id"]]]
-    r = args.half_side
-    squares = []
-    for row in val.itertuples():
-        x0, y0, x1, y1 = row.native_bounds
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        square = gpd.GeoSeries([shapely.box(cx - r, cy - r, cx + r, cy + r)], crs=row.crs)
-        squares.append(square.to_crs(4326).iloc[0])
     out.mkdir(parents=True, exist_ok=True)
-    aoi = out / "val_aoi.geojson"
-    aoi.write_text(gpd.GeoSeries(squares, crs=4326).to_json())
-    subprocess.run([sys.executable, str(ROOT / "jobs/map_region.py"), "--aoi", str(aoi), "--catalog", str(data),
+    aoi_path = out / "val_aoi.geojson"
+    aoi_path.write_text(_aoi(val, args.half_side).to_json())
+    subprocess.run([sys.executable, str(ROOT / "jobs/map_region.py"), "--aoi", str(aoi_path), "--catalog", str(data),
                     "--model", args.model, "--out", str(out / "map"), "--cpus-per-actor", "1"], check=True)
+    aoi, _ = run_aoi(out / "map" / "fields.gpkg")
     ceiling = _ceiling(args.model, data, scenes, args.ceiling, out) if args.ceiling else None
-    names = ("model", "threshold", "everything") + (("ceiling",) if ceiling else ())
+    names = MAPS if ceiling else MAPS[:-1]
     rows = []
     for row in val.itertuples():
-        pred = out / "map" / "masks" / f"{row.id}.tif"
-        with rasterio.open(pred) as src:
-            covered, profile = src.read(1) != 255, src.profile
-        with rasterio.open(data / f"{row.id}.tif") as src:
-            image = np.moveaxis(src.read([1, 2, 3]), 0, -1)
-        result = {"scene": row.id}
-        for name in names:
-            path = pred
-            if name != "model":
-                path = out / f"{row.id}.{name}.tif"
-                classes = ceiling.classes(image) if name == "ceiling" else baseline_classes(image, name)
-                with rasterio.open(path, "w", **profile) as dst:
-                    dst.write(np.where(covered, classes, 255).astype(np.uint8), 1)
-            result[name] = _score(path, data / f"{row.id}.fields.gpkg")
-        rows.append(result)
-        print(json.dumps(result), flush=True)
-    means = {metric: {k: float(np.mean([r[k][metric] for r in rows])) for k in names}
-             for metric in ("field_instance_mean_iou", "field_one_to_one_mean_iou")}
-    print(json.dumps({f"mean_{metric}": m for metric, m in means.items()}))
-    summary = {"model": args.model, "scenes": rows, "mean": means}
+        rows.append(_scene(row, data, out, names, ceiling, aoi))
+        print(json.dumps(rows[-1]), flush=True)
+    means = {name: _pooled(rows, name) for name in names}
+    area = f"squares of {2 * args.half_side:g} m" if args.half_side else "whole scenes"
+    n_truth = sum(r["n_truth"] for r in rows)
+    print(f"\n{len(rows)} held-out scenes, {area}; IoUs are means over scenes, object scores pooled over them\n")
+    print(_table(means, n_truth) + "\n")
+    run = json.loads((out / "map" / "run.json").read_text())
+    summary = {"model": args.model, "model_fingerprint": run["model"], "area": area,
+               "scenes": [r["scene"] for r in rows], "n_truth": n_truth, "mean": means}
     if ceiling:
         summary["ceiling"] = {"steps": args.ceiling, "boundary_threshold": ceiling.threshold,
                               "training_squares": ceiling.tuning}
-    (out / "eval.json").write_text(json.dumps(summary, indent=1))
+    (out / "eval.json").write_text(json.dumps({**summary, "per_scene": rows}, indent=1))
+    print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":
