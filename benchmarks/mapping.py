@@ -3,8 +3,9 @@
     python benchmarks/mapping.py [--model DIR] [--chips 2] [--reducer-px 8192]
 
 1. Decoding, on the same chips of the bundled demo scenes with the same model: the actor path
-   (:func:`~magseg_ray.model.generate.answer_chip`: the chip image and instruction encoded once per
-   chip, patches decoded in batches from that KV prefix) against the named baseline
+   (:func:`~magseg_ray.model.batching.answer_chips`: the chip image and instruction encoded once per
+   chip, patch suffixes tokenized alone, every chip's patches decoded with continuous batching from
+   those KV prefixes) against the named baseline
    ``naive_generate_batch1`` (Hugging Face ``generate`` on each whole patch prompt, batch 1).
    Greedy decoding, so both give the same answers; ``answers_equal`` reports the share that do.
 2. Reducer: polygonizing, simplifying and measuring the fields of a ``reducer_px`` square class
@@ -29,7 +30,8 @@ from magseg_ray.chips.read import read_chip
 from magseg_ray.chips.windows import ChipConfig, chip_windows
 from magseg_ray.map_region import DEMO_DIR
 from magseg_ray.model.checkpoint import DEMO_MODEL, load_model
-from magseg_ray.model.generate import GenerationSettings, answer_chip, answer_patches
+from magseg_ray.model.batching import answer_chips
+from magseg_ray.model.generate import GenerationSettings, answer_patches
 from magseg_ray.model.segmenter import ModelPrompt, read_model_prompt
 from magseg_ray.prompt import build_patch_prompt, patch_boxes
 from magseg_ray.scenes.catalog import load_catalog
@@ -84,8 +86,8 @@ def main(argv=None) -> dict:
     boxes = patch_boxes(card.chip_size, card.chip_size, card.patch_size)
     budget = args.max_new_tokens or None
     start = time.perf_counter()
-    fast = [a for chip in chips for a in answer_chip(model, processor, chip, boxes, prompt,
-                                                       GenerationSettings(args.batch_size, 0.0, budget))]
+    fast = [a for answers in answer_chips(model, processor, [(chip, boxes) for chip in chips], prompt,
+                                          GenerationSettings(args.batch_size, 0.0, budget)) for a in answers]
     actor_s = time.perf_counter() - start
     start = time.perf_counter()
     naive = [a for chip in chips for a in answer_patches(model, processor, [build_patch_prompt(chip, b, prompt) for b in boxes],
