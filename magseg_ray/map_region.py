@@ -15,6 +15,10 @@ Stages (each in its own module):
 4. on the driver: merge seam pieces, write them, one GeoPackage, ``summary.json``,
    ``failures.json`` and ``preview.png``.
 
+The run ends ``complete`` (every chip mapped) or ``partial`` (some chips or scenes failed: their
+area is unmapped, the failures are listed on stderr and in ``failures.json``, and rerunning the
+same command retries them); ``summary.json``'s ``status`` says which.
+
 Fields are written to ``fields.partial/`` and moved to ``fields/`` when complete, so an
 interrupted reduce leaves the previous map in place.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -142,6 +147,16 @@ def check_output(files, identity: dict) -> bool:
     return True
 
 
+def interrupted_note(p: Plan, store=None) -> str:
+    """What an interrupted run kept and how to resume it, in one line."""
+    from magseg_ray.stitch.outputs import RunFiles, finished_chips
+
+    files = RunFiles(p.config.out_root(), store)
+    done = len(finished_chips(files) & {t.chip_id for t in p.tasks})
+    return (f"{done} of {len(p.tasks)} chips are finished and kept in {files.root}; "
+            "rerun the same command to resume")
+
+
 def _progress(done: int, total: int, resumed: int, patches: int, seconds: float, failed: int) -> None:
     rate = patches / seconds if seconds else 0.0
     print(f"[map] chips {done + resumed}/{total} ({resumed} resumed, {failed} failed) "
@@ -189,9 +204,22 @@ def run_map_region(p: Plan, store=None) -> dict:
                 last = now
     model_seconds = time.perf_counter() - start
     summary = reduce_run(p, files, store, failures)
+    summary = {"status": "partial" if failures else "complete", **summary}
     summary.update(chips=len(p.tasks), chips_resumed=resumed, chips_failed=len(failures),
                    patches_this_run=patches, model_seconds=round(model_seconds, 2),
                    patches_per_s=round(patches / model_seconds, 2) if patches else None)
     files.write("summary.json", json.dumps(summary, indent=1))
     files.write("failures.json", json.dumps(failures, indent=1))
+    if failures:
+        _report_failures(failures, len(p.tasks), files)
     return summary
+
+
+def _report_failures(failures: list[dict], chips: int, files, shown: int = 20) -> None:
+    """List what is missing from a partial map on stderr, and how to retry it."""
+    print(f"[map] partial map: {len(failures)} of {chips} chips failed; their area is unmapped "
+          f"(all in {files.uri('failures.json')}); rerun the same command to retry them", file=sys.stderr)
+    for f in failures[:shown]:
+        print(f"[map]   {f['chip_id'] or f['scene_id'] or '-'}: {f['error']}", file=sys.stderr)
+    if len(failures) > shown:
+        print(f"[map]   ... and {len(failures) - shown} more", file=sys.stderr)
