@@ -73,22 +73,6 @@ class MapConfig:
         return self.model or str(DEMO_MODEL)
 
 
-def model_fingerprint(model_dir: str) -> str:
-    """A hash of the model's config and weights (first and last MiB and size of each weight file:
-    cheap for multi-GB checkpoints, and any retraining changes it)."""
-    h = hashlib.sha256()
-    root = Path(model_dir)
-    for path in sorted([root / "config.json", *root.glob("*.safetensors"), *root.glob("adapter_model.*")]):
-        if path.is_file():
-            size = path.stat().st_size
-            h.update(f"{path.name}:{size}".encode())
-            with path.open("rb") as f:
-                h.update(f.read(1 << 20))
-                f.seek(max(size - (1 << 20), 0))
-                h.update(f.read(1 << 20))
-    return h.hexdigest()[:16]
-
-
 @dataclass
 class Plan:
     """What a run maps, resolved from the config before any Ray work."""
@@ -107,7 +91,7 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     """Check every input and resolve the run (errors name the input and what is wrong)."""
     from magseg_ray.chips.windows import ChipConfig, chip_windows, load_aoi
     from magseg_ray.masks.schemas import get_schema
-    from magseg_ray.model.checkpoint import check_checkpoint_dir
+    from magseg_ray.model.checkpoint import check_checkpoint_dir, model_fingerprint
     from magseg_ray.model.segmenter import ModelPrompt, read_model_prompt
     from magseg_ray.scenes.catalog import load_catalog
 
@@ -120,8 +104,7 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     if not schema.field_classes:
         raise ConfigError(f"model {model_dir!r} answers in schema {schema.name!r}, which has no field class")
     chip_size = cfg.chip_size or card.chip_size
-    overlap = chip_size // 8 if cfg.overlap < 0 else cfg.overlap
-    chip = ChipConfig(chip_size, overlap)
+    chip = ChipConfig.for_chip_size(chip_size, cfg.overlap)
     if chip_size % card.patch_size:
         raise ConfigError(f"chip_size {chip_size} is not a multiple of the model's patch size {card.patch_size}")
     aoi = load_aoi(cfg.aoi)
@@ -129,7 +112,7 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     tasks = chip_windows(scenes, aoi, chip)
     identity = {"aoi_sha256": hashlib.sha256(aoi.normalize().wkb).hexdigest()[:16],
                 "model": model_fingerprint(model_dir), "model_prompt": asdict(card),
-                "chip": {"chip_size": chip_size, "overlap": overlap}}
+                "chip": {"chip_size": chip_size, "overlap": chip.overlap}}
     return Plan(cfg, scenes, aoi, tasks, chip, card.prompt(), model_dir, identity)
 
 
@@ -149,7 +132,7 @@ def check_output(files, identity: dict) -> bool:
 
 def interrupted_note(p: Plan, store=None) -> str:
     """What an interrupted run kept and how to resume it, in one line."""
-    from magseg_ray.stitch.outputs import RunFiles, finished_chips
+    from magseg_ray.run_files import RunFiles, finished_chips
 
     files = RunFiles(p.config.out_root(), store)
     done = len(finished_chips(files) & {t.chip_id for t in p.tasks})
@@ -170,7 +153,7 @@ def run_map_region(p: Plan, store=None) -> dict:
     from magseg_ray.fields.reduce import reduce_run
     from magseg_ray.model.segmenter import ChipSegmenter
     from magseg_ray.scenes.store import ObjectStore
-    from magseg_ray.stitch.outputs import RunFiles, finished_chips
+    from magseg_ray.run_files import RunFiles, finished_chips
 
     store = store or ObjectStore.from_env()
     cfg = p.config

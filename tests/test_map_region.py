@@ -22,7 +22,7 @@ from magseg_ray.errors import ConfigError, SceneError, SchemaError
 from magseg_ray.map_region import DEMO_DIR, MapConfig, check_output, plan
 from magseg_ray.model.segmenter import ModelPrompt, write_model_prompt
 from magseg_ray.scenes.catalog import build_catalog
-from magseg_ray.stitch.outputs import RunFiles
+from magseg_ray.run_files import RunFiles
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,3 +183,48 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(ray_cluster, setup, tmp_pat
     last = err.strip().splitlines()[-1]
     assert last == (f"interrupted: {kept} of 50 chips are finished and kept in {tmp_path / 'out'}; "
                     "rerun the same command to resume"), err[-3000:]
+
+
+def model_actors() -> dict:
+    """``{actor_id: pid}`` of the live mapping model actors (Ray Data's map workers of ChipSegmenter)."""
+    from ray.util.state import list_actors
+
+    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False)
+    return {a.actor_id: a.pid for a in alive if "ChipSegmenter" in (a.class_name or "") + (a.name or "") or
+            "MapWorker" in (a.class_name or "")}
+
+
+@pytest.mark.slow
+def test_a_killed_model_actor_is_replaced_and_the_map_is_the_same(ray_cluster, setup, tmp_path, capsys):
+    """SIGKILL to a model actor (not the driver) mid-run: Ray restarts it and retries its chips; the
+    run completes with the map of an uninterrupted run, chip for chip."""
+    main = job_main()
+    assert main(flags(setup, tmp_path / "whole", ray_cluster.address)) == 0
+    capsys.readouterr()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs/map_region.py"), *flags(setup, tmp_path / "killed", ray_cluster.address)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        chips = tmp_path / "killed" / "chips"
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list(chips.rglob("*.npz"))) < 4 and proc.poll() is None:
+            time.sleep(0.2)
+        actors = model_actors()
+        assert len(actors) == 1 and proc.poll() is None, (actors, proc.poll())
+        os.kill(next(iter(actors.values())), signal.SIGKILL)
+        killed_at = len(list(chips.rglob("*.npz")))
+        out, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert killed_at < 50 and summary["status"] == "complete" and summary["chips_failed"] == 0
+    assert summary["chips_resumed"] == 0 and summary["chips"] == 50
+    for scene in ("synth_900", "synth_901"):
+        with rasterio.open(tmp_path / "whole" / f"masks/{scene}.tif") as x, \
+                rasterio.open(tmp_path / "killed" / f"masks/{scene}.tif") as y:
+            assert np.array_equal(x.read(1), y.read(1))
+    a = gpd.read_parquet(tmp_path / "whole" / "fields").sort_values("id")
+    b = gpd.read_parquet(tmp_path / "killed" / "fields").sort_values("id")
+    assert list(a["id"]) == list(b["id"]) and all(x.equals_exact(y, 0) for x, y in zip(a.geometry, b.geometry))

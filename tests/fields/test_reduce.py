@@ -16,7 +16,7 @@ from magseg_ray.fields.reduce import reduce_run
 from magseg_ray.fields.write import COLUMNS
 from magseg_ray.map_region import MapConfig, plan
 from magseg_ray.prompt import PromptConfig
-from magseg_ray.stitch.outputs import RunFiles, chip_file, encode_chip
+from magseg_ray.run_files import RunFiles, chip_file, encode_chip
 
 SIZE, GSD = 384, 0.5
 
