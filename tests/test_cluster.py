@@ -59,7 +59,7 @@ def test_no_job_imports_ray_before_its_environment_is_set():
     )
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=root, env=env)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, cwd=root, env=env)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
@@ -70,6 +70,6 @@ def test_ray_imported_before_its_environment_is_refused():
         "with ray_session(): pass\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode != 0
     assert "ClusterError: Ray was imported before magseg_ray.cluster.ray_environment() set" in result.stderr

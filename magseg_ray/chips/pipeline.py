@@ -122,7 +122,7 @@ class _TrainingReader:
                "chip_png": None, "classes": None}
         try:
             chip = read_chip(task, self.read, store=self.store)
-            classes = _read_classes(row["labels_uri"], task, self.prompt, self.store)
+            classes = read_chip_classes(row["labels_uri"], task, self.prompt, self.store)
         except (MagsegError, rasterio.errors.RasterioError) as e:
             out["error"] = str(e)
             return out
@@ -130,7 +130,7 @@ class _TrainingReader:
         return out
 
 
-def _read_classes(labels_uri: str, task: ChipTask, prompt: PromptConfig, store) -> np.ndarray:
+def read_chip_classes(labels_uri: str, task: ChipTask, prompt: PromptConfig, store) -> np.ndarray:
     """Class mask of a chip from its scene's instance raster, derived with a margin so that field
     boundaries on the chip's edge see the neighbouring field outside it."""
     m = prompt.boundary_width

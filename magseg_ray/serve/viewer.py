@@ -117,7 +117,7 @@ fetch("tilejson.json" + location.search, {headers}).then(r => r.json()).then(tj 
   const geojson = new Map();
   let wanted = 0;
   function loadFields() {
-    const z = Math.min(Math.floor(map.getZoom()), tj.maxzoom);
+    const z = Math.min(Math.floor(map.getZoom()) + 1, tj.maxzoom);  // 256 px tiles, as the raster layers
     if (z < tj.minzoom) { map.getSource("fields").setData({type: "FeatureCollection", features: []});
       report(`zoom in to ${tj.minzoom} for fields`); return; }
     const urls = tilesOver(map.getBounds(), z).map(([x, y]) =>
