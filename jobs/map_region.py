@@ -4,9 +4,12 @@
     python jobs/map_region.py --aoi cambodia.geojson --catalog s3://bucket/scenes --out s3://bucket/maps/kh
     ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/map_region.py --aoi ...
 
-Rerunning the same command resumes: finished chips are skipped. Outputs under --out: fields/
-(GeoParquet partitioned by grid cell, fiboa columns), fields.gpkg, masks/<scene>.tif, summary.json,
-failures.json, preview.png. See magseg_ray.map_region.
+Rerunning the same command resumes: finished chips are skipped, failed ones retried. Outputs under
+--out: fields/ (GeoParquet partitioned by grid cell, fiboa columns), fields.gpkg, masks/<scene>.tif,
+summary.json, failures.json, preview.png. See magseg_ray.map_region.
+
+Exit status: 0 a complete map; 3 a partial map (some chips failed: listed on stderr and in
+failures.json, summary "status": "partial"); 2 bad input; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,8 +21,13 @@ import sys
 from magseg_ray.cluster import RaySettings, ray_session
 from magseg_ray.config import add_arguments, from_arguments
 from magseg_ray.errors import MagsegError
-from magseg_ray.map_region import MapConfig, plan, run_map_region
+from magseg_ray.map_region import MapConfig, interrupted_note, plan, run_map_region
 from magseg_ray.scenes.store import ObjectStore
+
+PARTIAL = 3
+"""Exit status of a run that wrote a partial map (some chips failed)."""
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT, as shells report it)."""
 
 
 def main(argv=None) -> int:
@@ -27,6 +35,7 @@ def main(argv=None) -> int:
     add_arguments(parser, MapConfig)
     parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
     args = parser.parse_args(argv)
+    planned = None
     try:
         store = ObjectStore.from_env()
         planned = plan(from_arguments(MapConfig, args), store)  # bad AOI, catalog or model: fail before Ray
@@ -35,8 +44,12 @@ def main(argv=None) -> int:
     except MagsegError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {interrupted_note(planned, store) if planned else 'nothing was written'}",
+              file=sys.stderr, flush=True)
+        return INTERRUPTED
     print(json.dumps(summary))
-    return 0
+    return 0 if summary["status"] == "complete" else PARTIAL
 
 
 if __name__ == "__main__":

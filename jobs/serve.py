@@ -6,7 +6,7 @@
     serve run magseg_ray.serve:app catalog=... model=...           # the same app, Ray's CLI
 
 Routes: /tiles/{z}/{x}/{y}.png, /tiles/{z}/{x}/{y}.geojson, /imagery/{z}/{x}/{y}.png,
-/tilejson.json, /map, /healthz (see magseg_ray.serve.app). Runs until interrupted (or --seconds).
+/tilejson.json, /map, /healthz (see magseg_ray.serve.deployment). Runs until interrupted (or --seconds).
 Every flag but --host, --port, --address and --seconds is a setting of
 magseg_ray.serve.settings.ServeSettings, the one place that sizes the server.
 """
@@ -35,12 +35,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = from_arguments(ServeSettings, args)
-        from ray import serve
+        from magseg_ray.model.checkpoint import check_checkpoint_dir
 
-        from magseg_ray.serve import app
+        check_checkpoint_dir(settings.model_dir())  # a bad model fails before Ray starts
+        with ray_session(RaySettings(address=args.address)):  # sets Ray's environment, then imports it
+            from ray import serve
 
-        application = app({k: getattr(settings, k) for k in settings.__dataclass_fields__})
-        with ray_session(RaySettings(address=args.address)):
+            from magseg_ray.serve import app
+
+            application = app({k: getattr(settings, k) for k in settings.__dataclass_fields__})
             serve.start(http_options={"host": args.host, "port": args.port})
             try:
                 serve.run(application, name="tiles", route_prefix="/")
@@ -50,8 +53,6 @@ def main(argv=None) -> int:
                 deadline = time.monotonic() + args.seconds if args.seconds else float("inf")
                 while time.monotonic() < deadline:
                     time.sleep(0.5)
-            except KeyboardInterrupt:
-                pass
             finally:
                 serve.shutdown()
     except MagsegError as e:

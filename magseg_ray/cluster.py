@@ -30,7 +30,7 @@ from magseg_ray.errors import ClusterError
 
 LOOPBACK = "127.0.0.1"
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
-"""Environment of every process of a local cluster (see :func:`_use_loopback`)."""
+"""Environment of every process of a local cluster (see :func:`ray_environment`)."""
 
 
 @dataclass(frozen=True)
@@ -48,18 +48,27 @@ class RaySettings:
     """Ray namespace for named actors, so jobs of one project find each other."""
 
 
-def _use_loopback() -> None:
-    """Make this driver treat 127.0.0.1 as its node address.
+def ray_environment(address: str | None = None) -> None:
+    """Decide Ray's environment for a driver that joins ``address`` (``None``: ``RAY_ADDRESS``, else a
+    private local cluster), before Ray is imported. The one place that sets it.
 
-    Ray rewrites a loopback bootstrap address to the machine's external IP unless
-    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, which Ray reads once at import; set it for processes
-    started later and, if Ray is already imported, on its constants module too. Local clusters use
-    Ray's token authentication (token in ``~/.ray/auth_token``), stated explicitly so that the head,
-    drivers and ``ray job submit`` agree on it.
+    Ray reads its environment once, at import: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (without it
+    Ray rewrites a loopback address to the machine's external IP) and ``RAY_AUTH_MODE``, which Ray
+    otherwise turns on by itself whenever ``~/.ray/auth_token`` exists, so that a process imported
+    with one mode starts or joins a cluster in the other (``InvalidAuthToken``, or a head that never
+    comes up). A local cluster therefore gets :data:`LOOPBACK_ENV` (token auth, stated explicitly so
+    that the head, drivers and ``ray job submit`` agree). A remote cluster's environment is left as
+    the user set it. Raises :class:`ClusterError` if Ray was imported before this could decide.
     """
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and not _is_loopback(address):
+        return
+    changed = sorted(k for k, v in LOOPBACK_ENV.items() if os.environ.get(k) != v)
+    if changed and "ray" in sys.modules:
+        raise ClusterError(
+            f"Ray was imported before magseg_ray.cluster.ray_environment() set {', '.join(changed)}; "
+            f"call it (or set {' '.join(f'{k}={LOOPBACK_ENV[k]}' for k in changed)}) before importing ray")
     os.environ.update(LOOPBACK_ENV)
-    if "ray._private.ray_constants" in sys.modules:
-        sys.modules["ray._private.ray_constants"].ENABLE_RAY_CLUSTER = False
 
 
 def _is_loopback(address: str) -> bool:
@@ -71,33 +80,27 @@ def _is_loopback(address: str) -> bool:
 def ray_session(settings: RaySettings = RaySettings(), runtime_env: dict | None = None) -> Iterator[dict]:
     """Connect to (or start) Ray for the duration of the block; yields ``ray.cluster_resources()``."""
     address = settings.address or os.environ.get("RAY_ADDRESS")
-    if not address or _is_loopback(address):
-        _use_loopback()
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        yield sys.modules["ray"].cluster_resources()  # the caller's Ray: joined as it is, left running
+        return
+    ray_environment(address)
     import ray
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        if address and address != "auto":
-            _check_reachable(address)
-        try:
-            if address:
-                ray.init(address=address, namespace=settings.namespace, runtime_env=runtime_env)
-            else:
-                ray.init(
-                    _node_ip_address=LOOPBACK,
-                    num_cpus=settings.num_cpus,
-                    object_store_memory=settings.object_store_memory,
-                    include_dashboard=False,
-                    namespace=settings.namespace,
-                    runtime_env=runtime_env,
-                )
-        except ConnectionError as e:
-            raise ClusterError(f"cannot join the Ray cluster at {address!r}: {e}") from e
+    if address and address != "auto":
+        _check_reachable(address)
+    try:
+        if address:
+            ray.init(address=address, namespace=settings.namespace, runtime_env=runtime_env)
+        else:
+            ray.init(_node_ip_address=LOOPBACK, num_cpus=settings.num_cpus,
+                     object_store_memory=settings.object_store_memory, include_dashboard=False,
+                     namespace=settings.namespace, runtime_env=runtime_env)
+    except ConnectionError as e:
+        raise ClusterError(f"cannot join the Ray cluster at {address!r}: {e}") from e
     try:
         yield ray.cluster_resources()
     finally:
-        if started_here:
-            ray.shutdown()
+        ray.shutdown()
 
 
 def _check_reachable(address: str) -> None:

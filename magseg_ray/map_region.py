@@ -15,14 +15,18 @@ Stages (each in its own module):
 4. on the driver: merge seam pieces, write them, one GeoPackage, ``summary.json``,
    ``failures.json`` and ``preview.png``.
 
+The run ends ``complete`` (every chip mapped) or ``partial`` (some chips or scenes failed: their
+area is unmapped, the failures are listed on stderr and in ``failures.json``, and rerunning the
+same command retries them); ``summary.json``'s ``status`` says which.
+
 Fields are written to ``fields.partial/`` and moved to ``fields/`` when complete, so an
 interrupted reduce leaves the previous map in place.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,22 +72,6 @@ class MapConfig:
         return self.model or str(DEMO_MODEL)
 
 
-def model_fingerprint(model_dir: str) -> str:
-    """A hash of the model's config and weights (first and last MiB and size of each weight file:
-    cheap for multi-GB checkpoints, and any retraining changes it)."""
-    h = hashlib.sha256()
-    root = Path(model_dir)
-    for path in sorted([root / "config.json", *root.glob("*.safetensors"), *root.glob("adapter_model.*")]):
-        if path.is_file():
-            size = path.stat().st_size
-            h.update(f"{path.name}:{size}".encode())
-            with path.open("rb") as f:
-                h.update(f.read(1 << 20))
-                f.seek(max(size - (1 << 20), 0))
-                h.update(f.read(1 << 20))
-    return h.hexdigest()[:16]
-
-
 @dataclass
 class Plan:
     """What a run maps, resolved from the config before any Ray work."""
@@ -102,8 +90,8 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     """Check every input and resolve the run (errors name the input and what is wrong)."""
     from magseg_ray.chips.windows import ChipConfig, aoi_fingerprint, chip_windows, load_aoi
     from magseg_ray.masks.schemas import get_schema
-    from magseg_ray.model.checkpoint import check_checkpoint_dir
     from magseg_ray.model.card import ModelPrompt, read_model_prompt
+    from magseg_ray.model.checkpoint import check_checkpoint_dir, model_fingerprint
     from magseg_ray.scenes.catalog import load_catalog
 
     model_dir = cfg.model_dir()
@@ -115,8 +103,7 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     if not schema.field_classes:
         raise ConfigError(f"model {model_dir!r} answers in schema {schema.name!r}, which has no field class")
     chip_size = cfg.chip_size or card.chip_size
-    overlap = chip_size // 8 if cfg.overlap < 0 else cfg.overlap
-    chip = ChipConfig(chip_size, overlap)
+    chip = ChipConfig.for_chip_size(chip_size, cfg.overlap)
     if chip_size % card.patch_size:
         raise ConfigError(f"chip_size {chip_size} is not a multiple of the model's patch size {card.patch_size}")
     aoi = load_aoi(cfg.aoi)
@@ -124,7 +111,7 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     tasks = chip_windows(scenes, aoi, chip)
     identity = {"aoi_sha256": aoi_fingerprint(aoi),
                 "model": model_fingerprint(model_dir), "model_prompt": asdict(card),
-                "chip": {"chip_size": chip_size, "overlap": overlap}}
+                "chip": {"chip_size": chip_size, "overlap": chip.overlap}}
     return Plan(cfg, scenes, aoi, tasks, chip, card.prompt(), model_dir, identity)
 
 
@@ -142,6 +129,16 @@ def check_output(files, identity: dict) -> bool:
     return True
 
 
+def interrupted_note(p: Plan, store=None) -> str:
+    """What an interrupted run kept and how to resume it, in one line."""
+    from magseg_ray.run_files import RunFiles, finished_chips
+
+    files = RunFiles(p.config.out_root(), store)
+    done = len(finished_chips(files) & {t.chip_id for t in p.tasks})
+    return (f"{done} of {len(p.tasks)} chips are finished and kept in {files.root}; "
+            "rerun the same command to resume")
+
+
 def _progress(done: int, total: int, resumed: int, patches: int, seconds: float, failed: int) -> None:
     rate = patches / seconds if seconds else 0.0
     print(f"[map] chips {done + resumed}/{total} ({resumed} resumed, {failed} failed) "
@@ -155,7 +152,7 @@ def run_map_region(p: Plan, store=None) -> dict:
     from magseg_ray.fields.reduce import reduce_run
     from magseg_ray.model.segmenter import ChipSegmenter
     from magseg_ray.scenes.store import ObjectStore
-    from magseg_ray.stitch.outputs import RunFiles, finished_chips
+    from magseg_ray.run_files import RunFiles, finished_chips
 
     store = store or ObjectStore.from_env()
     cfg = p.config
@@ -189,9 +186,22 @@ def run_map_region(p: Plan, store=None) -> dict:
                 last = now
     model_seconds = time.perf_counter() - start
     summary = reduce_run(p, files, store, failures)
+    summary = {"status": "partial" if failures else "complete", **summary}
     summary.update(chips=len(p.tasks), chips_resumed=resumed, chips_failed=len(failures),
                    patches_this_run=patches, model_seconds=round(model_seconds, 2),
                    patches_per_s=round(patches / model_seconds, 2) if patches else None)
     files.write("summary.json", json.dumps(summary, indent=1))
     files.write("failures.json", json.dumps(failures, indent=1))
+    if failures:
+        _report_failures(failures, len(p.tasks), files)
     return summary
+
+
+def _report_failures(failures: list[dict], chips: int, files, shown: int = 20) -> None:
+    """List what is missing from a partial map on stderr, and how to retry it."""
+    print(f"[map] partial map: {len(failures)} of {chips} chips failed; their area is unmapped "
+          f"(all in {files.uri('failures.json')}); rerun the same command to retry them", file=sys.stderr)
+    for f in failures[:shown]:
+        print(f"[map]   {f['chip_id'] or f['scene_id'] or '-'}: {f['error']}", file=sys.stderr)
+    if len(failures) > shown:
+        print(f"[map]   ... and {len(failures) - shown} more", file=sys.stderr)

@@ -1,5 +1,7 @@
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 
@@ -42,3 +44,32 @@ def test_joining_a_cluster_that_is_not_there_fails_fast():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "ClusterError: cannot join the Ray cluster at '127.0.0.1:1'" in result.stderr
+
+
+def test_no_job_imports_ray_before_its_environment_is_set():
+    """Ray reads RAY_AUTH_MODE and its loopback switch at import: importing a job (its flags
+    included) must not import Ray; ray_session sets the environment, then imports it."""
+    code = (
+        "import importlib.util, pathlib, sys\n"
+        "for path in sorted(pathlib.Path('jobs').glob('*.py')):\n"
+        "    spec = importlib.util.spec_from_file_location(path.stem + '_job', path)\n"
+        "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "    assert 'ray' not in sys.modules, f'{path} imports ray'\n"
+        "print('ok')\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, cwd=root, env=env)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_ray_imported_before_its_environment_is_refused():
+    code = (
+        "import ray\n"
+        "from magseg_ray.cluster import ray_session\n"
+        "with ray_session(): pass\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode != 0
+    assert "ClusterError: Ray was imported before magseg_ray.cluster.ray_environment() set" in result.stderr

@@ -22,7 +22,7 @@ from magseg_ray.errors import ConfigError, SceneError, SchemaError
 from magseg_ray.map_region import DEMO_DIR, MapConfig, check_output, plan
 from magseg_ray.model.card import ModelPrompt, write_model_prompt
 from magseg_ray.scenes.catalog import build_catalog
-from magseg_ray.stitch.outputs import RunFiles
+from magseg_ray.run_files import RunFiles
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,6 +60,7 @@ def test_maps_two_utm_zones_and_a_killed_run_resumes_to_the_same_map(ray_cluster
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     a = RunFiles(str(root / "a"))
     assert summary["scenes"] == 2 and summary["chips_failed"] == 0 and summary["chips"] == 50
+    assert summary["status"] == "complete"
     assert summary["patches"] == summary["patches_this_run"] > 0 and summary["patches_per_s"] > 0
     assert a.exists("fields.gpkg") and Path(a.uri("preview.png")).stat().st_size > 10_000
     fields = gpd.read_parquet(a.uri("fields"))
@@ -117,11 +118,16 @@ def test_a_broken_scene_goes_to_failures_and_the_rest_is_mapped(ray_cluster, set
     build_catalog(scenes).save(tmp_path / "catalog.parquet")
     data = (scenes / "synth_901.tif").read_bytes()
     (scenes / "synth_901.tif").write_bytes(data[:2000] + bytes(len(data) - 2000))  # tiles destroyed after cataloguing
-    assert job_main()(flags(setup, tmp_path / "out", ray_cluster.address, catalog=tmp_path / "catalog.parquet")) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # a partial map says so: exit status 3, status "partial", every failed chip named on stderr
+    assert job_main()(flags(setup, tmp_path / "out", ray_cluster.address, catalog=tmp_path / "catalog.parquet")) == 3
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
     failures = json.loads((tmp_path / "out" / "failures.json").read_text())
     assert summary["chips_failed"] == len(failures) > 0 and {f["scene_id"] for f in failures} == {"synth_901"}
+    assert summary["status"] == "partial" == json.loads((tmp_path / "out" / "summary.json").read_text())["status"]
     assert summary["scenes"] == 1 and (tmp_path / "out" / "masks" / "synth_900.tif").exists()
+    assert f"{len(failures)} of {summary['chips']} chips failed" in captured.err
+    assert all(f["chip_id"] in captured.err for f in failures[:20]) and "rerun the same command" in captured.err
 
 
 def test_bad_inputs(setup, tmp_path):
@@ -152,3 +158,73 @@ def test_bad_inputs(setup, tmp_path):
     with pytest.raises(ConfigError, match="not empty"):
         check_output(RunFiles(str(tmp_path / "busy")), p.identity)
     assert job_main()(["--aoi", str(far), "--model", setup["model"], "--out", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_what_was_kept_and_how_to_resume(ray_cluster, setup, tmp_path):
+    """Ctrl-C (SIGINT to the job's process group) mid-run: exit 130, one line on what was kept and
+    how to resume, no traceback."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs/map_region.py"), *flags(setup, tmp_path / "out", ray_cluster.address)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    chips = tmp_path / "out" / "chips"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(chips.rglob("*.npz"))) < 2 and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    kept = len(list(chips.rglob("*.npz")))
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last == (f"interrupted: {kept} of 50 chips are finished and kept in {tmp_path / 'out'}; "
+                    "rerun the same command to resume"), err[-3000:]
+
+
+def model_actors() -> dict:
+    """``{actor_id: pid}`` of the live mapping model actors (Ray Data's map workers of ChipSegmenter)."""
+    from ray.util.state import list_actors
+
+    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False)
+    return {a.actor_id: a.pid for a in alive if "ChipSegmenter" in (a.class_name or "") + (a.name or "") or
+            "MapWorker" in (a.class_name or "")}
+
+
+@pytest.mark.slow
+def test_a_killed_model_actor_is_replaced_and_the_map_is_the_same(ray_cluster, setup, tmp_path, capsys):
+    """SIGKILL to a model actor (not the driver) mid-run: Ray restarts it and retries its chips; the
+    run completes with the map of an uninterrupted run, chip for chip."""
+    main = job_main()
+    assert main(flags(setup, tmp_path / "whole", ray_cluster.address)) == 0
+    capsys.readouterr()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "jobs/map_region.py"), *flags(setup, tmp_path / "killed", ray_cluster.address)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        chips = tmp_path / "killed" / "chips"
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list(chips.rglob("*.npz"))) < 4 and proc.poll() is None:
+            time.sleep(0.2)
+        actors = model_actors()
+        assert len(actors) == 1 and proc.poll() is None, (actors, proc.poll())
+        os.kill(next(iter(actors.values())), signal.SIGKILL)
+        killed_at = len(list(chips.rglob("*.npz")))
+        out, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert killed_at < 50 and summary["status"] == "complete" and summary["chips_failed"] == 0
+    assert summary["chips_resumed"] == 0 and summary["chips"] == 50
+    for scene in ("synth_900", "synth_901"):
+        with rasterio.open(tmp_path / "whole" / f"masks/{scene}.tif") as x, \
+                rasterio.open(tmp_path / "killed" / f"masks/{scene}.tif") as y:
+            assert np.array_equal(x.read(1), y.read(1))
+    a = gpd.read_parquet(tmp_path / "whole" / "fields").sort_values("id")
+    b = gpd.read_parquet(tmp_path / "killed" / "fields").sort_values("id")
+    assert list(a["id"]) == list(b["id"]) and all(x.equals_exact(y, 0) for x, y in zip(a.geometry, b.geometry))

@@ -31,7 +31,7 @@ from PIL import Image
 from magseg_ray.chips.read import Chip, ReadConfig, open_scene, read_chip, read_padded
 from magseg_ray.chips.windows import ChipConfig, ChipTask, chip_windows
 from magseg_ray.errors import ConfigError, MagsegError
-from magseg_ray.masks.schemas import classes_from_instances, get_schema
+from magseg_ray.masks.schemas import NO_DATA, classes_from_instances, get_schema
 from magseg_ray.prompt import PromptConfig, build_patch_prompt, patch_boxes
 
 
@@ -63,6 +63,12 @@ def _aoi_in(aoi_wkb: bytes, crs: str):
     return gpd.GeoSeries.from_wkb([aoi_wkb], crs="EPSG:4326").to_crs(crs).iloc[0]
 
 
+def patches_to_answer(valid: np.ndarray, patch_size: int) -> list[tuple[int, int, int, int]]:
+    """Boxes of a chip's patches that hold at least one valid pixel: the ones the model answers, in
+    a mapping run and in the tile server alike (the others stay no data)."""
+    return [b for b in patch_boxes(*valid.shape, patch_size) if valid[b[1]:b[3], b[0]:b[2]].any()]
+
+
 @dataclass
 class _MappingReader:
     """Ray Data ``map`` function: chip task -> chip record with its patch tasks."""
@@ -81,8 +87,7 @@ class _MappingReader:
         except MagsegError as e:
             out["error"] = str(e)
             return out
-        p = self.patch_size
-        boxes = [b for b in patch_boxes(task.size, task.size, p) if chip.valid[b[1]:b[3], b[0]:b[2]].any()]
+        boxes = patches_to_answer(chip.valid, self.patch_size)
         out.update(image=chip.image, valid=chip.valid, patches=np.array(boxes, np.int32).reshape(-1, 4))
         return out
 
@@ -117,15 +122,15 @@ class _TrainingReader:
                "chip_png": None, "classes": None}
         try:
             chip = read_chip(task, self.read, store=self.store)
-            classes = _read_classes(row["labels_uri"], task, self.prompt, self.store)
+            classes = read_chip_classes(row["labels_uri"], task, self.prompt, self.store)
         except (MagsegError, rasterio.errors.RasterioError) as e:
             out["error"] = str(e)
             return out
-        out.update(chip_png=_png(chip.image), classes=np.where(chip.valid, classes, 255).astype(np.uint8))
+        out.update(chip_png=_png(chip.image), classes=np.where(chip.valid, classes, NO_DATA).astype(np.uint8))
         return out
 
 
-def _read_classes(labels_uri: str, task: ChipTask, prompt: PromptConfig, store) -> np.ndarray:
+def read_chip_classes(labels_uri: str, task: ChipTask, prompt: PromptConfig, store) -> np.ndarray:
     """Class mask of a chip from its scene's instance raster, derived with a margin so that field
     boundaries on the chip's edge see the neighbouring field outside it."""
     m = prompt.boundary_width
@@ -171,9 +176,9 @@ def patch_records(chip_record: dict, prompt: PromptConfig = PromptConfig()) -> l
     records = []
     for box in patch_boxes(*classes.shape, prompt.patch_size):
         x0, y0, x1, y1 = box
-        if (classes[y0:y1, x0:x1] == 255).any():
+        if (classes[y0:y1, x0:x1] == NO_DATA).any():
             continue
-        p = build_patch_prompt(image, box, prompt, labels=np.where(classes == 255, 0, classes))
+        p = build_patch_prompt(image, box, prompt, labels=np.where(classes == NO_DATA, 0, classes))
         records.append({"chip_id": chip_record["chip_id"], "split": chip_record["split"], "schema": prompt.schema,
                         "box": box, "images": p.images, "prompt": p.text, "target": p.target})
     return records

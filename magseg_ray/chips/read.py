@@ -71,7 +71,7 @@ def _bands(src, config: ReadConfig) -> list[int]:
 
 
 @lru_cache(maxsize=256)
-def _stretch(uri: str, bands: tuple[int, ...], percentiles: tuple[float, float],
+def scene_stretch(uri: str, bands: tuple[int, ...], percentiles: tuple[float, float],
              store: ObjectStore | None) -> tuple[np.ndarray, np.ndarray]:
     """Per-band (low, high) of a uint16 scene, from its coarsest overview (cached per process)."""
     with open_scene(uri, store) as src:
@@ -115,7 +115,7 @@ def read_chip(task: ChipTask, config: ReadConfig = ReadConfig(), aoi_local=None,
     except rasterio.errors.RasterioError as e:
         raise SceneError(f"cannot read chip {task.chip_id} from {task.uri}: {e}") from None
     if dtype == "uint16":
-        lo, hi = _stretch(task.uri, tuple(bands), config.stretch_percentiles, store)
+        lo, hi = scene_stretch(task.uri, tuple(bands), config.stretch_percentiles, store)
         scaled = (data.astype(np.float32) - lo[:, None, None]) / (hi - lo)[:, None, None]
         data = np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8)
     image = np.moveaxis(data, 0, -1).copy()

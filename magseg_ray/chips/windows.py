@@ -25,6 +25,8 @@ from shapely.geometry import box
 from magseg_ray.errors import ConfigError, SceneError
 
 AOI_CRS = "EPSG:4326"
+DEFAULT_OVERLAP_DIVISOR = 8
+"""Neighbouring chips share an eighth of their side by default (64 px of a 512 px chip)."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class ChipConfig:
 
     chip_size: int = 512
     """Chip side in scene pixels; a multiple of the patch size."""
-    overlap: int = 64
+    overlap: int = 512 // DEFAULT_OVERLAP_DIVISOR
     """Pixels shared by neighbouring chips (stitching resolves them); ``0 <= overlap < chip_size``."""
 
     def __post_init__(self) -> None:
@@ -43,6 +45,12 @@ class ChipConfig:
     @property
     def stride(self) -> int:
         return self.chip_size - self.overlap
+
+    @classmethod
+    def for_chip_size(cls, chip_size: int, overlap: int = -1) -> ChipConfig:
+        """Chips of ``chip_size`` px sharing ``overlap`` px; a negative ``overlap`` takes the default,
+        :data:`DEFAULT_OVERLAP_DIVISOR`-th of the chip (what ``map_region`` and the tile server use)."""
+        return cls(chip_size, chip_size // DEFAULT_OVERLAP_DIVISOR if overlap < 0 else overlap)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from rasterio.transform import Affine
 
 from magseg_ray.masks.instances import instances_from_classes
 from magseg_ray.masks.schemas import Schema
-from magseg_ray.stitch.outputs import NO_DATA
+from magseg_ray.masks.schemas import NO_DATA
 
 FIBOA_METHOD = "auto-imagery"
 """fiboa ``determination:method`` of every field this system maps."""

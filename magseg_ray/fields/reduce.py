@@ -13,7 +13,8 @@ import shapely
 
 from magseg_ray.fields.seams import merge_pieces, owned_areas, seams, split_at_seams, tolerance_degrees
 from magseg_ray.fields.write import read_fields, to_fiboa, write_geopackage, write_partitions
-from magseg_ray.stitch.outputs import NO_DATA, RunFiles, finished_chips
+from magseg_ray.masks.schemas import NO_DATA
+from magseg_ray.run_files import RunFiles, finished_chips
 
 PARTIAL = "fields.partial"
 """Where a reduce writes its partitions before they replace ``fields/``."""

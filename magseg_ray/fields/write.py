@@ -22,7 +22,7 @@ import pandas as pd
 import shapely
 
 from magseg_ray.fields.polygons import FIBOA_METHOD, measure
-from magseg_ray.stitch.outputs import RunFiles
+from magseg_ray.run_files import RunFiles
 
 COLUMNS = ["id", "geometry", "metrics:area", "metrics:perimeter", "determination:method",
            "determination:datetime", "class", "confidence", "scene_id", "pixels"]

@@ -22,6 +22,10 @@ from scipy import ndimage
 
 from magseg_ray.errors import SchemaError
 
+NO_DATA = 255
+"""Class value of pixels with no class: outside the scene, the AOI or any answered patch in a map,
+unlabelled in a training chip. Never a schema's class index."""
+
 
 @dataclass(frozen=True)
 class LabelClass:

@@ -8,6 +8,7 @@ downloaded: a missing file is an error, not a fetch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -23,6 +24,22 @@ the default ``--model`` of every job."""
 
 GEMMA3_MODEL_TYPES = ("gemma3",)
 """``model_type`` values accepted in ``config.json`` (the image-text-to-text Gemma3)."""
+
+
+def model_fingerprint(model_dir: str) -> str:
+    """A hash of the model's config and weights (first and last MiB and size of each weight file:
+    cheap for multi-GB checkpoints, and any retraining changes it)."""
+    h = hashlib.sha256()
+    root = Path(model_dir)
+    for path in sorted([root / "config.json", *root.glob("*.safetensors"), *root.glob("adapter_model.*")]):
+        if path.is_file():
+            size = path.stat().st_size
+            h.update(f"{path.name}:{size}".encode())
+            with path.open("rb") as f:
+                h.update(f.read(1 << 20))
+                f.seek(max(size - (1 << 20), 0))
+                h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
 
 
 def check_checkpoint_dir(path: str | Path) -> dict:

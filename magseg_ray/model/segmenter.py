@@ -26,7 +26,7 @@ class ChipSegmenter:
 
         from magseg_ray.model.checkpoint import load_model
         from magseg_ray.model.generate import GenerationSettings
-        from magseg_ray.stitch.outputs import RunFiles
+        from magseg_ray.run_files import RunFiles
 
         if threads:
             torch.set_num_threads(threads)
@@ -38,10 +38,10 @@ class ChipSegmenter:
         self.files = RunFiles(files_root, store)
 
     def segment(self, image: np.ndarray, valid: np.ndarray, boxes) -> tuple[np.ndarray, np.ndarray]:
-        """Classes (255 where no patch answered or not valid) and the patch confidence grid (NaN
+        """Classes (NO_DATA where no patch answered or not valid) and the patch confidence grid (NaN
         where no patch was asked) of one chip."""
         from magseg_ray.model.generate import answer_chip
-        from magseg_ray.stitch.outputs import NO_DATA
+        from magseg_ray.masks.schemas import NO_DATA
 
         p = self.prompt.patch_size
         classes = np.full(valid.shape, NO_DATA, np.uint8)
@@ -54,7 +54,7 @@ class ChipSegmenter:
         return classes, confidence
 
     def __call__(self, row: dict) -> dict:
-        from magseg_ray.stitch.outputs import chip_file, encode_chip
+        from magseg_ray.run_files import chip_file, encode_chip
 
         out = {"chip_id": row["chip_id"], "scene_id": row["scene_id"], "error": row["error"], "patches": 0,
                "seconds": 0.0}

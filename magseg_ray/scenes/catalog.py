@@ -24,12 +24,13 @@ that scenes from several UTM zones share one index; each scene's exact grid stay
 ``labels_uri``    ``<id>.labels.tif`` beside the image, null if absent
 ``fields_uri``    ``<id>.fields.gpkg`` beside the image, null if absent
 ``is_cog``        GDAL reports the COG layout, or the file is tiled with overviews; a plain
-                  GeoTIFF is still catalogued, with ``False``
+                  GeoTIFF is still catalogued, with ``False``. A file whose last full-resolution
+                  tile cannot be read (cut short, damaged) is not catalogued at all
 ``geometry``      footprint polygon in EPSG:4326 (the native bounds, edges densified)
 ================= ==================================================================================
 
-Cataloguing reads only each image's header: over S3, a few ranged requests per scene, never the
-pixels.
+Cataloguing reads each image's header and its last full-resolution tile (the one a truncated file
+loses first): over S3, a few ranged requests per scene, never the whole image.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import pandas as pd
 import rasterio
 import shapely
 from rasterio.warp import transform_geom
+from rasterio.windows import Window
 
 from magseg_ray.errors import ConfigError, SceneError
 from magseg_ray.files import write_atomic
@@ -115,6 +117,7 @@ def _describe(files: SceneFiles, store: ObjectStore) -> dict:
             is_cog = layout == "COG" or (bool(src.profile.get("tiled")) and bool(src.overviews(1)))
             row = {"width": src.width, "height": src.height, "bands": src.count, "dtype": dtype}
             row |= {"nodata": src.nodata, "datetime": _acquired(src.tags()), "is_cog": is_cog}
+            _check_last_tile(src)
     except rasterio.errors.RasterioError as e:
         raise SceneError(f"not a readable GeoTIFF: {e}") from None
     unit = METRES_PER_DEGREE if crs.is_geographic else crs.linear_units_factor[1]
@@ -123,6 +126,16 @@ def _describe(files: SceneFiles, store: ObjectStore) -> dict:
     row |= {"id": files.id, "uri": files.uri, "labels_uri": files.labels_uri, "fields_uri": files.fields_uri}
     row |= {"crs": crs.to_string(), "native_bounds": bounds, "gsd": (abs(res[0]) + abs(res[1])) / 2 * unit}
     return row | {"geometry": footprint}
+
+
+def _check_last_tile(src) -> None:
+    """Read the last pixel of the full-resolution level, i.e. its last tile (or strip): a COG stores
+    that level after its overviews, so a file cut short loses it first, and the header alone still
+    reads as a good COG. One ranged read of one tile; :class:`SceneError` if it fails."""
+    try:
+        src.read(window=Window(src.width - 1, src.height - 1, 1, 1))
+    except rasterio.errors.RasterioError as e:
+        raise SceneError(f"truncated or damaged: the last tile of the full-resolution level cannot be read: {e}") from None
 
 
 def _frame(rows: list[dict]) -> gpd.GeoDataFrame:

@@ -4,12 +4,22 @@
     python jobs/serve.py --catalog ... --model ... --host 127.0.0.1 --port 8000
 
 Modules: :mod:`~magseg_ray.serve.settings` (flags, replicas, autoscaling, limits: the one place
-that sizes the server), :mod:`~magseg_ray.serve.app` (the deployment and its routes),
+that sizes the server), :mod:`~magseg_ray.serve.deployment` (the deployment and its routes),
 :mod:`~magseg_ray.serve.tiles` (tile math, chips under a tile, rendering),
 :mod:`~magseg_ray.serve.cache` (chip cache), :mod:`~magseg_ray.serve.maps` (precomputed
 ``map_region`` outputs), :mod:`~magseg_ray.serve.viewer` (the ``/map`` page).
+
+``app`` is imported on first use, not with the package: importing the settings (as
+``jobs/serve.py`` does to parse its flags) must not import Ray before
+:func:`magseg_ray.cluster.ray_environment` has set Ray's environment.
 """
 
-from magseg_ray.serve.app import app
-
 __all__ = ["app"]
+
+
+def __getattr__(name: str):
+    if name == "app":
+        from magseg_ray.serve.deployment import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 Key: ``(scene_id, row_off, col_off, model_key)``: a chip window of a scene on the same chip grid as
 ``map_region`` (so neighbouring and repeated tiles share chips), and ``model_key``, a hash of the
-model's weights fingerprint (:func:`~magseg_ray.map_region.model_fingerprint`), its prompt card,
+model's weights fingerprint (:func:`~magseg_ray.model.checkpoint.model_fingerprint`), its prompt card,
 the chip size and the answer token budget: a retrained model or other settings never see stale
 chips. Value: the chip's classes (uint8, 255 = no data) and patch confidence grid.
 

@@ -1,6 +1,6 @@
 """Precomputed ``map_region`` outputs as a tile source.
 
-A run folder (or ``s3://`` prefix, see :mod:`magseg_ray.stitch.outputs`) is accepted when its
+A run folder (or ``s3://`` prefix, see :mod:`magseg_ray.run_files`) is accepted when its
 ``run.json`` names the server's model (same weights fingerprint): its maps are what the model
 would answer. A run *covers* a scene under a tile when its ``masks/<scene>.tif`` has data on every
 pixel of the tile's window in that scene (the scene-grid bounding box of the tile); the tile's
@@ -26,7 +26,8 @@ from rasterio.windows import Window
 
 from magseg_ray.chips.read import open_scene
 from magseg_ray.errors import ConfigError
-from magseg_ray.stitch.outputs import NO_DATA, RunFiles
+from magseg_ray.masks.schemas import NO_DATA
+from magseg_ray.run_files import RunFiles
 
 
 class MapRuns:

@@ -39,7 +39,7 @@ from magseg_ray.chips.windows import ChipConfig, ChipTask, chip_windows, scene_t
 from magseg_ray.errors import NotCoveredError, TileRequestError
 from magseg_ray.masks.schemas import Schema
 from magseg_ray.stitch.mosaic import kept_window
-from magseg_ray.stitch.outputs import NO_DATA
+from magseg_ray.masks.schemas import NO_DATA
 
 TMS = morecantile.tms.get("WebMercatorQuad")
 TILE_SIZE = 256

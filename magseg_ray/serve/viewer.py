@@ -1,107 +1,154 @@
-"""``GET /map``: a small hand-written tile viewer (one canvas, no library, nothing from a CDN).
+"""``GET /map``: a MapLibre GL JS viewer of the server it is served from, and the vendored library.
 
-It draws the imagery tiles (``imagery/{z}/{x}/{y}.png``), the class overlay
-(``tiles/{z}/{x}/{y}.png``) and the field outlines (``tiles/{z}/{x}/{y}.geojson``) of the server it
-is served from, fetching each with the ``X-API-Key`` header when the page's URL has ``?key=``.
-Drag to pan, wheel or +/- to zoom; the view is kept in the URL hash as ``#zoom/lat/lon``, so a link
-(or a screenshot command) opens a given place. ``canvas.dataset.pending`` is the number of tiles
-still loading (headless tests wait for 0).
+The page shows three layers over a plain background, each with a toggle: the scenes' imagery
+(``imagery/{z}/{x}/{y}.png``), the class overlay (``tiles/{z}/{x}/{y}.png``) with its legend, and
+the field polygons (``tiles/{z}/{x}/{y}.geojson`` of the tiles in view, fetched when the view
+settles, merged into one GeoJSON source); clicking a field opens a popup with its measures. Pan,
+zoom and the URL hash (``#zoom/lat/lon``, so a link or a screenshot command opens a given place)
+are MapLibre's own. Tile URLs come from ``tilejson.json``, which carries the page's ``?key=``.
+
+MapLibre GL JS (:data:`MAPLIBRE_VERSION`, BSD-3-Clause) is vendored under ``static/maplibre-gl/``
+(see its ``VENDOR.md``) and served by :func:`static_file` at ``/static/...``: nothing comes from a
+CDN. For headless tests the page keeps counters on ``document.body.dataset``: ``classTiles`` and
+``imageryTiles`` (distinct tiles loaded), ``fields`` (features on the map), ``geojsonTiles``
+(GeoJSON tiles answered), ``errors``, and ``idle`` (1 once the map has rendered with every tile in).
 """
+
+from pathlib import Path
+
+STATIC = Path(__file__).resolve().parent / "static"
+"""Web assets served at ``/static/`` (package data)."""
+MAPLIBRE_VERSION = "5.24.1"
+"""The vendored MapLibre GL JS release (``static/maplibre-gl/``)."""
+MEDIA_TYPES = {".js": "text/javascript", ".css": "text/css", ".txt": "text/plain", ".md": "text/markdown"}
+"""Content types of the files under :data:`STATIC`."""
+
+
+def static_file(path: str) -> tuple[bytes, str] | None:
+    """``(content, media type)`` of a file under :data:`STATIC`, or None if there is none (paths that
+    leave the folder included)."""
+    target = (STATIC / path).resolve()
+    if not target.is_relative_to(STATIC) or not target.is_file() or target.suffix not in MEDIA_TYPES:
+        return None
+    return target.read_bytes(), MEDIA_TYPES[target.suffix]
+
 
 MAP_HTML = r"""<!doctype html>
 <html><head><meta charset="utf-8"><title>magseg-ray fields</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="static/maplibre-gl/maplibre-gl.css">
+<script src="static/maplibre-gl/maplibre-gl.js"></script>
 <style>
-html, body { margin: 0; height: 100%; font: 13px sans-serif; overflow: hidden; }
-#map { position: absolute; inset: 0; cursor: grab; background: #1d1f21; }
-#bar { position: absolute; top: 8px; left: 8px; background: #fffe; padding: 6px 8px; border-radius: 4px; }
-#bar button { width: 26px; }
+html, body { margin: 0; height: 100%; font: 13px sans-serif; }
+#map { position: absolute; inset: 0; }
+#panel { position: absolute; top: 8px; left: 8px; background: #fffe; padding: 6px 8px; border-radius: 4px;
+         box-shadow: 0 1px 4px #0004; z-index: 2; }
+#panel label { display: block; }
+#legend span { display: inline-block; width: 10px; height: 10px; margin: 0 3px 0 6px; border: 1px solid #0006; }
+.maplibregl-popup-content table td:first-child { color: #555; padding-right: 8px; }
 </style></head>
 <body>
-<canvas id="map"></canvas>
-<div id="bar"><button id="zin">+</button> <button id="zout">&minus;</button>
-<label><input type="checkbox" id="ov" checked> classes</label>
-<label><input type="checkbox" id="gj" checked> fields</label> <span id="st"></span></div>
+<div id="map"></div>
+<div id="panel">
+<label><input type="checkbox" id="show-imagery" checked> imagery</label>
+<label><input type="checkbox" id="show-classes" checked> classes</label>
+<label><input type="checkbox" id="show-fields" checked> fields</label>
+<div id="legend"></div><div id="status"></div></div>
 <script>
 "use strict";
-const T = 256, key = new URLSearchParams(location.search).get("key");
+const stats = {classTiles: new Set(), imageryTiles: new Set(), geojsonTiles: 0, fields: 0, errors: 0};
+function report(note) {
+  const d = document.body.dataset;
+  d.classTiles = stats.classTiles.size; d.imageryTiles = stats.imageryTiles.size;
+  d.geojsonTiles = stats.geojsonTiles; d.fields = stats.fields; d.errors = stats.errors;
+  document.getElementById("status").textContent = note || `${stats.fields} fields in view`;
+}
+const key = new URLSearchParams(location.search).get("key");
 const headers = key ? {"X-API-Key": key} : {};
-const cv = document.getElementById("map"), ctx = cv.getContext("2d");
-const cache = new Map();
-let z = 17, cx = 0, cy = 0, minzoom = 0, maxzoom = 22, pending = 0, errors = 0;
 
-const wx = (lon, zz) => (lon + 180) / 360 * T * 2 ** zz;
-const wy = (lat, zz) => { const s = Math.sin(lat * Math.PI / 180);
-  return (0.5 - Math.log((1 + s) / (1 - s)) / (4 * Math.PI)) * T * 2 ** zz; };
-const lon = (x, zz) => x / (T * 2 ** zz) * 360 - 180;
-const lat = (y, zz) => { const n = Math.PI - 2 * Math.PI * y / (T * 2 ** zz);
-  return 180 / Math.PI * Math.atan(0.5 * (Math.exp(n) - Math.exp(-n))); };
-
-function status() {
-  document.getElementById("st").textContent = `z${z} \u00b7 loading ${pending} \u00b7 errors ${errors}`;
-  cv.dataset.pending = pending; cv.dataset.errors = errors;
+// the web-mercator tiles of zoom z over a bounding box
+function tilesOver(b, z) {
+  const n = 2 ** z, x = lon => Math.floor((lon + 180) / 360 * n);
+  const y = lat => { const s = Math.sin(lat * Math.PI / 180);
+    return Math.floor((0.5 - Math.log((1 + s) / (1 - s)) / (4 * Math.PI)) * n); };
+  const out = [], clamp = v => Math.max(0, Math.min(n - 1, v));
+  for (let ty = clamp(y(b.getNorth())); ty <= clamp(y(b.getSouth())); ty++)
+    for (let tx = clamp(x(b.getWest())); tx <= clamp(x(b.getEast())); tx++) out.push([tx, ty]);
+  return out;
 }
-function get(url, json) {
-  if (cache.has(url)) return cache.get(url);
-  const entry = {ok: false}; cache.set(url, entry); pending++; status();
-  fetch(url, {headers}).then(async r => {
-    if (!r.ok) { entry.status = r.status; if (r.status >= 500) errors++; return; }
-    entry.data = json ? await r.json() : await createImageBitmap(await r.blob()); entry.ok = true;
-  }).catch(() => { errors++; }).finally(() => { pending--; status(); draw(); });
-  return entry;
-}
-function outline(geom, ox, oy) {
-  const polys = geom.type === "Polygon" ? [geom.coordinates] : geom.type === "MultiPolygon" ? geom.coordinates : [];
-  for (const poly of polys) for (const ring of poly) {
-    ring.forEach(([x, y], i) => { const px = wx(x, z) - ox, py = wy(y, z) - oy;
-      i ? ctx.lineTo(px, py) : ctx.moveTo(px, py); });
-    ctx.closePath();
-  }
-}
-function draw() {
-  if (cv.width !== innerWidth || cv.height !== innerHeight) { cv.width = innerWidth; cv.height = innerHeight; }
-  ctx.fillStyle = "#1d1f21"; ctx.fillRect(0, 0, cv.width, cv.height);
-  const ox = cx - cv.width / 2, oy = cy - cv.height / 2, n = 2 ** z, tiles = [];
-  for (let ty = Math.floor(oy / T); ty <= Math.floor((oy + cv.height) / T); ty++)
-    for (let tx = Math.floor(ox / T); tx <= Math.floor((ox + cv.width) / T); tx++)
-      if (tx >= 0 && ty >= 0 && tx < n && ty < n) tiles.push([tx, ty]);
-  const layers = [["imagery", false, true], ["tiles", false, document.getElementById("ov").checked && z >= minzoom]];
-  for (const [path, json, on] of layers) if (on) for (const [tx, ty] of tiles) {
-    const e = get(`${path}/${z}/${tx}/${ty}.png`, json);
-    if (e.ok) ctx.drawImage(e.data, tx * T - ox, ty * T - oy, T, T);
-  }
-  if (document.getElementById("gj").checked && z >= minzoom) {
-    ctx.strokeStyle = "#00e5ff"; ctx.lineWidth = 1.2; ctx.beginPath();
-    for (const [tx, ty] of tiles) {
-      const e = get(`tiles/${z}/${tx}/${ty}.geojson`, true);
-      if (e.ok) for (const f of e.data.features) outline(f.geometry, ox, oy);
-    }
-    ctx.stroke();
-  }
-  history.replaceState(null, "", `${location.search}#${z}/${lat(cy, z).toFixed(6)}/${lon(cx, z).toFixed(6)}`);
-}
-function zoomTo(nz, ax = cv.width / 2, ay = cv.height / 2) {
-  nz = Math.max(0, Math.min(maxzoom, nz)); if (nz === z) return;
-  const f = 2 ** (nz - z), px = cx - cv.width / 2 + ax, py = cy - cv.height / 2 + ay;
-  cx = px * f - ax + cv.width / 2; cy = py * f - ay + cv.height / 2; z = nz; status(); draw();
-}
-let drag = null;
-cv.addEventListener("mousedown", e => { drag = [e.clientX, e.clientY]; cv.style.cursor = "grabbing"; });
-addEventListener("mouseup", () => { drag = null; cv.style.cursor = "grab"; });
-addEventListener("mousemove", e => { if (!drag) return;
-  cx -= e.clientX - drag[0]; cy -= e.clientY - drag[1]; drag = [e.clientX, e.clientY]; draw(); });
-cv.addEventListener("wheel", e => { e.preventDefault(); zoomTo(z + (e.deltaY < 0 ? 1 : -1), e.clientX, e.clientY); });
-document.getElementById("zin").onclick = () => zoomTo(z + 1);
-document.getElementById("zout").onclick = () => zoomTo(z - 1);
-document.getElementById("ov").onchange = draw;
-document.getElementById("gj").onchange = draw;
-addEventListener("resize", draw);
 
 fetch("tilejson.json" + location.search, {headers}).then(r => r.json()).then(tj => {
-  minzoom = tj.minzoom; maxzoom = tj.maxzoom;
-  let [clon, clat, cz] = tj.center;
-  const h = location.hash.slice(1).split("/").map(Number);
-  if (h.length === 3 && h.every(Number.isFinite)) [cz, clat, clon] = h;
-  z = cz; cx = wx(clon, z); cy = wy(clat, z); status(); draw();
-});
+  const legend = document.getElementById("legend");
+  for (const [name, colour] of Object.entries(tj.legend))
+    legend.insertAdjacentHTML("beforeend", `<span style="background:${colour}"></span>${name}`);
+  const bounds = tj.bounds, raster = {type: "raster", tileSize: 256, bounds};
+  const map = new maplibregl.Map({
+    container: "map", hash: true, attributionControl: false,
+    center: tj.center.slice(0, 2), zoom: tj.center[2], maxZoom: tj.maxzoom,
+    style: {version: 8, sources: {
+        imagery: {...raster, tiles: tj.imagery, maxzoom: tj.maxzoom},
+        classes: {...raster, tiles: tj.tiles, minzoom: tj.minzoom, maxzoom: tj.maxzoom},
+        fields: {type: "geojson", data: {type: "FeatureCollection", features: []}}},
+      layers: [
+        {id: "background", type: "background", paint: {"background-color": "#1d1f21"}},
+        {id: "imagery", type: "raster", source: "imagery"},
+        {id: "classes", type: "raster", source: "classes", paint: {"raster-opacity": 0.55}},
+        {id: "fields-fill", type: "fill", source: "fields", paint: {"fill-color": "#00e5ff", "fill-opacity": 0.08}},
+        {id: "fields-line", type: "line", source: "fields", paint: {"line-color": "#00e5ff", "line-width": 1.5}}]}});
+  map.addControl(new maplibregl.NavigationControl(), "top-right");
+  map.addControl(new maplibregl.ScaleControl(), "bottom-left");
+  window.fieldMap = map;
+
+  const toggles = {"show-imagery": ["imagery"], "show-classes": ["classes"], "show-fields": ["fields-fill", "fields-line"]};
+  for (const [box, layers] of Object.entries(toggles))
+    document.getElementById(box).onchange = e => layers.forEach(
+      l => map.setLayoutProperty(l, "visibility", e.target.checked ? "visible" : "none"));
+
+  map.on("sourcedata", e => {
+    if (!e.tile || e.tile.state !== "loaded") return;
+    const id = e.tile.tileID.canonical.key;
+    if (e.sourceId === "classes") stats.classTiles.add(id);
+    if (e.sourceId === "imagery") stats.imageryTiles.add(id);
+    report();
+  });
+  map.on("error", e => { stats.errors++; report(`error: ${e.error && e.error.message}`); });
+
+  // field polygons: the GeoJSON tiles under the view, at the view's zoom (cached per tile)
+  const geojson = new Map();
+  let wanted = 0;
+  function loadFields() {
+    const z = Math.min(Math.floor(map.getZoom()) + 1, tj.maxzoom);  // 256 px tiles, as the raster layers
+    if (z < tj.minzoom) { map.getSource("fields").setData({type: "FeatureCollection", features: []});
+      report(`zoom in to ${tj.minzoom} for fields`); return; }
+    const urls = tilesOver(map.getBounds(), z).map(([x, y]) =>
+      tj.geojson[0].replace("{z}", z).replace("{x}", x).replace("{y}", y));
+    const mine = ++wanted;
+    Promise.all(urls.map(u => geojson.get(u) || geojson.set(u, fetch(u, {headers}).then(r => {
+      if (!r.ok) { if (r.status >= 500) stats.errors++; return {features: []}; }
+      stats.geojsonTiles++; return r.json(); }).catch(() => { stats.errors++; return {features: []}; })).get(u)))
+      .then(parts => {
+        if (mine !== wanted) return;
+        const features = parts.flatMap(p => p.features);
+        map.getSource("fields").setData({type: "FeatureCollection", features});
+        stats.fields = features.length; report();
+      });
+  }
+  map.on("load", loadFields);
+  map.on("moveend", loadFields);
+  map.on("idle", () => { document.body.dataset.idle = 1; });
+
+  const rows = {"id": v => v, "metrics:area": v => `${(v / 1e4).toFixed(3)} ha`,
+    "metrics:perimeter": v => `${Math.round(v)} m`, "confidence": v => Number(v).toFixed(2),
+    "class": v => v, "scene_id": v => v, "source": v => v, "determination:datetime": v => v};
+  map.on("click", "fields-fill", e => {
+    const p = e.features[0].properties;
+    const html = Object.entries(rows).filter(([k]) => p[k] !== undefined && p[k] !== null)
+      .map(([k, f]) => `<tr><td>${k}</td><td>${f(p[k])}</td></tr>`).join("");
+    new maplibregl.Popup().setLngLat(e.lngLat).setHTML(`<table>${html}</table>`).addTo(map);
+  });
+  map.on("mouseenter", "fields-fill", () => { map.getCanvas().style.cursor = "pointer"; });
+  map.on("mouseleave", "fields-fill", () => { map.getCanvas().style.cursor = ""; });
+  report();
+}).catch(e => { stats.errors++; report(`cannot load tilejson.json: ${e}`); });
 </script></body></html>
 """

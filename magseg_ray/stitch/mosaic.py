@@ -17,8 +17,8 @@ import rasterio
 from rasterio.transform import Affine
 
 from magseg_ray.chips.windows import ChipConfig
-from magseg_ray.masks.schemas import Schema
-from magseg_ray.stitch.outputs import NO_DATA, RunFiles, chip_file, decode_chip
+from magseg_ray.masks.schemas import NO_DATA, Schema
+from magseg_ray.run_files import RunFiles, chip_file, decode_chip
 
 
 def kept_window(row: int, col: int, offsets: set[tuple[int, int]], config: ChipConfig) -> tuple[int, int, int, int]:

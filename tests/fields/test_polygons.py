@@ -14,7 +14,7 @@ from magseg_ray.fields.polygons import scene_fields
 from magseg_ray.masks.instances import instances_from_classes
 from magseg_ray.masks.schemas import classes_from_instances, get_schema
 from magseg_ray.scenes.synthetic import SyntheticConfig, make_scene
-from magseg_ray.stitch.outputs import NO_DATA
+from magseg_ray.masks.schemas import NO_DATA
 
 
 def reference_instances(mask, schema, reach):

@@ -11,12 +11,12 @@ import shapely
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
 
-from magseg_ray.chips.pipeline import _read_classes
+from magseg_ray.chips.pipeline import read_chip_classes
 from magseg_ray.fields.reduce import reduce_run
 from magseg_ray.fields.write import COLUMNS
 from magseg_ray.map_region import MapConfig, plan
 from magseg_ray.prompt import PromptConfig
-from magseg_ray.stitch.outputs import RunFiles, chip_file, encode_chip
+from magseg_ray.run_files import RunFiles, chip_file, encode_chip
 
 SIZE, GSD = 384, 0.5
 
@@ -59,7 +59,7 @@ def oracle_run(tmp_path, tiny_dir):
     files = RunFiles(cfg.out)
     uri = {s: str(scenes / f"{s}.labels.tif") for s in ("a47", "b48")}
     for t in p.tasks:  # the oracle: each chip's answer is its truth
-        classes = _read_classes(uri[t.scene_id], t, PromptConfig(), None)
+        classes = read_chip_classes(uri[t.scene_id], t, PromptConfig(), None)
         files.write(chip_file(t.chip_id), encode_chip(classes, np.ones((4, 4)), 16, 0.0))
     return p, files, truth
 

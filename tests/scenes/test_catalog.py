@@ -124,8 +124,9 @@ def test_duplicate_ids_are_recorded(tmp_path):
     assert list(catalog.failures["reason"]) == [f"duplicate scene id 'scene' (also {first})"]
 
 
-def test_catalog_reads_headers_only(tmp_path, s3_server):
-    path = write_tif(tmp_path / "big.tif", size=1024, compress="NONE")
+def test_catalog_reads_headers_and_one_tile(tmp_path, s3_server):
+    """The header and the last full-resolution tile (512 px, a sixteenth of this scene's level)."""
+    path = write_tif(tmp_path / "big.tif", size=2048, compress="NONE")
     root = s3_server.upload(path, "catalog-tests", "big")
     before = s3_server.sent_bytes
     assert build_catalog(root, s3_server.store).scenes["is_cog"].tolist() == [True]
@@ -170,3 +171,25 @@ def test_job(tmp_path, capsys, naip_s3, s3_server, monkeypatch):
     capsys.readouterr()
     assert _job().main([str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.startswith("error: no COG scenes under")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_truncated_cog_is_not_catalogued(tmp_path, s3_server, where):
+    """A COG cut short keeps a good header (and its overviews): only reading the last tile of
+    the full-resolution level shows the damage."""
+    path = tmp_path / "cut.tif"
+    profile = dict(driver="COG", width=1024, height=1024, count=3, dtype="uint8", crs="EPSG:32616")
+    with rasterio.open(path, "w", transform=from_origin(500_000, 4_600_000, 0.5, 0.5), **profile) as dst:
+        dst.write(np.random.default_rng(0).integers(0, 255, (3, 1024, 1024), dtype=np.uint8))
+    write_tif(tmp_path / "whole.tif")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 3 // 4])
+    with rasterio.open(path) as src:  # what cataloguing saw before: a readable header, COG layout
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and src.overviews(1)
+    root = str(tmp_path) if where == "local" else s3_server.upload(tmp_path, "catalog-tests", f"cut/{where}")
+    catalog = build_catalog(root, s3_server.store)
+    assert list(catalog.scenes["id"]) == ["whole"]
+    (uri, reason), = catalog.failures.itertuples(index=False)
+    assert uri == f"{root}/cut.tif" and reason.startswith("truncated or damaged: the last tile")
+    with pytest.raises(SceneError, match="cut.tif: truncated or damaged"):
+        build_catalog(root, s3_server.store, on_error="raise")

@@ -11,7 +11,7 @@ from magseg_ray.serve.cache import ChipCache
 from magseg_ray.serve.settings import ServeSettings
 from magseg_ray.serve.tiles import GridOffsets, Layer, classes_of_png, parse_tile, render_png, stitch_chips
 from magseg_ray.stitch.mosaic import stitch_scene
-from magseg_ray.stitch.outputs import RunFiles, chip_file, encode_chip
+from magseg_ray.run_files import RunFiles, chip_file, encode_chip
 
 
 @pytest.mark.parametrize("z, x, y, words", [

@@ -7,7 +7,8 @@ Routes (TiTiler-style URLs, WebMercatorQuad z/x/y, see :mod:`magseg_ray.serve.ti
 ``GET /tiles/{z}/{x}/{y}.geojson`` field polygons in the tile (EPSG:4326), clipped to it
 ``GET /imagery/{z}/{x}/{y}.png``  the scenes' imagery (rio-tiler mosaic of the catalog's COGs)
 ``GET /tilejson.json``            TileJSON 3.0.0 of the overlay (bounds, zooms, centre, URLs)
-``GET /map``                      a small viewer of imagery, overlay and fields
+``GET /map``                      a MapLibre GL JS viewer of imagery, overlay and fields
+``GET /static/...``               the viewer's vendored library; never needs the API key
 ``GET /healthz``                  liveness and cache/batch counters; never needs the API key
 ================================= =================================================================
 
@@ -67,7 +68,7 @@ class TileServer:
 
     def __init__(self, settings: ServeSettings):
         from magseg_ray.chips.windows import ChipConfig
-        from magseg_ray.map_region import model_fingerprint
+        from magseg_ray.model.checkpoint import model_fingerprint
         from magseg_ray.masks.schemas import get_schema
         from magseg_ray.model.card import ModelPrompt, read_model_prompt
         from magseg_ray.model.segmenter import ChipSegmenter
@@ -83,8 +84,7 @@ class TileServer:
         card = read_model_prompt(model_dir) or ModelPrompt()
         self.schema = get_schema(card.schema)
         self.patch_size = card.patch_size
-        overlap = card.chip_size // 8 if settings.overlap < 0 else settings.overlap
-        self.chip = ChipConfig(card.chip_size, overlap)
+        self.chip = ChipConfig.for_chip_size(card.chip_size, settings.overlap)
         fingerprint = model_fingerprint(model_dir)
         self.model_key = hashlib.sha256(json.dumps(
             [fingerprint, asdict(card), card.chip_size, settings.max_new_tokens]).encode()).hexdigest()[:16]
@@ -120,8 +120,8 @@ class TileServer:
     def _segment_many(self, tasks: list) -> list:
         """One model call: every distinct chip of ``tasks`` once (a scene that cannot be read gives
         its :class:`SceneError` to the requests that asked for it, not to the others)."""
+        from magseg_ray.chips.pipeline import patches_to_answer
         from magseg_ray.chips.read import read_chip
-        from magseg_ray.prompt import patch_boxes
 
         self.counters["model_calls"] += 1
         self.counters["largest_call"] = max(self.counters["largest_call"], len(tasks))
@@ -132,8 +132,7 @@ class TileServer:
             if value is None:
                 try:
                     chip = read_chip(task, store=self.store)
-                    p = self.patch_size
-                    boxes = [b for b in patch_boxes(task.size, task.size, p) if chip.valid[b[1]:b[3], b[0]:b[2]].any()]
+                    boxes = patches_to_answer(chip.valid, self.patch_size)
                     value = self.segmenter.segment(chip.image, chip.valid, boxes)
                 except MagsegError as e:
                     value = SceneError(f"scene {task.scene_id} cannot be read: {e}")
@@ -222,7 +221,7 @@ class TileServer:
         from rio_tiler.io import Reader
         from rio_tiler.mosaic import mosaic_reader
 
-        from magseg_ray.chips.read import ReadConfig, _stretch
+        from magseg_ray.chips.read import ReadConfig, scene_stretch
         from magseg_ray.serve.tiles import TILE_SIZE, scenes_under
 
         def read(scene, *args, **kwargs):
@@ -231,7 +230,7 @@ class TileServer:
                 with Reader(self.store.gdal_path(scene["uri"])) as src:
                     img = src.tile(*args, indexes=bands, **kwargs)
                 if scene["dtype"] == "uint16":
-                    lo, hi = _stretch(scene["uri"], bands, ReadConfig().stretch_percentiles, self.store)
+                    lo, hi = scene_stretch(scene["uri"], bands, ReadConfig().stretch_percentiles, self.store)
                     img.rescale(in_range=list(zip(lo, hi)))
                 return img
             except rasterio.errors.RasterioError as e:
@@ -274,6 +273,16 @@ class TileServer:
         except MagsegError as e:
             return error_response(e)
         return HTMLResponse(MAP_HTML)
+
+    @api.get("/static/{path:path}")
+    async def static(self, path: str):
+        """The viewer's web assets (vendored MapLibre GL JS); public, like the page's own code."""
+        from magseg_ray.serve.viewer import static_file
+
+        found = static_file(path)
+        if found is None:
+            return JSONResponse({"detail": f"no static file {path!r}"}, 404)
+        return Response(found[0], media_type=found[1], headers={"Cache-Control": "public, max-age=86400"})
 
 
 def app(args: dict):

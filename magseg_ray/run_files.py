@@ -1,4 +1,7 @@
-"""A mapping run's files, in a local folder or under an ``s3://`` prefix, and per-chip outputs.
+"""A mapping run's folder, local or under an ``s3://`` prefix, and its per-chip outputs.
+
+Written by the mapping job and its model actors, read by the stitcher, the reducer and the tile
+server (precomputed maps). Beside :mod:`magseg_ray.files`, whose atomic writes it uses locally.
 
 Every file is written whole or not at all: locally to a temporary name and then renamed, on S3 by
 a single PUT. That is what makes a run resumable: a chip whose output file exists is finished, and
@@ -7,7 +10,7 @@ a run killed at any moment leaves only finished files behind.
 Layout under the run root::
 
     run.json                      what the run maps (AOI, model, settings): a rerun must match it
-    chips/<scene_id>/<row>_<col>.npz   per-chip classes (uint8, 255 = no data) and patch confidence
+    chips/<scene_id>/<row>_<col>.npz   per-chip classes (uint8, NO_DATA = 255) and patch confidence
     masks/<scene_id>.tif          stitched class raster of each scene (tiled GeoTIFF)
     fields/cell=<cell>/*.parquet  field polygons, GeoParquet partitioned by grid cell
     fields.gpkg, summary.json, failures.json, preview.png
@@ -25,10 +28,6 @@ import numpy as np
 
 from magseg_ray.files import replace_atomically, write_atomic
 from magseg_ray.scenes.store import ObjectStore, split_uri
-
-NO_DATA = 255
-"""Class value of pixels outside the scene, the AOI or any answered patch."""
-
 
 class RunFiles:
     """Read and write a run's files by path relative to its root (a folder or ``s3://`` prefix)."""
