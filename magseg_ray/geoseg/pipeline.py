@@ -3,7 +3,8 @@
 :class:`GeoSeg` takes its parts injected, so any of them can be swapped (another grounder, SAM
 for SAM3 tracker, the MAgSeg field model as the text route, or a given box instead of a
 grounder): a grounder is ``(image, query) -> Grounding``; a route is ``(crop, phrase) -> mask
-or None``. :class:`PointRoute` is route A (CLIP Surgery map -> keypoints -> point segmenter).
+or None``, or has ``segment_box(image, box, phrase)`` when it needs the scene around the box
+(the field routes of :mod:`.fieldroute`). :class:`PointRoute` is route A (CLIP Surgery map -> keypoints -> point segmenter).
 The ablation switches of :class:`~.config.GeoSegConfig` pick the routes and the refinement.
 
 Every call returns a :class:`Result`; when there is nothing to segment (no box in the answer,
@@ -88,11 +89,12 @@ class GeoSeg:
     def _routes(self) -> tuple[bool, bool]:
         return self.config.routes in ("both", "points"), self.config.routes in ("both", "text")
 
-    def segment(self, image: np.ndarray, query: str, box=None) -> Result:
-        """Segment what ``query`` asks for in ``image``; ``box`` (x1, y1, x2, y2 pixels) skips grounding."""
+    def segment(self, image: np.ndarray, query: str, box=None, phrase: str | None = None) -> Result:
+        """Segment what ``query`` asks for in ``image``; a ``box`` (x1, y1, x2, y2 pixels, e.g. from
+        an earlier grounding) skips grounding, and ``phrase`` then prompts the routes (default: the query)."""
         image, query = check_image(image), check_query(query)
         h, w = image.shape[:2]
-        result = Result(np.zeros((h, w), bool), phrase=query)
+        result = Result(np.zeros((h, w), bool), phrase=phrase or query)
         clock = time.perf_counter()
         if box is None:
             if self.grounder is None:
@@ -124,7 +126,12 @@ class GeoSeg:
         masks = {}
         for name, route, on in (("points", self.points, use_points), ("text", self.text, use_text)):
             clock = time.perf_counter()
-            masks[name] = route(crop, result.phrase) if on else None
+            if not on:
+                masks[name] = None
+            elif hasattr(route, "segment_box"):  # routes that need the scene around the box
+                masks[name] = route.segment_box(image, result.refined, result.phrase)
+            else:
+                masks[name] = route(crop, result.phrase)
             result.seconds[name] = time.perf_counter() - clock
         if use_points:
             result.points = [(x + x1, y + y1, s) for x, y, s in getattr(self.points, "last_points", [])]
