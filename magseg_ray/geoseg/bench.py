@@ -156,8 +156,6 @@ def write_table(path: Path, levels: dict, title: str) -> None:
 
 def run_bench(bench: BenchConfig, models, config: GeoSegConfig, ray_settings=None) -> dict:
     """Run the benchmark as a Ray Data job; returns and writes the summary."""
-    import ray
-
     from magseg_ray.cluster import RaySettings, ray_session
     from magseg_ray.files import write_atomic
 
@@ -166,6 +164,8 @@ def run_bench(bench: BenchConfig, models, config: GeoSegConfig, ray_settings=Non
         raise ConfigError(f"{bench.items} has no items.jsonl (make one with jobs/make_geoseg_bench.py)")
     items = [line for line in path.read_text().splitlines() if line.strip()]
     with ray_session(ray_settings or RaySettings()):
+        import ray  # after ray_session has set the loopback and auth environment
+
         ds = ray.data.from_items([{"item": i} for i in items]).map(
             BenchActor, fn_constructor_args=(models, config, bench), concurrency=bench.num_actors,
             num_cpus=bench.cpus_per_actor)

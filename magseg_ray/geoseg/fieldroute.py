@@ -74,6 +74,8 @@ class FieldRoute:
     chip_size: int = 256
     select: str = "central"
     batch_size: int = 16
+    _last: tuple = field(default=(None, None), repr=False)
+    """(key, classes) of the last box answered: ablations that share a box share the model's answer."""
 
     @classmethod
     def load(cls, path, select: str = "central") -> "FieldRoute":
@@ -100,6 +102,9 @@ class FieldRoute:
         """The model's class mask of the box (box-sized uint8)."""
         from magseg_ray.model.generate import GenerationSettings, answer_chip
 
+        key = (image.shape, hash(image[::7, ::7].tobytes()), tuple(box))
+        if self._last[0] == key:
+            return self._last[1]
         x1, y1, x2, y2 = box
         c, p = self.chip_size, self.prompt.patch_size
         out = np.zeros((y2 - y1, x2 - x1), np.uint8)
@@ -114,6 +119,7 @@ class FieldRoute:
                 px, py = a.box[0] + ox, a.box[1] + oy
                 ix0, iy0, ix1, iy1 = max(px, x1), max(py, y1), min(px + p, x2), min(py + p, y2)
                 out[iy0 - y1 : iy1 - y1, ix0 - x1 : ix1 - x1] = a.mask[iy0 - py : iy1 - py, ix0 - px : ix1 - px]
+        self._last = (key, out)
         return out
 
     def segment_box(self, image: np.ndarray, box: Box, phrase: str) -> np.ndarray | None:
