@@ -71,7 +71,10 @@ class Grounder:
         return cls(model, processor, kind, max_new_tokens)
 
     def _inputs(self, image: Image.Image, query: str) -> dict:
-        text = grounding_prompt(query, self.convention)
+        return self.chat_inputs(image, grounding_prompt(query, self.convention))
+
+    def chat_inputs(self, image: Image.Image, text: str) -> dict:
+        """Model inputs of one user turn (the image, then ``text``) in the model's own format."""
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         if self.kind == "paligemma":
             return self.processor(text=text, images=image, return_tensors="pt")

@@ -22,8 +22,8 @@ PALIGEMMA = "detect {query}"
 """PaliGemma's own detection prompt: it answers ``<loc....>`` tokens and the phrase."""
 
 JUDGE = (
-    "The first image shows an overhead scene with the reference mask of \"{query}\" in green; the "
-    "second shows the predicted mask in red. Rate the prediction from 1 (bad) to 5 (perfect) on "
+    "The image shows an overhead scene with the reference mask of \"{query}\" in green and the "
+    "predicted mask in red (overlap in yellow). Rate the prediction from 1 (bad) to 5 (perfect) on "
     "faithfulness to the request, localization and robustness. Answer with JSON only: "
     "{{\"faithfulness\": n, \"localization\": n, \"robustness\": n}}."
 )
