@@ -15,7 +15,8 @@ class ConfigError(MagsegError, ValueError):
 
 
 class ModelLoadError(MagsegError):
-    """A model directory is missing, unreadable, or not a Gemma3 image-text-to-text checkpoint."""
+    """A model directory is missing, unreadable, or not of the kind the job needs (a Gemma3
+    image-text-to-text checkpoint for mapping; a grounder, CLIP or SAM folder for GeoSeg)."""
 
 
 class ChipError(MagsegError, ValueError):
@@ -48,3 +49,7 @@ class TileRequestError(MagsegError, ValueError):
 
 class NotCoveredError(MagsegError):
     """A requested place (a map tile) lies outside every catalogued scene."""
+
+
+class QueryError(MagsegError, ValueError):
+    """A GeoSeg query is empty, or longer than the grounding model's context."""

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from magseg_ray.config import add_arguments, doc
+from magseg_ray.geoseg.config import GeoSegConfig
+from magseg_ray.geoseg.run import ModelsConfig
 from magseg_ray.map_region import MapConfig
 from magseg_ray.serve.settings import ServeSettings
 from magseg_ray.train.grpo import GRPOConfig
@@ -12,7 +14,8 @@ from magseg_ray.train.sft import SFTConfig
 from magseg_ray.train.vision import VisionPretrainConfig
 
 
-@pytest.mark.parametrize("cls", [SFTConfig, GRPOConfig, VisionPretrainConfig, MapConfig, ServeSettings])
+@pytest.mark.parametrize("cls", [SFTConfig, GRPOConfig, VisionPretrainConfig, MapConfig, ServeSettings, GeoSegConfig,
+                                 ModelsConfig])
 def test_every_job_help_renders_every_field(cls):
     """``--help`` formats each help text with ``%``: a literal ``5 %`` in a field's doc used to
     break ``jobs/pretrain_vision.py --help``."""

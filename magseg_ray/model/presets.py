@@ -61,14 +61,16 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def build_model(preset: str, seed: int = 0) -> tuple[Gemma3ForConditionalGeneration, Gemma3Processor]:
-    """A randomly initialised Gemma3 image-text-to-text model and its processor, fully offline."""
+def build_model(preset: str, seed: int = 0, corpus: list[str] | None = None
+                ) -> tuple[Gemma3ForConditionalGeneration, Gemma3Processor]:
+    """A randomly initialised Gemma3 image-text-to-text model and its processor, fully offline;
+    the tokenizer's words come from ``corpus`` (default: the patch prompts')."""
     from magseg_ray.prompt import prompt_corpus
 
     if preset not in PRESETS:
         raise ConfigError(f"unknown model preset {preset!r}; known: {', '.join(PRESETS)}")
     p = PRESETS[preset]
-    tokenizer = build_tokenizer(prompt_corpus())
+    tokenizer = build_tokenizer(prompt_corpus() if corpus is None else corpus)
     ids = tokenizer.convert_tokens_to_ids
     config = Gemma3Config(
         text_config=dict(

@@ -1,0 +1,80 @@
+"""GeoSeg: segment what a text query asks for in a scene, training-free (or score a folder of items).
+
+    python jobs/geoseg.py SCENE --query "the largest field" --out DIR [--grounder DIR --clip DIR
+        --points DIR --sam3 DIR | --tiny DIR] [--box x1,y1,x2,y2] [--text-route field-model]
+    python jobs/geoseg.py --bench ITEMS --out DIR [models...] [--ablations full,no_refine,...]
+
+SCENE is a local path or an s3:// COG. One query writes DIR/mask.tif, mask.geojson, mask.gpkg,
+overlay.png and result.json (see magseg_ray.geoseg.outputs); an empty mask has its reason in
+result.json. --bench runs every item of ITEMS (made by jobs/make_geoseg_bench.py) through each
+ablation as a Ray Data job and writes DIR/metrics.json, items.jsonl and table.png. Every model
+loads from a local folder; nothing is downloaded. Exit status 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from magseg_ray.config import add_arguments, from_arguments
+from magseg_ray.errors import ConfigError, MagsegError
+from magseg_ray.geoseg.config import GeoSegConfig
+from magseg_ray.geoseg.run import ModelsConfig
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("scene", nargs="?", help="scene GeoTIFF/COG (local path or s3://)")
+    p.add_argument("--query", help="what to segment, e.g. 'the pond next to the farmstead'")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--box", help="x1,y1,x2,y2 in scene pixels: skip grounding and segment this box")
+    p.add_argument("--bench", help="folder of benchmark items (instead of SCENE --query)")
+    p.add_argument("--ablations", default="full,no_refine,points_only,text_only",
+                   help="--bench: ablation rows to run (default: all four)")
+    p.add_argument("--num-actors", type=int, default=1, help="--bench: model actors (default: 1)")
+    p.add_argument("--cpus-per-actor", type=float, default=0.5, help="--bench: Ray CPUs per actor (default: 0.5)")
+    p.add_argument("--box-source", choices=("grounder", "truth"), default="grounder",
+                   help="--bench: boxes from the grounder, or the truth boxes (an oracle: segmentation alone)")
+    add_arguments(p, ModelsConfig)
+    add_arguments(p, GeoSegConfig)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        models, config = from_arguments(ModelsConfig, args), from_arguments(GeoSegConfig, args)
+        if args.bench:
+            from magseg_ray.geoseg.bench import BenchConfig, run_bench
+
+            bench = BenchConfig(args.bench, args.out, args.ablations.split(","), args.num_actors,
+                                args.box_source, args.cpus_per_actor)
+            summary = run_bench(bench, models, config)
+            print(json.dumps(summary["levels"]))
+            return 0
+        if not args.scene or args.query is None:
+            raise ConfigError("give SCENE and --query (or --bench ITEMS)")
+        record = query_scene(args, models, config)
+    except MagsegError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: record[k] for k in ("query", "phrase", "case", "pixels", "reason", "seconds")}))
+    return 0
+
+
+def query_scene(args, models: ModelsConfig, config: GeoSegConfig) -> dict:
+    from magseg_ray.geoseg.grounder import check_query
+    from magseg_ray.geoseg.outputs import read_scene, write_result
+    from magseg_ray.geoseg.run import build_pipeline, parse_box
+    from magseg_ray.scenes.store import ObjectStore
+
+    query, box = check_query(args.query), parse_box(args.box)
+    scene = read_scene(args.scene, ObjectStore.from_env())
+    pipeline = build_pipeline(models, config, scene)
+    result = pipeline.segment(scene.image, query, box=box)
+    return write_result(args.out, scene, result, query)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The promptable segmenters of the two routes, with pre- and post-processing written here.
+
+- :class:`PointSegmenter` (route A): ``SamModel`` or ``Sam3TrackerModel`` with the keypoints as
+  positive point prompts of one object. SAM resizes the longest side to its input size and pads
+  bottom-right (the SAM processor's rule); the SAM3 tracker stretches to its square input (the
+  SAM2/3 processors' rule). Points are mapped the same way. With one point SAM answers three
+  masks and the one with the best predicted IoU is taken; with several, one mask.
+- :class:`TextSegmenter` (route B): ``Sam3Model`` with the phrase as text. ``Sam3Processor``
+  needs torchvision, which cannot be installed next to this CPU torch, so pre-processing is
+  resize to the checkpoint's size, /255, mean/std from its ``preprocessor_config.json``;
+  post-processing keeps instances with ``sigmoid(logit) x sigmoid(presence) >= threshold``,
+  resizes their mask logits bilinearly to the crop and unions ``sigmoid > mask_threshold``.
+
+Both take a crop (``H x W x 3`` uint8) and return an ``H x W`` bool mask, or None when they
+have nothing to say (no points; no instance over the threshold).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from magseg_ray.geoseg.loading import ImageSettings, image_settings, load_pretrained, load_tokenizer, model_type, to_pixels
+
+POINT_MODELS = ("sam", "sam3_tracker")
+"""``model_type`` values :class:`PointSegmenter` accepts."""
+SAM_MEAN, SAM_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return float(np.log(p / (1 - p)))
+
+
+def _upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(logits[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+
+
+@dataclass
+class PointSegmenter:
+    """Route A's segmenter: a SAM (``sam``) or SAM3 tracker (``sam3_tracker``) model."""
+
+    model: object
+    kind: str
+    image: ImageSettings
+    mask_threshold: float = 0.5
+
+    @classmethod
+    def load(cls, path, mask_threshold: float = 0.5) -> "PointSegmenter":
+        from transformers import Sam3TrackerModel, SamModel
+
+        kind = model_type(path, POINT_MODELS, "point-prompt segmenter")
+        model = load_pretrained(SamModel if kind == "sam" else Sam3TrackerModel, path, "point-prompt segmenter")
+        size = model.config.vision_config.image_size
+        mean, std = (SAM_MEAN, SAM_STD) if kind == "sam" else ((0.5,) * 3, (0.5,) * 3)
+        return cls(model, kind, image_settings(path, size, mean, std), mask_threshold)
+
+    def _frame(self, h: int, w: int) -> tuple[tuple[int, int], tuple[float, float]]:
+        """(resized height, width) of a crop inside the model's input, and the x/y scale to it."""
+        side_h, side_w = self.image.size
+        if self.kind == "sam":
+            s = max(side_h, side_w) / max(h, w)
+            rh, rw = max(int(h * s + 0.5), 1), max(int(w * s + 0.5), 1)
+            return (rh, rw), (rw / w, rh / h)
+        return (side_h, side_w), (side_w / w, side_h / h)
+
+    @torch.no_grad()
+    def __call__(self, crop: np.ndarray, points: list[tuple[int, int, float]]) -> np.ndarray | None:
+        if not points:
+            return None
+        h, w = crop.shape[:2]
+        (rh, rw), (sx, sy) = self._frame(h, w)
+        pixels = to_pixels(crop, ImageSettings((rh, rw), self.image.mean, self.image.std))
+        side_h, side_w = self.image.size
+        pixels = F.pad(pixels, (0, side_w - rw, 0, side_h - rh))
+        xy = torch.tensor([[[[(x + 0.5) * sx, (y + 0.5) * sy] for x, y, _ in points]]], dtype=torch.float32)
+        labels = torch.ones(xy.shape[:3], dtype=torch.long)
+        out = self.model(pixel_values=pixels, input_points=xy, input_labels=labels,
+                         multimask_output=len(points) == 1)
+        masks, scores = out.pred_masks[0, 0], out.iou_scores[0, 0]
+        logits = masks[int(scores.argmax())]
+        full = _upsample(logits, (side_h, side_w))[:rh, :rw]
+        return (_upsample(full, (h, w)) > _logit(self.mask_threshold)).numpy()
+
+
+@dataclass
+class TextSegmenter:
+    """Route B's segmenter: ``Sam3Model`` prompted with the phrase."""
+
+    model: object
+    tokenizer: object
+    image: ImageSettings
+    score_threshold: float = 0.5
+    mask_threshold: float = 0.5
+
+    @classmethod
+    def load(cls, path, score_threshold: float = 0.5, mask_threshold: float = 0.5) -> "TextSegmenter":
+        from transformers import Sam3Model
+
+        model_type(path, ("sam3",), "text-prompt segmenter (SAM3)")
+        model = load_pretrained(Sam3Model, path, "text-prompt segmenter (SAM3)")
+        settings = image_settings(path, model.config.vision_config.image_size)
+        return cls(model, load_tokenizer(path, "SAM3 model"), settings, score_threshold, mask_threshold)
+
+    def _text(self, phrase: str) -> dict:
+        n = self.model.config.text_config.max_position_embeddings
+        enc = self.tokenizer([phrase], padding="max_length", max_length=n, truncation=True, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    @torch.no_grad()
+    def instances(self, crop: np.ndarray, phrase: str) -> tuple[np.ndarray, np.ndarray]:
+        """Scores (N,) and mask logits at the crop's size (N x H x W) of every query instance."""
+        out = self.model(pixel_values=to_pixels(crop, self.image), **self._text(phrase))
+        scores = torch.sigmoid(out.pred_logits[0]) * torch.sigmoid(out.presence_logits[0, 0])
+        masks = F.interpolate(out.pred_masks[0][None].float(), size=crop.shape[:2], mode="bilinear",
+                              align_corners=False)[0]
+        return scores.numpy(), masks.numpy()
+
+    def __call__(self, crop: np.ndarray, phrase: str) -> np.ndarray | None:
+        scores, logits = self.instances(crop, phrase)
+        keep = scores >= self.score_threshold
+        if not keep.any():
+            return None
+        return (logits[keep] > _logit(self.mask_threshold)).any(0)

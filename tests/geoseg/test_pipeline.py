@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from magseg_ray.errors import ModelLoadError, QueryError
+from magseg_ray.geoseg.config import GeoSegConfig
+from magseg_ray.geoseg.grounder import Grounder
+from magseg_ray.geoseg.pipeline import GeoSeg, ModelFolders, load_geoseg
+
+IMAGE = np.random.default_rng(1).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def pipeline(geoseg_presets):
+    p = geoseg_presets
+    return load_geoseg(ModelFolders(str(p["grounder"]), str(p["clip"]), str(p["sam"]), str(p["sam3"])),
+                       GeoSegConfig(text_score_threshold=0.0))
+
+
+def test_a_given_box_is_refined_segmented_and_fused_inside(pipeline):
+    r = pipeline.segment(IMAGE, "the field", box=(40, 30, 90, 70))
+    assert r.box == (40, 30, 90, 70) and r.refined == (30, 22, 95, 74)
+    outside = r.mask.copy()
+    outside[22:74, 30:95] = False
+    assert not outside.any()
+    assert r.case in ("both", "points", "text") and r.mask.any() and r.reason == ""
+    assert set(r.seconds) == {"grounding", "refinement", "points", "text", "fusion"}
+    assert all(30 <= x < 95 and 22 <= y < 74 for x, y, _ in r.points)
+
+
+@pytest.mark.parametrize("routes", ["points", "text"])
+def test_ablations_run_one_route(pipeline, routes):
+    single = GeoSeg(pipeline.grounder, pipeline.points, pipeline.text,
+                    GeoSegConfig(routes=routes, refine=False, text_score_threshold=0.0))
+    r = single.segment(IMAGE, "the field", box=(40, 30, 90, 70))
+    assert r.refined == (40, 30, 90, 70) and r.case in (routes, "none")
+    assert r.seconds[{"points": "text", "text": "points"}[routes]] < 0.01
+
+
+def test_a_box_outside_the_image_gives_an_empty_mask_and_the_reason(pipeline):
+    r = pipeline.segment(IMAGE, "the field", box=(500, 500, 600, 600))
+    assert not r.mask.any() and "no pixel inside" in r.reason
+
+
+def test_the_random_grounder_answers_without_a_box_and_the_mask_is_empty(pipeline):
+    r = pipeline.segment(IMAGE, "the largest field")
+    assert r.box is None and not r.mask.any() and r.reason and r.answer
+
+
+def test_bad_queries_are_refused(pipeline):
+    with pytest.raises(QueryError, match="empty"):
+        pipeline.segment(IMAGE, "   ")
+    with pytest.raises(QueryError, match="too long"):
+        pipeline.segment(IMAGE, "field " * 3000)
+
+
+def test_a_grounder_folder_of_the_wrong_kind_is_refused(geoseg_presets):
+    with pytest.raises(ModelLoadError, match="grounder"):
+        Grounder.load(geoseg_presets["clip"])
