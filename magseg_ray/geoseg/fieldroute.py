@@ -80,7 +80,7 @@ class FieldRoute:
     @classmethod
     def load(cls, path, select: str = "central") -> "FieldRoute":
         from magseg_ray.model.checkpoint import load_model
-        from magseg_ray.model.segmenter import ModelPrompt, read_model_prompt
+        from magseg_ray.model.card import ModelPrompt, read_model_prompt
 
         model, processor = load_model(path)
         card = read_model_prompt(path) or ModelPrompt()
