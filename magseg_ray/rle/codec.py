@@ -122,6 +122,13 @@ def encode(mask: np.ndarray, schema: str | Schema) -> str:
     return "\n".join(lines)
 
 
+def longest_text(h: int, w: int) -> int:
+    """An upper bound on the characters of the canonical text of an ``h x w`` mask (every pixel its
+    own run of length 1, every row its own line: ``2 h w - 1``), the answer budget that never cuts a
+    mask short."""
+    return 2 * h * w
+
+
 def encode_text4seg(mask: np.ndarray, schema: str | Schema) -> str:
     """Text4Seg-style encoding, the verbose baseline R-RLE is benchmarked against.
 
