@@ -1,7 +1,7 @@
 """Patch prompts: the MAgSeg patch instruction format.
 
-The model sees one image chip as global context and answers, as R-RLE text, for one square patch
-of it. A prompt is laid out so that every patch of a chip shares a prefix::
+The model sees one image chip as global context and answers, as mask text (R-RLE or anchored,
+see :mod:`magseg_ray.rle`), for one square patch of it. A prompt is laid out so that every patch of a chip shares a prefix::
 
     <bos><start_of_turn>user
     [global chip image] INSTRUCTION (chip size, classes and their codes, the answer syntax)
@@ -30,7 +30,7 @@ import numpy as np
 from magseg_ray.errors import ChipError
 from magseg_ray.masks.schemas import BOUNDARY_WIDTH, MAX_BOUNDARY_WIDTH, Schema, get_schema
 from magseg_ray.model.tokenizer import BOI, BOS, END_OF_TURN, START_OF_TURN
-from magseg_ray.rle.codec import encode
+from magseg_ray.rle import codec_for
 
 Box = tuple[int, int, int, int]
 """A patch box in chip pixel coordinates: ``(x0, y0, x1, y1)``, end-exclusive."""
@@ -57,8 +57,13 @@ class PromptConfig:
     on each side). Field polygons drawn on aerial imagery are often parted by a gap of 2-4 px only,
     which a width of 1 never marks; a width of 6 turns it into a line of about 9 px."""
 
+    answer_format: str = "rrle"
+    """Mask text the answers are written in: ``rrle`` (run lengths, ``N*`` repeats) or ``anchored``
+    (each line opens with its first row, runs end at a column); see :mod:`magseg_ray.rle`."""
+
     def __post_init__(self) -> None:
         get_schema(self.schema)
+        codec_for(self.answer_format)
         if not 0 <= self.boundary_width <= MAX_BOUNDARY_WIDTH:
             raise ChipError(f"boundary_width must lie in 0..{MAX_BOUNDARY_WIDTH} (the fields step gives boundary "
                             f"pixels back to their field only that deep), got {self.boundary_width}")
@@ -85,17 +90,26 @@ class PatchPrompt:
     box: Box
     """The patch box in chip pixels."""
     target: str | None = None
-    """The R-RLE answer for the patch, when labels were given (without the end-of-turn marker)."""
+    """The answer for the patch in the config's format, when labels were given (without the
+    end-of-turn marker)."""
 
 
-def instruction(schema: Schema, chip_h: int, chip_w: int, patch_size: int) -> str:
-    """The shared instruction: chip size, classes with their codes, and the R-RLE answer syntax."""
+ANSWER_SYNTAX = {
+    "rrle": "one line per row: runs of class code then length, the last run of a line without length; "
+            "N* repeats a line N times, a leading * repeats it to the end.",
+    # every word is in the shipped demo model's vocabulary, so it stays one token per word there
+    "anchored": "one line per run of row: the leading row then :, then runs of class code then end, "
+                "the last run of a line without end.",
+}
+"""The answer syntax the instruction states, per answer format."""
+
+
+def instruction(schema: Schema, chip_h: int, chip_w: int, patch_size: int, answer_format: str = "rrle") -> str:
+    """The shared instruction: chip size, classes with their codes, and the answer syntax."""
     classes = ", ".join(f"{c.code} {c.name}" for c in schema.classes)
     return (
         f"Segment this {chip_w}x{chip_h} image chip into classes {classes}. "
-        f"Answer for one {patch_size}x{patch_size} patch, one line per row: runs of class code "
-        "then length, the last run of a line without length; N* repeats a line N times, "
-        "a leading * repeats it to the end."
+        f"Answer for one {patch_size}x{patch_size} patch, {ANSWER_SYNTAX[answer_format]}"
     )
 
 
@@ -152,7 +166,7 @@ def build_patch_prompt(
     if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
         raise ChipError(f"patch box {box} lies outside the {w}x{h} chip")
 
-    prefix = f"{BOS}{START_OF_TURN}user\n{BOI}{instruction(schema, h, w, p)}\nPatch "
+    prefix = f"{BOS}{START_OF_TURN}user\n{BOI}{instruction(schema, h, w, p, config.answer_format)}\nPatch "
     images = [chip]
     text = prefix
     if config.local_crop:
@@ -165,7 +179,7 @@ def build_patch_prompt(
         labels = schema.check_mask(labels, "chip labels")
         if labels.shape != (h, w):
             raise ChipError(f"chip labels have shape {labels.shape}, the chip is {h}x{w}")
-        target = encode(labels[y0:y1, x0:x1], schema)
+        target = codec_for(config.answer_format).encode(labels[y0:y1, x0:x1], schema)
     return PatchPrompt(images=images, text=text, prefix=prefix, box=box, target=target)
 
 
@@ -173,5 +187,5 @@ def prompt_corpus() -> list[str]:
     """Texts whose words the project tokenizer must hold as single tokens (all schemas)."""
     from magseg_ray.masks.schemas import SCHEMAS
 
-    texts = [instruction(s, 512, 512, 32) for s in SCHEMAS.values()]
+    texts = [instruction(s, 512, 512, 32, f) for s in SCHEMAS.values() for f in ANSWER_SYNTAX]
     return texts + ["Patch x y user model"]

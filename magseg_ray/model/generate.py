@@ -1,4 +1,4 @@
-"""Patch prompts -> constrained generation -> R-RLE text -> patch masks, and a chip's mask.
+"""Patch prompts -> constrained generation -> mask text -> patch masks, and a chip's mask.
 
 Two decoders share the grammar and the scoring. :func:`answer_patches` runs Hugging Face
 ``generate`` on whole prompts (any mix of chips; used for validation during training and as the
@@ -10,8 +10,9 @@ patch box and the answer are computed per patch. Rows of a batch are laid out as
 lengths (real Gemma3 tokenizers split numbers into digits) batch together; greedy answers are the
 same as ``answer_patches``' (tested).
 
-The model answers each patch prompt under :class:`~magseg_ray.rle.constrained.RLELogitsProcessor`,
-so every answer decodes strictly; the decoder still runs in non-strict mode and its report is
+The model answers each patch prompt under the grammar of the prompt config's answer format
+(:class:`~magseg_ray.rle.constrained.RLELogitsProcessor` or its anchored subclass, from
+:func:`~magseg_ray.rle.codec_for`), so every answer decodes strictly; the decoder still runs in non-strict mode and its report is
 kept, so a model or tokenizer that slips past the grammar is visible rather than fatal. Each answer
 also gets a confidence: the geometric mean of its tokens' probabilities under the constrained
 distribution.
@@ -34,7 +35,8 @@ from magseg_ray.prompt import (
     patch_boxes,
 )
 from magseg_ray.errors import ChipError, ConfigError
-from magseg_ray.rle.codec import DecodeReport, decode
+from magseg_ray.rle import codec_for
+from magseg_ray.rle.codec import DecodeReport
 from magseg_ray.rle.constrained import RLELogitsProcessor
 
 
@@ -47,7 +49,8 @@ class GenerationSettings:
     temperature: float = 0.0
     """Sampling temperature; 0 decodes greedily."""
     max_new_tokens: int | None = None
-    """Answer token budget; None allows the longest mask text of a patch (``2 p^2 + 2`` tokens).
+    """Answer token budget; None allows the longest mask text of a patch in single-character tokens
+    (R-RLE: ``2 p^2 + 2``).
     With a smaller budget the grammar still closes every answer as a whole mask."""
     greedy: str = "kind"
     """How a greedy decoder (temperature 0) picks each token: ``kind`` first picks the kind of the
@@ -68,7 +71,7 @@ class PatchAnswer:
     box: tuple[int, int, int, int]
     """Patch box in chip pixels (x0, y0, x1, y1)."""
     text: str
-    """R-RLE answer text."""
+    """Answer text (in the prompt config's answer format)."""
     mask: np.ndarray
     """Decoded ``p x p`` class mask."""
     report: DecodeReport
@@ -88,7 +91,8 @@ def answer_patches(model, processor, prompts: list[PatchPrompt], config: PromptC
                    settings: GenerationSettings = GenerationSettings()) -> list[PatchAnswer]:
     """Generate, decode and score the answers for ``prompts`` (all with ``config``'s patch size)."""
     p = config.patch_size
-    budget = settings.max_new_tokens or 2 * p * p + 2
+    fmt = codec_for(config.answer_format)
+    budget = settings.max_new_tokens or fmt.longest_text(p, p) + 2
     eos = _eos(model)
     eos_ids = torch.tensor(eos)
     tokenizer = processor.tokenizer
@@ -98,7 +102,7 @@ def answer_patches(model, processor, prompts: list[PatchPrompt], config: PromptC
         batch = prompts[start : start + settings.batch_size]
         inputs = _inputs(processor, batch, device)
         prompt_len = inputs["input_ids"].shape[1]
-        grammar = RLELogitsProcessor(tokenizer, p, p, config.schema, prompt_len, eos, budget)
+        grammar = fmt.logits_processor(tokenizer, p, p, config.schema, prompt_len, eos, budget)
         processors = [grammar]
         if settings.temperature > 0:
             sampling = {"do_sample": True, "temperature": settings.temperature}
@@ -114,7 +118,7 @@ def answer_patches(model, processor, prompts: list[PatchPrompt], config: PromptC
             ended = torch.isin(tokens, eos_ids.to(tokens.device))
             n = int(ended.int().argmax()) + 1 if ended.any() else len(tokens)  # answer incl. its end token
             text = tokenizer.decode(tokens[:n], skip_special_tokens=True)
-            mask, report = decode(text, p, p, config.schema)
+            mask, report = fmt.decode(text, p, p, config.schema)
             confidence = float(torch.exp(lp[:n].float().mean()))
             answers.append(PatchAnswer(prompt.box, text, mask, report, confidence))
     return answers
@@ -161,7 +165,8 @@ def answer_chip(model, processor, chip: np.ndarray, boxes: list, config: PromptC
     if not prompts:
         return []
     p = config.patch_size
-    budget = settings.max_new_tokens or 2 * p * p + 2
+    fmt = codec_for(config.answer_format)
+    budget = settings.max_new_tokens or fmt.longest_text(p, p) + 2
     eos = _eos(model)
     tokenizer = processor.tokenizer
     device = next(model.parameters()).device
@@ -190,7 +195,7 @@ def answer_chip(model, processor, chip: np.ndarray, boxes: list, config: PromptC
         out = model(input_ids=ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
                     pixel_values=torch.cat(pixels).to(device) if pixels else None,
                     token_type_ids=torch.cat([prefix_types.expand(b, -1), types], 1), use_cache=True)
-        grammar = RLELogitsProcessor(tokenizer, p, p, config.schema, width, eos, budget)
+        grammar = fmt.logits_processor(tokenizer, p, p, config.schema, width, eos, budget)
         seq, done = ids, torch.zeros(b, dtype=torch.bool, device=device)
         logprob, count = torch.zeros(b, device=device), torch.zeros(b, device=device)
         position = positions[:, -1:]
@@ -218,7 +223,7 @@ def answer_chip(model, processor, chip: np.ndarray, boxes: list, config: PromptC
             ended = torch.isin(tokens, eos_ids)
             n = int(ended.int().argmax()) + 1 if ended.any() else len(tokens)
             text = tokenizer.decode(tokens[:n], skip_special_tokens=True)
-            mask_, report = decode(text, p, p, config.schema)
+            mask_, report = fmt.decode(text, p, p, config.schema)
             confidence = float(torch.exp(logprob[row] / count[row].clamp(min=1)))
             answers.append(PatchAnswer(prompt.box, text, mask_, report, confidence))
     return answers

@@ -39,10 +39,13 @@ class ModelPrompt:
     """Side of the local crop as a multiple of the patch side."""
     boundary_width: int = PromptConfig.boundary_width
     """Half-width in pixels of the boundary class in the answers the model was trained on."""
+    answer_format: str = "rrle"
+    """Mask text the model writes (``rrle`` or ``anchored``; a card without it means ``rrle``)."""
 
     def prompt(self) -> PromptConfig:
         return PromptConfig(schema=self.schema, patch_size=self.patch_size, local_crop=self.local_crop,
-                            crop_scale=self.crop_scale, boundary_width=self.boundary_width)
+                            crop_scale=self.crop_scale, boundary_width=self.boundary_width,
+                            answer_format=self.answer_format)
 
 
 def read_model_prompt(model_dir: str | Path) -> ModelPrompt | None:
