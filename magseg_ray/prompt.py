@@ -1,7 +1,8 @@
 """Patch prompts: the MAgSeg patch instruction format.
 
 The model sees one image chip as global context and answers, as mask text (R-RLE or anchored,
-see :mod:`magseg_ray.rle`), for one square patch of it. A prompt is laid out so that every patch of a chip shares a prefix::
+see :mod:`magseg_ray.rle`), for one square patch of it. A prompt is laid out so that every patch
+of a chip shares a prefix::
 
     <bos><start_of_turn>user
     [global chip image] INSTRUCTION (chip size, classes and their codes, the answer syntax)

@@ -145,12 +145,7 @@ class _AnchoredDecoder(_Decoder):
 def _anchors(dec: _AnchoredDecoder, text: str, h: int) -> list[tuple[int, np.ndarray]]:
     """``(first row, row pixels)`` of every line that is kept, in row order."""
     anchors: list[tuple[int, np.ndarray]] = []
-    for line_no, line in enumerate(text.split("\n") if text else [], start=1):
-        dec.line_no = line_no
-        start, runs = dec.parse(line)
-        if not runs:
-            dec.flag("syntax_errors", "line has no runs")
-            continue
+    for start, runs in dec.lines(text):
         prev = anchors[-1][0] if anchors else -1
         start = prev + 1 if start is None else start
         if start <= prev:
@@ -175,7 +170,7 @@ def decode(
     """
     dec = _AnchoredDecoder(w, get_schema(schema), strict)
     mask = np.zeros((h, w), dtype=np.uint8)
-    anchors = _anchors(dec, text.replace("\r", "").strip(), h)
+    anchors = _anchors(dec, text, h)
     if not anchors:
         dec.flag("missing_rows", f"text describes none of the {h} rows", h, where="end of text")
     elif anchors[0][0] > 0:

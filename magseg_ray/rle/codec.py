@@ -161,6 +161,17 @@ class _Decoder:
             raise MaskTextError(f"{where or f'line {self.line_no}'}: {msg}")
         setattr(self.report, kind, getattr(self.report, kind) + n)
 
+    def lines(self, text: str):
+        """:meth:`parse` of each line of ``text`` (outer whitespace and carriage returns dropped) that
+        has runs, numbering lines in ``line_no``; a line without runs is flagged and skipped."""
+        text = text.replace("\r", "").strip()
+        for self.line_no, line in enumerate(text.split("\n") if text else [], start=1):
+            head, runs = self.parse(line)
+            if runs:
+                yield head, runs
+            else:
+                self.flag("syntax_errors", "line has no runs")
+
     def parse(self, line: str) -> tuple[int | None, list[tuple[int, int | None]]]:
         """Row count (``None``: all remaining rows) and ``(class, length|None)`` runs of a line."""
         count: int | None = 1
@@ -237,14 +248,8 @@ def decode(
     """
     dec = _Decoder(w, get_schema(schema), strict)
     mask = np.zeros((h, w), dtype=np.uint8)
-    text = text.replace("\r", "").strip()
     row = 0
-    for line_no, line in enumerate(text.split("\n") if text else [], start=1):
-        dec.line_no = line_no
-        count, runs = dec.parse(line)
-        if not runs:
-            dec.flag("syntax_errors", "line has no runs")
-            continue
+    for count, runs in dec.lines(text):
         left = h - row
         n = left if count is None else count
         if n > left or left == 0:

@@ -122,7 +122,7 @@ class SFTConfig:
         from magseg_ray.model.segmenter import ModelPrompt
 
         return ModelPrompt(self.schema, self.patch_size, self.chip_size, self.local_crop, self.crop_scale,
-                           self.boundary_width, self.answer_format)
+                           self.boundary_width, answer_format=self.answer_format)
 
     def prompt(self) -> PromptConfig:
         return self.model_prompt().prompt()

@@ -9,7 +9,7 @@ from magseg_ray.errors import MaskTextError, SchemaError
 from magseg_ray.masks.schemas import SCHEMAS
 from magseg_ray.rle.anchored import decode, encode, longest_text
 from magseg_ray.rle.codec import DecodeReport
-from tests.rle.test_codec import JUNK_TEXT, grid, noise_masks, rect_masks
+from tests.rle.test_codec import JUNK_TEXT, check_repair, grid, noise_masks, rect_masks
 
 FAST = settings(max_examples=200, deadline=None)
 
@@ -115,18 +115,8 @@ REPAIRS = [
 
 
 @pytest.mark.parametrize(("text", "rows", "kind", "count"), REPAIRS)
-def test_lenient_repairs(text, rows, kind, count):
-    out, report = decode(text, 4, 4, "fields3")
-    np.testing.assert_array_equal(out, grid(rows))
-    expected = dict.fromkeys(DecodeReport().as_dict(), 0) | {kind: count}
-    assert report.as_dict() == expected
-    assert not report.ok
-
-
-@pytest.mark.parametrize(("text", "rows", "kind", "count"), REPAIRS)
-def test_strict_raises(text, rows, kind, count):
-    with pytest.raises(MaskTextError):
-        decode(text, 4, 4, "fields3", strict=True)
+def test_repairs(text, rows, kind, count):
+    check_repair(decode, text, rows, kind, count)
 
 
 def test_strict_messages_name_the_line():
