@@ -24,7 +24,7 @@ class ChipError(MagsegError, ValueError):
 
 
 class MaskTextError(MagsegError, ValueError):
-    """R-RLE mask text is malformed (raised only by the strict decoder)."""
+    """Mask text (R-RLE or anchored) is malformed (raised only by the strict decoders)."""
 
 
 class SchemaError(MagsegError, ValueError):

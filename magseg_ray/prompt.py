@@ -1,7 +1,8 @@
 """Patch prompts: the MAgSeg patch instruction format.
 
-The model sees one image chip as global context and answers, as R-RLE text, for one square patch
-of it. A prompt is laid out so that every patch of a chip shares a prefix::
+The model sees one image chip as global context and answers, as mask text (R-RLE or anchored,
+see :mod:`magseg_ray.rle`), for one square patch of it. A prompt is laid out so that every patch
+of a chip shares a prefix::
 
     <bos><start_of_turn>user
     [global chip image] INSTRUCTION (chip size, classes and their codes, the answer syntax)
@@ -29,7 +30,7 @@ import numpy as np
 
 from magseg_ray.errors import ChipError
 from magseg_ray.masks.schemas import BOUNDARY_WIDTH, MAX_BOUNDARY_WIDTH, Schema, get_schema
-from magseg_ray.rle.codec import encode
+from magseg_ray.rle import codec_for
 
 BOS, START_OF_TURN, END_OF_TURN = "<bos>", "<start_of_turn>", "<end_of_turn>"
 BOI = "<start_of_image>"
@@ -68,8 +69,13 @@ class PromptConfig:
     tokens), for offline presets that learn the task from scratch and gain nothing from the words
     but pay for every token in every training step."""
 
+    answer_format: str = "rrle"
+    """Mask text the answers are written in: ``rrle`` (run lengths, ``N*`` repeats) or ``anchored``
+    (each line opens with its first row, runs end at a column); see :mod:`magseg_ray.rle`."""
+
     def __post_init__(self) -> None:
         get_schema(self.schema)
+        codec_for(self.answer_format)
         if not 0 <= self.boundary_width <= MAX_BOUNDARY_WIDTH:
             raise ChipError(f"boundary_width must lie in 0..{MAX_BOUNDARY_WIDTH} (the fields step gives boundary "
                             f"pixels back to their field only that deep), got {self.boundary_width}")
@@ -98,20 +104,30 @@ class PatchPrompt:
     box: Box
     """The patch box in chip pixels."""
     target: str | None = None
-    """The R-RLE answer for the patch, when labels were given (without the end-of-turn marker)."""
+    """The answer for the patch in the config's format, when labels were given (without the
+    end-of-turn marker)."""
 
 
-def instruction(schema: Schema, chip_h: int, chip_w: int, patch_size: int, style: str = "natural") -> str:
-    """The shared instruction: chip size, classes with their codes, and the R-RLE answer syntax in
-    words; in the ``short`` style only ``Segment`` and the class codes."""
+ANSWER_SYNTAX = {
+    "rrle": "one line per row: runs of class code then length, the last run of a line without length; "
+            "N* repeats a line N times, a leading * repeats it to the end.",
+    # every word is in the shipped demo model's vocabulary, so it stays one token per word there
+    "anchored": "one line per run of row: the leading row then :, then runs of class code then end, "
+                "the last run of a line without end.",
+}
+"""The answer syntax the instruction states, per answer format."""
+
+
+def instruction(schema: Schema, chip_h: int, chip_w: int, patch_size: int, style: str = "natural",
+                answer_format: str = "rrle") -> str:
+    """The shared instruction: chip size, classes with their codes, and the answer syntax in words;
+    in the ``short`` style only ``Segment`` and the class codes."""
     if style == "short":
         return f"Segment {''.join(schema.codes)}"
     classes = ", ".join(f"{c.code} {c.name}" for c in schema.classes)
     return (
         f"Segment this {chip_w}x{chip_h} image chip into classes {classes}. "
-        f"Answer for one {patch_size}x{patch_size} patch, one line per row: runs of class code "
-        "then length, the last run of a line without length; N* repeats a line N times, "
-        "a leading * repeats it to the end."
+        f"Answer for one {patch_size}x{patch_size} patch, {ANSWER_SYNTAX[answer_format]}"
     )
 
 
@@ -174,7 +190,8 @@ def build_patch_prompt(
     if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
         raise ChipError(f"patch box {box} lies outside the {w}x{h} chip")
 
-    prefix = f"{BOS}{START_OF_TURN}user\n{BOI}{instruction(schema, h, w, p, config.instruction)}\nPatch "
+    prefix = (f"{BOS}{START_OF_TURN}user\n{BOI}"
+              f"{instruction(schema, h, w, p, config.instruction, config.answer_format)}\nPatch ")
     images = [chip]
     text = prefix
     if config.local_crop:
@@ -187,7 +204,7 @@ def build_patch_prompt(
         labels = schema.check_mask(labels, "chip labels")
         if labels.shape != (h, w):
             raise ChipError(f"chip labels have shape {labels.shape}, the chip is {h}x{w}")
-        target = encode(labels[y0:y1, x0:x1], schema)
+        target = codec_for(config.answer_format).encode(labels[y0:y1, x0:x1], schema)
     return PatchPrompt(images=images, text=text, prefix=prefix, box=box, target=target)
 
 
@@ -195,5 +212,5 @@ def prompt_corpus() -> list[str]:
     """Texts whose words the project tokenizer must hold as single tokens (all schemas)."""
     from magseg_ray.masks.schemas import SCHEMAS
 
-    texts = [instruction(s, 512, 512, 32) for s in SCHEMAS.values()]
+    texts = [instruction(s, 512, 512, 32, answer_format=f) for s in SCHEMAS.values() for f in ANSWER_SYNTAX]
     return texts + ["Patch x y user model"]

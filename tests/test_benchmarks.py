@@ -35,3 +35,17 @@ def test_grpo_benchmark_with_the_tiny_preset(ray_cluster, capsys):
     assert result["lora_sync_ms"] > 0 and result["full_sync_ms"] > 0
     assert result["rollout_answers_per_s_1_actor"] > 0 and result["rollout_answers_per_s_2_actors"] > 0
     assert capsys.readouterr().out.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("decoding", ["free", "constrained"])
+def test_answer_formats_benchmark_on_the_repo_sample(capsys, decoding):
+    result = load("answer_formats").main(["--labels", str(ROOT / "tests" / "data" / "naip"), "--steps", "3",
+                                          "--val", "6", "--pool", "60", "--d", "32", "--layers", "1",
+                                          "--decoding", decoding])
+    for name in ("rrle", "anchored"):
+        assert 0 <= result[name]["pixel_acc"] <= 1 and result[name]["mean_tokens"] > 0
+        assert result[name]["train_s"] > 0
+    if decoding == "constrained":  # the grammar makes every answer a whole, valid mask
+        assert result["rrle"]["repaired"] == result["anchored"]["repaired"] == 0
+    assert set(result["ratio"]) == {"pixel_acc", "field_iou", "boundary_iou", "exact"}
+    assert capsys.readouterr().out.strip().count("\n") == 0

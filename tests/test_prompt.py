@@ -1,9 +1,12 @@
 import numpy as np
 import pytest
 
-from magseg_ray.errors import ChipError, SchemaError
-from magseg_ray.masks.schemas import classes_from_instances
-from magseg_ray.prompt import PromptConfig, build_patch_prompt, local_crop, patch_boxes
+from pathlib import Path
+
+from magseg_ray.errors import ChipError, ConfigError, SchemaError
+from magseg_ray.masks.schemas import classes_from_instances, get_schema
+from magseg_ray.prompt import PromptConfig, build_patch_prompt, instruction, local_crop, patch_boxes
+from magseg_ray.rle.anchored import decode as decode_anchored
 from magseg_ray.rle.codec import decode
 
 RNG = np.random.default_rng(0)
@@ -44,6 +47,36 @@ def test_target_is_the_patch_mask_text():
     mask, report = decode(p.target, 32, 32, "fields3", strict=True)
     assert report.ok and np.array_equal(mask, labels[0:32, 32:64])
     assert p.target == "*f7e2f"  # boundary derived at chip level, 2 px across the shared edge
+
+
+def test_anchored_answers_and_their_instruction():
+    inst = np.zeros((96, 128), np.uint16)
+    inst[:, :40], inst[:, 40:] = 1, 2
+    labels = classes_from_instances(inst, "fields3")
+    cfg = PromptConfig(answer_format="anchored")
+    p = build_patch_prompt(CHIP, (32, 0, 64, 32), cfg, labels=labels)
+    assert p.target == "0:f7e9f"  # the R-RLE "*f7e2f", with end columns
+    mask, report = decode_anchored(p.target, 32, 32, "fields3", strict=True)
+    assert report.ok and np.array_equal(mask, labels[0:32, 32:64])
+    assert "leading row then :" in p.prefix and "N*" not in p.prefix
+    with pytest.raises(ConfigError, match="unknown answer format 'text4seg'"):
+        PromptConfig(answer_format="text4seg")
+
+
+def test_anchored_instruction_is_one_token_per_word_in_the_demo_vocabulary():
+    # the shipped demo model's tokenizer writes the anchored instruction and answers without a new
+    # token: a model continued from it can switch format
+    from transformers import AutoTokenizer
+
+    demo = Path(__file__).resolve().parents[1] / "magseg_ray" / "assets" / "demo_model"
+    tokenizer = AutoTokenizer.from_pretrained(demo)
+    text = instruction(get_schema("fields3"), 256, 256, 32, answer_format="anchored")
+    pieces = tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert "".join(pieces) == text and tokenizer.unk_token not in pieces
+    assert [w for w in text.replace(":", " ").replace(",", " ").replace(".", " ").split() if w.isalpha()
+            and len(w) > 1] == [p for p in pieces if p.isalpha() and len(p) > 1]  # no word spelled in letters
+    answer = tokenizer.convert_ids_to_tokens(tokenizer("0:f20e22b\n12:b\n31:e", add_special_tokens=False)["input_ids"])
+    assert answer == ["0", ":", "f", "20", "e", "22", "b", "\n", "12", ":", "b", "\n", "31", ":", "e"]
 
 
 def test_patch_size_and_schema_are_parameters():

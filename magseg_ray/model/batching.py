@@ -34,7 +34,7 @@ import torch
 from magseg_ray.errors import ChipError
 from magseg_ray.model.generate import PatchAnswer, _eos, make_grammar
 from magseg_ray.prompt import PromptConfig, build_patch_prompt, check_chip
-from magseg_ray.rle.codec import decode
+from magseg_ray.rle import codec_for
 
 
 @dataclass
@@ -217,7 +217,7 @@ def answer_chips(model, processor, chips: list[tuple[np.ndarray, list]], config:
     ``(chip, boxes)`` pair, in their order (see module doc). ``settings`` is a
     :class:`~magseg_ray.model.generate.GenerationSettings`; ``generator`` seeds sampling."""
     p = config.patch_size
-    budget = settings.max_new_tokens or 2 * p * p + 2
+    budget = settings.max_new_tokens or codec_for(config.answer_format).longest_text(p, p) + 2
     eos = _eos(model)
     tokenizer = processor.tokenizer
     device = next(model.parameters()).device
@@ -268,5 +268,5 @@ def answer_chips(model, processor, chips: list[tuple[np.ndarray, list]], config:
 def _answer(tokenizer, config: PromptConfig, box, tokens: list[int], logprob: float) -> PatchAnswer:
     p = config.patch_size
     text = tokenizer.decode(tokens, skip_special_tokens=True)
-    mask, report = decode(text, p, p, config.schema)
+    mask, report = codec_for(config.answer_format).decode(text, p, p, config.schema)
     return PatchAnswer(tuple(int(v) for v in box), text, mask, report, float(np.exp(logprob / max(len(tokens), 1))))

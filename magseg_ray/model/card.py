@@ -42,11 +42,13 @@ class ModelPrompt:
     """Half-width in pixels of the boundary class in the answers the model was trained on."""
     instruction: str = PromptConfig.instruction
     """Instruction style of the prompts (see :attr:`~magseg_ray.prompt.PromptConfig.instruction`)."""
+    answer_format: str = PromptConfig.answer_format
+    """Mask text the model writes (``rrle`` or ``anchored``; a card without it means ``rrle``)."""
 
     def prompt(self) -> PromptConfig:
         return PromptConfig(schema=self.schema, patch_size=self.patch_size, local_crop=self.local_crop,
                             crop_scale=self.crop_scale, boundary_width=self.boundary_width,
-                            instruction=self.instruction)
+                            instruction=self.instruction, answer_format=self.answer_format)
 
 
 def read_model_prompt(model_dir: str | Path) -> ModelPrompt | None:

@@ -1,4 +1,4 @@
-"""Patch prompts -> constrained generation -> R-RLE text -> patch masks, and a chip's mask.
+"""Patch prompts -> constrained generation -> mask text -> patch masks, and a chip's mask.
 
 Two decoders share the grammar and the scoring. :func:`answer_patches` runs Hugging Face
 ``generate`` on whole prompts (any mix of chips; used for validation during training and as the
@@ -8,8 +8,9 @@ once, so only the local crop, the patch box and the answer are computed per patc
 batching (:mod:`magseg_ray.model.batching`, which also batches across chips); greedy answers are
 the same as ``answer_patches``' (tested).
 
-The model answers each patch prompt under :class:`~magseg_ray.rle.constrained.RLELogitsProcessor`,
-so every answer decodes strictly; the decoder still runs in non-strict mode and its report is
+The model answers each patch prompt under the grammar of the prompt config's answer format
+(:class:`~magseg_ray.rle.constrained.RLELogitsProcessor` or its anchored subclass, from
+:func:`~magseg_ray.rle.codec_for`), so every answer decodes strictly; the decoder still runs in non-strict mode and its report is
 kept, so a model or tokenizer that slips past the grammar is visible rather than fatal. Each answer
 also gets a confidence: the geometric mean of its tokens' probabilities under the constrained
 distribution.
@@ -31,7 +32,8 @@ from magseg_ray.prompt import (
     patch_boxes,
 )
 from magseg_ray.errors import ConfigError
-from magseg_ray.rle.codec import DecodeReport, decode
+from magseg_ray.rle import codec_for
+from magseg_ray.rle.codec import DecodeReport
 from magseg_ray.rle.constrained import RLELogitsProcessor
 
 
@@ -44,7 +46,8 @@ class GenerationSettings:
     temperature: float = 0.0
     """Sampling temperature; 0 decodes greedily."""
     max_new_tokens: int | None = None
-    """Answer token budget; None allows the longest mask text of a patch (``2 p^2 + 2`` tokens).
+    """Answer token budget; None allows the longest mask text of a patch in single-character tokens
+    (R-RLE: ``2 p^2 + 2``).
     With a smaller budget the grammar still closes every answer as a whole mask."""
     greedy: str = "kind"
     """How a greedy decoder (temperature 0) picks each token: ``kind`` first picks the kind of the
@@ -65,7 +68,7 @@ class PatchAnswer:
     box: tuple[int, int, int, int]
     """Patch box in chip pixels (x0, y0, x1, y1)."""
     text: str
-    """R-RLE answer text."""
+    """Answer text (in the prompt config's answer format)."""
     mask: np.ndarray
     """Decoded ``p x p`` class mask."""
     report: DecodeReport
@@ -85,7 +88,8 @@ def answer_patches(model, processor, prompts: list[PatchPrompt], config: PromptC
                    settings: GenerationSettings = GenerationSettings()) -> list[PatchAnswer]:
     """Generate, decode and score the answers for ``prompts`` (all with ``config``'s patch size)."""
     p = config.patch_size
-    budget = settings.max_new_tokens or 2 * p * p + 2
+    fmt = codec_for(config.answer_format)
+    budget = settings.max_new_tokens or fmt.longest_text(p, p) + 2
     eos = _eos(model)
     eos_ids = torch.tensor(eos)
     tokenizer = processor.tokenizer
@@ -111,7 +115,7 @@ def answer_patches(model, processor, prompts: list[PatchPrompt], config: PromptC
             ended = torch.isin(tokens, eos_ids.to(tokens.device))
             n = int(ended.int().argmax()) + 1 if ended.any() else len(tokens)  # answer incl. its end token
             text = tokenizer.decode(tokens[:n], skip_special_tokens=True)
-            mask, report = decode(text, p, p, config.schema)
+            mask, report = fmt.decode(text, p, p, config.schema)
             confidence = float(torch.exp(lp[:n].float().mean()))
             answers.append(PatchAnswer(prompt.box, text, mask, report, confidence))
     return answers
@@ -137,9 +141,10 @@ def _eos(model) -> list[int]:
 
 
 def make_grammar(tokenizer, config: PromptConfig, prompt_len: int, eos: list[int], budget: int) -> RLELogitsProcessor:
-    """The grammar that constrains answers to ``config``'s patches (the one place decoders make it)."""
+    """The grammar that constrains answers to ``config``'s patches in its answer format (the one
+    place decoders make it)."""
     p = config.patch_size
-    return RLELogitsProcessor(tokenizer, p, p, config.schema, prompt_len, eos, budget)
+    return codec_for(config.answer_format).logits_processor(tokenizer, p, p, config.schema, prompt_len, eos, budget)
 
 
 def answer_chip(model, processor, chip: np.ndarray, boxes: list, config: PromptConfig = PromptConfig(),

@@ -122,6 +122,13 @@ def encode(mask: np.ndarray, schema: str | Schema) -> str:
     return "\n".join(lines)
 
 
+def longest_text(h: int, w: int) -> int:
+    """An upper bound on the characters of the canonical text of an ``h x w`` mask (every pixel its
+    own run of length 1, every row its own line: ``2 h w - 1``), the answer budget that never cuts a
+    mask short."""
+    return 2 * h * w
+
+
 def encode_text4seg(mask: np.ndarray, schema: str | Schema) -> str:
     """Text4Seg-style encoding, the verbose baseline R-RLE is benchmarked against.
 
@@ -153,6 +160,17 @@ class _Decoder:
         if self.strict:
             raise MaskTextError(f"{where or f'line {self.line_no}'}: {msg}")
         setattr(self.report, kind, getattr(self.report, kind) + n)
+
+    def lines(self, text: str):
+        """:meth:`parse` of each line of ``text`` (outer whitespace and carriage returns dropped) that
+        has runs, numbering lines in ``line_no``; a line without runs is flagged and skipped."""
+        text = text.replace("\r", "").strip()
+        for self.line_no, line in enumerate(text.split("\n") if text else [], start=1):
+            head, runs = self.parse(line)
+            if runs:
+                yield head, runs
+            else:
+                self.flag("syntax_errors", "line has no runs")
 
     def parse(self, line: str) -> tuple[int | None, list[tuple[int, int | None]]]:
         """Row count (``None``: all remaining rows) and ``(class, length|None)`` runs of a line."""
@@ -230,14 +248,8 @@ def decode(
     """
     dec = _Decoder(w, get_schema(schema), strict)
     mask = np.zeros((h, w), dtype=np.uint8)
-    text = text.replace("\r", "").strip()
     row = 0
-    for line_no, line in enumerate(text.split("\n") if text else [], start=1):
-        dec.line_no = line_no
-        count, runs = dec.parse(line)
-        if not runs:
-            dec.flag("syntax_errors", "line has no runs")
-            continue
+    for count, runs in dec.lines(text):
         left = h - row
         n = left if count is None else count
         if n > left or left == 0:

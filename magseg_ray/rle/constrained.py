@@ -70,6 +70,15 @@ def _prefix_feasible(digits: str, lo: int, hi: int) -> bool:
 class MaskGrammar:
     """Valid prefixes of canonical R-RLE text for an ``h x w`` mask of ``schema``."""
 
+    symbols = "*\n"
+    """The characters of the text besides digits and class codes."""
+    start = State()
+    """The state of an empty answer."""
+    done = State(phase="done")
+    """The state after the end of the answer."""
+    max_finish = 6
+    """The largest :meth:`tokens_to_finish` of any state."""
+
     def __init__(self, h: int, w: int, schema: str | Schema):
         self.h, self.w = h, w
         self.codes = get_schema(schema).codes
@@ -130,38 +139,43 @@ class RLELogitsProcessor:
 
     ``prompt_len`` is the (padded) prompt length, so the answer of row ``i`` is
     ``input_ids[i, prompt_len:]``. ``max_new_tokens`` enables the budget rule (see module doc).
+    Another text format subclasses it with its own ``grammar_class`` (same interface as
+    :class:`MaskGrammar`: ``symbols``, ``start``, ``done``, ``max_finish``, ``step``, ``complete``,
+    ``tokens_to_finish``), e.g. :class:`~magseg_ray.rle.anchored_grammar.AnchoredLogitsProcessor`.
     """
+
+    grammar_class = MaskGrammar
 
     def __init__(self, tokenizer, h: int, w: int, schema: str | Schema, prompt_len: int,
                  eos_token_ids: list[int], max_new_tokens: int | None = None):
-        self.grammar = MaskGrammar(h, w, schema)
+        self.grammar = self.grammar_class(h, w, schema)
         self.prompt_len = prompt_len
         self.max_new_tokens = max_new_tokens
         self.eos_set = set(eos_token_ids)
         self.eos = torch.tensor(sorted(self.eos_set))
-        alphabet = set(_DIGITS + self.grammar.codes + "*\n")
+        alphabet = set(_DIGITS + self.grammar.codes + self.grammar.symbols)
         pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         self.candidates = [(i, p) for i, p in enumerate(pieces) if p and set(p) <= alphabet]
         self.pieces = dict(self.candidates)
         self._states: dict[int, tuple[int, State]] = {}
         self._allowed = lru_cache(maxsize=None)(self._allowed_ids)
         self._kinds_of = lru_cache(maxsize=None)(self._kinds_for)
-        # the kind of each token for by_kind: 0 a number, 1 "*", 2 newline, 3.. the class codes, and
-        # last the end of the answer (with every token the grammar never allows)
-        firsts = "*\n" + self.grammar.codes
+        # the kind of each token for by_kind: 0 a number, then each symbol (R-RLE: "*", newline), then
+        # the class codes, and last the end of the answer (with every token the grammar never allows)
+        firsts = self.grammar.symbols + self.grammar.codes
         self.n_kinds = len(firsts) + 2
         self.kinds = torch.full((len(pieces),), self.n_kinds - 1, dtype=torch.long)
         for i, piece in self.candidates:
             self.kinds[i] = 0 if piece[0] in _DIGITS else 1 + firsts.index(piece[0])
 
-    def advance(self, s: State, text: str) -> State | None:
+    def advance(self, s, text: str):
         for ch in text:
             s = self.grammar.step(s, ch)
             if s is None:
                 return None
         return s
 
-    def _allowed_ids(self, s: State, budget: int | None) -> torch.Tensor:
+    def _allowed_ids(self, s, budget: int | None) -> torch.Tensor:
         """Token ids allowed in state ``s`` with ``budget`` tokens left (None: no limit). A complete
         mask may still go on: after the ``*f`` of ``*f14b4f`` the answer may end or write a length."""
         if s.phase == "done":
@@ -176,20 +190,21 @@ class RLELogitsProcessor:
             return self._allowed(s, None)
         return torch.tensor(ids, dtype=torch.long)
 
-    def allowed(self, s: State, budget: int | None) -> torch.Tensor:
-        # tokens_to_finish is at most 6, so a budget of 8 or more constrains nothing: share the cache
-        return self._allowed(s, None if budget is None or budget >= 8 else budget)
+    def allowed(self, s, budget: int | None) -> torch.Tensor:
+        # a budget that leaves room for the longest finish and the end constrains nothing: share the cache
+        return self._allowed(s, None if budget is None or budget >= self.grammar.max_finish + 2 else budget)
 
-    def state_of(self, row: int, answer: list[int]) -> State:
+    def state_of(self, row: int, answer: list[int]):
         """State of one row's answer, advanced incrementally from the previous call."""
-        n, s = self._states.get(row, (0, State()))
+        start, done = self.grammar.start, self.grammar.done
+        n, s = self._states.get(row, (0, start))
         if n > len(answer):
-            n, s = 0, State()
+            n, s = 0, start
         for tok in answer[n:]:
             if s.phase == "done" or tok in self.eos_set:
-                s = State(phase="done")
+                s = done
             else:
-                s = self.advance(s, self.pieces[tok]) or State(phase="done")
+                s = self.advance(s, self.pieces[tok]) or done
         self._states[row] = (len(answer), s)
         return s
 

@@ -6,9 +6,9 @@ Roles (one process kind each):
   the held-out validation patches once, starts the rollout actors
   (:class:`magseg_ray.train.rollout.RolloutPool`) and a ``TorchTrainer``;
 - rollout actors hold the base model and a LoRA copy; for each patch prompt they sample
-  ``group_size`` answers under the R-RLE grammar (every answer decodes), decode them and score
-  each against the truth (:mod:`magseg_ray.train.rewards`; default: mean Dice over the classes
-  present in truth or answer);
+  ``group_size`` answers under the grammar of the model card's answer format (every answer
+  decodes), decode them and score each against the truth (:mod:`magseg_ray.train.rewards`;
+  default: mean Dice over the classes present in truth or answer);
 - learners (:func:`learner_loop`, Ray Train workers with DeepSpeed) attach a fresh LoRA to the
   ``--model`` checkpoint, so the policy starts equal to it (LoRA's B is zero), and the frozen
   reference policy is the same model with the adapter disabled (peft ``disable_adapter()``): no

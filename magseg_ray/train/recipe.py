@@ -54,6 +54,9 @@ class RecipeConfig:
     lr: float = field(default=3e-4, metadata=doc("peak SFT learning rate"))
     warmup_steps: int = field(default=20, metadata=doc("SFT steps of linear warmup, then cosine decay to lr/10"))
     boundary_width: int = field(default=6, metadata=doc("boundary half-width of the answers (see jobs/sft.py)"))
+    answer_format: str = field(default="rrle", metadata=doc(
+        "mask text of the answers: 'rrle' or 'anchored' (see jobs/sft.py); a base that writes another format "
+        "relearns its answers", choices=["rrle", "anchored"]))
     uniform_keep: float = field(default=0.2, metadata=doc("share of single-class patches kept (see jobs/sft.py)"))
     eval_every: int = field(default=200, metadata=doc("SFT steps between validation and saving the model"))
     val_patches: int = field(default=128, metadata=doc("fixed validation patches scored at each validation"))
@@ -61,14 +64,13 @@ class RecipeConfig:
     seed: int = field(default=0, metadata=doc("seed of the sampled windows and patches"))
 
     def prompt(self):
-        from magseg_ray.prompt import PromptConfig
-
-        return PromptConfig(patch_size=32, crop_scale=1.0, boundary_width=self.boundary_width, instruction="short")
+        return self.card().prompt()
 
     def card(self):
         from magseg_ray.model.card import ModelPrompt
 
-        return ModelPrompt(chip_size=256, crop_scale=1.0, boundary_width=self.boundary_width, instruction="short")
+        return ModelPrompt(patch_size=32, chip_size=256, crop_scale=1.0, boundary_width=self.boundary_width,
+                           instruction="short", answer_format=self.answer_format)
 
 
 def _records(sampler, rng: np.random.Generator, n: int, prompt, keep: float) -> list[dict]:

@@ -107,7 +107,7 @@ class RolloutActor:
 
         from magseg_ray.model.generate import GenerationSettings, answer_patches
         from magseg_ray.prompt import PatchPrompt
-        from magseg_ray.rle.codec import decode
+        from magseg_ray.rle import codec_for
         from magseg_ray.train.rewards import dice, score_answers
 
         t0 = time.perf_counter()
@@ -119,6 +119,7 @@ class RolloutActor:
         settings = GenerationSettings(self.batch_size, temperature, self.max_new_tokens)
         answers = answer_patches(self.model, self.processor, prompts, self.prompt, settings)
         p = self.prompt.patch_size
+        decode = codec_for(self.prompt.answer_format).decode
         truths = [decode(r["target"], p, p, self.schema, strict=True)[0] for r in records for _ in range(group_size)]
         masks = [a.mask for a in answers]
         rewards, errors = score_answers(self.reward, masks, truths, self.schema)

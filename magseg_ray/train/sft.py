@@ -71,6 +71,9 @@ class SFTConfig:
         "instruction style: 'natural' states chip size, classes and answer syntax in words (about 100 tokens, "
         "for real Gemma3 checkpoints); 'short' is 'Segment' and the class codes (5 tokens: offline presets learn "
         "the task from scratch and pay for every prompt token in every step)", choices=["natural", "short"]))
+    answer_format: str = field(default="rrle", metadata=doc(
+        "mask text of the answers: 'rrle' (run lengths, N* repeats a line) or 'anchored' (each line opens with "
+        "its first row, runs end at a column); recorded in the model's magseg.json", choices=["rrle", "anchored"]))
     val_fraction: float = field(default=0.2, metadata=doc("share of scenes held out for validation (by scene id hash)"))
     val_patches: int = field(default=32, metadata=doc("validation patches scored every eval_every steps"))
     uniform_keep: float = field(default=1.0, metadata=doc(
@@ -125,7 +128,7 @@ class SFTConfig:
         from magseg_ray.model.card import ModelPrompt
 
         return ModelPrompt(self.schema, self.patch_size, self.chip_size, self.local_crop, self.crop_scale,
-                           self.boundary_width, self.instruction)
+                           self.boundary_width, self.instruction, self.answer_format)
 
     def prompt(self) -> PromptConfig:
         return self.model_prompt().prompt()
@@ -178,9 +181,9 @@ def score_patches(model, processor, records: list[dict], prompt: PromptConfig,
     from magseg_ray.masks.schemas import get_schema
     from magseg_ray.model.generate import GenerationSettings, answer_patches
     from magseg_ray.prompt import PatchPrompt
-    from magseg_ray.rle.codec import decode
+    from magseg_ray.rle import codec_for
 
-    schema = get_schema(prompt.schema)
+    schema, decode = get_schema(prompt.schema), codec_for(prompt.answer_format).decode
     prompts = [PatchPrompt(list(r["images"]), r["prompt"], "", tuple(r["box"])) for r in records]
     answers = answer_patches(model, processor, prompts, prompt, settings or GenerationSettings())
     truths = [decode(r["target"], prompt.patch_size, prompt.patch_size, schema, strict=True)[0] for r in records]

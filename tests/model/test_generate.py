@@ -68,6 +68,24 @@ def test_continuous_batching_across_chips_answers_as_generate_does(tiny):
     assert len({len(a.text) for chip in fast for a in chip}) > 1  # rows really ended at different steps
 
 
+def test_anchored_answers_decode_strictly_on_both_decoders(tiny):
+    from magseg_ray.model.generate import answer_chip
+    from magseg_ray.prompt import patch_boxes
+    from magseg_ray.rle.anchored import decode as decode_anchored
+
+    chip = np.random.default_rng(4).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    cfg = PromptConfig(patch_size=16, answer_format="anchored")
+    boxes = patch_boxes(32, 32, 16)
+    sampled = answer_chip(*tiny, chip, boxes, cfg, GenerationSettings(batch_size=4, temperature=1.5, max_new_tokens=60))
+    settings = GenerationSettings(batch_size=2, max_new_tokens=40)
+    fast = answer_chip(*tiny, chip, boxes, cfg, settings)
+    naive = answer_patches(*tiny, [build_patch_prompt(chip, b, cfg) for b in boxes], cfg, settings)
+    assert [a.text for a in fast] == [a.text for a in naive]
+    for a in sampled + naive:
+        assert a.text.startswith("0:") and a.report.ok
+        assert np.array_equal(a.mask, decode_anchored(a.text, 16, 16, "fields3", strict=True)[0])
+
+
 def test_unknown_greedy_rule_is_refused():
     from magseg_ray.errors import ConfigError
 

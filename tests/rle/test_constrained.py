@@ -7,12 +7,14 @@ from transformers import LogitsProcessorList
 
 from magseg_ray.masks.schemas import SCHEMAS
 from magseg_ray.prompt import PromptConfig, build_patch_prompt
+from magseg_ray.rle import ANSWER_FORMATS, codec_for
 from magseg_ray.rle.codec import decode, encode
-from magseg_ray.rle.constrained import MaskGrammar, State
+from magseg_ray.rle.constrained import MaskGrammar
 
 
-def accepts(grammar: MaskGrammar, text: str) -> bool:
-    s = State()
+def accepts(grammar, text: str) -> bool:
+    """Whether ``grammar`` (R-RLE's or another format's) accepts ``text`` as a whole mask."""
+    s = grammar.start
     for ch in text:
         s = grammar.step(s, ch)
         if s is None:
@@ -121,17 +123,17 @@ def test_kind_first_choice_follows_the_total_probability_of_each_kind(tiny):
     assert int(proc.by_kind(proc(prompt, scores)).argmax()) == eos
 
 
+@pytest.mark.parametrize("answer_format", ANSWER_FORMATS)
 @settings(max_examples=150, deadline=None)
 @given(case=masks())
-def test_decoder_may_write_every_canonical_text(tiny, case):
+def test_decoder_may_write_every_canonical_text(tiny, answer_format, case):
     # every token of a canonical answer is allowed where it stands, the end wherever the text so
     # far is a whole mask; a mask complete after "*f" may still go on ("*f14b4f")
-    from magseg_ray.rle.constrained import RLELogitsProcessor
-
     schema, mask = case
     tokenizer = tiny[1].tokenizer
-    proc = RLELogitsProcessor(tokenizer, *mask.shape, schema, 0, [tokenizer.eos_token_id])
-    text = encode(mask, schema)
+    fmt = codec_for(answer_format)
+    proc = fmt.logits_processor(tokenizer, *mask.shape, schema, 0, [tokenizer.eos_token_id])
+    text = fmt.encode(mask, schema)
     tokens = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     for n, token in enumerate(tokens):
         state = proc.state_of(0, tokens[:n])

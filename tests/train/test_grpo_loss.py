@@ -150,10 +150,11 @@ def test_prompt_settings_follow_the_model_card(tiny_dir, tmp_path):
     from magseg_ray.model.card import ModelPrompt, read_model_prompt, write_model_prompt
 
     model = shutil.copytree(tiny_dir, tmp_path / "model")
-    write_model_prompt(model, ModelPrompt(patch_size=16, crop_scale=1.0, boundary_width=4))
+    write_model_prompt(model, ModelPrompt(patch_size=16, crop_scale=1.0, boundary_width=4, answer_format="anchored"))
     cfg = GRPOConfig(model=str(model), data="x")
     check_config(cfg)
-    assert (cfg.prompt().patch_size, cfg.prompt().crop_scale, cfg.prompt().boundary_width) == (16, 1.0, 4)
+    prompt = cfg.prompt()  # rollouts sample and decode in the card's answer format
+    assert (prompt.patch_size, prompt.crop_scale, prompt.boundary_width, prompt.answer_format) == (16, 1.0, 4, "anchored")
     assert read_model_prompt(tiny_dir) is None and GRPOConfig(model=str(tiny_dir)).prompt().crop_scale == 2.0
     with pytest.raises(ConfigError, match=r"crop_scale 2.0 \(model: 1.0\)"):
         check_config(GRPOConfig(model=str(model), data="x", crop_scale=2.0))

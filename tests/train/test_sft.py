@@ -86,6 +86,24 @@ def test_a_base_built_for_other_prompts_is_refused(tmp_path):
     assert read_model_prompt(tmp_path / "base").boundary_width == 1
 
 
+def test_answer_format_is_a_flag_recorded_in_the_card(tmp_path):
+    from magseg_ray.model.checkpoint import save_model
+    from magseg_ray.model.segmenter import ModelPrompt, read_model_prompt, write_model_prompt
+
+    save_model(*build_model("tiny"), tmp_path / "base")
+    write_model_prompt(tmp_path / "base", ModelPrompt())  # an R-RLE base may be trained on anchored answers
+    cfg = SFTConfig(base=str(tmp_path / "base"), data="x", answer_format="anchored")
+    check_config(cfg)
+    assert cfg.prompt().answer_format == "anchored"
+    write_model_prompt(tmp_path / "base", cfg.model_prompt())
+    assert read_model_prompt(tmp_path / "base").prompt().answer_format == "anchored"
+    card = tmp_path / "base" / "magseg.json"  # a card written before the field existed reads as R-RLE
+    card.write_text(json.dumps({k: v for k, v in json.loads(card.read_text()).items() if k != "answer_format"}))
+    assert read_model_prompt(tmp_path / "base").answer_format == "rrle"
+    with pytest.raises(SystemExit):  # argparse knows the formats
+        sft_main()(["--data", str(tmp_path), "--answer-format", "text4seg"])
+
+
 def test_ray_job_submit_against_the_local_cluster(ray_cluster, tmp_path):
     import subprocess
     import sys
