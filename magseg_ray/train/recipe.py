@@ -16,6 +16,8 @@ Every ``eval_every`` steps the model answers fixed validation patches (constrain
 Dice and field IoU) and is saved to ``out/model`` with ``metrics.json`` (``"status": "partial"``
 until the last step), so a stopped run keeps its latest model; rerunning the command continues from
 that model at the saved step (the learning-rate schedule resumes; the optimizer state starts anew).
+With ``minutes`` set (a lease of fixed length) the run times its warmup steps and fixes the schedule
+length so that it ends within the budget; a rerun keeps that plan.
 It is the Ray Train + DeepSpeed SFT job's recipe (``jobs/sft.py --freeze-vision --instruction short
 --full``) without the cluster; that job is the one to scale out.
 """
@@ -26,7 +28,6 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,11 @@ class RecipeConfig:
     vision_steps: int = field(default=1000, metadata=doc("dense vision pretraining steps (0: keep the base's tower)"))
     vision_batch_size: int = field(default=32, metadata=doc("patch prompts per vision pretraining step"))
     vision_lr: float = field(default=5e-4, metadata=doc("peak learning rate of vision pretraining"))
-    sft_steps: int = field(default=1000, metadata=doc("SFT optimizer steps"))
+    sft_steps: int = field(default=1000, metadata=doc("SFT optimizer steps (at most; see minutes)"))
+    minutes: float = field(default=0.0, metadata=doc(
+        "wall-clock budget of the SFT stage in minutes (0: none): after the warmup steps the run times its "
+        "steps and shortens the schedule (never beyond sft_steps) so that the cosine decay ends within the "
+        "budget, a tenth kept for validation; the step count it chose is metrics.json's planned_steps"))
     batch_size: int = field(default=32, metadata=doc("SFT patches per step"))
     lr: float = field(default=3e-4, metadata=doc("peak SFT learning rate"))
     warmup_steps: int = field(default=20, metadata=doc("SFT steps of linear warmup, then cosine decay to lr/10"))
@@ -89,7 +94,7 @@ def _records(sampler, rng: np.random.Generator, n: int, prompt, keep: float) -> 
 class _SFT:
     """The frozen-tower SFT stage: model, optimizer, batches and steps."""
 
-    def __init__(self, model, processor, cfg: RecipeConfig, device, first_step: int):
+    def __init__(self, model, processor, cfg: RecipeConfig, device, first_step: int, total: int):
         import torch
 
         from magseg_ray.train.sft import lr_factor
@@ -99,9 +104,11 @@ class _SFT:
         model.model.multi_modal_projector.requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr)
-        factor = partial(lr_factor, warmup=cfg.warmup_steps, total=cfg.sft_steps)
+        self.total = total
+        """Steps of the schedule: ``sft_steps``, or fewer once :func:`_plan` has timed the warmup."""
         # a resumed run picks the schedule up where it stopped
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: factor(s + first_step))
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s + first_step, cfg.warmup_steps, self.total))
         self.params = params
 
     def step(self, records: list[dict]) -> float:
@@ -124,6 +131,14 @@ class _SFT:
         self.optimizer.step()
         self.schedule.step()
         return loss.item()
+
+
+def _plan(cfg: RecipeConfig, step: int, first: int, seconds: float) -> int:
+    """Schedule length that ends SFT within ``cfg.minutes``, from ``seconds`` taken by steps
+    ``first+1..step`` (90 % of the budget for steps, the rest for validation and saving)."""
+    per_step = seconds / max(step - first, 1)
+    left = 0.9 * cfg.minutes * 60 - seconds
+    return int(min(cfg.sft_steps, max(step, step + left // per_step)))
 
 
 def _start(cfg: RecipeConfig, out: Path):
@@ -181,25 +196,30 @@ def run_recipe(cfg: RecipeConfig) -> dict:
         history, majority = train_tower(model, processor, train, val, vision, device)
         state["vision"] = {"final": history[-1], "majority": majority, "seconds": round(time.perf_counter() - start, 1)}
     first = state["history"][-1]["step"] if state["history"] else 0
-    sft = _SFT(model, processor, cfg, device, first)
+    sft = _SFT(model, processor, cfg, device, first, state.get("planned_steps", cfg.sft_steps))
     val_records = _records(val, np.random.default_rng(10**6), cfg.val_patches, cfg.prompt(), 1.0)
     rng, losses, start = np.random.default_rng([cfg.seed, first]), [], time.perf_counter()
-    for step in range(first + 1, cfg.sft_steps + 1):
+    step = first
+    while step < sft.total:
+        step += 1
         model.train()
         losses.append(sft.step(_records(train, rng, cfg.batch_size, cfg.prompt(), cfg.uniform_keep)))
+        if cfg.minutes and step == max(cfg.warmup_steps, 1) + first and "planned_steps" not in state:
+            state["planned_steps"] = sft.total = _plan(cfg, step, first, time.perf_counter() - start)
+            print(f"[recipe] {cfg.minutes:g} min budget: {sft.total} SFT steps", flush=True)
         if step % cfg.log_every == 0:
             rate = (step - first) * cfg.batch_size / (time.perf_counter() - start)
-            print(f"[recipe] step {step}/{cfg.sft_steps} loss {np.mean(losses[-cfg.log_every:]):.4f} "
+            print(f"[recipe] step {step}/{sft.total} loss {np.mean(losses[-cfg.log_every:]):.4f} "
                   f"{rate:.1f} patches/s", flush=True)
-        if step % cfg.eval_every == 0 or step == cfg.sft_steps:
+        if step % cfg.eval_every == 0 or step == sft.total:
             model.eval()
             row = {"step": step, "loss": float(np.mean(losses)), "seconds": round(time.perf_counter() - start, 1),
                    "patches_per_s": (step - first) * cfg.batch_size / (time.perf_counter() - start),
                    **score_patches(model, processor, val_records, cfg.prompt())}
             losses.clear()
             state["history"].append(row)
-            state["status"] = "complete" if step == cfg.sft_steps else "partial"
+            state["status"] = "complete" if step == sft.total else "partial"
             _save(model, processor, cfg, out, state)
     plot_curves(state["history"], ["loss", "val_dice", "val_field_iou"], out / "curves.png",
-                f"Demo recipe ({Path(cfg.base).name}, {cfg.sft_steps} SFT steps, batch {cfg.batch_size})")
+                f"Demo recipe ({Path(cfg.base).name}, {sft.total} SFT steps, batch {cfg.batch_size})")
     return state

@@ -73,3 +73,30 @@ def test_recipe_refuses_a_folder_that_is_not_packed(tmp_path):
 
     with pytest.raises(ConfigError, match="not a packed scene folder"):
         run_recipe(RecipeConfig(data=str(tmp_path), out=str(tmp_path / "run"), base="tiny"))
+
+
+def test_a_time_budget_shortens_the_schedule_and_ends_complete(packed, tmp_path):
+    flags = ["train", "--data", str(packed), "--out", str(tmp_path / "run"), "--base", "tiny", "--vision-steps", "0",
+             "--batch-size", "2", "--eval-every", "100", "--val-patches", "2", "--warmup-steps", "2",
+             "--sft-steps", "1000", "--minutes", "0.001"]
+    assert _job()(flags) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # 0.06 s cannot hold 1000 steps: the plan stops after the timed warmup and still validates and saves
+    assert metrics["planned_steps"] == 2 and metrics["status"] == "complete"
+    assert [h["step"] for h in metrics["history"]] == [2]
+
+
+def test_train_needs_neither_ray_nor_gdal(packed, tmp_path):
+    """A lent GPU machine has PyTorch and transformers only: `train` must not import the rest."""
+    import subprocess
+    import sys
+
+    blocked = ["ray", "deepspeed", "rasterio", "geopandas", "pyarrow", "s3fs", "shapely", "pyogrio"]
+    code = ("import sys, runpy; sys.modules.update({m: None for m in %r}); sys.argv = ['train_demo.py'] + %r; "
+            "runpy.run_path(%r, run_name='__main__')") % (
+        blocked, ["train", "--data", str(packed), "--out", str(tmp_path / "run"), "--base", "tiny",
+                  "--vision-steps", "1", "--vision-batch-size", "2", "--batch-size", "2", "--sft-steps", "1",
+                  "--val-patches", "2"], str(ROOT / "jobs" / "train_demo.py"))
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["status"] == "complete"
