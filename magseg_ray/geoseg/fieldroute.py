@@ -74,6 +74,8 @@ class FieldRoute:
     chip_size: int = 256
     select: str = "central"
     batch_size: int = 16
+    boundary_bias: float = 1.0
+    """The model card's decoding bias toward boundary runs."""
     _last: tuple = field(default=(None, None), repr=False)
     """(key, classes) of the last box answered: ablations that share a box share the model's answer."""
 
@@ -84,7 +86,7 @@ class FieldRoute:
 
         model, processor = load_model(path)
         card = read_model_prompt(path) or ModelPrompt()
-        return cls(model, processor, card.prompt(), card.chip_size, select)
+        return cls(model, processor, card.prompt(), card.chip_size, select, boundary_bias=card.boundary_bias)
 
     def _chip_origins(self, box: Box) -> list[tuple[int, int]]:
         """Top-left corners of the chips that cover ``box`` (centred on it when it fits in one)."""
@@ -108,7 +110,7 @@ class FieldRoute:
         x1, y1, x2, y2 = box
         c, p = self.chip_size, self.prompt.patch_size
         out = np.zeros((y2 - y1, x2 - x1), np.uint8)
-        settings = GenerationSettings(batch_size=self.batch_size)
+        settings = GenerationSettings(batch_size=self.batch_size, boundary_bias=self.boundary_bias)
         for ox, oy in self._chip_origins(box):
             chip = np.zeros((c, c, 3), np.uint8)
             sy0, sx0, sy1, sx1 = max(oy, 0), max(ox, 0), min(oy + c, image.shape[0]), min(ox + c, image.shape[1])

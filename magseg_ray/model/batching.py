@@ -238,7 +238,7 @@ def answer_chips(model, processor, chips: list[tuple[np.ndarray, list]], config:
             scores = scores / settings.temperature
             token = torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)[:, 0]
         else:
-            token = (grammar.by_kind(scores) if settings.greedy == "kind" else scores).argmax(-1)
+            token = (grammar.by_kind(scores, settings.boundary_bias) if settings.greedy == "kind" else scores).argmax(-1)
         chosen = torch.log_softmax(scores, -1).gather(1, token[:, None])[:, 0].tolist()
         ended = torch.isin(token, eos_ids).tolist()
         tokens = token.tolist()

@@ -44,6 +44,10 @@ class ModelPrompt:
     """Instruction style of the prompts (see :attr:`~magseg_ray.prompt.PromptConfig.instruction`)."""
     answer_format: str = PromptConfig.answer_format
     """Mask text the model writes (``rrle`` or ``anchored``; a card without it means ``rrle``)."""
+    boundary_bias: float = 1.0
+    """Decoding, not prompting: greedy answers multiply the probability of starting a boundary run
+    by this (chosen on training scenes; see ``GenerationSettings.boundary_bias``). Every job that
+    maps with the model uses it."""
 
     def prompt(self) -> PromptConfig:
         return PromptConfig(schema=self.schema, patch_size=self.patch_size, local_crop=self.local_crop,

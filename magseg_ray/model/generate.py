@@ -55,10 +55,15 @@ class GenerationSettings:
     the most probable token of that kind (see :meth:`.RLELogitsProcessor.by_kind`); ``token`` picks
     the single most probable token, which favours ending a row over a run length the model is sure
     of but spreads over several values."""
+    boundary_bias: float = 1.0
+    """Kind-first greedy decoding multiplies the probability of starting a boundary run by this
+    (the model card's ``boundary_bias``; see :meth:`.RLELogitsProcessor.by_kind`)."""
 
     def __post_init__(self):
         if self.greedy not in ("kind", "token"):
             raise ConfigError(f"greedy must be 'kind' or 'token', not {self.greedy!r}")
+        if not self.boundary_bias > 0:
+            raise ConfigError(f"boundary_bias must be > 0, not {self.boundary_bias!r}")
 
 
 @dataclass
@@ -106,7 +111,7 @@ def answer_patches(model, processor, prompts: list[PatchPrompt], config: PromptC
         else:
             sampling = {"do_sample": False}
             if settings.greedy == "kind":
-                processors.append(lambda ids, scores, grammar=grammar: grammar.by_kind(scores))
+                processors.append(lambda ids, scores, grammar=grammar: grammar.by_kind(scores, settings.boundary_bias))
         out = model.generate(**inputs, **sampling, max_new_tokens=budget, logits_processor=LogitsProcessorList(processors),
                              output_logits=True, return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
         logprobs = _constrained_logprobs(grammar, out.sequences, out.logits, prompt_len, settings.temperature)

@@ -24,6 +24,7 @@ class ChipSegmenter:
                  files_root: str, store=None, threads: int | None = None):
         import torch
 
+        from magseg_ray.model.card import ModelPrompt, read_model_prompt
         from magseg_ray.model.checkpoint import load_model
         from magseg_ray.model.generate import GenerationSettings
         from magseg_ray.run_files import RunFiles
@@ -34,7 +35,9 @@ class ChipSegmenter:
         dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         self.model, self.processor = load_model(model_dir, dtype=dtype, device=device)
         self.prompt = prompt
-        self.settings = GenerationSettings(batch_size=batch_size, max_new_tokens=max_new_tokens)
+        card = read_model_prompt(model_dir) or ModelPrompt()
+        self.settings = GenerationSettings(batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                           boundary_bias=card.boundary_bias)
         self.files = RunFiles(files_root, store)
 
     def segment(self, image: np.ndarray, valid: np.ndarray, boxes) -> tuple[np.ndarray, np.ndarray]:

@@ -167,6 +167,9 @@ class RLELogitsProcessor:
         self.kinds = torch.full((len(pieces),), self.n_kinds - 1, dtype=torch.long)
         for i, piece in self.candidates:
             self.kinds[i] = 0 if piece[0] in _DIGITS else 1 + firsts.index(piece[0])
+        boundary = get_schema(schema).boundary_class
+        self.boundary_kind = None if boundary is None else 1 + firsts.index(self.grammar.codes[boundary])
+        """The kind that starts a boundary run (None for a schema without a boundary class)."""
 
     def advance(self, s, text: str):
         for ch in text:
@@ -224,10 +227,14 @@ class RLELogitsProcessor:
         pad = self.kinds.new_full((max(width - len(self.kinds), 0),), self.n_kinds - 1)
         return torch.cat([self.kinds, pad])[:width].to(device)
 
-    def by_kind(self, scores: torch.Tensor) -> torch.Tensor:
+    def by_kind(self, scores: torch.Tensor, boundary_bias: float = 1.0) -> torch.Tensor:
         """Constrained ``scores`` (``b x vocab``, from :meth:`__call__`) with only the tokens of each
         row's most probable kind left (see module doc); the argmax of the result is the kind-first
-        greedy choice."""
+        greedy choice. ``boundary_bias`` multiplies the probability of starting a boundary run in
+        that choice (> 1 draws more boundary: a reader that takes the most likely class under-draws
+        a rare one)."""
         kinds = self._kinds_of(scores.shape[1], scores.device).expand_as(scores)
         mass = scores.new_zeros(scores.shape[0], self.n_kinds).scatter_add_(1, kinds, torch.softmax(scores, -1))
+        if boundary_bias != 1.0 and self.boundary_kind is not None:
+            mass[:, self.boundary_kind] *= boundary_bias
         return scores.masked_fill(kinds != mass.argmax(1, keepdim=True), float("-inf"))

@@ -91,3 +91,19 @@ def test_unknown_greedy_rule_is_refused():
 
     with pytest.raises(ConfigError, match="greedy"):
         GenerationSettings(greedy="beam")
+
+
+def test_a_model_cards_boundary_bias_reaches_the_mapping_decoder(tmp_path):
+    from magseg_ray.errors import ConfigError
+    from magseg_ray.model.card import ModelPrompt, write_model_prompt
+    from magseg_ray.model.checkpoint import save_model
+    from magseg_ray.model.presets import build_model
+    from magseg_ray.model.segmenter import ChipSegmenter
+
+    model, processor = build_model("tiny", seed=0)
+    save_model(model, processor, tmp_path)
+    assert ChipSegmenter(str(tmp_path), PromptConfig(), 4, None, str(tmp_path)).settings.boundary_bias == 1.0
+    write_model_prompt(tmp_path, ModelPrompt(boundary_bias=8.0))
+    assert ChipSegmenter(str(tmp_path), PromptConfig(), 4, None, str(tmp_path)).settings.boundary_bias == 8.0
+    with pytest.raises(ConfigError, match="boundary_bias"):
+        GenerationSettings(boundary_bias=0)

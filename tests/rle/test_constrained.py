@@ -140,3 +140,17 @@ def test_decoder_may_write_every_canonical_text(tiny, answer_format, case):
         allowed = proc.allowed(state, None).tolist()
         assert token in allowed, (text, tokenizer.convert_ids_to_tokens(tokens[:n + 1]))
         assert (tokenizer.eos_token_id in allowed) == proc.grammar.complete(state)
+
+
+@pytest.mark.parametrize("answer_format", ANSWER_FORMATS)
+def test_boundary_bias_starts_a_boundary_run_the_model_finds_less_likely(tiny, answer_format):
+    tokenizer = tiny[1].tokenizer
+    ids = tokenizer.convert_tokens_to_ids
+    proc = codec_for(answer_format).logits_processor(tokenizer, 32, 32, "fields3", 0, [tokenizer.eos_token_id])
+    scores = torch.full((1, len(tokenizer)), -9.0)
+    scores[0, ids("f")], scores[0, ids("e")] = 0.0, -2.0  # the first run: field (p ~ 0.88), boundary (p ~ 0.12)
+    prefix = [] if answer_format == "rrle" else [ids("0"), ids(":")]  # anchored lines open with their row
+    constrained = proc(torch.tensor([prefix], dtype=torch.long), scores)
+    assert int(proc.by_kind(constrained).argmax()) == ids("f")
+    assert int(proc.by_kind(constrained, boundary_bias=5.0).argmax()) == ids("f")  # 0.6 < 0.88
+    assert int(proc.by_kind(constrained, boundary_bias=10.0).argmax()) == ids("e")  # 1.2 > 0.88
