@@ -74,6 +74,8 @@ class FieldRoute:
     chip_size: int = 256
     select: str = "central"
     batch_size: int = 16
+    max_new_tokens: int | None = None
+    """Answer token budget per patch (None: the longest mask text), as the mapping model's."""
     _last: tuple = field(default=(None, None), repr=False)
     """(key, classes) of the last box answered: ablations that share a box share the model's answer."""
 
@@ -108,7 +110,7 @@ class FieldRoute:
         x1, y1, x2, y2 = box
         c, p = self.chip_size, self.prompt.patch_size
         out = np.zeros((y2 - y1, x2 - x1), np.uint8)
-        settings = GenerationSettings(batch_size=self.batch_size)
+        settings = GenerationSettings(batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
         for ox, oy in self._chip_origins(box):
             chip = np.zeros((c, c, 3), np.uint8)
             sy0, sx0, sy1, sx1 = max(oy, 0), max(ox, 0), min(oy + c, image.shape[0]), min(ox + c, image.shape[1])
