@@ -6,7 +6,8 @@
     serve run magseg_ray.serve:app catalog=... model=...           # the same app, Ray's CLI
 
 Routes: /tiles/{z}/{x}/{y}.png, /tiles/{z}/{x}/{y}.geojson, /imagery/{z}/{x}/{y}.png,
-/tilejson.json, /map, /healthz (see magseg_ray.serve.deployment). Runs until interrupted (or --seconds).
+/tilejson.json, /map, /healthz, POST /segment (GeoSeg; the --geoseg-* flags) (see
+magseg_ray.serve.deployment). Runs until interrupted (or --seconds).
 Every flag but --host, --port, --address and --seconds is a setting of
 magseg_ray.serve.settings.ServeSettings, the one place that sizes the server.
 """

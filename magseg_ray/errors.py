@@ -44,11 +44,16 @@ class SceneError(MagsegError):
 
 
 class TileRequestError(MagsegError, ValueError):
-    """A map tile request is malformed or out of range (z/x/y), or too coarse for per-patch inference."""
+    """A tile server request is malformed or out of range (a map tile's z/x/y, a ``/segment`` body's
+    bbox), or too coarse or too large for per-patch inference."""
 
 
 class NotCoveredError(MagsegError):
-    """A requested place (a map tile) lies outside every catalogued scene."""
+    """A requested place (a map tile, a ``/segment`` area) lies outside every catalogued scene."""
+
+
+class NotEnabledError(MagsegError):
+    """A request needs a part the server was started without (``/segment`` on ``--no-geoseg``)."""
 
 
 class QueryError(MagsegError, ValueError):

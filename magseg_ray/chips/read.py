@@ -1,5 +1,8 @@
 """Read one chip window of a scene by range requests, as the RGB uint8 array prompts take.
 
+:func:`read_chip` reads a chip task's square window; :func:`read_window` any window by the same
+rules (GeoSeg's scene reads and the tile server's ``POST /segment`` use it).
+
 Only the blocks under the window are fetched (``/vsis3/`` for ``s3://`` URIs; a COG's internal
 tiling makes those few ranged GETs). Conversions, all documented on :class:`ReadConfig`:
 
@@ -98,6 +101,30 @@ def read_padded(src, bands: list[int], row: int, col: int, height: int, width: i
     return data, inside
 
 
+def read_window(uri: str, row: int, col: int, height: int, width: int, config: ReadConfig = ReadConfig(),
+                store: ObjectStore | None = None, name: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """A ``height x width`` window at (row, col) of a scene as RGB uint8 (band and dtype rules of the
+    module doc; zeros past the edge and on nodata) and its validity mask; :class:`SceneError`
+    naming ``name`` (default: the window) and the scene when it cannot be read."""
+    try:
+        with open_scene(uri, store) as src:
+            dtype = src.dtypes[0]
+            if dtype not in SUPPORTED_DTYPES:
+                raise SceneError(f"{uri}: unsupported dtype {dtype} (supported: {', '.join(SUPPORTED_DTYPES)})")
+            bands = _bands(src, config)
+            data, valid = read_padded(src, bands, row, col, height, width)
+    except rasterio.errors.RasterioError as e:
+        what = name or f"the {width}x{height} window at row {row}, col {col}"
+        raise SceneError(f"cannot read {what} from {uri}: {e}") from None
+    if dtype == "uint16":
+        lo, hi = scene_stretch(uri, tuple(bands), config.stretch_percentiles, store)
+        scaled = (data.astype(np.float32) - lo[:, None, None]) / (hi - lo)[:, None, None]
+        data = np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8)
+    image = np.moveaxis(data, 0, -1).copy()
+    image[~valid] = 0
+    return image, valid
+
+
 def read_chip(task: ChipTask, config: ReadConfig = ReadConfig(), aoi_local=None,
               store: ObjectStore | None = None) -> Chip:
     """Read ``task``'s window from its scene (``store`` says where ``s3://`` URIs live).
@@ -105,21 +132,8 @@ def read_chip(task: ChipTask, config: ReadConfig = ReadConfig(), aoi_local=None,
     ``aoi_local`` is the AOI geometry in the scene's CRS, or None to keep every pixel valid.
     """
     size = task.size
-    try:
-        with open_scene(task.uri, store) as src:
-            dtype = src.dtypes[0]
-            if dtype not in SUPPORTED_DTYPES:
-                raise SceneError(f"{task.uri}: unsupported dtype {dtype} (supported: {', '.join(SUPPORTED_DTYPES)})")
-            bands = _bands(src, config)
-            data, valid = read_padded(src, bands, task.row_off, task.col_off, size, size)
-    except rasterio.errors.RasterioError as e:
-        raise SceneError(f"cannot read chip {task.chip_id} from {task.uri}: {e}") from None
-    if dtype == "uint16":
-        lo, hi = scene_stretch(task.uri, tuple(bands), config.stretch_percentiles, store)
-        scaled = (data.astype(np.float32) - lo[:, None, None]) / (hi - lo)[:, None, None]
-        data = np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8)
-    image = np.moveaxis(data, 0, -1).copy()
-    image[~valid] = 0
+    image, valid = read_window(task.uri, task.row_off, task.col_off, size, size, config, store,
+                               f"chip {task.chip_id}")
     if aoi_local is not None:
         valid &= ~geometry_mask([aoi_local], (size, size), Affine(*task.transform), all_touched=True)
     return Chip(task, image, valid)

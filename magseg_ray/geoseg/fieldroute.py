@@ -76,6 +76,8 @@ class FieldRoute:
     batch_size: int = 16
     boundary_bias: float = 1.0
     """The model card's decoding bias toward boundary runs."""
+    max_new_tokens: int | None = None
+    """Answer token budget per patch (None: the longest mask text), as the mapping model's."""
     _last: tuple = field(default=(None, None), repr=False)
     """(key, classes) of the last box answered: ablations that share a box share the model's answer."""
 
@@ -110,7 +112,8 @@ class FieldRoute:
         x1, y1, x2, y2 = box
         c, p = self.chip_size, self.prompt.patch_size
         out = np.zeros((y2 - y1, x2 - x1), np.uint8)
-        settings = GenerationSettings(batch_size=self.batch_size, boundary_bias=self.boundary_bias)
+        settings = GenerationSettings(batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
+                                      boundary_bias=self.boundary_bias)
         for ox, oy in self._chip_origins(box):
             chip = np.zeros((c, c, 3), np.uint8)
             sy0, sx0, sy1, sx1 = max(oy, 0), max(ox, 0), min(oy + c, image.shape[0]), min(ox + c, image.shape[1])

@@ -1,7 +1,7 @@
 """A scene in, GeoSeg's files out: the whole scene read as RGB, then mask, polygons, overlay, result.
 
-:func:`read_scene` reads a local path or an ``s3://`` COG (by range requests, as chips are read:
-same band and uint16 rules as :mod:`magseg_ray.chips.read`). :func:`write_result` writes, into
+:func:`read_scene` reads a local path or an ``s3://`` COG, whole or a window of it (by range
+requests, as chips are read: :func:`~magseg_ray.chips.read.read_window`). :func:`write_result` writes, into
 one folder:
 
 - ``mask.tif``: uint8 0/1 on the scene's grid (tag ``MAGSEG_KIND=class``, schema ``ai4sf``);
@@ -33,12 +33,13 @@ class Scene:
     uri: str
 
 
-def read_scene(uri: str, store=None, max_pixels: int = 64_000_000) -> Scene:
-    """The whole scene as RGB uint8 (refused above ``max_pixels``: cut a window first)."""
+def read_scene(uri: str, store=None, max_pixels: int = 64_000_000, window=None) -> Scene:
+    """The whole scene, or its ``window`` ``(row_off, col_off, height, width)``, as RGB uint8 with
+    that window's transform (refused above ``max_pixels``: cut a window first)."""
     import rasterio
+    from rasterio.transform import Affine
 
-    from magseg_ray.chips.read import ReadConfig, open_scene, read_chip
-    from magseg_ray.chips.windows import ChipTask
+    from magseg_ray.chips.read import ReadConfig, open_scene, read_window
 
     try:
         with open_scene(uri, store) as src:
@@ -47,11 +48,12 @@ def read_scene(uri: str, store=None, max_pixels: int = 64_000_000) -> Scene:
         raise SceneError(f"cannot read scene {uri}: {e}") from None
     if crs is None:
         raise SceneError(f"scene {uri} has no CRS")
-    if h * w > max_pixels:
-        raise SceneError(f"scene {uri} is {w}x{h} pixels, over the {max_pixels:,} GeoSeg reads whole; cut a window")
-    task = ChipTask("scene/0_0", "scene", uri, crs.to_string(), 0, 0, max(h, w), tuple(transform)[:6])
-    chip = read_chip(task, ReadConfig(), store=store)
-    return Scene(chip.image[:h, :w].copy(), transform, crs, uri)
+    row, col, height, width = window or (0, 0, h, w)
+    if height * width > max_pixels:
+        raise SceneError(f"a {width}x{height} pixel read of scene {uri} is over the {max_pixels:,} GeoSeg reads "
+                         "at once; cut a smaller window")
+    image, _ = read_window(uri, row, col, height, width, ReadConfig(), store)
+    return Scene(image, transform @ Affine.translation(col, row), crs, uri)
 
 
 def mask_polygons(mask: np.ndarray, transform, crs, props: dict):

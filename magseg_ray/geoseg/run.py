@@ -50,8 +50,10 @@ def _tiny_folders(models: ModelsConfig) -> ModelsConfig:
     return replace(models, **{k: getattr(models, k) or str(root / n) for k, n in names.items()})
 
 
-def build_pipeline(models: ModelsConfig, config: GeoSegConfig, scene=None):
-    """The pipeline the configs ask for; ``scene`` (a :class:`.outputs.Scene`) is needed by field-map."""
+def build_pipeline(models: ModelsConfig, config: GeoSegConfig, scene=None, field_route=None):
+    """The pipeline the configs ask for; ``scene`` (a :class:`.outputs.Scene`) is needed by field-map;
+    ``field_route``, a :class:`.fieldroute.FieldRoute` already loaded (the tile server shares its
+    replica's model), is used for field-model instead of loading ``models.field_model``."""
     from magseg_ray.geoseg.pipeline import ModelFolders, load_geoseg
 
     if models.tiny:
@@ -61,7 +63,7 @@ def build_pipeline(models: ModelsConfig, config: GeoSegConfig, scene=None):
         from magseg_ray.geoseg.fieldroute import FieldRoute
         from magseg_ray.model.checkpoint import DEMO_MODEL
 
-        text_route = FieldRoute.load(models.field_model or DEMO_MODEL)
+        text_route = field_route or FieldRoute.load(models.field_model or DEMO_MODEL)
     elif config.routes != "points" and models.text_route == "field-map":
         text_route = map_route(models.field_map, scene)
     folders = ModelFolders(models.grounder, models.clip, models.points, models.sam3)

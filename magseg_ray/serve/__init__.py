@@ -7,7 +7,8 @@ Modules: :mod:`~magseg_ray.serve.settings` (flags, replicas, autoscaling, limits
 that sizes the server), :mod:`~magseg_ray.serve.deployment` (the deployment and its routes),
 :mod:`~magseg_ray.serve.tiles` (tile math, chips under a tile, rendering),
 :mod:`~magseg_ray.serve.cache` (chip cache), :mod:`~magseg_ray.serve.maps` (precomputed
-``map_region`` outputs), :mod:`~magseg_ray.serve.viewer` (the ``/map`` page).
+``map_region`` outputs), :mod:`~magseg_ray.serve.viewer` (the ``/map`` page),
+:mod:`~magseg_ray.serve.segment` (GeoSeg's ``POST /segment``: body, scene window, GeoJSON answer).
 
 ``app`` is imported on first use, not with the package: importing the settings (as
 ``jobs/serve.py`` does to parse its flags) must not import Ray before

@@ -6,6 +6,7 @@ Routes (TiTiler-style URLs, WebMercatorQuad z/x/y, see :mod:`magseg_ray.serve.ti
 ``GET /tiles/{z}/{x}/{y}.png``    predicted classes, a transparent overlay in the schema's colours
 ``GET /tiles/{z}/{x}/{y}.geojson`` field polygons in the tile (EPSG:4326), clipped to it
 ``GET /imagery/{z}/{x}/{y}.png``  the scenes' imagery (rio-tiler mosaic of the catalog's COGs)
+``POST /segment``                 GeoSeg: what a query asks for in a bbox or tile, as GeoJSON polygons
 ``GET /tilejson.json``            TileJSON 3.0.0 of the overlay (bounds, zooms, centre, URLs)
 ``GET /map``                      a MapLibre GL JS viewer of imagery, overlay and fields
 ``GET /static/...``               the viewer's vendored library; never needs the API key
@@ -13,15 +14,21 @@ Routes (TiTiler-style URLs, WebMercatorQuad z/x/y, see :mod:`magseg_ray.serve.ti
 ================================= =================================================================
 
 Errors (JSON ``{"detail": ...}``): 400 for a bad z/x/y or a zoom too coarse for per-patch
-inference, 401 for a missing or wrong API key, 404 for a tile outside every scene, 502 for a scene
-that cannot be read (naming it), 503 (from Serve's proxy, at once) when the replicas' queues are
-full.
+inference (``/segment``: a bad body, an empty query, an area over ``geoseg_max_px`` pixels), 401
+for a missing or wrong API key, 404 for a tile or area outside every scene, 502 for a scene that
+cannot be read (naming it), 503 (from Serve's proxy, at once, with ``Retry-After``) when the
+replicas' queues are full, and 503 from ``/segment`` on a server started with ``--no-geoseg``.
 
 Each replica loads the model once (:class:`~magseg_ray.model.segmenter.ChipSegmenter`). Tile
 requests ask for the chips they need; chips in the :class:`~magseg_ray.serve.cache.ChipCache`
 come back at once, the others go through one ``@serve.batch`` method, which gathers the chips of
 all concurrent requests into one model call, computes each distinct chip once (neighbouring tiles
 share chips) and caches them. Sizing, limits and autoscaling: :mod:`magseg_ray.serve.settings`.
+
+``POST /segment`` (body, steps and answer: :mod:`magseg_ray.serve.segment`) runs GeoSeg on the
+area's pixels of the scene covering most of it. Each replica builds its GeoSeg pipeline once, at
+start; its field-model route shares the replica's loaded model. GeoSeg calls run one at a time per
+replica (its routes keep per-call state).
 
 No ``from __future__ import annotations`` here: Serve rebuilds the route signatures and FastAPI
 must see real types (a string ``Request`` becomes a required query parameter: 422).
@@ -32,6 +39,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import threading
 import time
 from dataclasses import asdict
 
@@ -39,13 +47,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
-from magseg_ray.errors import MagsegError, NotCoveredError, SceneError, TileRequestError
+from magseg_ray.errors import (MagsegError, NotCoveredError, NotEnabledError, QueryError, SceneError,
+                               TileRequestError)
 from magseg_ray.serve.settings import ServeSettings
 
 api = FastAPI(title="magseg-ray tiles", docs_url=None, redoc_url=None, openapi_url=None)
 
-STATUS = {TileRequestError: 400, NotCoveredError: 404, SceneError: 502}
-"""HTTP status of each user-facing error a tile request can raise."""
+STATUS = {TileRequestError: 400, QueryError: 400, NotCoveredError: 404, SceneError: 502, NotEnabledError: 503}
+"""HTTP status of each user-facing error a request can raise."""
 
 
 class Unauthorized(MagsegError):
@@ -97,6 +106,24 @@ class TileServer:
         self.counters = {"chips_computed": 0, "model_calls": 0, "largest_call": 0, "chip_requests": 0}
         self._segment_batch.set_max_batch_size(settings.chip_batch)
         self._segment_batch.set_batch_wait_timeout_s(settings.batch_wait_s)
+        # GeoSeg is built here, at replica start, not on the first request: a bad checkpoint folder
+        # fails the deployment where its operator sees it, no user's request pays the load, and
+        # each replica holds one pipeline for its lifetime
+        self.geoseg = self._load_geoseg(card) if settings.geoseg else None
+        self._geoseg_lock = threading.Lock()
+
+    def _load_geoseg(self, card):
+        """GeoSeg's pipeline (:meth:`ServeSettings.geoseg_models`); the field-model route is this
+        replica's model, not a second copy."""
+        from magseg_ray.geoseg.fieldroute import FieldRoute
+        from magseg_ray.geoseg.run import build_pipeline
+
+        s = self.settings
+        models, config = s.geoseg_models()
+        route = FieldRoute(self.segmenter.model, self.segmenter.processor, card.prompt(), card.chip_size,
+                           batch_size=s.patch_batch, max_new_tokens=s.max_new_tokens or None,
+                           boundary_bias=card.boundary_bias)
+        return build_pipeline(models, config, field_route=route)
 
     # ---- chips ------------------------------------------------------------------------------------
 
@@ -165,7 +192,8 @@ class TileServer:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        return {"status": "ok", "scenes": len(self.scenes), "cache": self.cache.stats(), **self.counters}
+        return {"status": "ok", "scenes": len(self.scenes), "geoseg": self.geoseg is not None,
+                "cache": self.cache.stats(), **self.counters}
 
     @api.get("/tiles/{z}/{x}/{y}.png")
     async def tile_png(self, z: str, x: str, y: str, request: Request):
@@ -236,13 +264,50 @@ class TileServer:
             except rasterio.errors.RasterioError as e:
                 raise SceneError(f"scene {scene['id']} cannot be read: {e}") from None
 
-        hits = scenes_under(self.scenes, tile).to_dict("records")
+        hits = scenes_under(self.scenes, tile.footprint, f"tile {tile}").to_dict("records")
         try:
             with self.store.rasterio_env():
                 img, _ = mosaic_reader(hits, read, tile.x, tile.y, tile.z, tilesize=TILE_SIZE, threads=0)
         except EmptyMosaicError:
             raise NotCoveredError(f"tile {tile} holds no imagery") from None
         return img.render(img_format="PNG")
+
+    @api.post("/segment")
+    async def segment(self, request: Request):
+        from magseg_ray.serve.segment import BODY_FORMS, parse_body
+
+        try:
+            self._check_key(request)
+            if self.geoseg is None:
+                raise NotEnabledError("POST /segment is off: this server was started without GeoSeg (--no-geoseg)")
+            try:
+                body = await request.json()
+            except ValueError:  # not JSON, or not UTF-8
+                raise TileRequestError(f"the body must be JSON: {BODY_FORMS}") from None
+            area = parse_body(body, self.settings.min_zoom)
+            start = time.perf_counter()
+            collection = await asyncio.to_thread(self._segment_area, area)
+        except MagsegError as e:
+            return error_response(e)
+        return Response(json.dumps(collection), media_type="application/geo+json",
+                        headers={"X-Scenes": collection["properties"]["scene_id"],
+                                 "Server-Timing": f"segment;dur={(time.perf_counter() - start) * 1000:.1f}"})
+
+    def _segment_area(self, area) -> dict:
+        """GeoSeg on the area's window of the scene that covers most of it (:mod:`.segment`)."""
+        from magseg_ray.geoseg.outputs import read_scene
+        from magseg_ray.serve.segment import area_scene, area_window, feature_collection
+
+        scene = area_scene(self.scenes, area)
+        window = area_window(scene, area, self.settings.geoseg_max_px)
+        try:
+            pixels = read_scene(scene["uri"], self.store, window=window)
+        except SceneError as e:
+            raise SceneError(f"scene {scene['id']} cannot be read: {e}") from None
+        box = None if self.geoseg.grounder is not None else (0, 0, window[3], window[2])
+        with self._geoseg_lock:
+            result = self.geoseg.segment(pixels.image, area.query, box=box)
+        return feature_collection(result, pixels, area, scene["id"], window)
 
     @api.get("/tilejson.json")
     async def tilejson(self, request: Request):

@@ -14,6 +14,12 @@ deployment options:
 - **limits**: a replica takes at most ``max_ongoing_requests`` requests at once; each caller (the
   HTTP proxy) queues at most ``max_queued_requests`` more, and answers any request beyond that at
   once with HTTP 503 (``Retry-After: 1``) instead of letting it wait.
+- **GeoSeg** (``POST /segment``, :mod:`magseg_ray.serve.segment`): on by default with route B the
+  server's own MAgSeg model (``geoseg_text_route=field-model``: offline, no extra checkpoint, the
+  requested area is the box); a grounder folder makes a grounder find the box in the area, CLIP
+  and a point segmenter add route A (fused with route B unless it is ``none``), ``geoseg_tiny``
+  builds offline random-weight presets of every part not given. ``geoseg_max_px`` bounds the
+  pixels one request reads. Each replica builds its pipeline once, at start.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ DEMO_SCENES = Path(__file__).resolve().parents[1] / "assets" / "demo" / "scenes"
 """Default catalog: the bundled demo scenes (as ``map_region``'s)."""
 API_KEY_ENV = "MAGSEG_API_KEY"
 """Environment variable read for the API key when ``api_key`` is empty (keeps it off command lines)."""
+GEOSEG_TEXT_ROUTES = ("field-model", "sam3", "none")
+"""GeoSeg route B on the server: the server's MAgSeg model, SAM3 with the phrase, or none (route A only)."""
 
 
 
@@ -64,17 +72,47 @@ class ServeSettings:
     gpus_per_replica: float = field(default=0.0, metadata=doc("GPUs per replica (1 on GPU clusters)"))
     max_ongoing_requests: int = field(default=8, metadata=doc("requests a replica works on at once"))
     max_queued_requests: int = field(default=16, metadata=doc("requests queued beyond those; more get 503 at once"))
+    geoseg: bool = field(default=True, metadata=doc(
+        "answer POST /segment (GeoSeg: segment what a query asks for in an area); --no-geoseg: /segment answers 503"))
+    geoseg_text_route: str = field(default="field-model", metadata=doc(
+        "GeoSeg route B: field-model (this server's own model: offline, no extra checkpoint), sam3 "
+        "(--geoseg-sam3 prompted with the phrase), none (route A only)", choices=list(GEOSEG_TEXT_ROUTES)))
+    geoseg_grounder: str = field(default="", metadata=doc(
+        "GeoSeg grounder checkpoint folder (Qwen2.5-VL, Qwen3-VL, Gemma3, PaliGemma): it finds the box in the "
+        "requested area; without one the whole area is the box"))
+    geoseg_clip: str = field(default="", metadata=doc("CLIP checkpoint folder of GeoSeg's route A (with --geoseg-points)"))
+    geoseg_points: str = field(default="", metadata=doc(
+        "SAM or SAM3 tracker checkpoint folder of GeoSeg's route A (with --geoseg-clip)"))
+    geoseg_sam3: str = field(default="", metadata=doc("SAM3 checkpoint folder (with --geoseg-text-route sam3)"))
+    geoseg_tiny: str = field(default="", metadata=doc(
+        "build GeoSeg's offline tiny presets (random weights) into this folder and use each part of them not "
+        "given (grounder, CLIP, point segmenter, SAM3): plumbing and latency only, their answers are random"))
+    geoseg_max_px: int = field(default=1024 * 1024, metadata=doc(
+        "most scene pixels one /segment area may cover (its window on the scene grid; 1024 x 1024 is "
+        "about 0.26 km2 at 0.5 m); a larger area is refused (400)"))
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_zoom <= 24:
             raise ConfigError(f"min_zoom must be within 0-24, got {self.min_zoom}")
         if not 1 <= self.min_replicas <= self.max_replicas:
             raise ConfigError(f"need 1 <= min_replicas <= max_replicas, got {self.min_replicas}, {self.max_replicas}")
-        for name in ("chip_batch", "patch_batch", "max_ongoing_requests", "max_queued_requests", "max_chips_per_tile"):
+        for name in ("chip_batch", "patch_batch", "max_ongoing_requests", "max_queued_requests", "max_chips_per_tile",
+                     "geoseg_max_px"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.cache_mb < 0:
             raise ConfigError(f"cache_mb must be >= 0, got {self.cache_mb}")
+        if self.geoseg_text_route not in GEOSEG_TEXT_ROUTES:
+            raise ConfigError(f"geoseg_text_route must be one of {', '.join(GEOSEG_TEXT_ROUTES)}, got {self.geoseg_text_route!r}")
+        if not self.geoseg or self.geoseg_tiny:
+            return
+        if bool(self.geoseg_clip) != bool(self.geoseg_points):
+            raise ConfigError("GeoSeg's route A needs both --geoseg-clip and --geoseg-points (or --geoseg-tiny)")
+        if self.geoseg_text_route == "none" and not self.geoseg_clip:
+            raise ConfigError("--geoseg-text-route none leaves route A alone, which needs --geoseg-clip and "
+                              "--geoseg-points (or --geoseg-tiny); or start with --no-geoseg")
+        if self.geoseg_text_route == "sam3" and not self.geoseg_sam3:
+            raise ConfigError("--geoseg-text-route sam3 needs --geoseg-sam3 (a SAM3 checkpoint folder)")
 
     @classmethod
     def from_args(cls, args: dict) -> ServeSettings:
@@ -107,6 +145,22 @@ class ServeSettings:
 
     def map_roots(self) -> list[str]:
         return [m.strip() for m in self.maps.split(",") if m.strip()]
+
+    def geoseg_models(self):
+        """``(ModelsConfig, GeoSegConfig)`` of ``/segment``'s pipeline: route A when CLIP and a point
+        segmenter are given (or the tiny presets), route B unless ``geoseg_text_route`` is none, fused
+        when both; the field-model route is this server's model."""
+        from magseg_ray.geoseg.config import GeoSegConfig
+        from magseg_ray.geoseg.run import ModelsConfig
+
+        points = bool(self.geoseg_tiny or self.geoseg_clip)
+        text = self.geoseg_text_route != "none"
+        routes = "both" if points and text else ("points" if points else "text")
+        models = ModelsConfig(
+            grounder=self.geoseg_grounder or None, clip=self.geoseg_clip or None, points=self.geoseg_points or None,
+            sam3=self.geoseg_sam3 or None, text_route=self.geoseg_text_route if text else "sam3",  # unused: points only
+            field_model=self.model_dir(), tiny=self.geoseg_tiny or None)
+        return models, GeoSegConfig(routes=routes)
 
     def deployment_options(self) -> dict:
         """Options of the tile server's Serve deployment (see module doc)."""

@@ -123,13 +123,14 @@ class Layer:
     transform: Affine | None = None
 
 
-def scenes_under(scenes: gpd.GeoDataFrame, tile: Tile) -> gpd.GeoDataFrame:
-    """Catalogued scenes whose footprint meets the tile, by id; :class:`NotCoveredError` (404) if none."""
-    hits = scenes.iloc[scenes.sindex.query(tile.footprint, predicate="intersects")]
-    hits = hits[hits.intersects(tile.footprint)]
+def scenes_under(scenes: gpd.GeoDataFrame, area: shapely.Geometry, name: str) -> gpd.GeoDataFrame:
+    """Catalogued scenes whose footprint meets ``area`` (EPSG:4326; a tile's footprint, a ``/segment``
+    area), by id; :class:`NotCoveredError` (404) naming it if none."""
+    hits = scenes.iloc[scenes.sindex.query(area, predicate="intersects")]
+    hits = hits[hits.intersects(area)]
     if hits.empty:
-        b = [round(v, 6) for v in tile.lnglat_bounds]
-        raise NotCoveredError(f"tile {tile} (lon/lat bounds {b}) is outside every one of the {len(scenes)} catalogued scenes")
+        b = [round(v, 6) for v in area.bounds]
+        raise NotCoveredError(f"{name} (lon/lat bounds {b}) is outside every one of the {len(scenes)} catalogued scenes")
     return hits.sort_values("id")
 
 
@@ -137,7 +138,7 @@ def plan_tile(tile: Tile, scenes: gpd.GeoDataFrame, chip: ChipConfig, max_chips:
     """One :class:`Layer` per scene under the tile: precomputed (``maps`` covers it) or the chips
     to compute (see module doc)."""
     layers = []
-    hits = scenes_under(scenes, tile)
+    hits = scenes_under(scenes, tile.footprint, f"tile {tile}")
     for i in range(len(hits)):
         frame = hits.iloc[[i]]
         scene = frame.iloc[0].to_dict()

@@ -4,8 +4,10 @@ Applications on one Serve instance, all on the offline ``tiny`` model (random we
 classes are meaningless, their agreement with map_region is what is tested), on a catalog of the
 demo scenes whose NAIP scene was corrupted after cataloguing:
 
-- ``/``: tiles computed on demand;
-- ``/guarded``: an API key, and limits of one ongoing and one queued request (503s under overload);
+- ``/``: tiles computed on demand, and ``POST /segment`` (GeoSeg with the server's own model as
+  the field-model route, the requested area as the box);
+- ``/guarded``: an API key, limits of one ongoing and one queued request (503s under overload),
+  and no GeoSeg (``/segment`` answers 503);
 - ``/precomputed`` (slow tests): map_region's output over one tile as precomputed maps, after
   map_region has run there; its map is what the on-demand tiles are checked against.
 """
@@ -52,6 +54,17 @@ def get(url, key=None, timeout=300):
         return e.code, e.headers, e.read()
 
 
+def post(url, body, key=None, timeout=300):
+    """``(status, headers, body)`` of a POST of ``body`` (JSON unless bytes), errors included."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", **({"X-API-Key": key} if key else {})}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=timeout) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
 @pytest.fixture(scope="module")
 def served(ray_cluster, tiny_dir, tmp_path_factory):
     """The ``/`` and ``/guarded`` applications; Serve is shut down at the end."""
@@ -74,7 +87,7 @@ def served(ray_cluster, tiny_dir, tmp_path_factory):
     try:
         base = {"catalog": catalog, "model": str(model), **SETTINGS}
         serve.run(app(base), name="tiles", route_prefix="/")
-        guarded = {**base, "api_key": "s3cret", "max_ongoing_requests": 1, "max_queued_requests": 1}
+        guarded = {**base, "api_key": "s3cret", "max_ongoing_requests": 1, "max_queued_requests": 1, "geoseg": False}
         serve.run(app({k: str(v) for k, v in guarded.items()}), name="guarded", route_prefix="/guarded")
         yield {"url": f"http://127.0.0.1:{port}", "root": root, "base": base}
     finally:
@@ -158,6 +171,79 @@ def test_api_key(served):
     tj = json.loads(body)
     assert status == 200 and tj["tiles"][0].endswith("/guarded/tiles/{z}/{x}/{y}.png?key=s3cret")
     assert get(f"{url}/map?key=s3cret")[2].startswith(b"<!doctype html>")
+
+
+BBOX = [101.9985, 12.9995, 101.9989, 12.9999]
+"""About 43 x 44 m inside synth_900."""
+
+
+def test_segment_a_bbox_and_a_tile(served):
+    url = f"{served['url']}/segment"
+    status, headers, body = post(url, {"query": "the field", "bbox": BBOX})
+    assert status == 200 and headers["Content-Type"] == "application/geo+json" and headers["X-Scenes"] == "synth_900"
+    answer = json.loads(body)
+    props = answer["properties"]
+    assert answer["type"] == "FeatureCollection" and props["query"] == "the field" and props["scene_id"] == "synth_900"
+    assert props["phrase"] == "the field" and props["box"] == [0, 0, props["window"]["width"], props["window"]["height"]]
+    assert props["refined_lonlat"][0] == pytest.approx(BBOX[0], abs=1e-5)  # the window is the bbox on the scene grid
+    fields = gpd.GeoDataFrame.from_features(answer["features"], crs="EPSG:4326")
+    assert len(fields) > 0 and props["case"] == "text" and props["reason"] == "", props  # the tiny model: all field
+    assert fields.within(shapely.box(*BBOX).buffer(1e-9)).all()
+    assert set(fields["scene_id"]) <= {"synth_900"} and (fields["metrics:area"] > 0).all()
+
+    status, headers, body = post(url, {"query": "fields", "z": INSIDE.z, "x": INSIDE.x, "y": INSIDE.y})
+    answer = json.loads(body)
+    assert status == 200 and answer["properties"]["area"] == f"tile {INSIDE}", body[:300]
+    fields = gpd.GeoDataFrame.from_features(answer["features"], crs="EPSG:4326")
+    assert fields.within(INSIDE.footprint.buffer(1e-9)).all()
+
+
+@pytest.mark.slow  # a replica of the demo model, which answers ~9 patches: minutes on 2 busy cores
+def test_segment_with_the_demo_model(served):
+    """The default GeoSeg of a server on the shipped demo model: no checkpoint but its own."""
+    from ray import serve
+
+    from magseg_ray.serve import app
+
+    settings = {"catalog": served["base"]["catalog"], "cpus_per_replica": 0.25}
+    serve.run(app(settings), name="demo", route_prefix="/demo")
+    try:
+        status, _, body = post(f"{served['url']}/demo/segment", {"query": "the field", "bbox": BBOX})
+        answer = json.loads(body)
+        assert status == 200 and answer["properties"]["scene_id"] == "synth_900", body[:300]
+        fields = gpd.GeoDataFrame.from_features(answer["features"], crs="EPSG:4326")
+        assert len(fields) > 0 or answer["properties"]["reason"], answer["properties"]
+        assert fields.within(shapely.box(*BBOX).buffer(1e-9)).all()
+    finally:
+        serve.delete("demo")
+
+
+def test_segment_bad_requests(served):
+    url = f"{served['url']}/segment"
+    naip = [-92.424, 43.783, -92.4235, 43.7835]
+    for body, status, words in [
+        ({"query": "", "bbox": BBOX}, 400, "query is empty"),
+        ({"bbox": BBOX}, 400, "query is empty"),
+        (b"{not json", 400, "must be JSON"),
+        ({"query": "q", "bbox": [BBOX[2], BBOX[1], BBOX[0], BBOX[3]]}, 400, "west < east"),
+        ({"query": "q", "bbox": [101.99, 12.99, 102.01, 13.01]}, 400, "ask for a smaller area"),
+        ({"query": "q", "z": 12, "x": 3208, "y": 1898}, 400, "ask for a smaller area"),
+        ({"query": "q", "z": 8, "x": 201, "y": 121}, 400, "too coarse"),
+        ({"query": "q", "bbox": [0, 0, 0.001, 0.001]}, 404, "outside every one of the 3 catalogued scenes"),
+        ({"query": "q", "bbox": naip}, 502, "naip_43p7840_m92p4228"),
+    ]:
+        got, _, answer = post(url, body)
+        assert got == status and words in json.loads(answer)["detail"], (body, got, answer[:300])
+    assert get(f"{url}")[0] == 405
+
+
+def test_segment_needs_the_key_and_geoseg(served):
+    url = f"{served['url']}/guarded/segment"
+    body = {"query": "the field", "bbox": BBOX}
+    assert post(url, body)[0] == 401 and post(url, body, key="wrong")[0] == 401
+    status, _, answer = post(url, body, key="s3cret")
+    assert status == 503 and "without GeoSeg (--no-geoseg)" in json.loads(answer)["detail"]
+    assert json.loads(get(f"{served['url']}/guarded/healthz")[2])["geoseg"] is False
 
 
 def test_overload_answers_503_at_once(served):

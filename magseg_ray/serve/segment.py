@@ -1,0 +1,141 @@
+"""``POST /segment``: a request body -> an area -> the scene window under it -> GeoSeg -> GeoJSON.
+
+Body (JSON object): ``{"query": str, "bbox": [west, south, east, north]}`` in EPSG:4326, or
+``{"query": str, "z": int, "x": int, "y": int}``, a WebMercatorQuad tile (the tiles' rules, zoom
+``min_zoom`` or finer). The server answers it in four steps:
+
+1. **area** (:func:`parse_body`): the query (stripped; empty: :class:`QueryError`) and the area,
+   an EPSG:4326 rectangle; any other key, a bbox that is not four finite numbers with west < east
+   within -180..180 and south < north within -90..90, or a bad tile: :class:`TileRequestError`.
+2. **scene** (:func:`area_scene`): of the catalogued scenes that meet the area (none:
+   :class:`NotCoveredError`), the one that covers most of it; the first by id on a tie.
+3. **window** (:func:`area_window`): the area's envelope on that scene's own pixel grid. An
+   area of more than ``max_px`` pixels at the scene's resolution is refused
+   (:class:`TileRequestError`: ask for a smaller area); otherwise the window is cut to the scene
+   (nothing left: :class:`NotCoveredError`) and exactly its pixels are read. GeoSeg runs on them
+   with the whole window as the box, unless a grounder is loaded: it then finds the box in the
+   window.
+4. **answer** (:func:`feature_collection`): a GeoJSON FeatureCollection in EPSG:4326 of the mask's
+   polygons (4-connected pieces) clipped to the area, each with ``query``, ``phrase``, ``case``,
+   ``scene_id`` and fiboa ``metrics:area`` (m²) and ``metrics:perimeter`` (m). Its ``properties``
+   (a foreign member, RFC 7946 section 6.1) hold :func:`~magseg_ray.geoseg.outputs.result_record`
+   (query, phrase, fusion case, ``reason`` of an empty mask, the grounder's answer, ``box`` and
+   ``refined`` in window pixels, keypoints, per-stage seconds), plus ``scene_id``, ``area`` (what was
+   asked), ``window`` (the scene pixels read) and ``box_lonlat`` / ``refined_lonlat`` (the grounded
+   and the segmented box as [west, south, east, north]).
+
+Errors map to HTTP statuses in :mod:`magseg_ray.serve.deployment`: 400, 404, and 502 for a scene
+that cannot be read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from rasterio.warp import transform_bounds
+
+from magseg_ray.chips.windows import scene_transform
+from magseg_ray.errors import NotCoveredError, TileRequestError
+from magseg_ray.serve.tiles import clip, parse_tile, scenes_under
+
+BODY_KEYS = ("query", "bbox", "z", "x", "y")
+BODY_FORMS = ('{"query": ..., "bbox": [west, south, east, north]} (EPSG:4326) '
+              'or {"query": ..., "z": ..., "x": ..., "y": ...}')
+
+
+@dataclass(frozen=True)
+class Area:
+    """What a ``/segment`` request asks for."""
+
+    query: str
+    footprint: shapely.Polygon
+    """The area in EPSG:4326."""
+    name: str
+    """``bbox [w, s, e, n]`` or ``tile z/x/y``, for messages and the answer's ``area``."""
+
+
+def parse_body(body, min_zoom: int) -> Area:
+    """The request's :class:`Area` (see module doc for what is refused)."""
+    from magseg_ray.geoseg.grounder import check_query
+
+    if not isinstance(body, dict):
+        raise TileRequestError(f"the body must be a JSON object: {BODY_FORMS}")
+    unknown = sorted(set(body) - set(BODY_KEYS))
+    if unknown:
+        raise TileRequestError(f"unknown keys {unknown} in the body; it takes {BODY_FORMS}")
+    query = check_query(body.get("query"))
+    tile_keys = sorted({"z", "x", "y"} & set(body))
+    if ("bbox" in body) == bool(tile_keys):
+        raise TileRequestError(f"give either a bbox or a tile's z, x and y: {BODY_FORMS}")
+    if tile_keys:
+        values = [body.get(k) for k in "zxy"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise TileRequestError(f"a tile needs integers z, x and y, got {body.get('z')!r}, {body.get('x')!r}, {body.get('y')!r}")
+        tile = parse_tile(*(str(v) for v in values), min_zoom)
+        return Area(query, tile.footprint, f"tile {tile}")
+    bbox = body["bbox"]
+    numbers = isinstance(bbox, list) and len(bbox) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+    if not numbers or not (-180 <= bbox[0] < bbox[2] <= 180 and -90 <= bbox[1] < bbox[3] <= 90):
+        raise TileRequestError(f"bbox must be [west, south, east, north] in degrees (EPSG:4326) with west < east "
+                               f"within -180..180 and south < north within -90..90, got {bbox!r}")
+    return Area(query, shapely.box(*bbox), f"bbox {[float(v) for v in bbox]}")
+
+
+def area_scene(scenes: gpd.GeoDataFrame, area: Area) -> dict:
+    """The catalog row of the scene that covers most of the area (first by id on a tie); 404 if none."""
+    hits = scenes_under(scenes, area.footprint, area.name)
+    shares = shapely.area(shapely.intersection(hits.geometry.values, area.footprint))
+    return hits.iloc[int(np.argmax(shares))].to_dict()
+
+
+def area_window(scene: dict, area: Area, max_px: int) -> tuple[int, int, int, int]:
+    """``(row_off, col_off, height, width)`` of the area's envelope on the scene's pixel grid, cut to
+    the scene; 400 when the envelope (before the cut) has more than ``max_px`` pixels."""
+    minx, miny, maxx, maxy = transform_bounds("EPSG:4326", scene["crs"], *area.footprint.bounds, densify_pts=21)
+    inverse = ~scene_transform(pd.Series(scene))
+    c0, r0 = inverse @ (minx, maxy)
+    c1, r1 = inverse @ (maxx, miny)
+    c0, r0, c1, r1 = math.floor(c0), math.floor(r0), math.ceil(c1), math.ceil(r1)
+    if (r1 - r0) * (c1 - c0) > max_px:
+        raise TileRequestError(
+            f"{area.name} is {c1 - c0}x{r1 - r0} = {(r1 - r0) * (c1 - c0):,} pixels of scene {scene['id']}, over "
+            f"the {max_px:,} one /segment request may read (geoseg_max_px); ask for a smaller area")
+    c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1, int(scene["width"])), min(r1, int(scene["height"]))
+    if c1 <= c0 or r1 <= r0:
+        raise NotCoveredError(f"{area.name} only touches the edge of scene {scene['id']}: no pixel of it is inside")
+    return r0, c0, r1 - r0, c1 - c0
+
+
+def _lonlat(box, transform, crs) -> list[float] | None:
+    """A pixel box of a window as [west, south, east, north] in EPSG:4326."""
+    if box is None:
+        return None
+    (x1, y1), (x2, y2) = transform @ (box[0], box[1]), transform @ (box[2], box[3])
+    bounds = transform_bounds(crs, "EPSG:4326", min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2), densify_pts=21)
+    return [round(v, 7) for v in bounds]
+
+
+def feature_collection(result, scene, area: Area, scene_id: str, window: tuple[int, int, int, int]) -> dict:
+    """The answer of one request (see module doc) from GeoSeg's :class:`~magseg_ray.geoseg.pipeline.Result`
+    on ``scene``, the :class:`~magseg_ray.geoseg.outputs.Scene` of the window read."""
+    from magseg_ray.fields.polygons import measure
+    from magseg_ray.geoseg.outputs import mask_polygons, result_record
+
+    props = {"query": area.query, "phrase": result.phrase, "case": result.case, "scene_id": scene_id}
+    polygons = mask_polygons(result.mask, scene.transform, scene.crs, props).drop(columns="area_m2")
+    polygons = measure(clip(polygons.to_crs("EPSG:4326"), area.footprint))
+    collection = json.loads(polygons.to_json(na="null", drop_id=True))
+    row_off, col_off, height, width = window
+    collection["properties"] = {
+        **result_record(result, area.query), "scene_id": scene_id, "area": area.name,
+        "window": {"row_off": row_off, "col_off": col_off, "height": height, "width": width},
+        "box_lonlat": _lonlat(result.box, scene.transform, scene.crs),
+        "refined_lonlat": _lonlat(result.refined, scene.transform, scene.crs)}
+    return collection
