@@ -8,8 +8,9 @@
 # .gpu/packed and downloads the transformers wheel this project is tested with into .gpu/wheels
 # (the GPU image holds an older transformers; its tokenizers, huggingface_hub and safetensors
 # satisfy this one). .gpu/ is git-ignored: carry it. `train` installs the wheel, runs the recipe
-# from the shipped demo model on .gpu/packed, and leaves one archive, OUT/run.tar (model/,
-# metrics.json, curves.png, log.txt): one file to bring back, partial or not. The command the
+# from the shipped demo model on .gpu/packed, chooses the model's boundary_bias on the training
+# scenes (`train_demo.py calibrate`), and leaves one archive, OUT/run.tar (model/, metrics.json,
+# curves.png, log.txt): one file to bring back, partial or not. The command the
 # demo model's card gives for a 15-minute lease:
 #
 #   bash cluster/gpu_recipe.sh train $OUT --minutes 6 --sft-steps 20000 --batch-size 64 --eval-every 250
@@ -36,6 +37,9 @@ train)
   set +e
   python3 jobs/train_demo.py train --data .gpu/packed --out "$out/run" "$@" 2>&1 | tee -a "$out/run/log.txt"
   status=${PIPESTATUS[0]}
+  if [ -f "$out/run/model/magseg.json" ]; then
+    python3 jobs/train_demo.py calibrate --data .gpu/packed --model "$out/run/model" 2>&1 | tee -a "$out/run/log.txt"
+  fi
   tar -C "$out" -cf "$out/run.tar" run && rm -rf "$out/run"
   exit "$status"
   ;;

@@ -100,3 +100,19 @@ def test_train_needs_neither_ray_nor_gdal(packed, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["status"] == "complete"
+
+
+def test_calibrate_writes_the_bias_whose_boundary_share_is_nearest_the_truths(packed, tmp_path):
+    from magseg_ray.train.calibrate import calibrate_boundary
+
+    main = _job()
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(packed), "--out", str(out), "--base", "tiny", "--vision-steps", "0",
+                 "--batch-size", "2", "--sft-steps", "1", "--val-patches", "2"]) == 0
+    found = calibrate_boundary(out / "model", packed, patches=6, biases=[1.0, 1e6])
+    assert 0 < found["truth_share"] < 1 and len(found["shares"]) == 2
+    assert found["shares"][1] >= found["shares"][0]  # a huge bias never draws less boundary
+    nearest = min(zip(found["shares"], [1.0, 1e6]), key=lambda sb: abs(np.log(max(sb[0], 1e-6) / found["truth_share"])))
+    assert found["boundary_bias"] == nearest[1] == read_model_prompt(out / "model").boundary_bias
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--data", str(packed), "--model", str(out / "model"), "--biases", "1,x"])
