@@ -88,7 +88,7 @@ def test_a_base_built_for_other_prompts_is_refused(tmp_path):
 
 def test_answer_format_is_a_flag_recorded_in_the_card(tmp_path):
     from magseg_ray.model.checkpoint import save_model
-    from magseg_ray.model.segmenter import ModelPrompt, read_model_prompt, write_model_prompt
+    from magseg_ray.model.card import ModelPrompt, read_model_prompt, write_model_prompt
 
     save_model(*build_model("tiny"), tmp_path / "base")
     write_model_prompt(tmp_path / "base", ModelPrompt())  # an R-RLE base may be trained on anchored answers
