@@ -197,13 +197,14 @@ def run_recipe(cfg: RecipeConfig) -> dict:
         state["vision"] = {"final": history[-1], "majority": majority, "seconds": round(time.perf_counter() - start, 1)}
     first = state["history"][-1]["step"] if state["history"] else 0
     sft = _SFT(model, processor, cfg, device, first, state.get("planned_steps", cfg.sft_steps))
-    val_records = _records(val, np.random.default_rng(10**6), cfg.val_patches, cfg.prompt(), 1.0)
+    prompt = cfg.prompt()
+    val_records = _records(val, np.random.default_rng(10**6), cfg.val_patches, prompt, 1.0)
     rng, losses, start = np.random.default_rng([cfg.seed, first]), [], time.perf_counter()
     step = first
     while step < sft.total:
         step += 1
         model.train()
-        losses.append(sft.step(_records(train, rng, cfg.batch_size, cfg.prompt(), cfg.uniform_keep)))
+        losses.append(sft.step(_records(train, rng, cfg.batch_size, prompt, cfg.uniform_keep)))
         if cfg.minutes and step == max(cfg.warmup_steps, 1) + first and "planned_steps" not in state:
             state["planned_steps"] = sft.total = _plan(cfg, step, first, time.perf_counter() - start)
             print(f"[recipe] {cfg.minutes:g} min budget: {sft.total} SFT steps", flush=True)
@@ -215,7 +216,7 @@ def run_recipe(cfg: RecipeConfig) -> dict:
             model.eval()
             row = {"step": step, "loss": float(np.mean(losses)), "seconds": round(time.perf_counter() - start, 1),
                    "patches_per_s": (step - first) * cfg.batch_size / (time.perf_counter() - start),
-                   **score_patches(model, processor, val_records, cfg.prompt())}
+                   **score_patches(model, processor, val_records, prompt)}
             losses.clear()
             state["history"].append(row)
             state["status"] = "complete" if step == sft.total else "partial"
