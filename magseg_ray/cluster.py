@@ -29,8 +29,12 @@ from pathlib import Path
 from magseg_ray.errors import ClusterError
 
 LOOPBACK = "127.0.0.1"
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
-"""Environment of every process of a local cluster (see :func:`ray_environment`)."""
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+                "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60"}
+"""Environment of every process of a local cluster (see :func:`ray_environment`). The Serve proxy's
+ready and health checks get 60 s instead of 5 and 10: on a laptop whose cores a training or mapping
+job holds, the proxy answers late, and Serve would kill it as unhealthy (measured: ``serve.start``
+failing with ``ActorDiedError`` on this 2-core machine while a training run used both cores)."""
 
 
 @dataclass(frozen=True)

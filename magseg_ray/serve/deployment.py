@@ -46,6 +46,11 @@ from dataclasses import asdict
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
+# At import, not in the request thread: two worker threads importing rio_tiler at once leave it
+# half-initialised ("cannot import name 'Reader'") for the replica's life.
+from rio_tiler.errors import EmptyMosaicError
+from rio_tiler.io import Reader
+from rio_tiler.mosaic import mosaic_reader
 
 from magseg_ray.errors import (MagsegError, NotCoveredError, NotEnabledError, QueryError, SceneError,
                                TileRequestError)
@@ -245,9 +250,6 @@ class TileServer:
         """The tile of the scenes' imagery: a rio-tiler mosaic of the catalog's COGs (first scene by
         id on top), uint16 scenes stretched as the model sees them."""
         import rasterio
-        from rio_tiler.errors import EmptyMosaicError
-        from rio_tiler.io import Reader
-        from rio_tiler.mosaic import mosaic_reader
 
         from magseg_ray.chips.read import ReadConfig, scene_stretch
         from magseg_ray.serve.tiles import TILE_SIZE, scenes_under

@@ -133,7 +133,8 @@ fetch("tilejson.json" + location.search, {headers}).then(r => r.json()).then(tj 
         stats.fields = features.length; report();
       });
   }
-  map.on("load", loadFields);
+  // at style load, not "load": that waits for every raster tile, which the model may take minutes to draw
+  map.once("style.load", loadFields);
   map.on("moveend", loadFields);
   map.on("idle", () => { document.body.dataset.idle = 1; });
 
