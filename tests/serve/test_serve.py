@@ -29,7 +29,7 @@ import rasterio
 import shapely
 
 from magseg_ray.cluster import free_port
-from magseg_ray.map_region import DEMO_DIR, MapConfig, run_map_region
+from magseg_ray.map_region import DEMO_DIR, MapConfig, plan, run_map_region
 from magseg_ray.masks.schemas import get_schema
 from magseg_ray.model.card import ModelPrompt, write_model_prompt
 from magseg_ray.scenes.catalog import build_catalog
@@ -107,8 +107,8 @@ def mapped(served):
     aoi.write_text(gpd.GeoSeries([INSIDE.footprint.buffer(1e-4, join_style="mitre")], crs="EPSG:4326").to_json())
     run = root / "run"
     base = served["base"]
-    run_map_region(MapConfig(aoi=str(aoi), catalog=base["catalog"], model=base["model"], out=str(run), overlap=32,
-                             max_new_tokens=8, cpus_per_actor=0.5))
+    run_map_region(plan(MapConfig(aoi=str(aoi), catalog=base["catalog"], model=base["model"], out=str(run), overlap=32,
+                                  max_new_tokens=8, cpus_per_actor=0.5)))
     serve.run(app({**base, "maps": str(run)}), name="precomputed", route_prefix="/precomputed")
     return {**served, "run": run}
 
