@@ -170,6 +170,9 @@ class LocalRayCluster:
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         env = dict(os.environ, **LOOPBACK_ENV, PATH=path)
         env.pop("RAY_ADDRESS", None)
+        # `ray start` with token auth needs a token and, unlike ray.init, never makes one (on a fresh
+        # HOME the head exits: "no authentication token was found"); `--generate` keeps an existing one
+        subprocess.run([cmd[0], "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
         self._log = open(Path(self._tmp) / "head.log", "wb")
         self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                       start_new_session=True)

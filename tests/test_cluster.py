@@ -35,6 +35,17 @@ def test_local_cluster_stops_everything_it_started():
     assert alive == []
 
 
+def test_local_cluster_starts_on_a_fresh_home_without_a_ray_token(tmp_path, monkeypatch):
+    """`ray start` with token auth never makes a token (ray.init does): on a machine where no Ray
+    ran before, the head used to exit at once."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    with LocalRayCluster(num_cpus=1) as cluster:
+        assert cluster.pids()
+    assert (tmp_path / ".ray" / "auth_token").read_text().strip()
+
+
 def test_joining_a_cluster_that_is_not_there_fails_fast():
     # In a fresh process: this one is already connected to the fixture's cluster.
     code = (
