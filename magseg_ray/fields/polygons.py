@@ -40,9 +40,10 @@ def scene_fields(classes: np.ndarray, confidence: np.ndarray, transform: Affine,
             conf = np.bincount(flat, weights=np.nan_to_num(confidence, nan=0.0).ravel(), minlength=n + 1)[1:] / pixels
         keep = np.concatenate([[False], pixels >= min_field_px])
         inst[~keep[inst]] = 0
+        values, polygons = _polygons(rasterio.features.shapes(inst, mask=inst > 0, transform=transform, connectivity=4))
         shapes: dict[int, list] = {}
-        for geom, value in rasterio.features.shapes(inst, mask=inst > 0, transform=transform, connectivity=4):
-            shapes.setdefault(int(value), []).append(shapely.geometry.shape(geom))
+        for value, polygon in zip(values, polygons):
+            shapes.setdefault(value, []).append(polygon)
         gsd = abs(transform.a)
         order = sorted(shapes)
         geoms = [shapely.union_all(shapes[i]) if len(shapes[i]) > 1 else shapes[i][0] for i in order]
@@ -53,6 +54,22 @@ def scene_fields(classes: np.ndarray, confidence: np.ndarray, transform: Affine,
                                                     preserve_topology=True))
     frame = gpd.GeoDataFrame(columns, geometry="geometry", crs=crs)
     return frame.to_crs("EPSG:4326")
+
+
+def _polygons(shapes) -> tuple[list[int], np.ndarray]:
+    """The values and shapely polygons of rasterio's ``(GeoJSON polygon, value)`` pairs, built in one
+    vectorised call (the same polygons as ``shapely.geometry.shape`` gives one at a time)."""
+    values, rings, ring_counts = [], [], []
+    for geom, value in shapes:
+        values.append(int(value))
+        rings.extend(geom["coordinates"])
+        ring_counts.append(len(geom["coordinates"]))
+    if not values:
+        return values, np.array([], dtype=object)
+    lengths = [len(ring) for ring in rings]
+    coords = np.array([point for ring in rings for point in ring], dtype=np.float64)
+    rings = shapely.linearrings(coords, indices=np.repeat(np.arange(len(lengths)), lengths))
+    return values, shapely.polygons(rings, indices=np.repeat(np.arange(len(values)), ring_counts))
 
 
 def utm_zone_crs(lon: float, lat: float) -> str:
