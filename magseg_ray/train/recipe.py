@@ -62,6 +62,8 @@ class RecipeConfig:
     answer_format: str = field(default="rrle", metadata=doc(
         "mask text of the answers: 'rrle' or 'anchored' (see jobs/sft.py); a base that writes another format "
         "relearns its answers", choices=["rrle", "anchored"]))
+    augment: bool = field(default=True, metadata=doc(
+        "turn and mirror training chips at random in both stages (see jobs/pretrain_vision.py)"))
     uniform_keep: float = field(default=0.2, metadata=doc("share of single-class patches kept (see jobs/sft.py)"))
     eval_every: int = field(default=200, metadata=doc("SFT steps between validation and saving the model"))
     val_patches: int = field(default=128, metadata=doc("fixed validation patches scored at each validation"))
@@ -189,7 +191,8 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     model = model.to(device)
     vision = VisionPretrainConfig(crop_scale=1.0, sub_cells=4, boundary_width=cfg.boundary_width,
                                   steps=cfg.vision_steps, batch_size=cfg.vision_batch_size, lr=cfg.vision_lr,
-                                  log_every=max(cfg.vision_steps // 10, 1), seed=cfg.seed)
+                                  log_every=max(cfg.vision_steps // 10, 1), seed=cfg.seed,
+                                  augment=cfg.augment)
     train, val = samplers(model, vision, scenes["train"], scenes["val"])
     if cfg.vision_steps and state["vision"] is None:
         start = time.perf_counter()

@@ -65,6 +65,9 @@ class VisionPretrainConfig:
     log_every: int = field(default=50, metadata=doc("steps between progress lines and validations"))
     seed: int = field(default=0, metadata=doc("seed of the preset and of the sampled chips"))
     use_gpu: bool = field(default=False, metadata=doc("train on this machine's GPU when it has one (else the CPU)"))
+    augment: bool = field(default=True, metadata=doc(
+        "turn and mirror each training chip at random (the 8 symmetries of the square), so that field edges "
+        "of every direction reach the row-wise answers alike; validation chips are never changed"))
 
 
 def read_labelled(scenes, boundary_width: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -86,8 +89,10 @@ class SceneSampler:
     """Whole labelled scenes in memory (RGB + fields3 classes) and samplers of patch prompt windows."""
 
     def __init__(self, items: list[tuple[np.ndarray, np.ndarray]], chip: int, patch: int, crop: int, grid: int = 1,
-                 sub: int = 1):
+                 sub: int = 1, augment: bool = False):
         self.chip, self.patch, self.crop, self.grid, self.sub = chip, patch, crop, grid, sub
+        self.augment = augment
+        """Turn and mirror each window at random (one of the 8 symmetries of the square)."""
         self.items = [(image, classes) for image, classes in items if min(image.shape[:2]) >= chip]
         if not self.items:
             raise ConfigError(f"no labelled scene of at least {chip} px to train on")
@@ -98,8 +103,14 @@ class SceneSampler:
         y = rng.integers(image.shape[0] - self.chip + 1)
         x = rng.integers(image.shape[1] - self.chip + 1)
         px, py = (rng.integers(self.chip // self.patch, size=2) * self.patch).tolist()
-        return (image[y : y + self.chip, x : x + self.chip], classes[y : y + self.chip, x : x + self.chip],
-                (px, py, px + self.patch, py + self.patch))
+        chip, cls = image[y : y + self.chip, x : x + self.chip], classes[y : y + self.chip, x : x + self.chip]
+        if self.augment:
+            turns, mirror = rng.integers(4), rng.integers(2)
+            chip, cls = np.rot90(chip, turns), np.rot90(cls, turns)
+            if mirror:
+                chip, cls = chip[:, ::-1], cls[:, ::-1]
+            chip, cls = np.ascontiguousarray(chip), np.ascontiguousarray(cls)
+        return chip, cls, (px, py, px + self.patch, py + self.patch)
 
     def sample(self, rng: np.random.Generator, n: int) -> tuple[list[np.ndarray], np.ndarray]:
         """``2n`` images (chip, crop, chip, crop, ...) and their token targets ``(2n, grid**2, sub**2, 3)``."""
@@ -155,7 +166,7 @@ def samplers(model, cfg: VisionPretrainConfig, train_items: list, val_items: lis
     if sub < 1 or cfg.chip_size % (grid * sub) or crop % (grid * sub):
         raise ConfigError(f"chip_size {cfg.chip_size} and the {crop} px crop must split into the model's "
                           f"{grid} x {grid} image tokens times sub_cells {cfg.sub_cells}")
-    train = SceneSampler(train_items, cfg.chip_size, cfg.patch_size, crop, grid, sub)
+    train = SceneSampler(train_items, cfg.chip_size, cfg.patch_size, crop, grid, sub, cfg.augment)
     return train, SceneSampler(val_items, cfg.chip_size, cfg.patch_size, crop, grid, sub) if val_items else train
 
 

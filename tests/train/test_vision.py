@@ -12,7 +12,7 @@ from magseg_ray.errors import ConfigError
 from magseg_ray.model.checkpoint import load_model
 from magseg_ray.model.presets import build_model
 from magseg_ray.model.card import read_model_prompt
-from magseg_ray.train.vision import VisionPretrainConfig, _shares, pretrain_vision
+from magseg_ray.train.vision import SceneSampler, VisionPretrainConfig, _shares, pretrain_vision
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,6 +34,28 @@ def test_sub_cells_give_each_token_the_classes_of_its_blocks():
     assert np.allclose(pixels.max(2), 1)  # one-hot
     halves = _shares(classes, 2, 2)  # 2 x 2 blocks of 2 x 2 pixels per token
     assert np.allclose(halves[3, 1], [(classes[4:6, 6:] == k).mean() for k in range(3)])
+
+
+def _symmetries(a: np.ndarray) -> list[np.ndarray]:
+    turns = [np.rot90(a, k) for k in range(4)]
+    return turns + [t[:, ::-1] for t in turns]
+
+
+def test_augmented_windows_turn_image_and_classes_together_through_all_eight_symmetries():
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (300, 280, 3), dtype=np.uint8)
+    classes = image[..., 0] % 3
+    plain, augmented = (SceneSampler([(image, classes)], 64, 16, 16, augment=a) for a in (False, True))
+    seen = set()
+    for seed in range(64):
+        chip, cls, box = plain.window(np.random.default_rng(seed))
+        a_chip, a_cls, a_box = augmented.window(np.random.default_rng(seed))
+        assert a_box == box and a_chip.flags.c_contiguous
+        np.testing.assert_array_equal(a_cls, a_chip[..., 0] % 3)  # still the labels of its own pixels
+        matches = [k for k, s in enumerate(_symmetries(chip)) if np.array_equal(s, a_chip)]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert seen == set(range(8))
 
 
 def test_pretraining_trains_the_vision_side_only_and_writes_a_base_for_sft(tmp_path):
