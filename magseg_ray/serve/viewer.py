@@ -3,15 +3,17 @@
 The page shows three layers over a plain background, each with a toggle: the scenes' imagery
 (``imagery/{z}/{x}/{y}.png``), the class overlay (``tiles/{z}/{x}/{y}.png``) with its legend, and
 the field polygons (``tiles/{z}/{x}/{y}.geojson`` of the tiles in view, fetched when the view
-settles, merged into one GeoJSON source); clicking a field opens a popup with its measures. Pan,
+settles, merged into one GeoJSON source, outlined without the tile edges the server cut them at, so a
+field that spans tiles reads as one); clicking a field opens a popup with its measures. Pan,
 zoom and the URL hash (``#zoom/lat/lon``, so a link or a screenshot command opens a given place)
 are MapLibre's own. Tile URLs come from ``tilejson.json``, which carries the page's ``?key=``.
 
 MapLibre GL JS (:data:`MAPLIBRE_VERSION`, BSD-3-Clause) is vendored under ``static/maplibre-gl/``
 (see its ``VENDOR.md``) and served by :func:`static_file` at ``/static/...``: nothing comes from a
 CDN. For headless tests the page keeps counters on ``document.body.dataset``: ``classTiles`` and
-``imageryTiles`` (distinct tiles loaded), ``fields`` (features on the map), ``geojsonTiles``
-(GeoJSON tiles answered), ``errors``, and ``idle`` (1 once the map has rendered with every tile in).
+``imageryTiles`` (distinct tiles loaded), ``fields`` (features on the map), ``drawn`` (distinct
+fields whose outline is drawn in view, the status line's count), ``geojsonTiles`` (GeoJSON tiles
+answered), ``errors``, and ``idle`` (1 once the map has rendered with every tile in).
 """
 
 from pathlib import Path
@@ -56,12 +58,12 @@ html, body { margin: 0; height: 100%; font: 13px sans-serif; }
 <div id="legend"></div><div id="status"></div></div>
 <script>
 "use strict";
-const stats = {classTiles: new Set(), imageryTiles: new Set(), geojsonTiles: 0, fields: 0, errors: 0};
+const stats = {classTiles: new Set(), imageryTiles: new Set(), geojsonTiles: 0, fields: 0, drawn: 0, errors: 0};
 function report(note) {
   const d = document.body.dataset;
   d.classTiles = stats.classTiles.size; d.imageryTiles = stats.imageryTiles.size;
-  d.geojsonTiles = stats.geojsonTiles; d.fields = stats.fields; d.errors = stats.errors;
-  document.getElementById("status").textContent = note || `${stats.fields} fields in view`;
+  d.geojsonTiles = stats.geojsonTiles; d.fields = stats.fields; d.drawn = stats.drawn; d.errors = stats.errors;
+  document.getElementById("status").textContent = note || `${stats.drawn} fields in view`;
 }
 const key = new URLSearchParams(location.search).get("key");
 const headers = key ? {"X-API-Key": key} : {};
@@ -76,6 +78,28 @@ function tilesOver(b, z) {
     for (let tx = clamp(x(b.getWest())); tx <= clamp(x(b.getEast())); tx++) out.push([tx, ty]);
   return out;
 }
+// a tile's [west, south, east, north] in degrees
+function tileBounds(z, x, y) {
+  const n = 2 ** z, lon = v => v / n * 360 - 180;
+  const lat = v => Math.atan(Math.sinh(Math.PI * (1 - 2 * v / n))) * 180 / Math.PI;
+  return [lon(x), lat(y + 1), lon(x + 1), lat(y)];
+}
+// a field's outline without the edges of the tile the server cut it to: a field that spans tiles
+// is drawn as one outline, not as one box per tile
+function outline(feature, [w, s, e, n]) {
+  const near = (a, b) => Math.abs(a - b) < 1e-9;
+  const cut = (a, b) => [[0, w], [0, e], [1, s], [1, n]].some(([i, v]) => near(a[i], v) && near(b[i], v));
+  const g = feature.geometry, lines = [];
+  for (const ring of (g.type === "Polygon" ? [g.coordinates] : g.coordinates).flat()) {
+    let line = [ring[0]];
+    for (let i = 1; i < ring.length; i++) {
+      if (cut(ring[i - 1], ring[i])) { if (line.length > 1) lines.push(line); line = [ring[i]]; }
+      else line.push(ring[i]);
+    }
+    if (line.length > 1) lines.push(line);
+  }
+  return {type: "Feature", properties: feature.properties, geometry: {type: "MultiLineString", coordinates: lines}};
+}
 
 fetch("tilejson.json" + location.search, {headers}).then(r => r.json()).then(tj => {
   const legend = document.getElementById("legend");
@@ -88,13 +112,14 @@ fetch("tilejson.json" + location.search, {headers}).then(r => r.json()).then(tj 
     style: {version: 8, sources: {
         imagery: {...raster, tiles: tj.imagery, maxzoom: tj.maxzoom},
         classes: {...raster, tiles: tj.tiles, minzoom: tj.minzoom, maxzoom: tj.maxzoom},
-        fields: {type: "geojson", data: {type: "FeatureCollection", features: []}}},
+        fields: {type: "geojson", data: {type: "FeatureCollection", features: []}},
+        outlines: {type: "geojson", data: {type: "FeatureCollection", features: []}}},
       layers: [
         {id: "background", type: "background", paint: {"background-color": "#1d1f21"}},
         {id: "imagery", type: "raster", source: "imagery"},
         {id: "classes", type: "raster", source: "classes", paint: {"raster-opacity": 0.55}},
         {id: "fields-fill", type: "fill", source: "fields", paint: {"fill-color": "#00e5ff", "fill-opacity": 0.08}},
-        {id: "fields-line", type: "line", source: "fields", paint: {"line-color": "#00e5ff", "line-width": 1.5}}]}});
+        {id: "fields-line", type: "line", source: "outlines", paint: {"line-color": "#00e5ff", "line-width": 1.5}}]}});
   map.addControl(new maplibregl.NavigationControl(), "top-right");
   map.addControl(new maplibregl.ScaleControl(), "bottom-left");
   window.fieldMap = map;
@@ -118,10 +143,11 @@ fetch("tilejson.json" + location.search, {headers}).then(r => r.json()).then(tj 
   let wanted = 0;
   function loadFields() {
     const z = Math.min(Math.floor(map.getZoom()) + 1, tj.maxzoom);  // 256 px tiles, as the raster layers
-    if (z < tj.minzoom) { map.getSource("fields").setData({type: "FeatureCollection", features: []});
+    const empty = {type: "FeatureCollection", features: []};
+    if (z < tj.minzoom) { map.getSource("fields").setData(empty); map.getSource("outlines").setData(empty);
       report(`zoom in to ${tj.minzoom} for fields`); return; }
-    const urls = tilesOver(map.getBounds(), z).map(([x, y]) =>
-      tj.geojson[0].replace("{z}", z).replace("{x}", x).replace("{y}", y));
+    const tiles = tilesOver(map.getBounds(), z);
+    const urls = tiles.map(([x, y]) => tj.geojson[0].replace("{z}", z).replace("{x}", x).replace("{y}", y));
     const mine = ++wanted;
     Promise.all(urls.map(u => geojson.get(u) || geojson.set(u, fetch(u, {headers}).then(r => {
       if (!r.ok) { if (r.status >= 500) stats.errors++; return {features: []}; }
@@ -129,7 +155,9 @@ fetch("tilejson.json" + location.search, {headers}).then(r => r.json()).then(tj 
       .then(parts => {
         if (mine !== wanted) return;
         const features = parts.flatMap(p => p.features);
+        const lines = parts.flatMap((p, i) => p.features.map(f => outline(f, tileBounds(z, ...tiles[i]))));
         map.getSource("fields").setData({type: "FeatureCollection", features});
+        map.getSource("outlines").setData({type: "FeatureCollection", features: lines});
         stats.fields = features.length; report();
       });
   }
@@ -137,6 +165,12 @@ fetch("tilejson.json" + location.search, {headers}).then(r => r.json()).then(tj 
   map.once("style.load", loadFields);
   map.on("moveend", loadFields);
   map.on("idle", () => { document.body.dataset.idle = 1; });
+  // fields in view: the distinct fields the outline layer has drawn (a field cut by tiles counts once)
+  map.on("render", () => {
+    if (!stats.fields || !map.getLayer("fields-line")) return;
+    const drawn = new Set(map.queryRenderedFeatures({layers: ["fields-line"]}).map(f => f.properties.id)).size;
+    if (drawn !== stats.drawn) { stats.drawn = drawn; report(); }
+  });
 
   const rows = {"id": v => v, "metrics:area": v => `${(v / 1e4).toFixed(3)} ha`,
     "metrics:perimeter": v => `${Math.round(v)} m`, "confidence": v => Number(v).toFixed(2),

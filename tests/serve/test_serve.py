@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import threading
 import time
 import urllib.error
@@ -293,22 +292,24 @@ def test_tiles_match_map_region_and_precomputed_maps_are_served(mapped):
     assert get(f"{url}/precomputed/tiles/{SEAM}.png")[1]["X-Tile-Source"] == "model"  # not covered by the run
 
 
-def chromium_page(chromium: str, url: str, *flags: str) -> tuple[str, str]:
-    """Headless Chromium (software WebGL) on ``url`` after up to 60 s of page time: its stdout, and the
-    page's console lines (for the failure message)."""
-    cmd = [chromium, "--headless", "--no-sandbox", "--hide-scrollbars", "--use-angle=swiftshader",
-           "--enable-unsafe-swiftshader", "--window-size=768,512", "--virtual-time-budget=60000",
-           "--enable-logging=stderr", *flags, url]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
-    return done.stdout, "\n".join(line for line in done.stderr.splitlines() if "CONSOLE" in line)
+def browser():
+    """``tests/serve/browser.py``: headless Chromium over the DevTools protocol, in real time."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("browser", Path(__file__).with_name("browser.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.slow
 def test_map_page_in_headless_chromium(served, tmp_path):
     """The /map viewer (vendored MapLibre GL JS, nothing from a CDN) loads the overlay tiles and
-    the field GeoJSON of the server it comes from (screenshot kept at $MAGSEG_SCREENSHOT if set)."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
+    the field GeoJSON of the server it comes from and draws the field outlines (screenshot kept at
+    $MAGSEG_SCREENSHOT if set)."""
+    web = browser()
+    if web.chromium() is None:
         pytest.skip("no chromium on PATH: the /map viewer test needs a headless browser (Debian: apt-get install chromium)")
     url = served["url"]
     status, headers, body = get(f"{url}/static/maplibre-gl/maplibre-gl.js")
@@ -319,17 +320,19 @@ def test_map_page_in_headless_chromium(served, tmp_path):
     assert re.findall(r'(?:src|href)="([^"]+)"', html) == ["static/maplibre-gl/maplibre-gl.css", "static/maplibre-gl/maplibre-gl.js"]
 
     lon, lat = INSIDE.footprint.centroid.coords[0]
-    page = f"{url}/map#19/{lat:.6f}/{lon:.6f}"
-    dom, console = chromium_page(chromium, page, "--dump-dom")
-    counters = dict(re.findall(r'data-([a-z-]+)="(\d+)"', re.search(r"<body[^>]*>", dom).group(0)))
-    assert int(counters["class-tiles"]) > 0 and int(counters["imagery-tiles"]) > 0, counters
-    assert int(counters["geojson-tiles"]) > 0 and int(counters["fields"]) > 0 and counters["errors"] == "0", (counters, console)
-
     shot = tmp_path / "map.png"
-    chromium_page(chromium, page, f"--screenshot={shot}")
+    counters, console = web.open_page(f"{url}/map#19/{lat:.6f}/{lon:.6f}", web.fields_drawn, seconds=240, shot=shot)
+    assert counters.get("classTiles", 0) > 0 and counters.get("imageryTiles", 0) > 0, (counters, console)
+    assert counters.get("geojsonTiles", 0) > 0 and counters.get("fields", 0) > 0, (counters, console)
+    assert counters.get("drawn", 0) > 0 and counters.get("idle") == 1 and counters["errors"] == 0, (counters, console)
     if os.environ.get("MAGSEG_SCREENSHOT"):
         shutil.copy(shot, os.environ["MAGSEG_SCREENSHOT"])
     from PIL import Image
 
-    image = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
-    assert len(np.unique(image, axis=0)) > 500  # imagery and overlay drawn (the DOM counters above cover the fields)
+    image = np.asarray(Image.open(shot).convert("RGB"))
+    assert image.shape[:2] == (512, 768)
+    pixels = image.reshape(-1, 3).astype(int)
+    assert len(np.unique(pixels, axis=0)) > 500  # imagery and overlay drawn
+    # the outlines (#00e5ff, 1.5 px) blend with what lies under them: count pixels near that colour
+    cyan = (pixels[:, 0] < 90) & (pixels[:, 1] > 170) & (pixels[:, 2] > 190)
+    assert cyan.sum() > 200, int(cyan.sum())
