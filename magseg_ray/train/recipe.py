@@ -8,9 +8,10 @@ the same code on a CPU with fewer steps. It reads scenes packed by
    projector learn every crop pixel's class (``crop_scale`` 1, ``sub_cells`` 4) at the answers'
    boundary width, and each token its place;
 2. SFT with the tower frozen: each step draws ``batch_size`` patches from random chips of random
-   training scenes (single-class patches kept with probability ``uniform_keep``), computes their
-   image tokens without a gradient, and trains every decoder weight on the answers (loss averaged
-   per answer, AdamW, warmup and cosine decay, gradients clipped at 1). The short instruction.
+   training scenes, turned and mirrored at random (``augment``; single-class patches kept with
+   probability ``uniform_keep``), computes their image tokens without a gradient, and trains every
+   decoder weight on the answers (loss averaged per answer, AdamW, warmup and cosine decay,
+   gradients clipped at 1). The short instruction.
 
 Every ``eval_every`` steps the model answers fixed validation patches (constrained decoding, mean
 Dice and field IoU) and is saved to ``out/model`` with ``metrics.json`` (``"status": "partial"``
