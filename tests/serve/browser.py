@@ -21,20 +21,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-LOOPBACK = "127.0.0.1"
+from magseg_ray.cluster import LOOPBACK, free_port
 
 
 def chromium() -> str | None:
     """The Chromium executable on PATH (Debian: ``apt-get install chromium``), or None."""
     return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 class _Tab:
@@ -70,7 +62,7 @@ def open_page(url: str, until, seconds: float = 120, size: tuple[int, int] = (76
     Returns the last counters and the page's console lines. Chromium is stopped in every case."""
     from websockets.sync.client import connect
 
-    port = _free_port()
+    port = free_port()
     cmd = [chromium(), "--headless", "--no-sandbox", "--hide-scrollbars", "--use-angle=swiftshader",
            "--enable-unsafe-swiftshader", f"--window-size={size[0]},{size[1]}", f"--remote-debugging-port={port}",
            f"--remote-debugging-address={LOOPBACK}", "about:blank"]
