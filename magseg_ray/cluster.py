@@ -172,7 +172,10 @@ class LocalRayCluster:
         env.pop("RAY_ADDRESS", None)
         # `ray start` with token auth needs a token and, unlike ray.init, never makes one (on a fresh
         # HOME the head exits: "no authentication token was found"); `--generate` keeps an existing one
-        subprocess.run([cmd[0], "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+        token = subprocess.run([cmd[0], "get-auth-token", "--generate"], env=env, capture_output=True, text=True)
+        if token.returncode:
+            raise ClusterError(f"cannot make a Ray auth token for the local head (ray get-auth-token --generate, "
+                               f"exit {token.returncode}):\n{token.stderr[-2000:]}")
         self._log = open(Path(self._tmp) / "head.log", "wb")
         self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                       start_new_session=True)
