@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--aoi", help="score only inside this AOI (vector file; default: the AOI of the "
                    "map_region run that wrote PRED, if it is one)")
     p.add_argument("--grid-like", help="score on this raster's pixel grid")
+    p.add_argument("--seed-px", type=float, default=0.0,
+                   help="fields of a PRED class raster grow from interior cores deeper than this many pixels, "
+                   "as map_region's fields step with the model card's field_seed_px (default 0: each interior "
+                   "component is a field)")
     p.add_argument("--object-iou", type=float, default=0.5,
                    help="IoU an object match must exceed (Fields of The World: 0.5, the default; >= 0.5)")
     p.add_argument(
@@ -65,12 +69,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the job; return the exit status (0, or 2 on a user error)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.seed_px < 0:
+        parser.error(f"--seed-px {args.seed_px}: must be >= 0")
     try:
         found = (load_aoi(args.aoi), args.aoi) if args.aoi else run_aoi(args.pred)
         aoi, aoi_path = found or (None, None)
         pair = load_pair(args.pred, args.truth, args.schema, args.pred_kind, args.truth_kind, args.resolution,
-                         args.make_valid, aoi, args.grid_like)
+                         args.make_valid, aoi, args.grid_like, args.seed_px)
         metrics = evaluate_masks(pair.pred_classes, pair.truth_classes, args.schema, pair.pred_instances,
                                  pair.truth_instances, args.boundary_tolerance, args.object_iou)
     except MagsegError as e:

@@ -61,6 +61,9 @@ class MapConfig:
     max_new_tokens: int = field(default=0, metadata=doc("answer token budget per patch; 0: the longest mask text"))
     simplify_px: float = field(default=1.0, metadata=doc("polygon simplification tolerance in pixels (x GSD)"))
     min_field_px: int = field(default=16, metadata=doc("smallest field kept, in pixels"))
+    seed_px: float = field(default=-1.0, metadata=doc(
+        "fields grow from interior cores deeper than this many pixels, so a boundary drawn with gaps still "
+        "separates fields; -1: the model card's field_seed_px; 0: each interior component is a field"))
     partition_degrees: float = field(default=1.0, metadata=doc("side of the lon/lat cells the GeoParquet is partitioned by"))
 
     def out_root(self) -> str:
@@ -84,6 +87,8 @@ class Plan:
     prompt: object
     model_dir: str
     identity: dict
+    seed_px: float
+    """Core depth of the fields step (``MapConfig.seed_px`` resolved against the model card)."""
 
 
 def plan(cfg: MapConfig, store=None) -> Plan:
@@ -109,10 +114,13 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     aoi = load_aoi(cfg.aoi)
     scenes = load_catalog(cfg.catalog, store).scenes
     tasks = chip_windows(scenes, aoi, chip)
-    identity = {"aoi_sha256": aoi_fingerprint(aoi),
-                "model": model_fingerprint(model_dir), "model_prompt": asdict(card),
+    if cfg.seed_px < 0 and cfg.seed_px != -1:
+        raise ConfigError(f"seed_px {cfg.seed_px}: must be >= 0, or -1 for the model card's")
+    seed_px = card.field_seed_px if cfg.seed_px == -1 else cfg.seed_px
+    chips_by = {k: v for k, v in asdict(card).items() if k != "field_seed_px"}  # the fields step reruns on resume
+    identity = {"aoi_sha256": aoi_fingerprint(aoi), "model": model_fingerprint(model_dir), "model_prompt": chips_by,
                 "chip": {"chip_size": chip_size, "overlap": chip.overlap}}
-    return Plan(cfg, scenes, aoi, tasks, chip, card.prompt(), model_dir, identity)
+    return Plan(cfg, scenes, aoi, tasks, chip, card.prompt(), model_dir, identity, seed_px)
 
 
 def check_output(files, identity: dict) -> bool:

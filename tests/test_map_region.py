@@ -160,6 +160,20 @@ def test_bad_inputs(setup, tmp_path):
     assert job_main()(["--aoi", str(far), "--model", setup["model"], "--out", str(tmp_path / "x")]) == 2
 
 
+def test_the_fields_step_core_depth_comes_from_the_card_unless_given(setup, tmp_path):
+    base = dict(aoi=setup["aoi"], out=str(tmp_path / "o"))
+    cored = tmp_path / "cored"
+    shutil.copytree(setup["model"], cored)
+    card = json.loads((cored / "magseg.json").read_text())
+    (cored / "magseg.json").write_text(json.dumps({**card, "field_seed_px": 16}))
+    assert plan(MapConfig(**base, model=setup["model"])).seed_px == 0  # a card without it
+    p = plan(MapConfig(**base, model=str(cored)))
+    assert p.seed_px == 16 and plan(MapConfig(**base, model=str(cored), seed_px=0)).seed_px == 0
+    assert "field_seed_px" not in p.identity["model_prompt"]  # a finished run resumes under another depth
+    with pytest.raises(ConfigError, match="seed_px -2"):
+        plan(MapConfig(**base, model=str(cored), seed_px=-2))
+
+
 @pytest.mark.slow
 def test_ctrl_c_says_what_was_kept_and_how_to_resume(ray_cluster, setup, tmp_path):
     """Ctrl-C (SIGINT to the job's process group) mid-run: exit 130, one line on what was kept and

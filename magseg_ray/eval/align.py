@@ -19,7 +19,8 @@ where the truth is empty; cut to the AOI's bounds where one is given) at ``resol
 truth's CRS units, or by default at 1 m in the truth's CRS if that is projected in metres, else
 in the truth's UTM zone. Rasters in another CRS or grid are warped onto it with nearest
 resampling. Class masks come from instance rasters via ``classes_from_instances``, and
-instances from class rasters via ``instances_from_classes``.
+instances from class rasters via ``instances_from_classes`` (a prediction's with ``seed_px``, as the
+map's fields step made them; a truth's with every interior component a field).
 
 What is scored, and what is refused:
 
@@ -251,7 +252,7 @@ def _check_overlap(path: Path, bounds, grid: _Grid) -> None:
         raise RasterInputError(f"{path} and {grid.source} do not overlap")
 
 
-def _on_grid(src: _Raster | _Vector, grid: _Grid, schema: Schema) -> tuple[np.ndarray, np.ndarray]:
+def _on_grid(src: _Raster | _Vector, grid: _Grid, schema: Schema, seed_px: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Class mask and instance raster of one input on the grid."""
     if isinstance(src, _Vector):
         parts = src.parts.to_crs(grid.crs)
@@ -277,7 +278,7 @@ def _on_grid(src: _Raster | _Vector, grid: _Grid, schema: Schema) -> tuple[np.nd
         resampling=Resampling.nearest,
     )
     if src.kind == "class":
-        return warped, instances_from_classes(warped, schema)
+        return warped, instances_from_classes(warped, schema, seed_px=seed_px)
     return classes_from_instances(warped, schema), warped
 
 
@@ -299,6 +300,7 @@ def load_pair(
     make_valid: bool = False,
     aoi: shapely.Geometry | None = None,
     grid_like: str | Path | None = None,
+    seed_px: float = 0.0,
 ) -> AlignedPair:
     """Read a prediction and its truth onto one grid (see the module docstring for the rules).
 
@@ -310,7 +312,7 @@ def load_pair(
     grid too coarse for a vector truth; :class:`SchemaError` for a class raster with values
     outside the schema; :class:`ConfigError` for a bad kind or resolution. An empty truth is not
     an error (see :attr:`AlignedPair.warnings`). ``make_valid`` repairs invalid polygons instead
-    of refusing them.
+    of refusing them. ``seed_px`` is the fields step's core depth for a prediction class raster.
     """
     schema = get_schema(schema)
     truth, pred = _read(truth_path, truth_kind, make_valid), _read(pred_path, pred_kind, make_valid)
@@ -318,7 +320,7 @@ def load_pair(
     truth_classes, truth_instances = _on_grid(truth, grid, schema)
     if isinstance(truth, _Vector):
         _check_holds(truth, pred.path, grid, truth_instances)
-    pred_classes, pred_instances = _on_grid(pred, grid, schema)
+    pred_classes, pred_instances = _on_grid(pred, grid, schema, seed_px)
     scored = np.ones(grid.shape, bool)
     if isinstance(pred, _Raster) and not pred.valid.all():
         scored &= _coverage(pred, grid)

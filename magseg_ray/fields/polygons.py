@@ -1,8 +1,8 @@
 """A scene's class raster -> field polygons with fiboa attributes.
 
 Fields are the instances of :func:`~magseg_ray.masks.instances.instances_from_classes` (the
-boundary class keeps touching fields apart, and boundary pixels are given back to the field they
-belong to). Each instance is polygonized on the scene grid, simplified with a tolerance of
+boundary class keeps touching fields apart, boundary pixels are given back to the field they belong
+to, and with ``seed_px`` fields grow from cores, so a boundary with gaps still separates them). Each instance is polygonized on the scene grid, simplified with a tolerance of
 ``simplify_px`` pixels (so the tolerance follows the GSD), and measured in metres in the UTM zone of
 its centroid, which works the same for scenes in any CRS and for polygons merged across zones.
 """
@@ -25,11 +25,11 @@ FIBOA_METHOD = "auto-imagery"
 
 
 def scene_fields(classes: np.ndarray, confidence: np.ndarray, transform: Affine, crs: str, schema: Schema,
-                 simplify_px: float = 1.0, min_field_px: int = 16) -> gpd.GeoDataFrame:
+                 simplify_px: float = 1.0, min_field_px: int = 16, seed_px: float = 0.0) -> gpd.GeoDataFrame:
     """Field polygons of one scene, in EPSG:4326, with ``confidence`` (mean over the field's
     pixels) and ``pixels``; fields smaller than ``min_field_px`` pixels are dropped."""
     valid = classes != NO_DATA
-    inst = instances_from_classes(np.where(valid, classes, 0), schema)
+    inst = instances_from_classes(np.where(valid, classes, 0), schema, seed_px=seed_px)
     inst[~valid] = 0
     n = int(inst.max())
     columns = {"instance": [], "pixels": [], "confidence": [], "geometry": []}

@@ -21,7 +21,7 @@ PARTIAL = "fields.partial"
 
 
 def reduce_scene(scene: dict, chip_ids: list[str], owned, seam, files_root: str, store, chip, prompt,
-                 simplify_px: float, min_field_px: int, degrees: float) -> dict:
+                 simplify_px: float, min_field_px: int, seed_px: float, degrees: float) -> dict:
     """Stitch one scene, write its class raster and final fields; return its seam pieces and stats."""
     from magseg_ray.chips.windows import scene_transform
     from magseg_ray.fields.polygons import scene_fields
@@ -34,7 +34,7 @@ def reduce_scene(scene: dict, chip_ids: list[str], owned, seam, files_root: str,
     transform = scene_transform(row)
     classes, confidence, patches = stitch_scene(files, chip_ids, int(row["height"]), int(row["width"]), chip, prompt.patch_size)
     write_mask(files, f"masks/{row['id']}.tif", classes, transform, row["crs"], schema)
-    fields = scene_fields(classes, confidence, transform, row["crs"], schema, simplify_px, min_field_px)
+    fields = scene_fields(classes, confidence, transform, row["crs"], schema, simplify_px, min_field_px, seed_px)
     fields["scene_id"] = row["id"]
     tolerance = tolerance_degrees(float(row["gsd"]))
     final, pieces = split_at_seams(fields, owned, seam, tolerance)
@@ -78,7 +78,8 @@ def reduce_run(plan, files: RunFiles, store, failures: list[dict]) -> dict:
         sid = scene["id"]
         scene = {k: v for k, v in scene.items() if k != "geometry"}
         refs.append(task.remote(scene, by_scene[sid], owned[sid], seam[sid], files.root, store,
-                                plan.chip, plan.prompt, cfg.simplify_px, cfg.min_field_px, cfg.partition_degrees))
+                                plan.chip, plan.prompt, cfg.simplify_px, cfg.min_field_px, plan.seed_px,
+                                cfg.partition_degrees))
     results = []
     for ref in refs:
         try:

@@ -76,6 +76,8 @@ class FieldRoute:
     batch_size: int = 16
     boundary_bias: float = 1.0
     """The model card's decoding bias toward boundary runs."""
+    field_seed_px: float = 0.0
+    """The model card's core depth of its fields (``instances_from_classes``'s ``seed_px``)."""
     max_new_tokens: int | None = None
     """Answer token budget per patch (None: the longest mask text), as the mapping model's."""
     _last: tuple = field(default=(None, None), repr=False)
@@ -88,7 +90,8 @@ class FieldRoute:
 
         model, processor = load_model(path)
         card = read_model_prompt(path) or ModelPrompt()
-        return cls(model, processor, card.prompt(), card.chip_size, select, boundary_bias=card.boundary_bias)
+        return cls(model, processor, card.prompt(), card.chip_size, select, boundary_bias=card.boundary_bias,
+                   field_seed_px=card.field_seed_px)
 
     def _chip_origins(self, box: Box) -> list[tuple[int, int]]:
         """Top-left corners of the chips that cover ``box`` (centred on it when it fits in one)."""
@@ -134,7 +137,7 @@ class FieldRoute:
             return None
         classes = self.classes(image, box)
         if set(wanted) >= set(schema.field_classes):
-            instances = instances_from_classes(classes, schema)
+            instances = instances_from_classes(classes, schema, seed_px=self.field_seed_px)
         else:
             instances = ndimage.label(np.isin(classes, wanted))[0]
         return central_instance(instances, self.select)

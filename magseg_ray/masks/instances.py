@@ -1,4 +1,13 @@
-"""Field instances from a class mask, the inverse of :func:`.schemas.classes_from_instances`."""
+"""Field instances from a class mask, the inverse of :func:`.schemas.classes_from_instances`.
+
+Two rules, one function. With ``seed_px = 0`` (truth masks, rewards, the default) each 4-connected
+component of the field interior is a field. A model's map needs more: its boundary lines have gaps
+(a patch where the decoder missed the edge), and one gap joins two fields into one component. With
+``seed_px > 0`` fields grow from *cores*, the interior pixels deeper than ``seed_px`` inside the
+interior (Euclidean distance to the nearest non-interior pixel), so two fields stay apart wherever
+the boundary between them holds for more than ``2 * seed_px`` pixels; the gap goes to the nearer core.
+Mapping uses half the model's patch size, so a boundary missed in one patch still separates.
+"""
 
 from __future__ import annotations
 
@@ -15,16 +24,18 @@ boundaries up to ``MAX_BOUNDARY_WIDTH`` px deep, measured at a corner."""
 
 
 def instances_from_classes(
-    mask: np.ndarray, schema: str | Schema = "fields3", reach: float = BOUNDARY_REACH
+    mask: np.ndarray, schema: str | Schema = "fields3", reach: float = BOUNDARY_REACH, seed_px: float = 0.0
 ) -> np.ndarray:
     """Field instance raster (int32; 0 = no field, 1..n = fields) from a class mask.
 
     Fields are the 4-connected components of the field *interior*: pixels of
-    ``schema.field_classes`` other than ``schema.boundary_class``. Each boundary pixel then joins
-    the interior component nearest to it (Euclidean distance; ties go to whichever the distance
-    transform finds) if that lies within ``reach`` pixels; the remaining boundary pixels form
-    components of their own. For schemas without a boundary class, fields are simply the
-    4-connected components of the field classes.
+    ``schema.field_classes`` other than ``schema.boundary_class`` (or, with ``seed_px > 0``, the
+    cores of the module docstring plus each interior component that holds no core, every other
+    interior pixel joining the nearest of them). Each boundary pixel then joins the field nearest
+    to it (Euclidean distance; ties go to whichever the distance transform finds) if that lies
+    within ``reach`` pixels; the remaining boundary pixels form components of their own. For
+    schemas without a boundary class, fields are simply the 4-connected components of the field
+    classes.
     """
     schema = get_schema(schema)
     mask = schema.check_mask(mask)
@@ -32,7 +43,10 @@ def instances_from_classes(
     if schema.boundary_class is None:
         return ndimage.label(field)[0].astype(np.int32)
     boundary = mask == schema.boundary_class
-    labels, n = ndimage.label(field & ~boundary)
+    interior = field & ~boundary
+    labels, n = ndimage.label(interior)
+    if seed_px > 0 and n:
+        labels, n = _grown_cores(interior, labels, n, seed_px)
     if n:  # the feature transform alone; distances only where they are asked (boundary pixels)
         rows, cols = ndimage.distance_transform_edt(labels == 0, return_distances=False, return_indices=True)
         at = np.nonzero(boundary)
@@ -44,3 +58,20 @@ def instances_from_classes(
     lone, _ = ndimage.label(rest)
     labels[rest] = lone[rest] + n
     return labels.astype(np.int32)
+
+
+def _grown_cores(interior: np.ndarray, parts: np.ndarray, m: int, seed_px: float) -> tuple[np.ndarray, int]:
+    """The interior split into fields grown from cores: each 4-connected core (interior deeper than
+    ``seed_px``) numbered, every other pixel of a component of ``parts`` (``m`` of them) that holds
+    a core joining the nearest core; then each component that holds no core, whole."""
+    cores, n = ndimage.label(ndimage.distance_transform_edt(interior) > seed_px)
+    has_core = np.zeros(m + 1, bool)
+    has_core[parts[cores > 0]] = True
+    if n:
+        rows, cols = ndimage.distance_transform_edt(cores == 0, return_distances=False, return_indices=True)
+        grow = has_core[parts] & (cores == 0) & interior
+        cores[grow] = cores[rows[grow], cols[grow]]
+    coreless = (parts > 0) & ~has_core[parts]
+    extra, k = ndimage.label(coreless)
+    cores[coreless] = extra[coreless] + n
+    return cores, n + k

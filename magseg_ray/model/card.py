@@ -48,6 +48,11 @@ class ModelPrompt:
     """Decoding, not prompting: greedy answers multiply the probability of starting a boundary run
     by this (chosen on training scenes; see ``GenerationSettings.boundary_bias``). Every job that
     maps with the model uses it."""
+    field_seed_px: float = 0.0
+    """Fields, not prompting: the model's fields grow from interior cores deeper than this many
+    pixels, so a boundary the model drew with gaps still separates two fields (``seed_px`` of
+    :func:`~magseg_ray.masks.instances.instances_from_classes`); 0 (a card without it): each interior
+    component is a field. Every job that turns the model's class map into fields uses it."""
 
     def prompt(self) -> PromptConfig:
         return PromptConfig(schema=self.schema, patch_size=self.patch_size, local_crop=self.local_crop,

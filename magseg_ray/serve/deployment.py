@@ -97,6 +97,7 @@ class TileServer:
         model_dir = settings.model_dir()
         card = read_model_prompt(model_dir) or ModelPrompt()
         self.schema = get_schema(card.schema)
+        self.seed_px = card.field_seed_px if settings.seed_px == -1 else settings.seed_px
         self.patch_size = card.patch_size
         self.chip = ChipConfig.for_chip_size(card.chip_size, settings.overlap)
         fingerprint = model_fingerprint(model_dir)
@@ -127,7 +128,7 @@ class TileServer:
         models, config = s.geoseg_models()
         route = FieldRoute(self.segmenter.model, self.segmenter.processor, card.prompt(), card.chip_size,
                            batch_size=s.patch_batch, max_new_tokens=s.max_new_tokens or None,
-                           boundary_bias=card.boundary_bias)
+                           boundary_bias=card.boundary_bias, field_seed_px=self.seed_px)
         return build_pipeline(models, config, field_route=route)
 
     # ---- chips ------------------------------------------------------------------------------------
@@ -222,7 +223,8 @@ class TileServer:
             self._check_key(request)
             start = time.perf_counter()
             tile, layers = await self._layers(z, x, y)
-            fields = await asyncio.to_thread(tile_fields, layers, tile, self.schema, s.simplify_px, s.min_field_px, self.maps)
+            fields = await asyncio.to_thread(tile_fields, layers, tile, self.schema, s.simplify_px, s.min_field_px,
+                                             self.seed_px, self.maps)
         except MagsegError as e:
             return error_response(e)
         return Response(fields.to_json(na="null", drop_id=True), media_type="application/geo+json",

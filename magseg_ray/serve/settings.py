@@ -65,6 +65,9 @@ class ServeSettings:
         "most model chips one tile may need in one scene; a tile needing more is too coarse for per-patch inference (400)"))
     simplify_px: float = field(default=1.0, metadata=doc("polygon simplification tolerance in pixels (x GSD)"))
     min_field_px: int = field(default=16, metadata=doc("smallest field kept, in pixels"))
+    seed_px: float = field(default=-1.0, metadata=doc(
+        "fields grow from interior cores deeper than this many pixels (as map_region's --seed-px); "
+        "-1: the model card's field_seed_px"))
     min_replicas: int = field(default=1, metadata=doc("replicas (each loads the model); autoscaling lower bound"))
     max_replicas: int = field(default=1, metadata=doc("autoscaling upper bound; equal to --min-replicas: no autoscaling"))
     target_ongoing_requests: float = field(default=4.0, metadata=doc("autoscaling target of ongoing requests per replica"))
@@ -100,6 +103,8 @@ class ServeSettings:
                      "geoseg_max_px"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.seed_px < 0 and self.seed_px != -1:
+            raise ConfigError(f"seed_px must be >= 0, or -1 for the model card's, got {self.seed_px}")
         if self.cache_mb < 0:
             raise ConfigError(f"cache_mb must be >= 0, got {self.cache_mb}")
         if self.geoseg_text_route not in GEOSEG_TEXT_ROUTES:

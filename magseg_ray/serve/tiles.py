@@ -257,7 +257,7 @@ def clip(fields: gpd.GeoDataFrame, area) -> gpd.GeoDataFrame:
 
 
 def tile_fields(layers: list[Layer], tile: Tile, schema: Schema, simplify_px: float, min_field_px: int,
-                maps=None) -> gpd.GeoDataFrame:
+                seed_px: float = 0.0, maps=None) -> gpd.GeoDataFrame:
     """Field polygons of the tile (EPSG:4326): each scene's fields clipped to the part of the tile it
     owns (first scene by id, as ``map_region``'s seams), precomputed ones from their run's fields."""
     from magseg_ray.fields.polygons import measure, scene_fields
@@ -273,7 +273,7 @@ def tile_fields(layers: list[Layer], tile: Tile, schema: Schema, simplify_px: fl
             fields = fields[[sid in str(s).split("+") for s in fields["scene_id"]]].assign(source=f"map:{layer.run}")
         else:
             fields = scene_fields(layer.classes, layer.confidence, layer.transform, layer.scene["crs"], schema,
-                                  simplify_px, min_field_px)
+                                  simplify_px, min_field_px, seed_px)
             fields = measure(fields).assign(scene_id=sid, source="model")
         parts.append(clip(fields, owned[sid])[FIELD_COLUMNS])
     frames = [p for p in parts if len(p)]

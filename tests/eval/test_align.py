@@ -301,3 +301,24 @@ def test_job_scores_a_runs_fields_on_the_runs_aoi(tmp_path, capsys):
     assert _job().main(["--pred", str(pred), "--truth", truth, "--aoi", str(other)]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["aoi"] == str(other) and metrics["object"]["field"]["recall"] == 0.5
+
+
+def test_job_grows_a_class_maps_fields_from_cores_with_seed_px(tmp_path, capsys):
+    """Two fields whose boundary a map drew with a gap: one field with each interior component a
+    field, both found with --seed-px (the map's fields step), the truth's fields unchanged."""
+    fields = [box(300_000, 4_599_960, 300_040, 4_600_040), box(300_040, 4_599_960, 300_080, 4_600_040)]
+    truth = str(write_fields(tmp_path / "truth.gpkg", fields))
+    classes = np.ones((80, 80), np.uint8)
+    classes[:, 38:42] = 2
+    classes[36:44, 38:42] = 1  # the gap
+    pred = str(write_tif(tmp_path / "pred.tif", classes))
+    scores = []
+    for seed in ("0", "12"):
+        assert _job().main(["--pred", pred, "--truth", truth, "--seed-px", seed]) == 0
+        scores.append(json.loads(capsys.readouterr().out)["instance"]["field"])
+    assert scores[0]["n_pred"] == 1 and scores[1]["n_pred"] == 2
+    assert scores[1]["one_to_one_mean_iou"] > 0.9 > 0.6 > scores[0]["one_to_one_mean_iou"]
+    assert scores[0]["n_truth"] == scores[1]["n_truth"] == 2
+    with pytest.raises(SystemExit):
+        _job().main(["--pred", pred, "--truth", truth, "--seed-px", "-1"])
+    assert "--seed-px -1.0: must be >= 0" in capsys.readouterr().err

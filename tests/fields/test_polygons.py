@@ -31,9 +31,9 @@ def reference_instances(mask, schema, reach):
     return labels.astype(np.int32)
 
 
-def reference_fields(classes, confidence, transform, crs, schema, simplify_px=1.0, min_field_px=16):
+def reference_fields(classes, confidence, transform, crs, schema, simplify_px=1.0, min_field_px=16, seed_px=0.0):
     valid = classes != NO_DATA
-    inst = instances_from_classes(np.where(valid, classes, 0), schema)
+    inst = instances_from_classes(np.where(valid, classes, 0), schema, seed_px=seed_px)
     inst[~valid] = 0
     ids = np.arange(1, int(inst.max()) + 1)
     pixels = ndimage.sum_labels(np.ones_like(inst), inst, ids)
@@ -71,11 +71,12 @@ def test_instances_are_the_reference_instances(mosaic):
         assert np.array_equal(instances_from_classes(mask, schema, reach), reference_instances(mask, schema, reach))
 
 
-def test_fields_are_the_reference_fields(mosaic):
+@pytest.mark.parametrize("seed_px", [0.0, 16.0])
+def test_fields_are_the_reference_fields(mosaic, seed_px):
     classes, confidence = mosaic
     schema = get_schema("fields3")
     args = (classes, confidence, from_origin(500_000, 1_400_000, 0.5, 0.5), "EPSG:32648", schema)
-    got, want = scene_fields(*args), reference_fields(*args)
+    got, want = scene_fields(*args, seed_px=seed_px), reference_fields(*args, seed_px=seed_px)
     assert len(got) > 100 and list(got.columns) == list(want.columns)
     assert got["instance"].tolist() == want["instance"].tolist()
     assert got["pixels"].tolist() == want["pixels"].tolist()

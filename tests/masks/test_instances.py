@@ -92,3 +92,42 @@ def test_schema_without_boundary_class():
 def test_values_outside_schema_raise():
     with pytest.raises(SchemaError):
         instances_from_classes(np.array([[3]], np.uint8), "fields3")
+
+
+def _two_fields_with_a_gap(gap: int) -> np.ndarray:
+    """Two 64 x 64 fields side by side, parted by a 4 px boundary line that misses ``gap`` rows
+    in the middle (a patch where a model did not draw the edge)."""
+    mask = np.ones((64, 132), np.uint8)
+    mask[:, 64:68] = 2
+    mask[32 - gap // 2 : 32 + gap - gap // 2, 64:68] = 1
+    return mask
+
+
+@pytest.mark.parametrize("gap", [8, 32])
+def test_cores_keep_fields_apart_across_a_gap_in_their_boundary(gap):
+    mask = _two_fields_with_a_gap(gap)
+    assert instances_from_classes(mask, "fields3").max() == 1  # one interior component: one field
+    out = instances_from_classes(mask, "fields3", seed_px=16)
+    assert out.max() == 2
+    left, right = out[:, :60], out[:, 72:]
+    assert np.unique(left).size == 1 and np.unique(right).size == 1 and left[0, 0] != right[0, 0]
+    assert (out > 0).all()  # every field pixel, boundary and gap included, belongs to a field
+    split = out[32]  # the gap row is cut where the boundary line runs
+    assert 60 <= np.flatnonzero(split != split[0])[0] <= 72
+
+
+def test_a_gap_wider_than_twice_the_core_depth_joins_the_fields():
+    mask = _two_fields_with_a_gap(48)
+    assert instances_from_classes(mask, "fields3", seed_px=16).max() == 1
+    assert instances_from_classes(mask, "fields3", seed_px=25).max() == 2
+
+
+def test_a_field_too_narrow_for_a_core_stays_one_field():
+    mask = np.zeros((40, 80), np.uint8)
+    mask[:, :40] = 1  # a field wide enough for a core
+    mask[:, 40:42] = 2
+    mask[:, 42:52] = 1  # a 10 px strip: no pixel is 16 px deep
+    out = instances_from_classes(mask, "fields3", seed_px=16)
+    assert out.max() == 2
+    assert np.unique(out[:, 43:52]).size == 1 and out[0, 43] != out[0, 0]
+    assert same_partition(out, instances_from_classes(mask, "fields3"))

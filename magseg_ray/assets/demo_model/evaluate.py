@@ -8,9 +8,12 @@ square of side 2M metres at each scene's centre instead), writes both baselines
 (``jobs/baseline.py``) on exactly the mapped pixels, and scores, against ``<scene>.fields.gpkg``
 with the rules of ``jobs/evaluate.py`` (``--make-valid``; truth blanked where a map has no data):
 
-- ``model``: the map's class raster (``masks/<scene>.tif``);
+- ``model``: the map's class raster (``masks/<scene>.tif``), its fields made as the map's fields
+  step makes them (cores deeper than the card's ``field_seed_px``);
 - ``model_fields``: the map's polygons (``fields.gpkg``) on the same pixel grid, on the run's AOI;
-- ``threshold`` and ``everything``: the baselines' class rasters.
+- ``threshold`` and ``everything``: the baselines' class rasters, each interior component a field;
+- ``threshold_cores`` (only for a card with ``field_seed_px``): the threshold's class raster through
+  the model's fields step, so that the model is compared with the better of the two.
 
 Scores of each: field instance mean IoU (majority-overlap matching), one-to-one mean IoU (each truth
 field by its best single piece), Fields of The World's object precision, recall and F1 (one-to-one
@@ -45,20 +48,22 @@ from magseg_ray.chips.pipeline import split_of
 from magseg_ray.eval.align import load_pair, run_aoi
 from magseg_ray.eval.baselines import baseline_classes
 from magseg_ray.eval.metrics import evaluate_masks
+from magseg_ray.model.card import ModelPrompt, read_model_prompt
 from magseg_ray.model.checkpoint import DEMO_MODEL
 from magseg_ray.scenes.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
-MAPS = ("model", "model_fields", "threshold", "everything", "ceiling")
-"""Maps scored per scene, in table order (``ceiling`` only with ``--ceiling``)."""
+MAPS = ("model", "model_fields", "threshold", "threshold_cores", "everything", "ceiling")
+"""Maps scored per scene, in table order (``threshold_cores`` only for a card with ``field_seed_px``,
+``ceiling`` only with ``--ceiling``)."""
 MEANS = ("field_instance_mean_iou", "field_one_to_one_mean_iou", "field_pixel_iou", "mean_dice")
 """Scores averaged over scenes; object scores are pooled from the summed counts instead."""
 
 
-def _score(path: Path, truth: Path, aoi=None, grid_like: Path | None = None) -> dict:
-    pair = load_pair(path, truth, "fields3", make_valid=True, aoi=aoi, grid_like=grid_like)
+def _score(path: Path, truth: Path, aoi=None, grid_like: Path | None = None, seed_px: float = 0.0) -> dict:
+    pair = load_pair(path, truth, "fields3", make_valid=True, aoi=aoi, grid_like=grid_like, seed_px=seed_px)
     m = evaluate_masks(pair.pred_classes, pair.truth_classes, "fields3", pair.pred_instances, pair.truth_instances)
     field, objects = m["instance"]["field"], m["object"]["field"]
     return {"field_instance_mean_iou": field["mean_iou"], "field_one_to_one_mean_iou": field["one_to_one_mean_iou"],
@@ -208,7 +213,7 @@ def _aoi(val, half_side: float) -> gpd.GeoSeries:
     return gpd.GeoSeries(shapes, crs=4326)
 
 
-def _scene(row, data: Path, out: Path, names: tuple, ceiling, aoi) -> dict:
+def _scene(row, data: Path, out: Path, names: tuple, ceiling, aoi, seed_px: float) -> dict:
     """Every map of one scene, scored; the baselines (and the ceiling) written on the model's mapped pixels."""
     pred, truth = out / "map" / "masks" / f"{row.id}.tif", data / f"{row.id}.fields.gpkg"
     with rasterio.open(pred) as src:
@@ -218,7 +223,10 @@ def _scene(row, data: Path, out: Path, names: tuple, ceiling, aoi) -> dict:
     result = {"scene": row.id}
     for name in names:
         if name == "model":
-            result[name] = _score(pred, truth)
+            result[name] = _score(pred, truth, seed_px=seed_px)
+            continue
+        if name == "threshold_cores":
+            result[name] = _score(out / f"{row.id}.threshold.tif", truth, seed_px=seed_px)
             continue
         if name == "model_fields":
             result[name] = _score(out / "map" / "fields.gpkg", truth, aoi, grid_like=pred)
@@ -256,10 +264,11 @@ def main() -> None:
                     "--model", args.model, "--out", str(out / "map"), "--cpus-per-actor", "1"], check=True)
     aoi, _ = run_aoi(out / "map" / "fields.gpkg")
     ceiling = _ceiling(args.model, data, scenes, args.ceiling, out) if args.ceiling else None
-    names = MAPS if ceiling else MAPS[:-1]
+    card = read_model_prompt(args.model) or ModelPrompt()
+    names = [n for n in MAPS if (n != "ceiling" or ceiling) and (n != "threshold_cores" or card.field_seed_px)]
     rows = []
     for row in val.itertuples():
-        rows.append(_scene(row, data, out, names, ceiling, aoi))
+        rows.append(_scene(row, data, out, names, ceiling, aoi, card.field_seed_px))
         print(json.dumps(rows[-1]), flush=True)
     means = {name: _pooled(rows, name) for name in names}
     area = f"squares of {2 * args.half_side:g} m" if args.half_side else "whole scenes"
