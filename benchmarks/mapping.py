@@ -10,7 +10,8 @@
    Greedy decoding, so both give the same answers; ``answers_equal`` reports the share that do.
 2. Reducer: polygonizing, simplifying and measuring the fields of a ``reducer_px`` square class
    mask at 0.5 m tiled from synthetic smallholder scenes (about 210 fields per 512 m), in km² per
-   second of one core; the country-scale arithmetic lives in the scale plan.
+   second of one core, with the model card's ``field_seed_px`` (fields grown from cores, as the
+   map's fields step does; ``reducer_seed_px``); the country-scale arithmetic lives in the scale plan.
 
 Prints one JSON line; ``ratio`` = actor patches/s / baseline patches/s (wall clock);
 ``cpu_ratio`` and ``reducer_km2_per_cpu_s`` use the process's CPU time instead, the fair clock on a
@@ -50,7 +51,7 @@ def demo_chips(chip_size: int, count: int) -> list[np.ndarray]:
     return [read_chip(t).image for t in tasks]
 
 
-def reducer_km2_per_s(size_px: int) -> dict:
+def reducer_km2_per_s(size_px: int, seed_px: float) -> dict:
     from rasterio.transform import from_origin
 
     from magseg_ray.fields.polygons import measure, scene_fields
@@ -64,10 +65,11 @@ def reducer_km2_per_s(size_px: int) -> dict:
     mosaic = np.block([[fields3[(i + j) % 4] for j in range(n)] for i in range(n)])
     confidence = np.ones(mosaic.shape, np.float32)
     start, cpu = time.perf_counter(), time.process_time()
-    fields = measure(scene_fields(mosaic, confidence, from_origin(500_000, 1_400_000, 0.5, 0.5), "EPSG:32648", schema))
+    fields = measure(scene_fields(mosaic, confidence, from_origin(500_000, 1_400_000, 0.5, 0.5), "EPSG:32648", schema,
+                                  seed_px=seed_px))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     km2 = (mosaic.shape[0] * 0.5) * (mosaic.shape[1] * 0.5) / 1e6
-    return {"reducer_km2": round(km2, 3), "reducer_fields": len(fields), "reducer_seconds": round(seconds, 2),
+    return {"reducer_km2": round(km2, 3), "reducer_seed_px": seed_px, "reducer_fields": len(fields), "reducer_seconds": round(seconds, 2),
             "reducer_km2_per_s": round(km2 / seconds, 3), "reducer_cpu_seconds": round(cpu, 2),
             "reducer_km2_per_cpu_s": round(km2 / cpu, 3)}
 
@@ -105,7 +107,7 @@ def main(argv=None) -> dict:
         "baseline_patches_per_s": round(n / naive_s, 2), "ratio": round(naive_s / actor_s, 2),
         "actor_cpu_s": round(actor_cpu, 2), "baseline_cpu_s": round(naive_cpu, 2), "cpu_ratio": round(naive_cpu / actor_cpu, 2),
         "answers_equal": round(sum(a.text == b.text for a, b in zip(fast, naive)) / n, 4),
-        **reducer_km2_per_s(args.reducer_px),
+        **reducer_km2_per_s(args.reducer_px, card.field_seed_px),
     }
     print(json.dumps(result))
     return result
