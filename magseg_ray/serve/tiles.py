@@ -239,7 +239,7 @@ def classes_of_png(data: bytes, schema: Schema) -> np.ndarray:
     return out
 
 
-FIELD_COLUMNS = ["scene_id", "confidence", "pixels", "metrics:area", "metrics:perimeter", "source", "geometry"]
+FIELD_COLUMNS = ["id", "scene_id", "confidence", "pixels", "metrics:area", "metrics:perimeter", "source", "geometry"]
 
 
 def _polygonal(geom):
@@ -274,7 +274,8 @@ def tile_fields(layers: list[Layer], tile: Tile, schema: Schema, simplify_px: fl
         else:
             fields = scene_fields(layer.classes, layer.confidence, layer.transform, layer.scene["crs"], schema,
                                   simplify_px, min_field_px, seed_px)
-            fields = measure(fields).assign(scene_id=sid, source="model")
+            ids = [f"{sid}-tile-{i:06d}" for i in fields["instance"]]  # this tile's fields, numbered in it
+            fields = measure(fields).assign(id=ids, scene_id=sid, source="model")
         parts.append(clip(fields, owned[sid])[FIELD_COLUMNS])
     frames = [p for p in parts if len(p)]
     if not frames:

@@ -277,6 +277,7 @@ def test_tiles_match_map_region_and_precomputed_maps_are_served(mapped):
     status, headers, body = get(f"{url}/tiles/{INSIDE}.geojson")
     fields = gpd.GeoDataFrame.from_features(json.loads(body)["features"], crs="EPSG:4326")
     assert status == 200 and len(fields) > 0 and set(fields["scene_id"]) == {"synth_900"}
+    assert fields["id"].str.startswith("synth_900-tile-").all() and fields["id"].is_unique  # the viewer counts by id
     assert fields.within(INSIDE.footprint.buffer(1e-9)).all()
     reference = gpd.read_parquet(mapped["run"] / "fields").clip(INSIDE.footprint)
     a, b = fields.union_all(), reference.union_all()
@@ -289,6 +290,8 @@ def test_tiles_match_map_region_and_precomputed_maps_are_served(mapped):
     assert status == 200 and headers["X-Tile-Source"] == "map"
     features = json.loads(body)["features"]
     assert features and {f["properties"]["source"] for f in features} == {f"map:{mapped['run']}"}
+    ids = {f["id"] for f in gpd.read_parquet(mapped["run"] / "fields", columns=["id"]).itertuples()}
+    assert {f["properties"]["id"] for f in features} <= ids  # the run's own field ids
     assert get(f"{url}/precomputed/tiles/{SEAM}.png")[1]["X-Tile-Source"] == "model"  # not covered by the run
 
 
