@@ -41,3 +41,14 @@ def test_scenes_pool_into_object_scores_and_a_table():
     assert (m["object_precision"], m["object_recall"], m["object_f1"]) == (5 / 8, 5 / 15, 10 / 23)
     table = ev._table({"model": m}, 15).splitlines()
     assert table[2] == "| model | 0.400 | 0.200 | 0.625 | 0.333 | 0.435 | 8 | 0.800 |"
+
+
+def test_the_train_split_picks_training_scenes_only():
+    from magseg_ray.chips.pipeline import split_of
+
+    ev, scenes = _script(), load_catalog(DATA).scenes
+    val, train = ev._scenes_of(scenes, "val"), ev._scenes_of(scenes, "train")
+    assert all(split_of(s, 0.2) == "val" for s in val["id"]) and all(split_of(s, 0.2) == "train" for s in train["id"])
+    assert 1 <= len(train) <= ev.TRAIN_SCENES and set(train["id"]).isdisjoint(val["id"])
+    every = sorted(s for s in scenes["id"] if split_of(s, 0.2) == "train")[:: ev.TRAIN_EVERY][: ev.TRAIN_SCENES]
+    assert list(train["id"]) == every

@@ -21,6 +21,10 @@ matches at IoU > 0.5; over all scenes, from the summed counts), field pixel IoU,
 Prints one JSON line per scene, a table, and last one JSON line that sums up the run (the line to
 compare models by); writes ``eval.json``. Rerunning with the same ``--out`` resumes the map.
 
+``--split train`` maps four training scenes instead (every sixth by id, with ``--half-side``
+usually), so that a setting such as the bias or the core depth is chosen without looking at the
+held-out scenes; ``--seed-px`` maps and scores at another core depth than the model card's.
+
 ``--ceiling STEPS`` also scores what a perfect decoder could get from the model's image tokens: the
 tower and a per-pixel linear head on the crop tokens are trained for STEPS steps on the training
 scenes (as ``jobs/pretrain_vision.py --crop-scale 1 --sub-cells 4 --boundary-width 6`` does, chips
@@ -213,6 +217,16 @@ def _aoi(val, half_side: float) -> gpd.GeoSeries:
     return gpd.GeoSeries(shapes, crs=4326)
 
 
+TRAIN_EVERY, TRAIN_SCENES = 6, 4
+"""``--split train`` maps every ``TRAIN_EVERY``-th training scene by id, ``TRAIN_SCENES`` of them."""
+
+
+def _scenes_of(scenes, split: str):
+    """The held-out scenes (``val``), or a few training scenes (``train``)."""
+    chosen = scenes[[split_of(s, 0.2) == split for s in scenes["id"]]]
+    return chosen if split == "val" else chosen.sort_values("id").iloc[::TRAIN_EVERY][:TRAIN_SCENES]
+
+
 def _scene(row, data: Path, out: Path, names: tuple, ceiling, aoi, seed_px: float) -> dict:
     """Every map of one scene, scored; the baselines (and the ceiling) written on the model's mapped pixels."""
     pred, truth = out / "map" / "masks" / f"{row.id}.tif", data / f"{row.id}.fields.gpkg"
@@ -249,34 +263,42 @@ def main() -> None:
                    help="map only a square of side 2M metres at each scene's centre (default 0: whole scenes)")
     p.add_argument("--ceiling", type=int, default=0, metavar="STEPS",
                    help="also score a per-pixel head on the model's image tokens, trained STEPS steps (see above)")
+    p.add_argument("--split", choices=("val", "train"), default="val",
+                   help="val (default): the held-out scenes; train: four training scenes (every sixth by id), to "
+                   "choose settings without looking at the held-out ones")
+    p.add_argument("--seed-px", type=float, default=-1.0,
+                   help="core depth of the fields step, for the map and its scores (default -1: the model card's)")
     args = p.parse_args()
     if args.ceiling < 0:
         p.error(f"--ceiling {args.ceiling}: the number of training steps must be >= 0")
     if args.half_side < 0:
         p.error(f"--half-side {args.half_side}: must be >= 0 (0: whole scenes)")
+    if args.seed_px < 0 and args.seed_px != -1:
+        p.error(f"--seed-px {args.seed_px}: must be >= 0, or -1 for the model card's")
     data, out = Path(args.data), Path(args.out)
     scenes = load_catalog(data).scenes
-    val = scenes[[split_of(s, 0.2) == "val" for s in scenes["id"]]]
+    val = _scenes_of(scenes, args.split)
     out.mkdir(parents=True, exist_ok=True)
-    aoi_path = out / "val_aoi.geojson"
+    aoi_path = out / f"{args.split}_aoi.geojson"
     aoi_path.write_text(_aoi(val, args.half_side).to_json())
+    seed_px = (read_model_prompt(args.model) or ModelPrompt()).field_seed_px if args.seed_px == -1 else args.seed_px
     subprocess.run([sys.executable, str(ROOT / "jobs/map_region.py"), "--aoi", str(aoi_path), "--catalog", str(data),
-                    "--model", args.model, "--out", str(out / "map"), "--cpus-per-actor", "1"], check=True)
+                    "--model", args.model, "--out", str(out / "map"), "--cpus-per-actor", "1",
+                    "--seed-px", str(seed_px)], check=True)
     aoi, _ = run_aoi(out / "map" / "fields.gpkg")
     ceiling = _ceiling(args.model, data, scenes, args.ceiling, out) if args.ceiling else None
-    card = read_model_prompt(args.model) or ModelPrompt()
-    names = [n for n in MAPS if (n != "ceiling" or ceiling) and (n != "threshold_cores" or card.field_seed_px)]
+    names = [n for n in MAPS if (n != "ceiling" or ceiling) and (n != "threshold_cores" or seed_px)]
     rows = []
     for row in val.itertuples():
-        rows.append(_scene(row, data, out, names, ceiling, aoi, card.field_seed_px))
+        rows.append(_scene(row, data, out, names, ceiling, aoi, seed_px))
         print(json.dumps(rows[-1]), flush=True)
     means = {name: _pooled(rows, name) for name in names}
     area = f"squares of {2 * args.half_side:g} m" if args.half_side else "whole scenes"
     n_truth = sum(r["n_truth"] for r in rows)
-    print(f"\n{len(rows)} held-out scenes, {area}; IoUs are means over scenes, object scores pooled over them\n")
+    print(f"\n{len(rows)} {'held-out' if args.split == 'val' else 'training'} scenes, {area}, core depth {seed_px:g}; IoUs are means over scenes, object scores pooled over them\n")
     print(_table(means, n_truth) + "\n")
     run = json.loads((out / "map" / "run.json").read_text())
-    summary = {"model": args.model, "model_fingerprint": run["model"], "area": area,
+    summary = {"model": args.model, "model_fingerprint": run["model"], "split": args.split, "seed_px": seed_px, "area": area,
                "scenes": [r["scene"] for r in rows], "n_truth": n_truth, "mean": means}
     if ceiling:
         summary["ceiling"] = {"steps": args.ceiling, "boundary_threshold": ceiling.threshold,
