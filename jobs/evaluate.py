@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the job; return the exit status (0, or 2 on a user error)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.seed_px < 0:
+    if not args.seed_px >= 0:  # NaN too
         parser.error(f"--seed-px {args.seed_px}: must be >= 0")
     try:
         found = (load_aoi(args.aoi), args.aoi) if args.aoi else run_aoi(args.pred)

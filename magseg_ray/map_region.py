@@ -114,7 +114,7 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     aoi = load_aoi(cfg.aoi)
     scenes = load_catalog(cfg.catalog, store).scenes
     tasks = chip_windows(scenes, aoi, chip)
-    if cfg.seed_px < 0 and cfg.seed_px != -1:
+    if not (cfg.seed_px >= 0 or cfg.seed_px == -1):  # NaN too
         raise ConfigError(f"seed_px {cfg.seed_px}: must be >= 0, or -1 for the model card's")
     seed_px = card.field_seed_px if cfg.seed_px == -1 else cfg.seed_px
     chips_by = {k: v for k, v in asdict(card).items() if k != "field_seed_px"}  # the fields step reruns on resume

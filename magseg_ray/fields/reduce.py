@@ -111,7 +111,7 @@ def reduce_run(plan, files: RunFiles, store, failures: list[dict]) -> dict:
     write_geopackage(files, "fields.gpkg", fields)
     files.write_with("preview.png", lambda path: write_preview(
         path, plan.scenes, owned, fields, store, title=f"{len(fields)} fields, {cfg.aoi}"))
-    return {"aoi": cfg.aoi, "out": files.root, "aoi_km2": round(_aoi_km2(plan.aoi), 4),
+    return {"aoi": cfg.aoi, "out": files.root, "seed_px": plan.seed_px, "aoi_km2": round(_aoi_km2(plan.aoi), 4),
             "mapped_km2": round(float(sum(r["mapped_km2"] for r in results)), 4), "fields": len(fields),
             "fields_merged_at_scene_seams": merged_count, "scenes": len(results),
             "patches": int(sum(r["patches"] for r in results)),

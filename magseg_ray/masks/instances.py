@@ -4,8 +4,9 @@ Two rules, one function. With ``seed_px = 0`` (truth masks, rewards, the default
 component of the field interior is a field. A model's map needs more: its boundary lines have gaps
 (a patch where the decoder missed the edge), and one gap joins two fields into one component. With
 ``seed_px > 0`` fields grow from *cores*, the interior pixels deeper than ``seed_px`` inside the
-interior (Euclidean distance to the nearest non-interior pixel), so two fields stay apart wherever
-the boundary between them holds for more than ``2 * seed_px`` pixels; the gap goes to the nearer core.
+interior (Euclidean distance to the nearest non-interior pixel). Two fields deep enough to hold a
+core stay apart across a gap in the boundary between them no wider than ``2 * seed_px`` pixels; the
+gap goes to the nearer core of the component, and no pixel leaves its own interior component.
 Mapping uses half the model's patch size, so a boundary missed in one patch still separates.
 """
 
@@ -62,16 +63,27 @@ def instances_from_classes(
 
 def _grown_cores(interior: np.ndarray, parts: np.ndarray, m: int, seed_px: float) -> tuple[np.ndarray, int]:
     """The interior split into fields grown from cores: each 4-connected core (interior deeper than
-    ``seed_px``) numbered, every other pixel of a component of ``parts`` (``m`` of them) that holds
-    a core joining the nearest core; then each component that holds no core, whole."""
+    ``seed_px``) numbered, every other pixel of a component of ``parts`` (``m`` of them) joining the
+    nearest core **of its own component** (a component with one core is that core's field whole);
+    then each component that holds no core, whole."""
     cores, n = ndimage.label(ndimage.distance_transform_edt(interior) > seed_px)
-    has_core = np.zeros(m + 1, bool)
-    has_core[parts[cores > 0]] = True
-    if n:
-        rows, cols = ndimage.distance_transform_edt(cores == 0, return_distances=False, return_indices=True)
-        grow = has_core[parts] & (cores == 0) & interior
-        cores[grow] = cores[rows[grow], cols[grow]]
-    coreless = (parts > 0) & ~has_core[parts]
+    owner = np.zeros(n + 1, np.int64)  # the component each core lies in
+    at = cores > 0
+    owner[cores[at]] = parts[at]
+    count = np.bincount(owner[1:], minlength=m + 1)  # cores per component
+    count[0] = 0
+    alone = np.zeros(m + 1, np.int32)
+    ids = np.arange(1, n + 1, dtype=np.int32)
+    alone[owner[1:][count[owner[1:]] == 1]] = ids[count[owner[1:]] == 1]
+    out = alone[parts]
+    boxes = ndimage.find_objects(parts)
+    for k in np.flatnonzero(count > 1):  # several cores: a feature transform in the component's box
+        box = boxes[k - 1]
+        own = parts[box] == k
+        mine = np.where(own, cores[box], 0)
+        rows, cols = ndimage.distance_transform_edt(mine == 0, return_distances=False, return_indices=True)
+        out[box][own] = mine[rows[own], cols[own]]
+    coreless = (parts > 0) & (count[parts] == 0)
     extra, k = ndimage.label(coreless)
-    cores[coreless] = extra[coreless] + n
-    return cores, n + k
+    out[coreless] = extra[coreless] + n
+    return out, n + k

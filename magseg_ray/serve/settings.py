@@ -103,7 +103,7 @@ class ServeSettings:
                      "geoseg_max_px"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.seed_px < 0 and self.seed_px != -1:
+        if not (self.seed_px >= 0 or self.seed_px == -1):  # NaN too
             raise ConfigError(f"seed_px must be >= 0, or -1 for the model card's, got {self.seed_px}")
         if self.cache_mb < 0:
             raise ConfigError(f"cache_mb must be >= 0, got {self.cache_mb}")

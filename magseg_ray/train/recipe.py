@@ -79,7 +79,7 @@ class RecipeConfig:
 
         # fields grow from cores half a patch deep: a boundary the decoder missed in one patch still separates
         return ModelPrompt(patch_size=32, chip_size=256, crop_scale=1.0, boundary_width=self.boundary_width,
-                           instruction="short", answer_format=self.answer_format, field_seed_px=16.0)
+                           instruction="short", answer_format=self.answer_format, field_seed_px=32 / 2)
 
 
 def _records(sampler, rng: np.random.Generator, n: int, prompt, keep: float) -> list[dict]:

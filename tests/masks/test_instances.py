@@ -131,3 +131,19 @@ def test_a_field_too_narrow_for_a_core_stays_one_field():
     assert out.max() == 2
     assert np.unique(out[:, 43:52]).size == 1 and out[0, 43] != out[0, 0]
     assert same_partition(out, instances_from_classes(mask, "fields3"))
+
+
+def test_cores_never_take_a_pixel_across_a_closed_boundary():
+    """On perfect masks of the synthetic smallholder scenes every field grown from cores lies inside
+    one true field: a core's reach stops at its own interior component (it once took the pixels of
+    a neighbouring field that lay nearer to it than to that field's own core)."""
+    from magseg_ray.scenes.synthetic import SyntheticConfig, make_scene
+
+    for seed in range(2):
+        truth = make_scene(SyntheticConfig(seed=seed, size_px=512)).instances
+        classes = classes_from_instances(truth, "fields3")
+        out = instances_from_classes(classes, "fields3", seed_px=16)
+        inside = (out > 0) & (classes == 1)
+        pairs = np.unique(np.stack([out[inside], truth[inside]]), axis=1)
+        assert pairs.shape[1] == np.unique(out[inside]).size  # one true field per grown field
+        assert (out[classes == 1] > 0).all()

@@ -91,8 +91,9 @@ def test_settings_from_builder_args_and_deployment_options():
         ServeSettings.from_args({"min_zoom": "high"})
     with pytest.raises(ConfigError, match="min_replicas"):
         ServeSettings(min_replicas=3, max_replicas=2)
-    with pytest.raises(ConfigError, match="seed_px"):
-        ServeSettings(seed_px=-3)
+    for bad in (-3, float("nan")):
+        with pytest.raises(ConfigError, match="seed_px"):
+            ServeSettings(seed_px=bad)
 
 
 def test_every_setting_is_a_flag_of_the_job():

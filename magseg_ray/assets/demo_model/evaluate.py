@@ -273,7 +273,7 @@ def main() -> None:
         p.error(f"--ceiling {args.ceiling}: the number of training steps must be >= 0")
     if args.half_side < 0:
         p.error(f"--half-side {args.half_side}: must be >= 0 (0: whole scenes)")
-    if args.seed_px < 0 and args.seed_px != -1:
+    if not (args.seed_px >= 0 or args.seed_px == -1):  # NaN too
         p.error(f"--seed-px {args.seed_px}: must be >= 0, or -1 for the model card's")
     data, out = Path(args.data), Path(args.out)
     scenes = load_catalog(data).scenes
