@@ -19,7 +19,7 @@ from pathlib import Path
 
 from magseg_ray.chips.windows import load_aoi
 from magseg_ray.errors import MagsegError
-from magseg_ray.eval.align import KINDS, load_pair, run_aoi
+from magseg_ray.eval.align import KINDS, load_pair, run_aoi, run_seed_px
 from magseg_ray.eval.metrics import evaluate_masks
 from magseg_ray.files import write_atomic
 from magseg_ray.masks.schemas import SCHEMAS
@@ -49,10 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--aoi", help="score only inside this AOI (vector file; default: the AOI of the "
                    "map_region run that wrote PRED, if it is one)")
     p.add_argument("--grid-like", help="score on this raster's pixel grid")
-    p.add_argument("--seed-px", type=float, default=0.0,
+    p.add_argument("--seed-px", type=float, default=-1.0,
                    help="fields of a PRED class raster grow from interior cores deeper than this many pixels, "
-                   "as map_region's fields step with the model card's field_seed_px (default 0: each interior "
-                   "component is a field)")
+                   "as map_region's fields step does (0: each interior component is a field); default -1: the "
+                   "depth of the map_region run that wrote PRED (its summary.json), else 0")
     p.add_argument("--object-iou", type=float, default=0.5,
                    help="IoU an object match must exceed (Fields of The World: 0.5, the default; >= 0.5)")
     p.add_argument(
@@ -71,13 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the job; return the exit status (0, or 2 on a user error)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if not args.seed_px >= 0:  # NaN too
-        parser.error(f"--seed-px {args.seed_px}: must be >= 0")
+    if not (args.seed_px >= 0 or args.seed_px == -1):  # NaN too
+        parser.error(f"--seed-px {args.seed_px}: must be >= 0, or -1 for the run's")
     try:
         found = (load_aoi(args.aoi), args.aoi) if args.aoi else run_aoi(args.pred)
         aoi, aoi_path = found or (None, None)
+        seed_px = args.seed_px if args.seed_px != -1 else run_seed_px(args.pred) or 0.0
         pair = load_pair(args.pred, args.truth, args.schema, args.pred_kind, args.truth_kind, args.resolution,
-                         args.make_valid, aoi, args.grid_like, args.seed_px)
+                         args.make_valid, aoi, args.grid_like, seed_px)
         metrics = evaluate_masks(pair.pred_classes, pair.truth_classes, args.schema, pair.pred_instances,
                                  pair.truth_instances, args.boundary_tolerance, args.object_iou)
     except MagsegError as e:
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for warning in pair.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    record = {"pred": str(args.pred), "truth": str(args.truth), "aoi": aoi_path, "warnings": list(pair.warnings),
+    record = {"pred": str(args.pred), "truth": str(args.truth), "aoi": aoi_path, "seed_px": seed_px,
+              "warnings": list(pair.warnings),
               **metrics}
     text = json.dumps(record, allow_nan=False)
     if args.out:

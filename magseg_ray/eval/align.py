@@ -343,8 +343,7 @@ def run_aoi(pred_path: str | Path) -> tuple[shapely.Geometry, str] | None:
     The run's ``summary.json`` names the AOI file and its ``run.json`` holds the AOI's
     fingerprint; a file that is gone or changed since the run raises :class:`RasterInputError`.
     """
-    path = Path(pred_path).resolve()
-    root = next((d for d in (path.parent, path.parent.parent) if (d / "run.json").is_file()), None)
+    root = _run_folder(pred_path)
     if root is None:
         return None
     hint = "pass the AOI it was mapped with (--aoi)"
@@ -360,3 +359,22 @@ def run_aoi(pred_path: str | Path) -> tuple[shapely.Geometry, str] | None:
     if aoi_fingerprint(aoi) != expected:
         raise RasterInputError(f"{pred_path}: the AOI file of its run, {aoi_path}, changed since the run: {hint}")
     return aoi, aoi_path
+
+
+def run_seed_px(pred_path: str | Path) -> float | None:
+    """The core depth the ``map_region`` run that wrote ``pred_path`` made its fields with
+    (``seed_px`` of its ``summary.json``), or None outside a run folder or for a run that predates
+    the setting."""
+    root = _run_folder(pred_path)
+    if root is None:
+        return None
+    try:
+        return float(json.loads((root / "summary.json").read_text())["seed_px"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _run_folder(pred_path: str | Path) -> Path | None:
+    """The ``map_region`` run folder holding ``pred_path`` (its ``fields.gpkg`` or ``masks/``)."""
+    path = Path(pred_path).resolve()
+    return next((d for d in (path.parent, path.parent.parent) if (d / "run.json").is_file()), None)

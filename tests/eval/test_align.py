@@ -320,5 +320,28 @@ def test_job_grows_a_class_maps_fields_from_cores_with_seed_px(tmp_path, capsys)
     assert scores[1]["one_to_one_mean_iou"] > 0.9 > 0.6 > scores[0]["one_to_one_mean_iou"]
     assert scores[0]["n_truth"] == scores[1]["n_truth"] == 2
     with pytest.raises(SystemExit):
-        _job().main(["--pred", pred, "--truth", truth, "--seed-px", "-1"])
-    assert "--seed-px -1.0: must be >= 0" in capsys.readouterr().err
+        _job().main(["--pred", pred, "--truth", truth, "--seed-px", "-2"])
+    assert "--seed-px -2.0: must be >= 0" in capsys.readouterr().err
+    assert _job().main(["--pred", pred, "--truth", truth]) == 0  # outside a run folder: each component a field
+    assert json.loads(capsys.readouterr().out)["seed_px"] == 0
+
+
+def test_job_scores_a_runs_class_raster_with_the_runs_core_depth(tmp_path, capsys):
+    from magseg_ray.eval.align import run_seed_px
+
+    aoi_path = tmp_path / "aoi.geojson"
+    run = _run_folder(tmp_path / "run", aoi_path, _aoi_of(box(300_000, 4_599_960, 300_080, 4_600_040), aoi_path))
+    (run / "masks").mkdir()
+    classes = np.ones((80, 80), np.uint8)
+    classes[:, 38:42] = 2
+    classes[36:44, 38:42] = 1  # a gap in the boundary between two fields
+    pred = str(write_tif(run / "masks" / "scene.tif", classes))
+    truth = str(write_fields(tmp_path / "truth.gpkg", [box(300_000, 4_599_960, 300_040, 4_600_040),
+                                                       box(300_040, 4_599_960, 300_080, 4_600_040)]))
+    assert run_seed_px(pred) is None  # a run that predates the setting
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "seed_px": 12}))
+    assert run_seed_px(pred) == 12
+    assert _job().main(["--pred", pred, "--truth", truth]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["seed_px"] == 12 and record["instance"]["field"]["n_pred"] == 2
