@@ -22,6 +22,7 @@ from magseg_ray.errors import MagsegError
 from magseg_ray.eval.align import KINDS, load_pair, run_aoi, run_seed_px
 from magseg_ray.eval.metrics import evaluate_masks
 from magseg_ray.files import write_atomic
+from magseg_ray.masks.instances import resolve_seed_px
 from magseg_ray.masks.schemas import SCHEMAS
 
 
@@ -69,14 +70,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the job; return the exit status (0, or 2 on a user error)."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not (args.seed_px >= 0 or args.seed_px == -1):  # NaN too
-        parser.error(f"--seed-px {args.seed_px}: must be >= 0, or -1 for the run's")
+    args = _parser().parse_args(argv)
     try:
         found = (load_aoi(args.aoi), args.aoi) if args.aoi else run_aoi(args.pred)
         aoi, aoi_path = found or (None, None)
-        seed_px = args.seed_px if args.seed_px != -1 else run_seed_px(args.pred) or 0.0
+        seed_px = resolve_seed_px(args.seed_px, run_seed_px(args.pred) or 0.0)
         pair = load_pair(args.pred, args.truth, args.schema, args.pred_kind, args.truth_kind, args.resolution,
                          args.make_valid, aoi, args.grid_like, seed_px)
         metrics = evaluate_masks(pair.pred_classes, pair.truth_classes, args.schema, pair.pred_instances,

@@ -94,6 +94,7 @@ class Plan:
 def plan(cfg: MapConfig, store=None) -> Plan:
     """Check every input and resolve the run (errors name the input and what is wrong)."""
     from magseg_ray.chips.windows import ChipConfig, aoi_fingerprint, chip_windows, load_aoi
+    from magseg_ray.masks.instances import resolve_seed_px
     from magseg_ray.masks.schemas import get_schema
     from magseg_ray.model.card import ModelPrompt, read_model_prompt
     from magseg_ray.model.checkpoint import check_checkpoint_dir, model_fingerprint
@@ -104,6 +105,7 @@ def plan(cfg: MapConfig, store=None) -> Plan:
         raise ModelLoadError(f"the demo model is missing at {model_dir}; pass --model")
     check_checkpoint_dir(model_dir)
     card = read_model_prompt(model_dir) or ModelPrompt()
+    seed_px = resolve_seed_px(cfg.seed_px, card.field_seed_px)
     schema = get_schema(card.schema)
     if not schema.field_classes:
         raise ConfigError(f"model {model_dir!r} answers in schema {schema.name!r}, which has no field class")
@@ -114,9 +116,6 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     aoi = load_aoi(cfg.aoi)
     scenes = load_catalog(cfg.catalog, store).scenes
     tasks = chip_windows(scenes, aoi, chip)
-    if not (cfg.seed_px >= 0 or cfg.seed_px == -1):  # NaN too
-        raise ConfigError(f"seed_px {cfg.seed_px}: must be >= 0, or -1 for the model card's")
-    seed_px = card.field_seed_px if cfg.seed_px == -1 else cfg.seed_px
     chips_by = {k: v for k, v in asdict(card).items() if k != "field_seed_px"}  # the fields step reruns on resume
     identity = {"aoi_sha256": aoi_fingerprint(aoi), "model": model_fingerprint(model_dir), "model_prompt": chips_by,
                 "chip": {"chip_size": chip_size, "overlap": chip.overlap}}

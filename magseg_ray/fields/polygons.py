@@ -2,7 +2,8 @@
 
 Fields are the instances of :func:`~magseg_ray.masks.instances.instances_from_classes` (the
 boundary class keeps touching fields apart, boundary pixels are given back to the field they belong
-to, and with ``seed_px`` fields grow from cores, so a boundary with gaps still separates them). Each instance is polygonized on the scene grid, simplified with a tolerance of
+to, and with ``seed_px`` fields grow from cores, so a boundary with gaps still separates them). Each
+instance is polygonized on the scene grid, simplified with a tolerance of
 ``simplify_px`` pixels (so the tolerance follows the GSD), and measured in metres in the UTM zone of
 its centroid, which works the same for scenes in any CRS and for polygons merged across zones.
 """

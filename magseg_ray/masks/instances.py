@@ -17,6 +17,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from magseg_ray.errors import ConfigError
 from magseg_ray.masks.schemas import MAX_BOUNDARY_WIDTH, Schema, get_schema
 
 BOUNDARY_REACH = math.ceil(MAX_BOUNDARY_WIDTH * math.sqrt(2))
@@ -61,6 +62,14 @@ def instances_from_classes(
     return labels.astype(np.int32)
 
 
+def resolve_seed_px(value: float, default: float) -> float:
+    """A ``--seed-px`` setting: a depth >= 0 as given, -1 for ``default`` (a model card's or a run's);
+    anything else, NaN included, is a :class:`ConfigError`."""
+    if not (value >= 0 or value == -1):
+        raise ConfigError(f"seed_px {value}: must be >= 0, or -1 for the model card's (or the run's)")
+    return float(default if value == -1 else value)
+
+
 def _grown_cores(interior: np.ndarray, parts: np.ndarray, m: int, seed_px: float) -> tuple[np.ndarray, int]:
     """The interior split into fields grown from cores: each 4-connected core (interior deeper than
     ``seed_px``) numbered, every other pixel of a component of ``parts`` (``m`` of them) joining the
@@ -70,11 +79,10 @@ def _grown_cores(interior: np.ndarray, parts: np.ndarray, m: int, seed_px: float
     owner = np.zeros(n + 1, np.int64)  # the component each core lies in
     at = cores > 0
     owner[cores[at]] = parts[at]
-    count = np.bincount(owner[1:], minlength=m + 1)  # cores per component
-    count[0] = 0
+    count = np.bincount(owner[1:], minlength=m + 1)  # cores per component (a core's component is never 0)
     alone = np.zeros(m + 1, np.int32)
-    ids = np.arange(1, n + 1, dtype=np.int32)
-    alone[owner[1:][count[owner[1:]] == 1]] = ids[count[owner[1:]] == 1]
+    single = np.flatnonzero(count[owner] == 1)  # cores alone in their component (index 0 is not a core)
+    alone[owner[single]] = single
     out = alone[parts]
     boxes = ndimage.find_objects(parts)
     for k in np.flatnonzero(count > 1):  # several cores: a feature transform in the component's box

@@ -84,6 +84,7 @@ class TileServer:
         from magseg_ray.chips.windows import ChipConfig
         from magseg_ray.model.checkpoint import model_fingerprint
         from magseg_ray.masks.schemas import get_schema
+        from magseg_ray.masks.instances import resolve_seed_px
         from magseg_ray.model.card import ModelPrompt, read_model_prompt
         from magseg_ray.model.segmenter import ChipSegmenter
         from magseg_ray.scenes.catalog import load_catalog
@@ -97,7 +98,7 @@ class TileServer:
         model_dir = settings.model_dir()
         card = read_model_prompt(model_dir) or ModelPrompt()
         self.schema = get_schema(card.schema)
-        self.seed_px = card.field_seed_px if settings.seed_px == -1 else settings.seed_px
+        self.seed_px = resolve_seed_px(settings.seed_px, card.field_seed_px)
         self.patch_size = card.patch_size
         self.chip = ChipConfig.for_chip_size(card.chip_size, settings.overlap)
         fingerprint = model_fingerprint(model_dir)

@@ -103,8 +103,9 @@ class ServeSettings:
                      "geoseg_max_px"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not (self.seed_px >= 0 or self.seed_px == -1):  # NaN too
-            raise ConfigError(f"seed_px must be >= 0, or -1 for the model card's, got {self.seed_px}")
+        from magseg_ray.masks.instances import resolve_seed_px
+
+        resolve_seed_px(self.seed_px, 0.0)  # refused here, before any replica starts
         if self.cache_mb < 0:
             raise ConfigError(f"cache_mb must be >= 0, got {self.cache_mb}")
         if self.geoseg_text_route not in GEOSEG_TEXT_ROUTES:

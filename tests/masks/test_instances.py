@@ -4,7 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from magseg_ray.errors import SchemaError
-from magseg_ray.masks.instances import instances_from_classes
+from magseg_ray.errors import ConfigError
+from magseg_ray.masks.instances import instances_from_classes, resolve_seed_px
 from magseg_ray.masks.schemas import classes_from_instances
 
 
@@ -147,3 +148,10 @@ def test_cores_never_take_a_pixel_across_a_closed_boundary():
         pairs = np.unique(np.stack([out[inside], truth[inside]]), axis=1)
         assert pairs.shape[1] == np.unique(out[inside]).size  # one true field per grown field
         assert (out[classes == 1] > 0).all()
+
+
+def test_a_seed_px_setting_is_a_depth_or_minus_one_for_the_default():
+    assert resolve_seed_px(-1, 16) == 16.0 and resolve_seed_px(0, 16) == 0.0 and resolve_seed_px(8.5, 16) == 8.5
+    for bad in (-2, -0.5, float("nan")):
+        with pytest.raises(ConfigError, match="must be >= 0, or -1"):
+            resolve_seed_px(bad, 16)

@@ -51,7 +51,9 @@ from rasterio.windows import Window
 from magseg_ray.chips.pipeline import split_of
 from magseg_ray.eval.align import load_pair, run_aoi
 from magseg_ray.eval.baselines import baseline_classes
+from magseg_ray.errors import ConfigError
 from magseg_ray.eval.metrics import evaluate_masks
+from magseg_ray.masks.instances import resolve_seed_px
 from magseg_ray.model.card import ModelPrompt, read_model_prompt
 from magseg_ray.model.checkpoint import DEMO_MODEL
 from magseg_ray.scenes.catalog import load_catalog
@@ -273,15 +275,16 @@ def main() -> None:
         p.error(f"--ceiling {args.ceiling}: the number of training steps must be >= 0")
     if args.half_side < 0:
         p.error(f"--half-side {args.half_side}: must be >= 0 (0: whole scenes)")
-    if not (args.seed_px >= 0 or args.seed_px == -1):  # NaN too
-        p.error(f"--seed-px {args.seed_px}: must be >= 0, or -1 for the model card's")
+    try:
+        seed_px = resolve_seed_px(args.seed_px, (read_model_prompt(args.model) or ModelPrompt()).field_seed_px)
+    except ConfigError as e:
+        p.error(f"--seed-px: {e}")
     data, out = Path(args.data), Path(args.out)
     scenes = load_catalog(data).scenes
     val = _scenes_of(scenes, args.split)
     out.mkdir(parents=True, exist_ok=True)
     aoi_path = out / f"{args.split}_aoi.geojson"
     aoi_path.write_text(_aoi(val, args.half_side).to_json())
-    seed_px = (read_model_prompt(args.model) or ModelPrompt()).field_seed_px if args.seed_px == -1 else args.seed_px
     subprocess.run([sys.executable, str(ROOT / "jobs/map_region.py"), "--aoi", str(aoi_path), "--catalog", str(data),
                     "--model", args.model, "--out", str(out / "map"), "--cpus-per-actor", "1",
                     "--seed-px", str(seed_px)], check=True)
