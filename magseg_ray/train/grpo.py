@@ -29,7 +29,9 @@ not applied: ratios and KL are of the model's own distribution). ``pi_old`` is t
 sampled (its log-probs are the first update's, detached), so the clip acts from the second update
 on. Answers are re-tokenized canonically for the loss (:func:`magseg_ray.train.batches.collate`).
 A dropped answer (reward raised or was not finite) takes no part; a group with fewer than two
-scored answers has advantage 0.
+scored answers has advantage 0. A flat group (every scored answer rewarded the same: most often
+a one-class patch answered ``*f`` G times) is left out of the update, as in DAPO: its policy
+gradient is zero, so it would only cost a forward and backward pass for its KL term.
 
 Loss aggregation: token-mean (every answer token of the learner's batch weighs the same;
 ``loss_aggregation=sequence`` averages per answer first, as the original GRPO). Mask answers vary
@@ -41,7 +43,8 @@ the policy towards short (blocky) masks when rewarded and spares long wrong mask
 Every step the learner records the lag (its version minus the version each actor reports having
 sampled with; 0 on this synchronous schedule, checked rather than assumed). Checkpoints and resume
 work as in :mod:`magseg_ray.train.sft`; the start policy (version 0) and every ``eval_every``-th
-are scored on the same validation patches (greedy). Outputs under ``storage/run_name``:
+are scored on the same validation patches (greedy, kind-first with the model card's
+``boundary_bias``, as maps are decoded). Outputs under ``storage/run_name``:
 ``adapter/`` (the GRPO LoRA, PEFT), ``model/`` (the policy merged into a plain checkpoint),
 ``metrics.json`` (start, final and gain on validation, history) and ``curves.png``.
 """
@@ -308,6 +311,8 @@ def learner_loop(loop_config: dict) -> None:
         advantages = group_advantages(rewards, scale=not cfg.dr_grpo, eps=cfg.adv_eps)
         answers, adv = [], []
         for gi in range(rank, len(groups), world):
+            if not np.nanstd(rewards[gi]) > 0:  # a flat group: no policy gradient (see module doc)
+                continue
             record = prompts.record(groups[gi]["key"])
             for j, text in enumerate(groups[gi]["texts"]):
                 if not np.isnan(rewards[gi, j]):
@@ -406,7 +411,8 @@ def run_grpo(cfg: GRPOConfig) -> dict:
     pool = RolloutPool.start(cfg.num_actors, cfg.cpus_per_actor, cfg.gpus_per_actor, model_dir=cfg.model,
                              adapter=cfg.adapter or None, lora=cfg.lora(), prompt=prompt, reward=cfg.reward,
                              train_chips=chips_ref, val_records=val, seed=cfg.seed,
-                             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size)
+                             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size,
+                             boundary_bias=cfg.model_prompt().boundary_bias)
     trainer = torch_trainer(learner_loop, {"config": dataclasses.asdict(cfg), "actors": pool.actors, "keys": keys,
                                            "chips": chips_ref}, cfg)
     try:

@@ -70,7 +70,7 @@ class RolloutActor:
 
     def __init__(self, model_dir: str, adapter: str | None, lora: LoraSettings, prompt: PromptConfig,
                  reward: str, train_chips: list[dict], val_records: list[dict], seed: int = 0,
-                 max_new_tokens: int | None = None, batch_size: int = 16):
+                 max_new_tokens: int | None = None, batch_size: int = 16, boundary_bias: float = 1.0):
         import ray
         import torch
 
@@ -87,6 +87,7 @@ class RolloutActor:
         self.train = PromptSet(train_chips, prompt)
         self.val = val_records
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.boundary_bias = boundary_bias  # validation decodes as the maps do (the model card's)
         self.version = -1  # no weights from the learner yet
         self.loads = 0
 
@@ -132,12 +133,13 @@ class RolloutActor:
         return {"version": self.version, "groups": groups, "errors": errors, "seconds": time.perf_counter() - t0}
 
     def evaluate(self, version: int, weights: list) -> dict:
-        """Greedy answers for the validation records, scored (val_dice, val_field_iou)."""
+        """Greedy answers for the validation records, scored (val_dice, val_field_iou): kind-first
+        with the model card's ``boundary_bias``, as every map of the policy is decoded."""
         from magseg_ray.model.generate import GenerationSettings
         from magseg_ray.train.sft import score_patches
 
         self._sync(version, weights)
-        settings = GenerationSettings(self.batch_size, 0.0, self.max_new_tokens)
+        settings = GenerationSettings(self.batch_size, 0.0, self.max_new_tokens, boundary_bias=self.boundary_bias)
         return {**score_patches(self.model, self.processor, self.val, self.prompt, settings), "version": self.version}
 
 
