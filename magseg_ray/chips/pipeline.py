@@ -47,8 +47,9 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _unpng(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+def chip_image(chip_record: dict) -> np.ndarray:
+    """The RGB image of a labelled chip record (stored as PNG bytes)."""
+    return np.asarray(Image.open(io.BytesIO(chip_record["chip_png"])).convert("RGB"))
 
 
 def _task(row: dict) -> ChipTask:
@@ -171,7 +172,7 @@ def patch_records(chip_record: dict, prompt: PromptConfig = PromptConfig()) -> l
     """A labelled chip record's patch instruction records (patches that lie wholly in the scene)."""
     if chip_record.get("error"):
         return []
-    image = _unpng(chip_record["chip_png"])
+    image = chip_image(chip_record)
     classes = np.asarray(chip_record["classes"]).reshape(image.shape[:2])
     records = []
     for box in patch_boxes(*classes.shape, prompt.patch_size):

@@ -347,7 +347,7 @@ def learner_loop(loop_config: dict) -> None:
         row = {"step": step, "policy_version": step, "reward": float(finite.mean()) if finite.size else None,
                "reward_std": float(finite.std()) if finite.size else None, "dice": float(np.nanmean(dice)),
                "dropped": int(np.isnan(rewards).sum()), "drop_errors": rollout["errors"][:3],
-               "zero_std_groups": int(sum(np.nanstd(r) == 0 for r in rewards)),
+               "zero_std_groups": int(sum(np.nanstd(r) == 0 for r in rewards)), "trained_answers": len(answers),
                "lag": max(step - 1 - v for v in rollout["versions"]), "answers_per_s": rollout["answers_per_s"],
                "step_s": time.perf_counter() - t0, "restored_from_step": state["restored_from_step"], **stats}
         if rank == 0 and step % cfg.log_every == 0:

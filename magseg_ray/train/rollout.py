@@ -103,22 +103,33 @@ class RolloutActor:
     def rollout(self, keys: list[Key], version: int, weights: list, group_size: int, temperature: float,
                 seed: int) -> dict:
         """``group_size`` answers for each prompt of ``keys``, decoded and scored (see
-        :func:`magseg_ray.train.rewards.score_answers`); temperature 0 answers greedily."""
+        :func:`magseg_ray.train.rewards.score_answers`); temperature 0 answers greedily. Answers
+        are decoded with prefix reuse (:func:`~magseg_ray.model.batching.answer_chips`): each chip
+        and the instruction go through the model once for all its prompts and their G answers."""
         import torch
 
-        from magseg_ray.model.generate import GenerationSettings, answer_patches
-        from magseg_ray.prompt import PatchPrompt
+        from magseg_ray.chips.pipeline import chip_image
+        from magseg_ray.model.batching import answer_chips
+        from magseg_ray.model.generate import GenerationSettings
         from magseg_ray.rle import codec_for
         from magseg_ray.train.rewards import dice, score_answers
 
         t0 = time.perf_counter()
         self._sync(version, weights)
         records = [self.train.record(k) for k in keys]
-        prompts = [PatchPrompt(list(r["images"]), r["prompt"], "", tuple(r["box"]))
-                   for r in records for _ in range(group_size)]
-        torch.manual_seed(seed)
+        by_chip: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            by_chip.setdefault(int(key[0]), []).append(i)
+        chips = [(chip_image(self.train.chips[c]), [records[i]["box"] for i in idx for _ in range(group_size)])
+                 for c, idx in by_chip.items()]
+        device = next(self.model.parameters()).device
         settings = GenerationSettings(self.batch_size, temperature, self.max_new_tokens)
-        answers = answer_patches(self.model, self.processor, prompts, self.prompt, settings)
+        per_chip = answer_chips(self.model, self.processor, chips, self.prompt, settings,
+                                torch.Generator(device).manual_seed(seed))
+        answers = [None] * (len(keys) * group_size)
+        for idx, chip_answers in zip(by_chip.values(), per_chip):
+            for n, i in enumerate(idx):
+                answers[i * group_size : (i + 1) * group_size] = chip_answers[n * group_size : (n + 1) * group_size]
         p = self.prompt.patch_size
         decode = codec_for(self.prompt.answer_format).decode
         truths = [decode(r["target"], p, p, self.schema, strict=True)[0] for r in records for _ in range(group_size)]

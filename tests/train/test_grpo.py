@@ -105,6 +105,8 @@ def test_grpo_job_runs_and_resumes(ray_cluster, tiny_dir, tmp_path, capsys):
     assert all(h["lag"] == 0 and h["policy_version"] == h["step"] and h["dropped"] == 0 for h in steps)
     assert all(0 <= h["reward"] <= 1 and h["kl"] >= 0 and 0 <= h["clip_fraction"] <= 1 for h in steps)
     assert steps[-1]["kl"] > 0  # the policy moved away from the reference
+    # one learner, nothing dropped: the answers of every group that varies train, flat groups' do not
+    assert all(h["trained_answers"] == (2 - h["zero_std_groups"]) * 3 for h in steps)
     assert summary["start"]["version"] == 0 and summary["final"]["version"] == 3  # same patches, both policies
     assert summary["val_dice_gain"] == summary["final"]["val_dice"] - summary["start"]["val_dice"]
     assert (run / "curves.png").stat().st_size > 10_000 and (run / "adapter" / "adapter_config.json").exists()
