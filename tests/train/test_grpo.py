@@ -71,6 +71,13 @@ def test_weight_sync_makes_the_actors_answer_like_the_learner(ray_cluster, tiny_
             assert all(0 <= r <= 1 for r in g["rewards"]) and g["rewards"] == g["dice"]
         assert after["errors"] == [] and after["answers_per_s"] > 0
 
+        mixed = [keys[5], keys[0], keys[7], keys[1], keys[6]]  # the two chips interleaved: groups come back in order
+        again = pool.rollout(mixed, 1, v1, group_size=2, temperature=0.0, seed=0)
+        assert [g["key"] for g in again["groups"]] == [tuple(k) for k in mixed]
+        assert [g["texts"][0] for g in again["groups"]] == [texts[keys.index(k)] for k in mixed]
+        hot = [pool.rollout(keys, 1, v1, group_size=3, temperature=1.0, seed=s)["groups"] for s in (5, 5, 6)]
+        assert hot[0] == hot[1] and hot[0] != hot[2]  # sampling follows the seed
+
         score = pool.evaluate(1, v1)
         assert score["version"] == 1 and 0 <= score["val_dice"] <= 1 and 0 <= score["val_field_iou"] <= 1
     finally:
