@@ -363,14 +363,20 @@ def learner_loop(loop_config: dict) -> None:
 # ---- the driver ------------------------------------------------------------------------------
 
 def export_merged(cfg: GRPOConfig, adapter: Path, out: Path) -> Path:
-    """The GRPO policy (base, SFT adapter if any, GRPO adapter) merged into a plain checkpoint."""
+    """The GRPO policy (base, SFT adapter if any, GRPO adapter) merged into a plain checkpoint,
+    stored in the ``--model`` checkpoint's dtype (the shipped demo model's bfloat16 stays 16 MB)
+    with its model card (so its decoding and fields settings)."""
+    from transformers import AutoConfig
+
     from magseg_ray.model.checkpoint import save_model
     from magseg_ray.model.lora import load_adapter
     from magseg_ray.model.card import write_model_prompt
     from magseg_ray.train.rollout import load_policy_base
 
     model, processor = load_policy_base(cfg.model, cfg.adapter or None)
-    save_model(load_adapter(model, adapter).merge_and_unload(), processor, out)
+    stored = AutoConfig.from_pretrained(cfg.model, local_files_only=True).dtype
+    merged = load_adapter(model, adapter).merge_and_unload()
+    save_model(merged.to(stored) if stored else merged, processor, out)
     write_model_prompt(out, cfg.model_prompt())
     return out
 
