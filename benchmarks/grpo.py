@@ -11,7 +11,10 @@ tensor bytes; milliseconds run from the learner's ``ray.put`` to the actor's loa
 ``--repeat``). Rollouts: ``--prompts`` patch prompts of the repo's naip sample, ``--group-size``
 sampled answers each (temperature 1, constrained, decoded and scored by Dice) through a
 :class:`~magseg_ray.train.rollout.RolloutPool` of 1, then 2 actors (0.5 CPU each, local Ray with 2
-CPUs; the first rollout, which loads the weights, is not timed). Prints one JSON line.
+CPUs; the first rollout, which loads the weights, is not timed). Decoding alone, in one Ray task
+(:func:`decode_rates`): the same prompts and G sampled answers through ``generate`` on whole
+prompts (the second named baseline, ``generate_rollout``) and through prefix reuse, the rollouts'
+decoder; ``decode_ratio`` is the second's answers/s over the first's. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -88,6 +91,37 @@ def rollout_rate(n_actors: int, model_dir: str, chips_ref, keys, weights, args) 
         pool.shutdown()
 
 
+def decode_rates(model_dir: str, chips: list, keys, args) -> tuple[float, float]:
+    """Answers per second of one rollout's sampling, in one Ray task (2 CPUs): every prompt whole
+    through ``generate`` G times (``answer_patches``, what rollouts ran until 2026-12-01, the named
+    baseline ``generate_rollout``), then with prefix reuse (``answer_chips``, what they run now: each
+    chip and the instruction once for all its prompts and their G answers). Best of ``args.repeat``."""
+    import torch
+
+    from magseg_ray.chips.pipeline import chip_image
+    from magseg_ray.model.batching import answer_chips
+    from magseg_ray.model.generate import GenerationSettings, answer_patches
+    from magseg_ray.prompt import PatchPrompt
+
+    model, processor = load_policy_base(model_dir)
+    prompt, g = PromptConfig(), args.group_size
+    records = [PromptSet(chips, prompt).record(k) for k in keys]
+    whole = [PatchPrompt(list(r["images"]), r["prompt"], "", tuple(r["box"])) for r in records for _ in range(g)]
+    per_chip = [(chip_image(chips[c]), [r["box"] for k, r in zip(keys, records) if k[0] == c for _ in range(g)])
+                for c in sorted({k[0] for k in keys})]
+    settings = GenerationSettings(16, 1.0, args.max_new_tokens)
+    rates = []
+    for run in (lambda: answer_patches(model, processor, whole, prompt, settings),
+                lambda: answer_chips(model, processor, per_chip, prompt, settings, torch.Generator().manual_seed(0))):
+        times = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        rates.append(len(whole) / min(times))
+    return rates[0], rates[1]
+
+
 def main(argv=None) -> dict:
     from peft import get_peft_model_state_dict
 
@@ -119,6 +153,8 @@ def main(argv=None) -> dict:
         keys = PromptSet(chips, PromptConfig()).keys()[:: 16][: args.prompts]
         chips_ref, weights = ray.put(chips), ray.put(lora_state)
         rates = [rollout_rate(n, model_dir, chips_ref, keys, weights, args) for n in (1, 2)]
+        task = ray.remote(decode_rates).options(num_cpus=2)
+        generate_rate, reuse_rate = ray.get(task.remote(model_dir, chips_ref, keys, args))
     lora_bytes = sum(t.numel() * t.element_size() for t in lora_state.values())
     full_bytes = sum(t.numel() * t.element_size() for t in full_state.values())
     result = {"benchmark": "grpo", "baseline": "full_weight_sync", "model": args.model, "lora_r": LORA.r,
@@ -127,7 +163,9 @@ def main(argv=None) -> dict:
               "full_sync_ms": round(full_ms, 2), "ms_ratio": round(full_ms / lora_ms, 2),
               "prompts": len(keys), "group_size": args.group_size, "max_new_tokens": args.max_new_tokens,
               "rollout_answers_per_s_1_actor": round(rates[0], 2), "rollout_answers_per_s_2_actors": round(rates[1], 2),
-              "actor_scaling": round(rates[1] / rates[0], 2)}
+              "actor_scaling": round(rates[1] / rates[0], 2), "decode_baseline": "generate_rollout",
+              "generate_rollout_answers_per_s": round(generate_rate, 2),
+              "prefix_reuse_answers_per_s": round(reuse_rate, 2), "decode_ratio": round(reuse_rate / generate_rate, 2)}
     print(json.dumps(result))
     return result
 

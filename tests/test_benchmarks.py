@@ -34,6 +34,9 @@ def test_grpo_benchmark_with_the_tiny_preset(ray_cluster, capsys):
     assert 0 < result["lora_sync_bytes"] < result["full_sync_bytes"] and result["bytes_ratio"] > 1
     assert result["lora_sync_ms"] > 0 and result["full_sync_ms"] > 0
     assert result["rollout_answers_per_s_1_actor"] > 0 and result["rollout_answers_per_s_2_actors"] > 0
+    assert result["generate_rollout_answers_per_s"] > 0 and result["prefix_reuse_answers_per_s"] > 0
+    ratio = result["prefix_reuse_answers_per_s"] / result["generate_rollout_answers_per_s"]
+    assert result["decode_ratio"] == pytest.approx(ratio, abs=0.02)
     assert capsys.readouterr().out.strip().count("\n") == 0
 
 
