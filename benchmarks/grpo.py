@@ -34,7 +34,7 @@ from magseg_ray.model.lora import LoraSettings, attach_lora
 from magseg_ray.model.presets import PRESETS, build_model
 from magseg_ray.prompt import PromptConfig
 from magseg_ray.scenes.catalog import load_catalog
-from magseg_ray.train.rollout import PromptSet, RolloutPool, load_policy_base
+from magseg_ray.train.rollout import PromptSet, RolloutPool, load_policy_base, sample_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 LORA = LoraSettings(dropout=0.0)
@@ -94,25 +94,22 @@ def rollout_rate(n_actors: int, model_dir: str, chips_ref, keys, weights, args) 
 def decode_rates(model_dir: str, chips: list, keys, args) -> tuple[float, float]:
     """Answers per second of one rollout's sampling, in one Ray task (2 CPUs): every prompt whole
     through ``generate`` G times (``answer_patches``, what rollouts ran until 2026-12-01, the named
-    baseline ``generate_rollout``), then with prefix reuse (``answer_chips``, what they run now: each
+    baseline ``generate_rollout``), then with prefix reuse (``sample_groups``, what they run now: each
     chip and the instruction once for all its prompts and their G answers). Best of ``args.repeat``."""
     import torch
 
-    from magseg_ray.chips.pipeline import chip_image
-    from magseg_ray.model.batching import answer_chips
     from magseg_ray.model.generate import GenerationSettings, answer_patches
     from magseg_ray.prompt import PatchPrompt
 
     model, processor = load_policy_base(model_dir)
-    prompt, g = PromptConfig(), args.group_size
-    records = [PromptSet(chips, prompt).record(k) for k in keys]
+    prompts, g = PromptSet(chips, PromptConfig()), args.group_size
+    records = [prompts.record(k) for k in keys]
     whole = [PatchPrompt(list(r["images"]), r["prompt"], "", tuple(r["box"])) for r in records for _ in range(g)]
-    per_chip = [(chip_image(chips[c]), [r["box"] for k, r in zip(keys, records) if k[0] == c for _ in range(g)])
-                for c in sorted({k[0] for k in keys})]
     settings = GenerationSettings(16, 1.0, args.max_new_tokens)
     rates = []
-    for run in (lambda: answer_patches(model, processor, whole, prompt, settings),
-                lambda: answer_chips(model, processor, per_chip, prompt, settings, torch.Generator().manual_seed(0))):
+    for run in (lambda: answer_patches(model, processor, whole, prompts.prompt, settings),
+                lambda: sample_groups(model, processor, prompts, keys, records, g, settings,
+                                      torch.Generator().manual_seed(0))):
         times = []
         for _ in range(args.repeat):
             t0 = time.perf_counter()

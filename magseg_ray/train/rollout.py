@@ -65,6 +65,29 @@ class PromptSet:
         return self._records(int(key[0]))[int(key[1])]
 
 
+def sample_groups(model, processor, prompts: PromptSet, keys: list[Key], records: list[dict], group_size: int,
+                  settings, generator=None) -> list:
+    """``group_size`` answers (:class:`~magseg_ray.model.generate.PatchAnswer`) for each prompt of
+    ``keys`` (whose records are ``records``), group after group in the order of ``keys``, decoded
+    with prefix reuse (:func:`~magseg_ray.model.batching.answer_chips`): each chip and the
+    instruction go through the model once for all its prompts and their answers. ``settings`` is a
+    :class:`~magseg_ray.model.generate.GenerationSettings`; ``generator`` seeds sampling."""
+    from magseg_ray.chips.pipeline import chip_image
+    from magseg_ray.model.batching import answer_chips
+
+    by_chip: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        by_chip.setdefault(int(key[0]), []).append(i)
+    chips = [(chip_image(prompts.chips[c]), [records[i]["box"] for i in idx for _ in range(group_size)])
+             for c, idx in by_chip.items()]
+    per_chip = answer_chips(model, processor, chips, prompts.prompt, settings, generator)
+    answers = [None] * (len(keys) * group_size)
+    for idx, chip_answers in zip(by_chip.values(), per_chip):
+        for n, i in enumerate(idx):
+            answers[i * group_size : (i + 1) * group_size] = chip_answers[n * group_size : (n + 1) * group_size]
+    return answers
+
+
 class RolloutActor:
     """Policy copy for sampling and evaluation (run as a Ray actor; see module doc)."""
 
@@ -104,12 +127,9 @@ class RolloutActor:
                 seed: int) -> dict:
         """``group_size`` answers for each prompt of ``keys``, decoded and scored (see
         :func:`magseg_ray.train.rewards.score_answers`); temperature 0 answers greedily. Answers
-        are decoded with prefix reuse (:func:`~magseg_ray.model.batching.answer_chips`): each chip
-        and the instruction go through the model once for all its prompts and their G answers."""
+        are decoded with prefix reuse (:func:`sample_groups`)."""
         import torch
 
-        from magseg_ray.chips.pipeline import chip_image
-        from magseg_ray.model.batching import answer_chips
         from magseg_ray.model.generate import GenerationSettings
         from magseg_ray.rle import codec_for
         from magseg_ray.train.rewards import dice, score_answers
@@ -117,19 +137,10 @@ class RolloutActor:
         t0 = time.perf_counter()
         self._sync(version, weights)
         records = [self.train.record(k) for k in keys]
-        by_chip: dict[int, list[int]] = {}
-        for i, key in enumerate(keys):
-            by_chip.setdefault(int(key[0]), []).append(i)
-        chips = [(chip_image(self.train.chips[c]), [records[i]["box"] for i in idx for _ in range(group_size)])
-                 for c, idx in by_chip.items()]
         device = next(self.model.parameters()).device
         settings = GenerationSettings(self.batch_size, temperature, self.max_new_tokens)
-        per_chip = answer_chips(self.model, self.processor, chips, self.prompt, settings,
+        answers = sample_groups(self.model, self.processor, self.train, keys, records, group_size, settings,
                                 torch.Generator(device).manual_seed(seed))
-        answers = [None] * (len(keys) * group_size)
-        for idx, chip_answers in zip(by_chip.values(), per_chip):
-            for n, i in enumerate(idx):
-                answers[i * group_size : (i + 1) * group_size] = chip_answers[n * group_size : (n + 1) * group_size]
         p = self.prompt.patch_size
         decode = codec_for(self.prompt.answer_format).decode
         truths = [decode(r["target"], p, p, self.schema, strict=True)[0] for r in records for _ in range(group_size)]
