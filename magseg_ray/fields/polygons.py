@@ -10,6 +10,8 @@ its centroid, which works the same for scenes in any CRS and for polygons merged
 
 from __future__ import annotations
 
+import itertools
+
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -30,18 +32,20 @@ def scene_fields(classes: np.ndarray, confidence: np.ndarray, transform: Affine,
     """Field polygons of one scene, in EPSG:4326, with ``confidence`` (mean over the field's
     pixels) and ``pixels``; fields smaller than ``min_field_px`` pixels are dropped."""
     valid = classes != NO_DATA
-    inst = instances_from_classes(np.where(valid, classes, 0), schema, seed_px=seed_px)
-    inst[~valid] = 0
+    gaps = not valid.all()
+    inst = instances_from_classes(np.where(valid, classes, 0) if gaps else classes, schema, seed_px=seed_px)
+    if gaps:
+        inst[~valid] = 0
     n = int(inst.max())
     columns = {"instance": [], "pixels": [], "confidence": [], "geometry": []}
     if n:
         flat = inst.ravel()
         pixels = np.bincount(flat, minlength=n + 1)[1:]  # ndimage.sum_labels / mean, in one pass each
+        weights = np.nan_to_num(confidence, nan=0.0) if np.isnan(confidence).any() else confidence
         with np.errstate(invalid="ignore"):  # an instance with no valid pixel left: NaN, dropped below
-            conf = np.bincount(flat, weights=np.nan_to_num(confidence, nan=0.0).ravel(), minlength=n + 1)[1:] / pixels
+            conf = np.bincount(flat, weights=weights.ravel(), minlength=n + 1)[1:] / pixels
         keep = np.concatenate([[False], pixels >= min_field_px])
-        inst[~keep[inst]] = 0
-        values, polygons = _polygons(rasterio.features.shapes(inst, mask=inst > 0, transform=transform, connectivity=4))
+        values, polygons = _polygons(rasterio.features.shapes(inst, mask=keep[inst], transform=transform, connectivity=4))
         shapes: dict[int, list] = {}
         for value, polygon in zip(values, polygons):
             shapes.setdefault(value, []).append(polygon)
@@ -68,7 +72,8 @@ def _polygons(shapes) -> tuple[list[int], np.ndarray]:
     if not values:
         return values, np.array([], dtype=object)
     lengths = [len(ring) for ring in rings]
-    coords = np.array([point for ring in rings for point in ring], dtype=np.float64)
+    points = itertools.chain.from_iterable(itertools.chain.from_iterable(rings))  # x, y, x, y, ...
+    coords = np.fromiter(points, np.float64, count=2 * sum(lengths)).reshape(-1, 2)
     rings = shapely.linearrings(coords, indices=np.repeat(np.arange(len(lengths)), lengths))
     return values, shapely.polygons(rings, indices=np.repeat(np.arange(len(values)), ring_counts))
 
