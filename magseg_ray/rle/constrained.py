@@ -35,6 +35,10 @@ from magseg_ray.masks.schemas import Schema, get_schema
 
 _DIGITS = "0123456789"
 
+_ALLOWED: dict[tuple, dict] = {}
+"""Allowed token ids by grammar and vocabulary, then by ``(state, budget)`` (see
+:class:`RLELogitsProcessor`); it grows with the states answers reach, a few thousand per patch size."""
+
 
 @dataclass(frozen=True)
 class State:
@@ -157,8 +161,17 @@ class RLELogitsProcessor:
         pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         self.candidates = [(i, p) for i, p in enumerate(pieces) if p and set(p) <= alphabet]
         self.pieces = dict(self.candidates)
+        self._trie: dict = {}  # character -> (ids of the tokens spelled so far, deeper trie)
+        for i, piece in self.candidates:
+            node = self._trie
+            for ch in piece[:-1]:
+                node = node.setdefault(ch, ([], {}))[1]
+            node.setdefault(piece[-1], ([], {}))[0].append(i)
         self._states: dict[int, tuple[int, State]] = {}
-        self._allowed = lru_cache(maxsize=None)(self._allowed_ids)
+        # allowed token ids depend only on the grammar and the vocabulary, so every processor of
+        # the same kind shares them: a model actor's later calls find the states already worked out
+        key = (type(self), h, w, get_schema(schema).name, tuple(self.candidates), tuple(sorted(self.eos_set)))
+        self._known = _ALLOWED.setdefault(key, {})
         self._kinds_of = lru_cache(maxsize=None)(self._kinds_for)
         # the kind of each token for by_kind: 0 a number, then each symbol (R-RLE: "*", newline), then
         # the class codes, and last the end of the answer (with every token the grammar never allows)
@@ -180,18 +193,32 @@ class RLELogitsProcessor:
 
     def _allowed_ids(self, s, budget: int | None) -> torch.Tensor:
         """Token ids allowed in state ``s`` with ``budget`` tokens left (None: no limit). A complete
-        mask may still go on: after the ``*f`` of ``*f14b4f`` the answer may end or write a length."""
+        mask may still go on: after the ``*f`` of ``*f14b4f`` the answer may end or write a length.
+        Walks the token trie, so a character the grammar refuses rules out every token it starts."""
         if s.phase == "done":
             return self.eos
         ids = self.eos.tolist() if self.grammar.complete(s) else []
-        for i, piece in self.candidates:
-            nxt = self.advance(s, piece)
-            # the token, the rest of the mask, and the end token must fit the budget
-            if nxt is not None and (budget is None or 2 + self.grammar.tokens_to_finish(nxt) <= budget):
-                ids.append(i)
+        stack = [(s, self._trie)]
+        while stack:
+            state, node = stack.pop()
+            for ch, (tokens, deeper) in node.items():
+                nxt = self.grammar.step(state, ch)
+                if nxt is None:
+                    continue
+                # the token, the rest of the mask, and the end token must fit the budget
+                if tokens and (budget is None or 2 + self.grammar.tokens_to_finish(nxt) <= budget):
+                    ids.extend(tokens)
+                if deeper:
+                    stack.append((nxt, deeper))
         if not ids and budget is not None:  # budget too small from the start: ignore it
             return self._allowed(s, None)
-        return torch.tensor(ids, dtype=torch.long)
+        return torch.tensor(sorted(ids), dtype=torch.long)
+
+    def _allowed(self, s, budget: int | None) -> torch.Tensor:
+        ids = self._known.get((s, budget))
+        if ids is None:
+            ids = self._known[(s, budget)] = self._allowed_ids(s, budget)
+        return ids
 
     def allowed(self, s, budget: int | None) -> torch.Tensor:
         # a budget that leaves room for the longest finish and the end constrains nothing: share the cache
