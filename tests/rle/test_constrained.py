@@ -154,3 +154,29 @@ def test_boundary_bias_starts_a_boundary_run_the_model_finds_less_likely(tiny, a
     assert int(proc.by_kind(constrained).argmax()) == ids("f")
     assert int(proc.by_kind(constrained, boundary_bias=5.0).argmax()) == ids("f")  # 0.6 < 0.88
     assert int(proc.by_kind(constrained, boundary_bias=10.0).argmax()) == ids("e")  # 1.2 > 0.88
+
+
+@pytest.mark.parametrize("answer_format", ANSWER_FORMATS)
+def test_the_token_trie_allows_exactly_the_tokens_that_spell_a_valid_continuation(tiny, answer_format):
+    """Every state along sampled answers, with and without a tight budget: the trie walk (shared
+    cache) against trying every candidate token character by character."""
+    tokenizer = tiny[1].tokenizer
+    fmt = codec_for(answer_format)
+    proc = fmt.logits_processor(tokenizer, 16, 16, "fields3", 0, [tokenizer.eos_token_id], 40)
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(30):
+        state, budget = proc.grammar.start, 40
+        while state.phase != "done" and budget > 0:
+            for b in (None, budget):
+                brute = [i for i, piece in proc.candidates if (nxt := proc.advance(state, piece)) is not None
+                         and (b is None or 2 + proc.grammar.tokens_to_finish(nxt) <= b)]
+                brute += proc.eos.tolist() if proc.grammar.complete(state) else []
+                if brute or b is None:
+                    assert proc._allowed_ids(state, b).tolist() == sorted(brute)
+                    checked += 1
+            allowed = proc.allowed(state, budget).tolist()
+            token = int(rng.choice(allowed))
+            state = proc.grammar.done if token == tokenizer.eos_token_id else proc.advance(state, proc.pieces[token])
+            budget -= 1
+    assert checked > 200
