@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
         records = []
         for r in mapping_chips(scenes, aoi, chip, store=s3.store).iter_rows():
             n_chips += 1
-            n_patches += 0 if r["patches"] is None else len(r["patches"])
+            n_patches += len(r["patches"])
             records.append({"chip_id": r["chip_id"], "uri": r["uri"], "error": r["error"]})
         t_pipe, pipe_bytes, pipe_requests = time.perf_counter() - t0, s3.sent_bytes - sent, s3.requests - asked
 

@@ -58,6 +58,8 @@ class MapConfig:
     cpus_per_actor: float = field(default=1.0, metadata=doc("CPUs reserved per model actor (and its torch threads)"))
     read_cpus: float = field(default=0.25, metadata=doc("CPUs reserved per chip read task"))
     batch_size: int = field(default=64, metadata=doc("patches decoded together (they share the chip's KV prefix)"))
+    chips_per_call: int = field(default=8, metadata=doc(
+        "chips a model actor decodes as one continuous batch (one chip's long answers overlap the next chip's patches)"))
     max_new_tokens: int = field(default=0, metadata=doc("answer token budget per patch; 0: the longest mask text"))
     simplify_px: float = field(default=1.0, metadata=doc("polygon simplification tolerance in pixels (x GSD)"))
     min_field_px: int = field(default=16, metadata=doc("smallest field kept, in pixels"))
@@ -100,6 +102,9 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     from magseg_ray.model.checkpoint import check_checkpoint_dir, model_fingerprint
     from magseg_ray.scenes.catalog import load_catalog
 
+    for name in ("batch_size", "chips_per_call", "num_actors"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} {getattr(cfg, name)}: must be at least 1")
     model_dir = cfg.model_dir()
     if not Path(model_dir).is_dir() and not cfg.model:
         raise ModelLoadError(f"the demo model is missing at {model_dir}; pass --model")
@@ -178,9 +183,10 @@ def run_map_region(p: Plan, store=None) -> dict:
         threads = max(int(cfg.cpus_per_actor), 1)
         ds = mapping_chips(p.scenes, p.aoi, p.chip, p.prompt.patch_size, store=store, read_cpus=cfg.read_cpus,
                            skip=done)
-        ds = ds.map(ChipSegmenter, fn_constructor_args=(p.model_dir, p.prompt, cfg.batch_size,
-                                                        cfg.max_new_tokens or None, files.root, store, threads),
-                    concurrency=cfg.num_actors, num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
+        ds = ds.map_batches(ChipSegmenter, fn_constructor_args=(p.model_dir, p.prompt, cfg.batch_size,
+                                                                cfg.max_new_tokens or None, files.root, store, threads),
+                            batch_size=cfg.chips_per_call, batch_format="numpy", concurrency=cfg.num_actors,
+                            num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
         finished = 0
         for row in ds.iter_rows():
             finished += 1

@@ -145,6 +145,8 @@ def test_bad_inputs(setup, tmp_path):
         plan(MapConfig(**{**base, "model": str(other)}))
     with pytest.raises(ConfigError, match="multiple"):
         plan(MapConfig(**{**base, "chip_size": 100}))
+    with pytest.raises(ConfigError, match="chips_per_call 0: must be at least 1"):
+        plan(MapConfig(**{**base, "chips_per_call": 0}))
     # an output folder made for another AOI or model is refused, not overwritten
     p = plan(MapConfig(**base))
     files = RunFiles(str(tmp_path / "o"))

@@ -73,7 +73,8 @@ def test_a_bad_scene_is_recorded_and_the_rest_go_on(ray_cluster, s3_server, s3_s
     records = mapping_chips(broken, aoi, ChipConfig(512, 0), store=s3_server.store).take_all()
     bad = failures(records)
     assert bad and all("does-not-exist.tif" in f["error"] for f in bad)
-    assert any(r["error"] is None and r["image"] is not None for r in records)
+    assert any(r["error"] is None and r["image"].size for r in records)
+    assert all(r["image"].size == 0 and len(r["patches"]) == 0 for r in records if r["error"])
 
 
 def test_training_pipeline_records_match_the_labels(ray_cluster, s3_server, s3_scenes, tmp_path):
