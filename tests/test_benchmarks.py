@@ -52,3 +52,12 @@ def test_answer_formats_benchmark_on_the_repo_sample(capsys, decoding):
         assert result["rrle"]["repaired"] == result["anchored"]["repaired"] == 0
     assert set(result["ratio"]) == {"pixel_acc", "field_iou", "boundary_iou", "exact"}
     assert capsys.readouterr().out.strip().count("\n") == 0
+
+
+def test_the_reducer_writes_the_polygons_it_wrote_before_it_was_sped_up():
+    """The mapping benchmark's reducer on a 2048 px mask: the fingerprint of its polygons as the
+    reducer wrote them before the fast instance paths (SciPy transforms over the whole raster,
+    commit 8ceb2b9; shapely and rasterio as pinned)."""
+    result = load("mapping").reducer_km2_per_s(2048, 16.0)
+    assert result["reducer_fields"] == 1009
+    assert result["reducer_sha256"] == "094964157cb96514863e4acd8dcc89cf2640aba7513156c8908a6347c57bcee2"
