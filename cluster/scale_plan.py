@@ -70,8 +70,9 @@ at 1 m (``du -b``); used when no streaming benchmark line gives bytes per pixel.
 READ_PIXELS_PER_S_PER_CPU = 2.0e6
 """Assumed when no streaming line is given: one core decodes ~2 Mpx/s of JPEG COG tiles
 (libjpeg-turbo class, with windowed reads and Python overhead): ~8 chips/s of 512x512."""
-IN_FLIGHT_CHIPS_PER_ACTOR = 4
-"""Assumed: chips queued per model actor (Ray Data's per-actor in-flight task limit is of this order)."""
+IN_FLIGHT_CHIPS_PER_ACTOR = 16
+"""Assumed: chips held per model actor: the batch it decodes (``--chips-per-call``, 8 by default)
+and one more batch queued."""
 REDUCER_S_PER_CHIP = 0.05
 """Assumed CPU seconds to stitch one chip's patch masks, resolve its overlap and write it."""
 S3_USD_PER_1000_GETS = 0.0004

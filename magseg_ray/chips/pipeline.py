@@ -38,8 +38,8 @@ from magseg_ray.prompt import PromptConfig, build_patch_prompt, patch_boxes
 CHIPS_PER_BLOCK = 8
 """Chip tasks per Ray Data block (one read task reads a block). Ray Data's default of about one
 task per chip spent more time scheduling than reading: ``benchmarks/streaming.py`` on the 30
-naip-fields scenes went from 17.4 s to 9.5 s for 267 chips with blocks of 8, and consecutive chips
-of a scene in one task share its cached COG header."""
+naip-fields scenes went from 19.9 s to 10.9 s for 267 chips with blocks of 8, and consecutive
+chips of a scene in one task share its cached COG header."""
 
 
 def split_of(scene_id: str, val_fraction: float, seed: int = 0) -> str:
