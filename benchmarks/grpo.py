@@ -20,8 +20,10 @@ decoder; ``decode_ratio`` is the second's answers/s over the first's. Prints one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -130,7 +132,8 @@ def main(argv=None) -> dict:
     p.add_argument("--repeat", type=int, default=3, help="timed syncs and rollouts (default 3)")
     args = p.parse_args(argv)
     data = str(ROOT / "tests" / "data" / "naip")
-    with tempfile.TemporaryDirectory() as tmp, ray_session(RaySettings(num_cpus=2)):
+    # stdout carries the one JSON line: what libraries print on the way (DeepSpeed's accelerator line) goes to stderr
+    with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory() as tmp, ray_session(RaySettings(num_cpus=2)):
         model_dir = args.model
         if args.model in PRESETS:
             model_dir = str(save_model(*build_model(args.model), Path(tmp) / "model"))
