@@ -198,6 +198,21 @@ def patch_records(chip_record: dict, prompt: PromptConfig = PromptConfig()) -> l
     return records
 
 
+def validation_patches(chips, n: int, prompt: PromptConfig = PromptConfig()) -> list[dict]:
+    """``n`` patch records of the first labelled chips of the dataset ``chips``, in a fixed shuffle:
+    from at least ``n // 8`` chips, so they spread over several, and from more chips while the
+    first hold fewer than ``n`` whole patches (chips on a scene's edge hold few). Fewer than ``n``
+    only when the dataset runs out."""
+    records, taken = [], 0
+    for chip in chips.iter_rows():
+        records.extend(patch_records(chip, prompt))
+        taken += 1
+        if taken >= max(n // 8, 1) and len(records) >= n:
+            break
+    random.Random(0).shuffle(records)
+    return records[:n]
+
+
 def write_shards(ds, out_uri: str, filesystem=None) -> None:
     """Write chip records as Parquet shards under ``out_uri`` (local path or ``s3://`` with a filesystem)."""
     ds.write_parquet(out_uri, filesystem=filesystem)

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -385,7 +384,7 @@ def run_grpo(cfg: GRPOConfig) -> dict:
     """Run GRPO on the current Ray cluster; return the summary (also in ``metrics.json``)."""
     import ray
 
-    from magseg_ray.chips.pipeline import patch_records, training_chips
+    from magseg_ray.chips.pipeline import training_chips, validation_patches
     from magseg_ray.chips.windows import ChipConfig
     from magseg_ray.scenes.catalog import load_catalog
     from magseg_ray.scenes.store import ObjectStore
@@ -407,9 +406,7 @@ def run_grpo(cfg: GRPOConfig) -> dict:
     if len(keys) < cfg.prompts_per_step:
         raise ConfigError(f"{len(keys)} training patches in {cfg.train_chips} chips of {cfg.data!r}: fewer than "
                           f"prompts_per_step {cfg.prompts_per_step}")
-    val = [r for c in chips("val").take(max(cfg.val_patches // 8, 1)) for r in patch_records(c, prompt)]
-    random.Random(0).shuffle(val)
-    val = val[: cfg.val_patches]
+    val = validation_patches(chips("val"), cfg.val_patches, prompt)
     if not val:
         raise ConfigError(f"no validation patches: raise val_fraction ({cfg.val_fraction}) or val_patches")
 

@@ -407,7 +407,7 @@ def export_merged(cfg: SFTConfig, adapter: Path, out: Path) -> Path:
 
 def run_sft(cfg: SFTConfig) -> dict:
     """Run SFT on the current Ray cluster; return the final metrics (also in ``metrics.json``)."""
-    from magseg_ray.chips.pipeline import patch_records, training_chips
+    from magseg_ray.chips.pipeline import patch_records, training_chips, validation_patches
     from magseg_ray.chips.windows import ChipConfig
     from magseg_ray.model.card import write_model_prompt
     from magseg_ray.scenes.catalog import load_catalog
@@ -427,9 +427,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     train = chips("train")
     val = []
     if cfg.val_patches:
-        val = [r for c in chips("val").take(max(cfg.val_patches // 8, 1)) for r in patch_records(c, prompt)]
-        random.Random(0).shuffle(val)
-        val = val[: cfg.val_patches]
+        val = validation_patches(chips("val"), cfg.val_patches, prompt)
     fixed_batch = [r for c in train.take(8) if c["error"] is None for r in patch_records(c, prompt)][: cfg.batch_size]
     if not fixed_batch:
         raise ConfigError(f"no readable training patches in the first chips of {cfg.data!r}")

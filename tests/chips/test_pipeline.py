@@ -16,6 +16,7 @@ from magseg_ray.chips.pipeline import (
     patch_records,
     split_of,
     training_chips,
+    validation_patches,
     write_shards,
 )
 from magseg_ray.chips.windows import ChipConfig
@@ -130,3 +131,30 @@ def test_training_needs_labels(s3_scenes):
         training_chips(scenes.assign(labels_uri=None), None)
     with pytest.raises(ConfigError, match="schema 'alu' needs class rasters"):
         training_chips(scenes, None, prompt=PromptConfig(schema="alu"))
+
+
+def test_validation_patches_read_on_past_chips_that_hold_no_whole_patch(ray_cluster):
+    """A scene's edge chip can hold no whole patch; asking for 4 patches used to take one chip."""
+    import io
+
+    import ray
+    from PIL import Image
+
+    from magseg_ray.masks.schemas import NO_DATA
+
+    def chip(name: str, classes: np.ndarray) -> dict:
+        buf = io.BytesIO()
+        Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(buf, format="PNG")
+        return {"chip_id": name, "scene_id": "s", "split": "val", "error": None, "chip_png": buf.getvalue(),
+                "classes": classes}
+
+    edge = np.full((64, 64), NO_DATA, np.uint8)
+    edge[:, :20] = 1  # valid pixels, but no whole 32 px patch
+    chips = [chip("edge", edge), chip("a", np.ones((64, 64), np.uint8)), chip("b", np.zeros((64, 64), np.uint8))]
+    ds = ray.data.from_items(chips, override_num_blocks=1)
+    four = validation_patches(ds, 4)
+    assert len(four) == 4 and {r["chip_id"] for r in four} == {"a"}
+    assert len({r["box"] for r in four}) == 4
+    assert [r["box"] for r in validation_patches(ds, 4)] == [r["box"] for r in four]  # a fixed shuffle
+    assert {r["chip_id"] for r in validation_patches(ds, 8)} == {"a", "b"}  # 8 // 8 chips, then on until 8 patches
+    assert len(validation_patches(ds, 20)) == 8  # the dataset ran out
