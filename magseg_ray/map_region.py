@@ -59,7 +59,8 @@ class MapConfig:
     read_cpus: float = field(default=0.25, metadata=doc("CPUs reserved per chip read task"))
     batch_size: int = field(default=64, metadata=doc("patches decoded together (they share the chip's KV prefix)"))
     chips_per_call: int = field(default=8, metadata=doc(
-        "chips a model actor decodes as one continuous batch (one chip's long answers overlap the next chip's patches)"))
+        "chips a model actor decodes as one continuous batch (one chip's long answers overlap the next chip's "
+        "patches); a killed actor's rerun redoes at most this many chips"))
     max_new_tokens: int = field(default=0, metadata=doc("answer token budget per patch; 0: the longest mask text"))
     simplify_px: float = field(default=1.0, metadata=doc("polygon simplification tolerance in pixels (x GSD)"))
     min_field_px: int = field(default=16, metadata=doc("smallest field kept, in pixels"))
