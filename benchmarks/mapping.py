@@ -1,6 +1,6 @@
 """Mapping throughput: the model actor's decoder against naive per-patch ``generate``; reducer speed.
 
-    python benchmarks/mapping.py [--model DIR] [--chips 8] [--baseline-every 4] [--reducer-px 8192]
+    python benchmarks/mapping.py [--model DIR] [--chips 8] [--baseline-every 4] [--reducer-px 8192] [--device auto]
 
 1. Decoding, on chips of the bundled demo scenes with the same model: the actor path
    (:func:`~magseg_ray.model.batching.answer_chips` on ``--chips`` chips in one call, as a mapping
@@ -35,23 +35,24 @@ import sys
 import time
 
 import numpy as np
-import shapely
 import torch
 
-from magseg_ray.chips.read import read_chip
-from magseg_ray.chips.windows import ChipConfig, chip_windows
-from magseg_ray.map_region import DEMO_DIR
 from magseg_ray.model.checkpoint import DEMO_MODEL, load_model
 from magseg_ray.model.batching import answer_chips
 from magseg_ray.model.card import ModelPrompt, read_model_prompt
 from magseg_ray.model.generate import GenerationSettings, answer_patches
 from magseg_ray.prompt import build_patch_prompt, patch_boxes
-from magseg_ray.scenes.catalog import load_catalog
 
 
 def demo_chips(chip_size: int, count: int) -> list[np.ndarray]:
-    """The first ``count`` whole chips of the demo NAIP scene."""
+    """The first ``count`` whole chips of the demo NAIP scene (imports the geo stack only here, so
+    ``--chips-file`` and ``--reducer-px 0`` run where PyTorch is all there is, as on a lent GPU)."""
     import geopandas as gpd
+
+    from magseg_ray.chips.read import read_chip
+    from magseg_ray.chips.windows import ChipConfig, chip_windows
+    from magseg_ray.map_region import DEMO_DIR
+    from magseg_ray.scenes.catalog import load_catalog
 
     scenes = load_catalog(DEMO_DIR / "scenes").scenes
     naip = scenes[scenes["id"].str.startswith("naip")]
@@ -61,6 +62,7 @@ def demo_chips(chip_size: int, count: int) -> list[np.ndarray]:
 
 
 def reducer_km2_per_s(size_px: int, seed_px: float) -> dict:
+    import shapely
     from rasterio.transform import from_origin
 
     from magseg_ray.fields.polygons import measure, scene_fields
@@ -95,14 +97,22 @@ def main(argv=None) -> dict:
                              "does not depend on the others, and the sample spans the same chips)")
     parser.add_argument("--batch-size", type=int, default=64, help="patches per batch on the actor path")
     parser.add_argument("--max-new-tokens", type=int, default=0, help="answer budget (0: the longest mask)")
-    parser.add_argument("--reducer-px", type=int, default=8192, help="side of the reducer's mask (multiple of 1024)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--reducer-px", type=int, default=8192,
+                        help="side of the reducer's mask (multiple of 1024; 0: no reducer figures)")
+    parser.add_argument("--chips-file", help="decode the chips of this .npy (N x H x W x 3) instead of the demo scene's")
+    parser.add_argument("--save-chips", help="write the demo scene's first --chips chips to this .npy and stop")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (CPU)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto: cuda when there is one")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     card = read_model_prompt(args.model) or ModelPrompt()
+    if args.save_chips:
+        np.save(args.save_chips, np.stack(demo_chips(card.chip_size, args.chips)))
+        return {}
     prompt = card.prompt()
-    model, processor = load_model(args.model)
-    chips = demo_chips(card.chip_size, args.chips)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    model, processor = load_model(args.model, device=device)  # on a GPU in the checkpoint's dtype, as the actor
+    chips = list(np.load(args.chips_file))[:args.chips] if args.chips_file else demo_chips(card.chip_size, args.chips)
     boxes = patch_boxes(card.chip_size, card.chip_size, card.patch_size)
     budget = args.max_new_tokens or None
     start, cpu = time.perf_counter(), time.process_time()
@@ -119,7 +129,8 @@ def main(argv=None) -> dict:
     n, m = len(fast), len(naive)
     same = [fast[c * len(boxes) + j] for c in range(len(chips)) for j in sample]
     result = {
-        "benchmark": "mapping", "model": str(args.model), "device": "cpu", "threads": args.threads,
+        "benchmark": "mapping", "model": str(args.model), "threads": args.threads,
+        "device": device if device == "cpu" else f"{device}: {torch.cuda.get_device_name()}",
         "chip_size": card.chip_size, "chips": len(chips), "patches": n, "baseline_patches": m,
         "answer_tokens_mean": round(float(np.mean([len(processor.tokenizer(a.text)["input_ids"]) + 1 for a in fast])), 2),
         "actor_patches_per_s": round(n / actor_s, 2), "baseline": "naive_generate_batch1",
@@ -127,7 +138,7 @@ def main(argv=None) -> dict:
         "actor_cpu_s": round(actor_cpu, 2), "baseline_cpu_s": round(naive_cpu, 2),
         "cpu_ratio": round((n / actor_cpu) / (m / naive_cpu), 2),
         "answers_equal": round(sum(a.text == b.text for a, b in zip(same, naive)) / m, 4),
-        **reducer_km2_per_s(args.reducer_px, card.field_seed_px),
+        **(reducer_km2_per_s(args.reducer_px, card.field_seed_px) if args.reducer_px else {}),
     }
     print(json.dumps(result))
     return result

@@ -9,17 +9,20 @@
 # (the GPU image holds an older transformers; its tokenizers, huggingface_hub and safetensors
 # satisfy this one). .gpu/ is git-ignored: carry it. `train` installs the wheel, runs the recipe
 # from the shipped demo model on .gpu/packed, chooses the model's boundary_bias on the training
-# scenes (`train_demo.py calibrate`), and leaves one archive, OUT/run.tar (model/, metrics.json,
-# curves.png, log.txt): one file to bring back, partial or not. The command the
+# scenes (`train_demo.py calibrate`), times the mapping decoder on the GPU (`benchmarks/mapping.py`
+# on 8 demo chips saved by `prepare`, the line issue 23 needs), and leaves one archive,
+# OUT/run.tar (model/, metrics.json, curves.png, log.txt, mapping.json): one file to bring back,
+# partial or not. The command the
 # demo model's card gives for a 15-minute lease:
 #
-#   bash cluster/gpu_recipe.sh train $OUT --minutes 6 --sft-steps 20000 --batch-size 64 --eval-every 250
+#   bash cluster/gpu_recipe.sh train $OUT --minutes 5 --sft-steps 20000 --batch-size 64 --eval-every 250
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
 prepare)
   python=.venv/bin/python
   "$python" jobs/train_demo.py pack --data "${2:-../shared/data/naip-fields}" --out .gpu/packed
+  "$python" benchmarks/mapping.py --chips 8 --save-chips .gpu/mapping_chips.npy
   version=$("$python" -c "import transformers; print(transformers.__version__)")
   "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .gpu/wheels "transformers==$version"
@@ -40,6 +43,9 @@ train)
   if [ -f "$out/run/model/magseg.json" ]; then
     python3 jobs/train_demo.py calibrate --data .gpu/packed --model "$out/run/model" 2>&1 | tee -a "$out/run/log.txt"
   fi
+  # issue 23's GPU line: the mapping decoder against naive generate, the shipped demo model, same chips
+  python3 benchmarks/mapping.py --chips-file .gpu/mapping_chips.npy --reducer-px 0 \
+    >"$out/run/mapping.json" 2>>"$out/run/log.txt"
   tar -C "$out" -cf "$out/run.tar" run && rm -rf "$out/run"
   exit "$status"
   ;;

@@ -61,3 +61,23 @@ def test_the_reducer_writes_the_polygons_it_wrote_before_it_was_sped_up():
     result = load("mapping").reducer_km2_per_s(2048, 16.0)
     assert result["reducer_fields"] == 1009
     assert result["reducer_sha256"] == "094964157cb96514863e4acd8dcc89cf2640aba7513156c8908a6347c57bcee2"
+
+
+def test_the_mapping_benchmark_runs_where_pytorch_is_all_there_is(tmp_path):
+    """The GPU recipe times the decoder on a lent machine (PyTorch and transformers only) from chips
+    saved here: with ``--chips-file`` and ``--reducer-px 0`` nothing of the geo stack is imported."""
+    import json
+    import subprocess
+    import sys
+
+    chips = tmp_path / "chips.npy"
+    assert load("mapping").main(["--chips", "1", "--save-chips", str(chips)]) == {}
+    blocked = ["ray", "deepspeed", "rasterio", "geopandas", "pyarrow", "s3fs", "shapely", "pyogrio", "edt"]
+    argv = ["mapping.py", "--chips-file", str(chips), "--baseline-every", "32", "--reducer-px", "0"]
+    code = ("import sys, runpy; sys.modules.update({m: None for m in %r}); sys.argv = %r; "
+            "runpy.run_path(%r, run_name='__main__')") % (blocked, argv, str(ROOT / "benchmarks" / "mapping.py"))
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    assert line["patches"] == 64 and line["baseline_patches"] == 2 and line["answers_equal"] == 1.0
+    assert line["device"] == "cpu" and "reducer_km2" not in line
