@@ -67,26 +67,20 @@ def instances_from_classes(
     return labels.astype(np.int32)
 
 
-def _offsets(reach: float) -> np.ndarray:
-    """``(dy, dx)`` offsets within ``reach``, nearest first, ties by ``dx`` then ``dy`` (the
-    feature transform's rule: leftmost column, then topmost row)."""
-    r = int(reach)
-    dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
-    d2, dy, dx = dy * dy + dx * dx, dy.ravel(), dx.ravel()
-    keep = d2.ravel() <= reach * reach
-    order = np.lexsort((dy[keep], dx[keep], d2.ravel()[keep]))
-    return np.stack([dy[keep][order], dx[keep][order]], 1)
-
-
 def _nearest_within(labels: np.ndarray, at: tuple[np.ndarray, np.ndarray], reach: float) -> np.ndarray:
     """For the pixels ``at`` (rows, cols), the label of the nearest pixel of ``labels`` that is not
     0, within ``reach`` (0 where none is). Tries offsets nearest first, each pixel dropping out at
     its first labelled one, so the work follows how far the pixels lie from a field."""
+    k = int(reach)
+    oy, ox = (o.ravel() for o in np.mgrid[-k:k + 1, -k:k + 1])
+    d2 = oy * oy + ox * ox
+    near = d2 <= reach * reach
+    order = np.lexsort((oy[near], ox[near], d2[near]))  # nearest first, then leftmost column, then topmost row
     h, w = labels.shape
     out = np.zeros(len(at[0]), labels.dtype)
     todo = np.arange(len(at[0]))
     rows, cols = at[0].astype(np.int64), at[1].astype(np.int64)
-    for dy, dx in _offsets(reach):
+    for dy, dx in zip(oy[near][order], ox[near][order]):
         if not len(todo):
             break
         r, c = rows[todo] + dy, cols[todo] + dx

@@ -37,7 +37,11 @@ _DIGITS = "0123456789"
 
 _ALLOWED: dict[tuple, dict] = {}
 """Allowed token ids by grammar and vocabulary, then by ``(state, budget)`` (see
-:class:`RLELogitsProcessor`); it grows with the states answers reach, a few thousand per patch size."""
+:class:`RLELogitsProcessor`). It grows with the states answers reach: 5,018 after 16 demo chips of
+32 px patches, against 837,367 states a 32 px R-RLE grammar can reach, at about 190 bytes each."""
+_ALLOWED_LIMIT = 100_000
+"""States kept per grammar (about 20 MB); past it the cache starts over, so a country-wide run's
+model actor does not grow without bound."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,8 @@ class RLELogitsProcessor:
     def _allowed(self, s, budget: int | None) -> torch.Tensor:
         ids = self._known.get((s, budget))
         if ids is None:
+            if len(self._known) >= _ALLOWED_LIMIT:
+                self._known.clear()
             ids = self._known[(s, budget)] = self._allowed_ids(s, budget)
         return ids
 

@@ -180,3 +180,21 @@ def test_the_token_trie_allows_exactly_the_tokens_that_spell_a_valid_continuatio
             state = proc.grammar.done if token == tokenizer.eos_token_id else proc.advance(state, proc.pieces[token])
             budget -= 1
     assert checked > 200
+
+
+def test_the_shared_cache_of_allowed_tokens_starts_over_past_its_limit(tiny, monkeypatch):
+    from magseg_ray.rle import constrained
+
+    monkeypatch.setattr(constrained, "_ALLOWED_LIMIT", 5)
+    monkeypatch.setattr(constrained, "_ALLOWED", {})  # not what earlier tests left
+    tokenizer = tiny[1].tokenizer
+    proc = codec_for("rrle").logits_processor(tokenizer, 8, 8, "fields3", 0, [tokenizer.eos_token_id])
+    fresh = codec_for("rrle").logits_processor(tokenizer, 8, 8, "fields3", 0, [tokenizer.eos_token_id])
+    assert fresh._known is proc._known  # one cache for the same grammar and vocabulary
+    state, seen = proc.grammar.start, []
+    for ch in "3*f4b2f\n":
+        seen.append(state)
+        assert proc.allowed(state, None).tolist() == proc._allowed_ids(state, None).tolist()
+        assert len(proc._known) <= 5
+        state = proc.grammar.step(state, ch)
+    assert len(seen) > 5
