@@ -1,12 +1,14 @@
 """Mapping throughput: the model actor's decoder against naive per-patch ``generate``; reducer speed.
 
-    python benchmarks/mapping.py [--model DIR] [--chips 8] [--baseline-every 4] [--reducer-px 8192] [--device auto]
+    python benchmarks/mapping.py [--model DIR] [--chips 8] [--baseline-every 4] [--draft-tokens 12] [--reducer-px 8192]
+        [--device auto]
 
 1. Decoding, on chips of the bundled demo scenes with the same model: the actor path
    (:func:`~magseg_ray.model.batching.answer_chips` on ``--chips`` chips in one call, as a mapping
    actor takes ``--chips-per-call``: the chip image and instruction encoded once per chip, patch
    suffixes tokenized alone, every chip's patches decoded with continuous batching from those KV
-   prefixes) against the named baseline ``naive_generate_batch1`` (Hugging Face ``generate`` on
+   prefixes, ``--draft-tokens`` drafts per step; ``actor_forward_passes`` counts its model calls)
+   against the named baseline ``naive_generate_batch1`` (Hugging Face ``generate`` on
    each whole patch prompt, batch 1) on every ``--baseline-every``-th patch of the same chips.
    The actor runs first; both share the grammar's cache of allowed tokens, so the baseline finds it
    warm (which favours the baseline).
@@ -97,6 +99,8 @@ def main(argv=None) -> dict:
                              "does not depend on the others, and the sample spans the same chips)")
     parser.add_argument("--batch-size", type=int, default=64, help="patches per batch on the actor path")
     parser.add_argument("--max-new-tokens", type=int, default=0, help="answer budget (0: the longest mask)")
+    parser.add_argument("--draft-tokens", type=int, default=GenerationSettings.draft_tokens,
+                        help="the actor's draft tokens per step (0: one token per step)")
     parser.add_argument("--reducer-px", type=int, default=8192,
                         help="side of the reducer's mask (multiple of 1024; 0: no reducer figures)")
     parser.add_argument("--chips-file", help="decode the chips of this .npy (N x H x W x 3) instead of the demo scene's")
@@ -115,11 +119,15 @@ def main(argv=None) -> dict:
     chips = list(np.load(args.chips_file))[:args.chips] if args.chips_file else demo_chips(card.chip_size, args.chips)
     boxes = patch_boxes(card.chip_size, card.chip_size, card.patch_size)
     budget = args.max_new_tokens or None
+    passes = []
+    counting = model.register_forward_hook(lambda *_: passes.append(1))
     start, cpu = time.perf_counter(), time.process_time()
     fast = [a for answers in answer_chips(model, processor, [(chip, boxes) for chip in chips], prompt,
-                                          GenerationSettings(args.batch_size, 0.0, budget, boundary_bias=card.boundary_bias))
+                                          GenerationSettings(args.batch_size, 0.0, budget, boundary_bias=card.boundary_bias,
+                                                             draft_tokens=args.draft_tokens))
             for a in answers]
     actor_s, actor_cpu = time.perf_counter() - start, time.process_time() - cpu
+    counting.remove()
     sample = list(range(0, len(boxes), args.baseline_every))  # the same patches of every chip
     start, cpu = time.perf_counter(), time.process_time()
     naive = [a for chip in chips
@@ -133,6 +141,7 @@ def main(argv=None) -> dict:
         "device": device if device == "cpu" else f"{device}: {torch.cuda.get_device_name()}",
         "chip_size": card.chip_size, "chips": len(chips), "patches": n, "baseline_patches": m,
         "answer_tokens_mean": round(float(np.mean([len(processor.tokenizer(a.text)["input_ids"]) + 1 for a in fast])), 2),
+        "draft_tokens": args.draft_tokens, "actor_forward_passes": len(passes),
         "actor_patches_per_s": round(n / actor_s, 2), "baseline": "naive_generate_batch1",
         "baseline_patches_per_s": round(m / naive_s, 2), "ratio": round((n / actor_s) / (m / naive_s), 2),
         "actor_cpu_s": round(actor_cpu, 2), "baseline_cpu_s": round(naive_cpu, 2),

@@ -58,12 +58,18 @@ class GenerationSettings:
     boundary_bias: float = 1.0
     """Kind-first greedy decoding multiplies the probability of starting a boundary run by this
     (the model card's ``boundary_bias``; see :meth:`.RLELogitsProcessor.by_kind`)."""
+    draft_tokens: int = 12
+    """The mapping decoder's greedy rows feed up to this many guessed tokens per step (copied from
+    the answer's own text, since R-RLE rows mostly repeat), each kept only where it is the token the
+    model chooses, so answers are unchanged; 0 decodes one token per step. Sampling ignores it."""
 
     def __post_init__(self):
         if self.greedy not in ("kind", "token"):
             raise ConfigError(f"greedy must be 'kind' or 'token', not {self.greedy!r}")
         if not self.boundary_bias > 0:
             raise ConfigError(f"boundary_bias must be > 0, not {self.boundary_bias!r}")
+        if not (isinstance(self.draft_tokens, int) and self.draft_tokens >= 0):
+            raise ConfigError(f"draft_tokens must be an integer >= 0, not {self.draft_tokens!r}")
 
 
 @dataclass
