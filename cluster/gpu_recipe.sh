@@ -10,7 +10,7 @@
 # satisfy this one). .gpu/ is git-ignored: carry it. `train` installs the wheel, runs the recipe
 # from the shipped demo model on .gpu/packed, chooses the model's boundary_bias on the training
 # scenes (`train_demo.py calibrate`), times the mapping decoder on the GPU (`benchmarks/mapping.py`
-# on 8 demo chips saved by `prepare`, the line issue 23 needs), and leaves one archive,
+# on 8 demo chips saved by `prepare`, with and without drafts: the lines issue 23 needs), and leaves one archive,
 # OUT/run.tar (model/, metrics.json, curves.png, log.txt, mapping.json): one file to bring back,
 # partial or not. The command the
 # demo model's card gives for a 15-minute lease:
@@ -43,9 +43,12 @@ train)
   if [ -f "$out/run/model/magseg.json" ]; then
     python3 jobs/train_demo.py calibrate --data .gpu/packed --model "$out/run/model" 2>&1 | tee -a "$out/run/log.txt"
   fi
-  # issue 23's GPU line: the mapping decoder against naive generate, the shipped demo model, same chips
-  python3 benchmarks/mapping.py --chips-file .gpu/mapping_chips.npy --reducer-px 0 \
-    >"$out/run/mapping.json" 2>>"$out/run/log.txt"
+  # issue 23's GPU lines: the mapping decoder against naive generate, the shipped demo model, same
+  # chips; with drafts (the default) and without, so the lines show what drafts do on a GPU
+  for drafts in 12 0; do
+    python3 benchmarks/mapping.py --chips-file .gpu/mapping_chips.npy --reducer-px 0 --draft-tokens $drafts \
+      >>"$out/run/mapping.json" 2>>"$out/run/log.txt"
+  done
   tar -C "$out" -cf "$out/run.tar" run && rm -rf "$out/run"
   exit "$status"
   ;;
