@@ -22,6 +22,10 @@
    ``reducer_sha256`` fingerprints the polygons (their WKB, instance ids and pixel counts), so a
    faster reducer can show it writes the same fields.
 
+The ``*_tokens_per_patch`` figures count what each path feeds the language model per patch (image
+tokens included; the vision tower's work is not counted): on a CPU, where each fed token costs
+compute, their quotient bounds what the actor can gain beyond saving ``generate``'s overhead.
+
 Prints one JSON line; ``ratio`` = actor patches/s / baseline patches/s (wall clock);
 ``cpu_ratio`` and ``reducer_km2_per_cpu_s`` use the process's CPU time instead, the fair clock on a
 shared machine where other processes take the cores for minutes at a time (with ``--threads 1`` it
@@ -119,21 +123,22 @@ def main(argv=None) -> dict:
     chips = list(np.load(args.chips_file))[:args.chips] if args.chips_file else demo_chips(card.chip_size, args.chips)
     boxes = patch_boxes(card.chip_size, card.chip_size, card.patch_size)
     budget = args.max_new_tokens or None
-    passes = []
-    counting = model.register_forward_hook(lambda *_: passes.append(1))
+    fed = []  # tokens of each model call (prompt, suffix, step or draft tokens; image tokens included)
+    counting = model.register_forward_hook(lambda _m, _a, kw, _o: fed.append(kw["input_ids"].numel()), with_kwargs=True)
     start, cpu = time.perf_counter(), time.process_time()
     fast = [a for answers in answer_chips(model, processor, [(chip, boxes) for chip in chips], prompt,
                                           GenerationSettings(args.batch_size, 0.0, budget, boundary_bias=card.boundary_bias,
                                                              draft_tokens=args.draft_tokens))
             for a in answers]
     actor_s, actor_cpu = time.perf_counter() - start, time.process_time() - cpu
-    counting.remove()
+    actor_fed, fed[:] = list(fed), []
     sample = list(range(0, len(boxes), args.baseline_every))  # the same patches of every chip
     start, cpu = time.perf_counter(), time.process_time()
     naive = [a for chip in chips
              for a in answer_patches(model, processor, [build_patch_prompt(chip, boxes[j], prompt) for j in sample], prompt,
                                      GenerationSettings(1, 0.0, budget, boundary_bias=card.boundary_bias))]
     naive_s, naive_cpu = time.perf_counter() - start, time.process_time() - cpu
+    counting.remove()
     n, m = len(fast), len(naive)
     same = [fast[c * len(boxes) + j] for c in range(len(chips)) for j in sample]
     result = {
@@ -141,7 +146,8 @@ def main(argv=None) -> dict:
         "device": device if device == "cpu" else f"{device}: {torch.cuda.get_device_name()}",
         "chip_size": card.chip_size, "chips": len(chips), "patches": n, "baseline_patches": m,
         "answer_tokens_mean": round(float(np.mean([len(processor.tokenizer(a.text)["input_ids"]) + 1 for a in fast])), 2),
-        "draft_tokens": args.draft_tokens, "actor_forward_passes": len(passes),
+        "draft_tokens": args.draft_tokens, "actor_forward_passes": len(actor_fed),
+        "actor_tokens_per_patch": round(sum(actor_fed) / n, 1), "baseline_tokens_per_patch": round(sum(fed) / m, 1),
         "actor_patches_per_s": round(n / actor_s, 2), "baseline": "naive_generate_batch1",
         "baseline_patches_per_s": round(m / naive_s, 2), "ratio": round((n / actor_s) / (m / naive_s), 2),
         "actor_cpu_s": round(actor_cpu, 2), "baseline_cpu_s": round(naive_cpu, 2),

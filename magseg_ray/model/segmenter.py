@@ -45,17 +45,25 @@ class ChipSegmenter:
 
     def segment(self, image: np.ndarray, valid: np.ndarray, boxes) -> tuple[np.ndarray, np.ndarray]:
         """Classes (NO_DATA where no patch answered or not valid) and the patch confidence grid (NaN
-        where no patch was asked) of one chip."""
-        return self.segment_chips([(image, valid, boxes)])[0]
+        where no patch was asked) of one chip; a :class:`MagsegError` if the model cannot take it."""
+        result = self.segment_chips([(image, valid, boxes)])[0]
+        if isinstance(result, MagsegError):
+            raise result
+        return result
 
-    def segment_chips(self, chips: list) -> list[tuple[np.ndarray, np.ndarray]]:
-        """:meth:`segment` for several ``(image, valid, boxes)`` chips, decoded in one continuous batch."""
+    def segment_chips(self, chips: list) -> list:
+        """:meth:`segment` for several ``(image, valid, boxes)`` chips, decoded in one continuous
+        batch. A chip the model cannot take gets its :class:`MagsegError` in its place: the batch is
+        answered again chip by chip, so only that chip fails."""
         from magseg_ray.model.batching import answer_chips
         from magseg_ray.masks.schemas import NO_DATA
 
         p = self.prompt.patch_size
-        answers = answer_chips(self.model, self.processor, [(image, boxes) for image, _, boxes in chips], self.prompt,
-                               self.settings)
+        try:
+            answers = answer_chips(self.model, self.processor, [(image, boxes) for image, _, boxes in chips],
+                                   self.prompt, self.settings)
+        except MagsegError as e:
+            return [e] if len(chips) == 1 else [self.segment_chips([chip])[0] for chip in chips]
         out = []
         for (_, valid, _), chip_answers in zip(chips, answers):
             classes = np.full(valid.shape, NO_DATA, np.uint8)
@@ -80,20 +88,12 @@ class ChipSegmenter:
         chips = [(np.asarray(rows[i]["image"]), np.asarray(rows[i]["valid"], bool),
                   [tuple(int(v) for v in b) for b in rows[i]["patches"]]) for i in todo]
         start = time.perf_counter()
-        try:
-            results = self.segment_chips(chips)
-        except MagsegError:  # one chip the model cannot take: answer them one by one, so only it fails
-            results = []
-            for i, chip in zip(todo, chips):
-                try:
-                    results.append(self.segment(*chip))
-                except MagsegError as e:
-                    results.append(None)
-                    out[i]["error"] = f"{rows[i]['chip_id']}: {e}"
+        results = self.segment_chips(chips)
         seconds = time.perf_counter() - start
         total = max(sum(len(c[2]) for c in chips), 1)
         for i, chip, result in zip(todo, chips, results):
-            if result is None:
+            if isinstance(result, MagsegError):
+                out[i]["error"] = f"{rows[i]['chip_id']}: {result}"
                 continue
             share = seconds * len(chip[2]) / total  # the batch's time, split by patches
             self.files.write(chip_file(out[i]["chip_id"]), encode_chip(*result, len(chip[2]), share))

@@ -23,7 +23,8 @@ Each replica loads the model once (:class:`~magseg_ray.model.segmenter.ChipSegme
 requests ask for the chips they need; chips in the :class:`~magseg_ray.serve.cache.ChipCache`
 come back at once, the others go through one ``@serve.batch`` method, which gathers the chips of
 all concurrent requests into one model call, computes each distinct chip once (neighbouring tiles
-share chips) and caches them. Sizing, limits and autoscaling: :mod:`magseg_ray.serve.settings`.
+share chips), decoding them in one continuous batch, and caches them. Sizing, limits and
+autoscaling: :mod:`magseg_ray.serve.settings`.
 
 ``POST /segment`` (body, steps and answer: :mod:`magseg_ray.serve.segment`) runs GeoSeg on the
 area's pixels of the scene covering most of it. Each replica builds its GeoSeg pipeline once, at
@@ -152,7 +153,8 @@ class TileServer:
         return await asyncio.to_thread(self._segment_many, tasks)
 
     def _segment_many(self, tasks: list) -> list:
-        """One model call: every distinct chip of ``tasks`` once (a scene that cannot be read gives
+        """One model call: every distinct chip of ``tasks`` not in the cache, read, then decoded in
+        one continuous batch (a scene that cannot be read, or a chip the model cannot take, gives
         its :class:`SceneError` to the requests that asked for it, not to the others)."""
         from magseg_ray.chips.pipeline import patches_to_answer
         from magseg_ray.chips.read import read_chip
@@ -160,19 +162,22 @@ class TileServer:
         self.counters["model_calls"] += 1
         self.counters["largest_call"] = max(self.counters["largest_call"], len(tasks))
         done: dict = {}
+        read: list = []
         for task in dict.fromkeys(tasks):
-            key = self._cache_key(task)
-            value = self.cache.get(key)
-            if value is None:
+            done[task] = self.cache.get(self._cache_key(task))
+            if done[task] is None:
                 try:
-                    chip = read_chip(task, store=self.store)
-                    boxes = patches_to_answer(chip.valid, self.patch_size)
-                    value = self.segmenter.segment(chip.image, chip.valid, boxes)
+                    read.append((task, read_chip(task, store=self.store)))
                 except MagsegError as e:
-                    value = SceneError(f"scene {task.scene_id} cannot be read: {e}")
-                else:
-                    self.cache.put(key, value)
-                    self.counters["chips_computed"] += 1
+                    done[task] = SceneError(f"scene {task.scene_id} cannot be read: {e}")
+        chips = [(chip.image, chip.valid, patches_to_answer(chip.valid, self.patch_size)) for _, chip in read]
+        for (task, _), value in zip(read, self.segmenter.segment_chips(chips) if chips else []):
+            if isinstance(value, MagsegError):
+                value = SceneError(f"scene {task.scene_id}: the model cannot take the chip at row {task.row_off}, "
+                                   f"column {task.col_off}: {value}")
+            else:
+                self.cache.put(self._cache_key(task), value)
+                self.counters["chips_computed"] += 1
             done[task] = value
         return [done[t] for t in tasks]
 
