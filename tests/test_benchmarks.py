@@ -81,3 +81,9 @@ def test_the_mapping_benchmark_runs_where_pytorch_is_all_there_is(tmp_path):
     line = json.loads(done.stdout.strip().splitlines()[-1])
     assert line["patches"] == 64 and line["baseline_patches"] == 2 and line["answers_equal"] == 1.0
     assert line["device"] == "cpu" and "reducer_km2" not in line
+    assert 0 < line["actor_tokens_per_patch"] < line["baseline_tokens_per_patch"]  # prefix reuse feeds less
+    # the GPU recipe's second line: the actor alone, without drafts
+    plain = load("mapping").main(["--chips-file", str(chips), "--baseline-every", "0", "--draft-tokens", "0",
+                                  "--reducer-px", "0"])
+    assert "ratio" not in plain and plain["draft_tokens"] == 0 and plain["patches"] == 64
+    assert plain["actor_forward_passes"] > line["actor_forward_passes"]  # drafts save passes
