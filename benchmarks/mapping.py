@@ -50,23 +50,6 @@ from magseg_ray.model.generate import GenerationSettings, answer_patches
 from magseg_ray.prompt import build_patch_prompt, patch_boxes
 
 
-def demo_chips(chip_size: int, count: int) -> list[np.ndarray]:
-    """The first ``count`` whole chips of the demo NAIP scene (imports the geo stack only here, so
-    ``--chips-file`` and ``--reducer-px 0`` run where PyTorch is all there is, as on a lent GPU)."""
-    import geopandas as gpd
-
-    from magseg_ray.chips.read import read_chip
-    from magseg_ray.chips.windows import ChipConfig, chip_windows
-    from magseg_ray.map_region import DEMO_DIR
-    from magseg_ray.scenes.catalog import load_catalog
-
-    scenes = load_catalog(DEMO_DIR / "scenes").scenes
-    naip = scenes[scenes["id"].str.startswith("naip")]
-    aoi = gpd.GeoSeries(naip.geometry).union_all()
-    tasks = chip_windows(naip, aoi, ChipConfig(chip_size, 0))[:count]
-    return [read_chip(t).image for t in tasks]
-
-
 def reducer_km2_per_s(size_px: int, seed_px: float) -> dict:
     import shapely
     from rasterio.transform import from_origin
@@ -131,15 +114,22 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (CPU)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto: cuda when there is one")
     args = parser.parse_args(argv)
+    if args.baseline_every < 0:
+        parser.error(f"--baseline-every {args.baseline_every}: must be >= 1, or 0 for no baseline")
     torch.set_num_threads(args.threads)
     card = read_model_prompt(args.model) or ModelPrompt()
+    if args.chips_file:
+        chips = list(np.load(args.chips_file))[:args.chips]
+    else:  # the geo stack is imported only here: a chips file runs where PyTorch is all there is (a lent GPU)
+        from magseg_ray.map_region import demo_chips
+
+        chips = demo_chips(card.chip_size, args.chips)
     if args.save_chips:
-        np.save(args.save_chips, np.stack(demo_chips(card.chip_size, args.chips)))
+        np.save(args.save_chips, np.stack(chips))
         return {}
     prompt = card.prompt()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     model, processor = load_model(args.model, device=device)  # on a GPU in the checkpoint's dtype, as the actor
-    chips = list(np.load(args.chips_file))[:args.chips] if args.chips_file else demo_chips(card.chip_size, args.chips)
     boxes = patch_boxes(card.chip_size, card.chip_size, card.patch_size)
     budget = args.max_new_tokens or None
     fed = []  # tokens of each model call (prompt, suffix, step or draft tokens; image tokens included)

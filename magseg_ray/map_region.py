@@ -40,6 +40,19 @@ DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
 """Bundled demo: scenes (``scenes/``) and an AOI (``demo.geojson``) spanning them."""
 
 
+def demo_chips(chip_size: int, count: int) -> list:
+    """The first ``count`` whole chips (RGB arrays) of the bundled demo NAIP scene, in window order:
+    what the mapping benchmark and the decoder's tests answer."""
+    from magseg_ray.chips.read import read_chip
+    from magseg_ray.chips.windows import ChipConfig, chip_windows
+    from magseg_ray.scenes.catalog import load_catalog
+
+    scenes = load_catalog(DEMO_DIR / "scenes").scenes
+    naip = scenes[scenes["id"].str.startswith("naip")]
+    tasks = chip_windows(naip, gpd.GeoSeries(naip.geometry).union_all(), ChipConfig(chip_size, 0))[:count]
+    return [read_chip(t).image for t in tasks]
+
+
 
 @dataclass(frozen=True)
 class MapConfig:

@@ -61,18 +61,10 @@ def test_a_draft_is_what_followed_the_latest_earlier_occurrence_of_the_answers_t
 @pytest.fixture(scope="module")
 def demo():
     """The demo model and card, and the first demo chip (its answers repeat rows, as real ones do)."""
-    import geopandas as gpd
-
-    from magseg_ray.chips.read import read_chip
-    from magseg_ray.chips.windows import ChipConfig, chip_windows
-    from magseg_ray.map_region import DEMO_DIR
-    from magseg_ray.scenes.catalog import load_catalog
+    from magseg_ray.map_region import demo_chips
 
     card = read_model_prompt(DEMO_MODEL)
-    scenes = load_catalog(DEMO_DIR / "scenes").scenes
-    naip = scenes[scenes["id"].str.startswith("naip")]
-    task = chip_windows(naip, gpd.GeoSeries(naip.geometry).union_all(), ChipConfig(card.chip_size, 0))[0]
-    return (*load_model(DEMO_MODEL), card, read_chip(task).image)
+    return (*load_model(DEMO_MODEL), card, demo_chips(card.chip_size, 1)[0])
 
 
 def test_drafts_leave_the_demo_models_answers_unchanged_in_far_fewer_passes(demo):
