@@ -4,7 +4,7 @@ Fields are the instances of :func:`~magseg_ray.masks.instances.instances_from_cl
 boundary class keeps touching fields apart, boundary pixels are given back to the field they belong
 to, and with ``seed_px`` fields grow from cores, so a boundary with gaps still separates them). Each
 instance is polygonized on the scene grid, simplified with a tolerance of
-``simplify_px`` pixels (so the tolerance follows the GSD), and measured in metres in the UTM zone of
+``simplify_px`` pixels (so the tolerance follows the GSD; :func:`simplify_fields` says how), and measured in metres in the UTM zone of
 its centroid, which works the same for scenes in any CRS and for polygons merged across zones.
 """
 
@@ -57,10 +57,23 @@ def scene_fields(classes: np.ndarray, confidence: np.ndarray, transform: Affine,
         columns["instance"] = order
         columns["pixels"] = [int(pixels[i - 1]) for i in order]
         columns["confidence"] = [float(conf[i - 1]) for i in order]
-        columns["geometry"] = list(shapely.simplify(np.array(geoms, dtype=object), simplify_px * gsd,
-                                                    preserve_topology=True))
+        columns["geometry"] = list(simplify_fields(np.array(geoms, dtype=object), simplify_px * gsd))
     frame = gpd.GeoDataFrame(columns, geometry="geometry", crs=crs)
     return frame.to_crs("EPSG:4326")
+
+
+def simplify_fields(geoms: np.ndarray, tolerance: float) -> np.ndarray:
+    """Each field simplified within ``tolerance`` by Douglas-Peucker, except where that changes what
+    the field is: a field in several parts, or a result that is empty (a sliver collapsed), invalid,
+    in several parts (GEOS mends a self-crossing ring into pieces) or short of a hole. Those fields
+    take GEOS's topology-preserving simplifier. So every field keeps that simplifier's guarantees,
+    and pixel outlines simplify ~10x faster, since most take the plain path. Like either simplifier,
+    it works field by field: neighbours may differ along a shared edge."""
+    out = shapely.simplify(geoms, tolerance, preserve_topology=False)
+    redo = (shapely.get_type_id(geoms) != 3) | (shapely.get_type_id(out) != 3) | shapely.is_empty(out)
+    redo |= (shapely.get_num_interior_rings(out) != shapely.get_num_interior_rings(geoms)) | ~shapely.is_valid(out)
+    out[redo] = shapely.simplify(geoms[redo], tolerance, preserve_topology=True)
+    return out
 
 
 def _polygons(shapes) -> tuple[list[int], np.ndarray]:
