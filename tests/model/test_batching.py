@@ -81,7 +81,7 @@ def test_drafts_leave_the_demo_models_answers_unchanged_in_far_fewer_passes(demo
     (plain, plain_passes), (drafted, drafted_passes) = runs[0], runs[12]
     assert [a.text for a in drafted] == [a.text for a in plain]
     assert np.allclose([a.confidence for a in drafted], [a.confidence for a in plain], atol=1e-5)
-    assert max(len(a.text) for a in plain) > 100  # long, row-repeating answers: what drafts are for
+    assert max(len(a.text) for a in plain) > 60  # long, row-repeating answers: what drafts are for
     assert drafted_passes < 0.6 * plain_passes
     longest = sorted(range(len(boxes)), key=lambda j: len(plain[j].text))[-2:]
     naive = answer_patches(model, processor, [build_patch_prompt(chip, boxes[j], card.prompt()) for j in longest],
