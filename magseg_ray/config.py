@@ -12,6 +12,20 @@ import argparse
 import dataclasses
 import types
 import typing
+from dataclasses import field
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""``--dtype`` choices of every job that loads a model (see :func:`dtype_field`)."""
+TRAIN_DTYPES = ("auto", "float32", "bfloat16")
+"""``--dtype`` choices of the training jobs (float16 would need loss scaling, which is not set up)."""
+
+
+def dtype_field(choices: tuple[str, ...] = DTYPES):
+    """The ``dtype`` field of a job's config (its ``--dtype``), one of ``choices``."""
+    return field(default="auto", metadata=doc(
+        "weights' dtype: auto (bfloat16 on a GPU that has it, else float32: CPU kernels are slow and coarse "
+        "in bfloat16) or a dtype; bfloat16 halves memory (Gemma3 4B: about 8.6 GB)", choices=list(choices)))
 
 
 def doc(text: str, **extra) -> dict:

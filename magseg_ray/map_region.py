@@ -33,7 +33,7 @@ from pathlib import Path
 
 import geopandas as gpd
 
-from magseg_ray.config import doc
+from magseg_ray.config import doc, dtype_field
 from magseg_ray.errors import ConfigError, ModelLoadError
 
 DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
@@ -67,7 +67,8 @@ class MapConfig:
     chip_size: int = field(default=0, metadata=doc("chip side in pixels; 0: what the model was trained with"))
     overlap: int = field(default=-1, metadata=doc("pixels shared by neighbouring chips; -1: chip_size / 8"))
     num_actors: int = field(default=1, metadata=doc("model actors (one GPU each with --use-gpu)"))
-    use_gpu: bool = field(default=False, metadata=doc("one GPU per model actor"))
+    use_gpu: bool = field(default=False, metadata=doc("one GPU per model actor (else the actors decode on the CPU)"))
+    dtype: str = dtype_field()
     cpus_per_actor: float = field(default=1.0, metadata=doc("CPUs reserved per model actor (and its torch threads)"))
     read_cpus: float = field(default=0.25, metadata=doc("CPUs reserved per chip read task"))
     batch_size: int = field(default=64, metadata=doc("patches decoded together (they share the chip's KV prefix)"))
@@ -198,7 +199,8 @@ def run_map_region(p: Plan, store=None) -> dict:
         ds = mapping_chips(p.scenes, p.aoi, p.chip, p.prompt.patch_size, store=store, read_cpus=cfg.read_cpus,
                            skip=done)
         ds = ds.map_batches(ChipSegmenter, fn_constructor_args=(p.model_dir, p.prompt, cfg.batch_size,
-                                                                cfg.max_new_tokens or None, files.root, store, threads),
+                                                                cfg.max_new_tokens or None, files.root, store, threads,
+                                                                cfg.dtype),
                             batch_size=cfg.chips_per_call, batch_format="numpy", concurrency=cfg.num_actors,
                             num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
         finished = 0

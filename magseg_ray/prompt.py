@@ -190,10 +190,12 @@ def build_patch_prompt(
     if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
         raise ChipError(f"patch box {box} lies outside the {w}x{h} chip")
 
+    # The prefix ends before the space: a tokenizer that writes " x" as one piece (Gemma's) then
+    # splits the whole prompt at the prefix, as shared-prefix decoding needs.
     prefix = (f"{BOS}{START_OF_TURN}user\n{BOI}"
-              f"{instruction(schema, h, w, p, config.instruction, config.answer_format)}\nPatch ")
+              f"{instruction(schema, h, w, p, config.instruction, config.answer_format)}\nPatch")
     images = [chip]
-    text = prefix
+    text = prefix + " "
     if config.local_crop:
         images.append(local_crop(chip, box, config.crop_size))
         text += BOI

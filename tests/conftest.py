@@ -39,3 +39,11 @@ def s3_server():
 
     with LocalS3() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def gemma3_dir(tmp_path_factory):
+    """A tiny Gemma3 in the hub's folder layout, with a Gemma-kind tokenizer (tests/hub/gemma3.py)."""
+    from tests.hub.gemma3 import make_gemma3
+
+    return make_gemma3(tmp_path_factory.mktemp("gemma3"))

@@ -16,7 +16,8 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoProcessor, Gemma3ForConditionalGeneration
 
-from magseg_ray.errors import ModelLoadError
+from magseg_ray.config import DTYPES
+from magseg_ray.errors import ConfigError, ModelLoadError
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
 """The shipped demo model (the ``small`` preset trained by ``jobs/sft.py``; see its README.md):
@@ -24,6 +25,18 @@ the default ``--model`` of every job."""
 
 GEMMA3_MODEL_TYPES = ("gemma3",)
 """``model_type`` values accepted in ``config.json`` (the image-text-to-text Gemma3)."""
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype:
+    """The torch dtype ``dtype`` names on ``device`` (``auto`` or None: bfloat16 on a GPU that has it, else float32)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        gpu = torch.device(device).type == "cuda"
+        return torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else torch.float32
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return getattr(torch, dtype)
 
 
 def model_fingerprint(model_dir: str) -> str:
@@ -66,19 +79,15 @@ def check_checkpoint_dir(path: str | Path) -> dict:
 
 
 def load_model(
-    path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+    path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | torch.device = "cpu"
 ) -> tuple[Gemma3ForConditionalGeneration, object]:
-    """Load model and processor from ``path``; ``dtype`` defaults to the checkpoint's own on a GPU
-    and to float32 on the CPU (CPU kernels are slow and coarse in bfloat16; the demo model is
-    stored in bfloat16 to keep the repository small)."""
+    """Load model and processor from ``path`` onto ``device`` in ``dtype`` (see :func:`resolve_dtype`;
+    the demo model is stored in bfloat16 to keep the repository small, and read in float32 on the CPU)."""
     check_checkpoint_dir(path)
-    if dtype is None and torch.device(device).type == "cpu":
-        dtype = torch.float32
+    dtype = resolve_dtype(dtype, device)
     try:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-        model = Gemma3ForConditionalGeneration.from_pretrained(
-            path, local_files_only=True, dtype=dtype if dtype is not None else "auto"
-        )
+        model = Gemma3ForConditionalGeneration.from_pretrained(path, local_files_only=True, dtype=dtype)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
         raise ModelLoadError(f"cannot load Gemma3 checkpoint from {str(path)!r}: {e}") from e
     return model.to(device).eval(), processor

@@ -24,7 +24,7 @@ class ChipSegmenter:
     """Ray Data ``map`` class: a chip record (from ``mapping_chips``) -> its output summary."""
 
     def __init__(self, model_dir: str, prompt: PromptConfig, batch_size: int, max_new_tokens: int | None,
-                 files_root: str, store=None, threads: int | None = None):
+                 files_root: str, store=None, threads: int | None = None, dtype: str = "auto"):
         import torch
 
         from magseg_ray.model.card import ModelPrompt, read_model_prompt
@@ -35,7 +35,6 @@ class ChipSegmenter:
         if threads:
             torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         self.model, self.processor = load_model(model_dir, dtype=dtype, device=device)
         self.prompt = prompt
         card = read_model_prompt(model_dir) or ModelPrompt()

@@ -30,7 +30,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from magseg_ray.config import doc
+from magseg_ray.config import doc, dtype_field
 from magseg_ray.errors import ConfigError
 
 DEMO_SCENES = Path(__file__).resolve().parents[1] / "assets" / "demo" / "scenes"
@@ -73,6 +73,7 @@ class ServeSettings:
     target_ongoing_requests: float = field(default=4.0, metadata=doc("autoscaling target of ongoing requests per replica"))
     cpus_per_replica: float = field(default=1.0, metadata=doc("CPUs reserved per replica (and its torch threads)"))
     gpus_per_replica: float = field(default=0.0, metadata=doc("GPUs per replica (1 on GPU clusters)"))
+    dtype: str = dtype_field()
     max_ongoing_requests: int = field(default=8, metadata=doc("requests a replica works on at once"))
     max_queued_requests: int = field(default=16, metadata=doc("requests queued beyond those; more get 503 at once"))
     geoseg: bool = field(default=True, metadata=doc(

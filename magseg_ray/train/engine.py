@@ -23,17 +23,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from magseg_ray.config import TRAIN_DTYPES
+from magseg_ray.errors import ConfigError
+
 STALE_BUILD_LOCK_S = 600
 """Age in seconds after which a torch extension build lock is taken to be left by a killed build."""
 
 
-def worker_device(use_gpu: bool):
-    """``(device, bf16)`` of this worker: its CUDA device with bf16 where supported, else the CPU."""
+def worker_device(use_gpu: bool, dtype: str = "auto"):
+    """``(device, bf16)`` of this worker: its CUDA device or the CPU, and whether DeepSpeed trains in
+    bf16: with ``dtype`` (``--dtype``) ``auto`` where the GPU has it, else as ``dtype`` says."""
     import torch
 
-    if use_gpu and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device()), torch.cuda.is_bf16_supported()
-    return torch.device("cpu"), False
+    if dtype not in TRAIN_DTYPES:
+        raise ConfigError(f"training takes --dtype {', '.join(TRAIN_DTYPES)}, got {dtype!r}")
+    gpu = use_gpu and torch.cuda.is_available()
+    device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
+    return device, (gpu and torch.cuda.is_bf16_supported()) if dtype == "auto" else dtype == "bfloat16"
 
 
 def deepspeed_engine(model, optimizer, batch: int, zero_stage: int, bf16: bool, scheduler=None):

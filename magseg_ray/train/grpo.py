@@ -60,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
-from magseg_ray.config import doc
+from magseg_ray.config import TRAIN_DTYPES, doc, dtype_field
 from magseg_ray.errors import ConfigError
 from magseg_ray.files import local_absolute, write_atomic
 from magseg_ray.model.checkpoint import DEMO_MODEL
@@ -115,6 +115,7 @@ class GRPOConfig:
     cpus_per_actor: float = field(default=0.5, metadata=doc("CPUs reserved per rollout actor"))
     gpus_per_actor: float = field(default=0.0, metadata=doc("GPUs per rollout actor (fractions share a GPU)"))
     use_gpu: bool = field(default=False, metadata=doc("one GPU per learner (NCCL); else CPU (gloo)"))
+    dtype: str = dtype_field(TRAIN_DTYPES)
     gen_batch_size: int = field(default=16, metadata=doc("answers per generate call on an actor"))
     zero_stage: int = field(default=2, metadata=doc("DeepSpeed ZeRO stage (LoRA weights stay whole on every learner)",
                                                    choices=[0, 1, 2]))
@@ -270,9 +271,9 @@ def learner_loop(loop_config: dict) -> None:
     prompts = PromptSet(ray.get(loop_config["chips"]), cfg.prompt())
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device, bf16 = worker_device(cfg.use_gpu)
+    device, bf16 = worker_device(cfg.use_gpu, cfg.dtype)
 
-    model, processor = load_policy_base(cfg.model, cfg.adapter or None)
+    model, processor = load_policy_base(cfg.model, cfg.adapter or None, cfg.dtype, device.type)
     torch.manual_seed(cfg.seed)
     model = attach_lora(model, cfg.lora())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
@@ -415,7 +416,7 @@ def run_grpo(cfg: GRPOConfig) -> dict:
                              adapter=cfg.adapter or None, lora=cfg.lora(), prompt=prompt, reward=cfg.reward,
                              train_chips=chips_ref, val_records=val, seed=cfg.seed,
                              max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size,
-                             boundary_bias=cfg.model_prompt().boundary_bias)
+                             boundary_bias=cfg.model_prompt().boundary_bias, dtype=cfg.dtype)
     trainer = torch_trainer(learner_loop, {"config": dataclasses.asdict(cfg), "actors": pool.actors, "keys": keys,
                                            "chips": chips_ref}, cfg)
     try:

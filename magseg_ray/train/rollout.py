@@ -30,14 +30,15 @@ Key = tuple[int, int]
 """A training prompt: (index of its chip in the prompt set, index of the patch in the chip)."""
 
 
-def load_policy_base(model_dir: str | Path, adapter: str | Path | None = None):
+def load_policy_base(model_dir: str | Path, adapter: str | Path | None = None, dtype: str = "auto",
+                     device: str = "cpu"):
     """The frozen base of the GRPO policy (and its reference): the checkpoint at ``model_dir``, with
     the PEFT ``adapter`` merged in when given. Raises ``ModelLoadError`` for an adapter that does
-    not fit the model."""
-    from magseg_ray.model.checkpoint import load_model
+    not fit the model. ``dtype`` (``--dtype``) is resolved for ``device``, where the model goes next."""
+    from magseg_ray.model.checkpoint import load_model, resolve_dtype
     from magseg_ray.model.lora import load_adapter
 
-    model, processor = load_model(model_dir)
+    model, processor = load_model(model_dir, resolve_dtype(dtype, device))
     if adapter:
         model = load_adapter(model, adapter).merge_and_unload()
     return model, processor
@@ -93,7 +94,8 @@ class RolloutActor:
 
     def __init__(self, model_dir: str, adapter: str | None, lora: LoraSettings, prompt: PromptConfig,
                  reward: str, train_chips: list[dict], val_records: list[dict], seed: int = 0,
-                 max_new_tokens: int | None = None, batch_size: int = 16, boundary_bias: float = 1.0):
+                 max_new_tokens: int | None = None, batch_size: int = 16, boundary_bias: float = 1.0,
+                 dtype: str = "auto"):
         import ray
         import torch
 
@@ -101,9 +103,9 @@ class RolloutActor:
         from magseg_ray.model.lora import attach_lora
         from magseg_ray.train.rewards import get_reward
 
-        model, self.processor = load_policy_base(model_dir, adapter)
-        torch.manual_seed(seed)
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+        model, self.processor = load_policy_base(model_dir, adapter, dtype, device)
+        torch.manual_seed(seed)
         self.model = attach_lora(model, lora).to(device).eval()
         self.prompt, self.schema = prompt, get_schema(prompt.schema)
         self.reward = get_reward(reward)

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from magseg_ray.config import doc
+from magseg_ray.config import TRAIN_DTYPES, doc, dtype_field
 from magseg_ray.errors import ConfigError
 from magseg_ray.files import local_absolute, write_atomic
 from magseg_ray.prompt import PromptConfig
@@ -98,6 +98,7 @@ class SFTConfig:
         "a random decoder learns little); writes no adapter/"))
     num_workers: int = field(default=2, metadata=doc("Ray Train workers"))
     use_gpu: bool = field(default=False, metadata=doc("one GPU per worker (NCCL); else CPU (gloo)"))
+    dtype: str = dtype_field(TRAIN_DTYPES)
     cpus_per_worker: float = field(default=1.0, metadata=doc("CPUs reserved per worker"))
     zero_stage: int = field(default=2, metadata=doc("DeepSpeed ZeRO stage", choices=[0, 1, 2, 3]))
     lr: float = field(default=2e-4, metadata=doc("peak learning rate (AdamW)"))
@@ -163,13 +164,15 @@ def check_config(cfg: SFTConfig) -> None:
                           "and --train-projector")
 
 
-def load_base(cfg: SFTConfig):
+def load_base(cfg: SFTConfig, device="cpu"):
     """The base model and processor: an offline preset (same seed, same weights on every worker)
-    or a checkpoint folder."""
-    from magseg_ray.model.checkpoint import load_model
+    or a checkpoint folder, in ``cfg.dtype`` resolved for ``device``."""
+    from magseg_ray.model.checkpoint import load_model, resolve_dtype
     from magseg_ray.model.presets import PRESETS, build_model
 
-    return build_model(cfg.base, seed=cfg.seed) if cfg.base in PRESETS else load_model(cfg.base)
+    if cfg.base in PRESETS:
+        return build_model(cfg.base, seed=cfg.seed)
+    return load_model(cfg.base, resolve_dtype(cfg.dtype, device))
 
 
 def score_patches(model, processor, records: list[dict], prompt: PromptConfig,
@@ -237,8 +240,8 @@ class _Worker:
         self.cfg, self.val_records, self.fixed_batch = cfg, val_records, fixed_batch
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        self.device, bf16 = worker_device(cfg.use_gpu)
-        model, self.processor = load_base(cfg)
+        self.device, bf16 = worker_device(cfg.use_gpu, cfg.dtype)
+        model, self.processor = load_base(cfg, self.device)
         torch.manual_seed(cfg.seed)
         self.cache = None
         if cfg.freeze_vision:
