@@ -139,6 +139,21 @@ def tokens_per_patch(lines: list[dict], s: Settings) -> dict:
                           + ("" if at_res else f"; no {s.resolution_m} m line, used as a proxy")}
 
 
+def prompt_tokens(lines: list[dict]) -> dict:
+    """Prompt tokens: image tokens per image, the shared prefix per chip and the suffix per patch,
+    from the last ``real_size`` line (Gemma3 4B's processor, a Gemma-kind tokenizer), else assumed."""
+    real = [r for r in lines if r["benchmark"] == "real_size"]
+    if not real:
+        return {"image": IMAGE_TOKENS, "prefix": PREFIX_TEXT_TOKENS + IMAGE_TOKENS, "suffix": PATCH_TEXT_TOKENS,
+                "provenance": "assumed: Gemma3's 256 soft tokens + markers, ~80 instruction tokens, "
+                              "`Patch x X0-X1 y Y0-Y1` + turn markers"}
+    r = real[-1]
+    return {"image": r["image_tokens_per_image"], "prefix": r["prefill_tokens_per_chip"],
+            "suffix": r["suffix_tokens_per_patch"],
+            "provenance": f"measured (CPU, random weights): {r['_file']} real_size, the 4B's processor "
+                          "(896 px, 256 image tokens) and a Gemma-kind tokenizer on a 512 px chip"}
+
+
 def geometry(s: Settings) -> dict:
     px = (1000 / s.resolution_m) ** 2
     stride = s.chip - s.overlap
@@ -150,10 +165,11 @@ def geometry(s: Settings) -> dict:
                           f"(stride {stride}), {s.patch} px patches; every patch of every chip is answered"}
 
 
-def replica(model: GpuModel, tokens: float, g: dict, s: Settings, measured: dict | None) -> dict:
-    """GPU seconds per patch of one replica, split by stage (decode, prefill, vision)."""
+def replica(model: GpuModel, tokens: float, g: dict, s: Settings, measured: dict | None, prompt: dict) -> dict:
+    """GPU seconds per patch of one replica, split by stage (decode, prefill, vision); ``prompt``:
+    :func:`prompt_tokens`."""
     n = g["patches_per_chip"]
-    prefill = PATCH_TEXT_TOKENS + (IMAGE_TOKENS if s.local_crop else 0) + (PREFIX_TEXT_TOKENS + IMAGE_TOKENS) / n
+    prefill = prompt["suffix"] + (prompt["image"] if s.local_crop else 0) + prompt["prefix"] / n
     images = (1 if s.local_crop else 0) + 1 / n
     stages = {"decode": tokens / model.decode_tokens_per_s, "prefill": prefill / model.prefill_tokens_per_s,
               "vision": images / VISION_IMAGES_PER_S}
@@ -223,12 +239,13 @@ def plan(lines: list[dict], s: Settings = Settings()) -> dict:
     reducer_s, reducer_source = reducer_s_per_km2(lines, g)
     tok = tokens_per_patch(lines, s)
     rd = reads(lines, g)
+    prompt = prompt_tokens(lines)
     out = {"settings": {k: v for k, v in asdict(s).items() if k != "models"}, "gpu": GPU, "geometry": g,
-           "tokens_per_patch": tok, "reads": rd, "notes": [], "models": {}}
+           "tokens_per_patch": tok, "prompt_tokens": prompt, "reads": rd, "notes": [], "models": {}}
     for key, model in s.models.items():
         measured, notes = measured_actor(lines, key)
         out["notes"] += [n for n in notes if n not in out["notes"]]
-        rep = replica(model, tok["value"], g, s, measured)
+        rep = replica(model, tok["value"], g, s, measured, prompt)
         gpu_s_km2 = g["patches_per_km2"] / rep["patches_per_s"] / s.utilisation
         km2_per_s = s.gpus / gpu_s_km2          # cluster mapping rate with s.gpus GPUs
         chips_per_s = km2_per_s * g["chips_per_km2"]
@@ -262,6 +279,8 @@ def report(p: dict) -> str:
         f"overlap x{g['overlap_factor']:.3f})  [{g['provenance']}]",
         f"answer tokens per patch: {t['value']:.2f} (project tokenizer {t['project_tokens_mean']}, p95 "
         f"{t['p95_tokens']})  [{t['provenance']}]",
+        f"prompt tokens: {p['prompt_tokens']['prefix']} shared prefix per chip, {p['prompt_tokens']['suffix']:.1f} "
+        f"suffix per patch, {p['prompt_tokens']['image']} per image  [{p['prompt_tokens']['provenance']}]",
         f"reads: {rd['bytes_per_km2'] / 1e6:.2f} MB/km2, {rd['cpu_s_per_km2']:.2f} CPU s/km2, "
         f"{rd['gets_per_km2']:.0f} GETs/km2  [{rd['provenance']}]",
         f"GPU: {p['gpu']}; utilisation {s['utilisation']:.0%} (assumed); ${s['usd_per_gpu_hour']:.2f}/GPU-h (assumed)",

@@ -60,15 +60,27 @@ def test_tokens_prefer_the_plans_resolution_and_count_characters(sample):
 def test_replica_time_is_the_sum_of_its_stages():
     s, g = sp.Settings(), sp.geometry(sp.Settings())
     m = sp.MODELS["gemma3-4b"]
-    rep = sp.replica(m, 12.0, g, s, None)
+    prompt = sp.prompt_tokens([])  # no real_size line: the assumed layout
+    rep = sp.replica(m, 12.0, g, s, None, prompt)
     expected = (12.0 / m.decode_tokens_per_s
                 + (sp.PATCH_TEXT_TOKENS + (sp.PREFIX_TEXT_TOKENS + sp.IMAGE_TOKENS) / 256) / m.prefill_tokens_per_s
                 + (1 / 256) / sp.VISION_IMAGES_PER_S)
     assert rep["patches_per_s"] == pytest.approx(1 / expected)
     assert sum(rep["stage_share"].values()) == pytest.approx(1)
     assert max(rep["stage_share"], key=rep["stage_share"].get) == "decode"
-    crop = sp.replica(m, 12.0, g, replace(s, local_crop=True), None)
+    crop = sp.replica(m, 12.0, g, replace(s, local_crop=True), None, prompt)
     assert crop["stage_share"]["vision"] > 0.5 and crop["patches_per_s"] < rep["patches_per_s"] / 5
+
+
+def test_a_real_size_line_replaces_the_assumed_prompt_tokens():
+    line = {"benchmark": "real_size", "_file": "f", "image_tokens_per_image": 262, "prefill_tokens_per_chip": 400,
+            "suffix_tokens_per_patch": 24.0}
+    prompt = sp.prompt_tokens([line])
+    assert (prompt["image"], prompt["prefix"], prompt["suffix"]) == (262, 400, 24.0)
+    assert prompt["provenance"].startswith("measured (CPU, random weights)")
+    s, g, m = sp.Settings(), sp.geometry(sp.Settings()), sp.MODELS["gemma3-4b"]
+    slower = sp.replica(m, 12.0, g, s, None, prompt)["prefill_tokens_per_patch"]
+    assert slower == pytest.approx(24.0 + 400 / 256)
 
 
 def test_doubling_throughput_halves_gpu_hours_and_cost(sample):

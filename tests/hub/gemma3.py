@@ -1,4 +1,4 @@
-"""A Gemma3 checkpoint folder laid out as the hub's ``google/gemma-3-4b-it`` is, at tiny size.
+"""A Gemma3 checkpoint folder laid out as the hub's ``google/gemma-3-4b-it`` is, tiny or at full size.
 
 :func:`make_gemma3` writes what that folder holds: ``config.json`` (the real ``Gemma3Config`` with
 the real token ids and vocabulary size, small widths), ``generation_config.json``,
@@ -33,8 +33,21 @@ BYTES_AT = 238
 VOCAB_SIZE = 262208
 """``config.json``'s ``text_config.vocab_size`` (the tokenizer holds 262,145 entries)."""
 
-IMAGE_SIDE, PATCH, MM_TOKENS = 112, 14, 16
-"""The tiny SigLIP's image side and patch, and soft tokens per image (a square; 256 at 4B)."""
+SIZES = {
+    "tiny": {"mm_tokens_per_image": 16,
+             "text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                             "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32,
+                             "query_pre_attn_scalar": 32},
+             "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                               "num_attention_heads": 2, "image_size": 112, "patch_size": 14}},
+    "4b": {"mm_tokens_per_image": 256,
+           "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 34,
+                           "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+                           "query_pre_attn_scalar": 256},
+           "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                             "num_attention_heads": 16, "image_size": 896, "patch_size": 14}},
+}
+"""Widths: ``tiny`` for tests, ``4b`` as ``google/gemma-3-4b-it``'s ``config.json`` (the benchmark's)."""
 
 CHAT_TEMPLATE = """{{ bos_token }}
 {%- if messages[0]['role'] == 'system' -%}
@@ -141,36 +154,35 @@ TOKENIZER_CONFIG = {
 SPECIAL_TOKENS_MAP = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": UNK, "mask_token": MASK,
                       "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
                       "image_token": "<image_soft_token>"}
-PREPROCESSOR = {
+def preprocessor(size: str) -> dict:
+    """``preprocessor_config.json``: the hub's values, the image side the vision tower's."""
+    side, tokens = SIZES[size]["vision_config"]["image_size"], SIZES[size]["mm_tokens_per_image"]
+    return {
     "do_convert_rgb": None, "do_normalize": True, "do_pan_and_scan": None, "do_rescale": True, "do_resize": True,
-    "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "Gemma3ImageProcessor", "image_seq_length": MM_TOKENS,
+    "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "Gemma3ImageProcessor", "image_seq_length": tokens,
     "image_std": [0.5, 0.5, 0.5], "pan_and_scan_max_num_crops": None, "pan_and_scan_min_crop_size": None,
     "pan_and_scan_min_ratio_to_activate": None, "processor_class": "Gemma3Processor", "resample": 2,
-    "rescale_factor": 0.00392156862745098, "size": {"height": IMAGE_SIDE, "width": IMAGE_SIDE},
-}
+    "rescale_factor": 0.00392156862745098, "size": {"height": side, "width": side},
+    }
 
 
-def config_dict() -> dict:
-    """``config.json``: the 4B's token ids, vocabulary and options, tiny widths."""
+def config_dict(size: str = "tiny") -> dict:
+    """``config.json``: the 4B's token ids, vocabulary and options, at the widths of ``size``."""
+    widths = SIZES[size]
     return {
         "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
         "boi_token_index": SPECIAL_IDS["<start_of_image>"], "eoi_token_index": SPECIAL_IDS["<end_of_image>"],
         "image_token_index": SPECIAL_IDS["<image_soft_token>"], "initializer_range": 0.02,
-        "mm_tokens_per_image": MM_TOKENS, "torch_dtype": "bfloat16",
-        "text_config": {
-            "model_type": "gemma3_text", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32, "query_pre_attn_scalar": 32,
-            "sliding_window": 1024, "vocab_size": VOCAB_SIZE, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
-        },
-        "vision_config": {
-            "model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "image_size": IMAGE_SIDE, "patch_size": PATCH, "vision_use_head": False,
-        },
+        "mm_tokens_per_image": widths["mm_tokens_per_image"], "torch_dtype": "bfloat16",
+        "text_config": {"model_type": "gemma3_text", "sliding_window": 1024, "vocab_size": VOCAB_SIZE,
+                        "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, **widths["text_config"]},
+        "vision_config": {"model_type": "siglip_vision_model", "vision_use_head": False, **widths["vision_config"]},
     }
 
 
-def make_gemma3(path: str | Path, seed: int = 0) -> Path:
-    """Write the tiny hub-layout Gemma3 folder at ``path`` (random bf16 weights); return ``path``."""
+def make_gemma3(path: str | Path, seed: int = 0, size: str = "tiny") -> Path:
+    """Write the hub-layout Gemma3 folder of ``size`` at ``path`` (random bf16 weights, built in
+    bf16: the 4B takes about 8.6 GB, not the 17 GB a float32 build would); return ``path``."""
     import torch
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
@@ -181,8 +193,9 @@ def make_gemma3(path: str | Path, seed: int = 0) -> Path:
     ids = SPECIAL_IDS
     files = {
         "tokenizer.json": tokenizer_json(prompt_corpus()), "tokenizer_config.json": TOKENIZER_CONFIG,
-        "special_tokens_map.json": SPECIAL_TOKENS_MAP, "preprocessor_config.json": PREPROCESSOR,
-        "processor_config.json": {"image_seq_length": MM_TOKENS, "processor_class": "Gemma3Processor"},
+        "special_tokens_map.json": SPECIAL_TOKENS_MAP, "preprocessor_config.json": preprocessor(size),
+        "processor_config.json": {"image_seq_length": SIZES[size]["mm_tokens_per_image"],
+                                  "processor_class": "Gemma3Processor"},
         "generation_config.json": {"bos_token_id": ids[BOS], "eos_token_id": [ids[EOS], ids["<end_of_turn>"]],
                                    "pad_token_id": ids[PAD], "cache_implementation": "hybrid", "do_sample": True,
                                    "top_k": 64, "top_p": 0.95},
@@ -191,7 +204,12 @@ def make_gemma3(path: str | Path, seed: int = 0) -> Path:
         (path / name).write_text(json.dumps(value, indent=2) + "\n")
     (path / "chat_template.jinja").write_text(CHAT_TEMPLATE)
     torch.manual_seed(seed)
-    model = Gemma3ForConditionalGeneration(Gemma3Config.from_dict(config_dict())).to(torch.bfloat16)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        model = Gemma3ForConditionalGeneration(Gemma3Config.from_dict(config_dict(size)))
+    finally:
+        torch.set_default_dtype(default)
     model.save_pretrained(path)  # writes config.json and the weights; the files above stay the hub's
     (path / "generation_config.json").write_text(json.dumps(files["generation_config.json"], indent=2) + "\n")
     return path

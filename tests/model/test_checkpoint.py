@@ -14,6 +14,7 @@ from magseg_ray.model.lora import (
 )
 from magseg_ray.model.presets import build_model
 from magseg_ray.prompt import build_patch_prompt
+from tests.hub.gemma3 import config_dict
 
 
 def encode_prompt(processor, prompt):
@@ -98,31 +99,10 @@ def test_adapter_from_another_model(tiny_dir, tmp_path):
 
 
 # config.json of google/gemma-3-4b-it (architecture fields), to show the real layout is accepted.
-GEMMA3_4B_CONFIG = {
-    "architectures": ["Gemma3ForConditionalGeneration"],
-    "model_type": "gemma3",
-    "boi_token_index": 255999,
-    "eoi_token_index": 256000,
-    "image_token_index": 262144,
-    "mm_tokens_per_image": 256,
-    "text_config": {
-        "model_type": "gemma3_text", "hidden_size": 2560, "intermediate_size": 10240,
-        "num_hidden_layers": 34, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
-        "query_pre_attn_scalar": 256, "sliding_window": 1024, "vocab_size": 262208,
-        "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
-    },
-    "vision_config": {
-        "model_type": "siglip_vision_model", "hidden_size": 1152, "intermediate_size": 4304,
-        "num_hidden_layers": 27, "num_attention_heads": 16, "image_size": 896, "patch_size": 14,
-        "vision_use_head": False,
-    },
-}
-
-
 def test_real_gemma3_4b_layout_is_accepted(tmp_path):
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
-    (tmp_path / "config.json").write_text(json.dumps(GEMMA3_4B_CONFIG))
+    (tmp_path / "config.json").write_text(json.dumps(config_dict("4b")))  # google/gemma-3-4b-it's widths
     for i in (1, 2):
         (tmp_path / f"model-0000{i}-of-00002.safetensors").touch()
     assert check_checkpoint_dir(tmp_path)["model_type"] == "gemma3"
