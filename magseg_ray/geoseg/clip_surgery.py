@@ -87,6 +87,7 @@ def encode_texts(tokenizer, texts: list[str], max_length: int) -> dict:
 def text_features(clip, tokenizer, phrase: str, templates=TEMPLATES) -> torch.Tensor:
     """The prompt-ensemble feature of ``phrase`` (P,), L2-normalised."""
     enc = encode_texts(tokenizer, [t.format(phrase) for t in templates], clip.config.text_config.max_position_embeddings)
+    enc = {k: v.to(clip.device) for k, v in enc.items()}
     feats = clip.get_text_features(**enc).pooler_output
     mean = F.normalize(feats, dim=-1).mean(0)
     return F.normalize(mean, dim=-1)
@@ -116,28 +117,31 @@ class ClipSurgery:
     """:class:`~magseg_ray.geoseg.loading.ImageSettings`: input size, mean, std."""
     blocks: int = 6
     """Last encoder layers that get the surgery path (the reference's 6 for ViT-B)."""
+    placement: object = None
+    """:class:`~magseg_ray.geoseg.loading.Placement` of ``clip`` (None: CPU, float32)."""
 
     @classmethod
-    def load(cls, path, blocks: int = 6) -> "ClipSurgery":
+    def load(cls, path, blocks: int = 6, placement=None) -> "ClipSurgery":
         from transformers import CLIPModel
 
-        from magseg_ray.geoseg.loading import image_settings, load_pretrained, load_tokenizer, model_type
+        from magseg_ray.geoseg.loading import Placement, image_settings, load_pretrained, load_tokenizer, model_type
 
+        placement = placement or Placement()
         model_type(path, ("clip",), "CLIP model")
-        clip = load_pretrained(CLIPModel, path, "CLIP model")
+        clip = load_pretrained(CLIPModel, path, "CLIP model", placement)
         size = clip.config.vision_config.image_size
         settings = image_settings(path, size, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
-        return cls(clip, load_tokenizer(path, "CLIP model"), settings, blocks)
+        return cls(clip, load_tokenizer(path, "CLIP model"), settings, blocks, placement)
 
     @torch.no_grad()
     def similarity(self, crop: np.ndarray, phrase: str) -> np.ndarray:
         """Min-max normalised similarity of ``crop`` (H x W x 3 uint8) to ``phrase``, H x W in [0, 1]."""
-        from magseg_ray.geoseg.loading import to_pixels
+        from magseg_ray.geoseg.loading import Placement, to_pixels
 
-        pixels = to_pixels(crop, self.image)
+        pixels = (self.placement or Placement()).put(to_pixels(crop, self.image))
         tokens, _ = image_tokens(self.clip, pixels, self.blocks)
         patch = self.clip.config.vision_config.patch_size
         grid = (pixels.shape[2] // patch, pixels.shape[3] // patch)
         sim = feature_surgery(tokens[0], text_features(self.clip, self.tokenizer, phrase),
                               text_features(self.clip, self.tokenizer, ""))
-        return similarity_map(sim, grid, crop.shape[:2])
+        return similarity_map(sim.float().cpu(), grid, crop.shape[:2])
