@@ -44,7 +44,7 @@ def _config(tokenizer):
         detr_decoder_config=dict(num_layers=1, num_queries=8, **small),
         mask_decoder_config=dict(hidden_size=32, num_attention_heads=2))
     tracker = dict(
-        model_type="sam3_tracker_video", vision_config=_VISION,
+        model_type="sam3_tracker_video", image_size=SIDE, vision_config=_VISION,
         prompt_encoder_config=dict(hidden_size=32, image_size=SIDE, patch_size=14, mask_input_channels=4),
         mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=16),
         num_maskmem=2, memory_attention_hidden_size=32, memory_attention_num_layers=1,
