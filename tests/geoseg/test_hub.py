@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from magseg_ray.errors import ConfigError, ModelLoadError
 from magseg_ray.geoseg.clip_surgery import ClipSurgery
 from magseg_ray.geoseg.grounder import Grounder
-from magseg_ray.geoseg.loading import Placement, image_settings
+from magseg_ray.geoseg.loading import image_settings
 from magseg_ray.geoseg.segmenters import PointSegmenter, TextSegmenter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,7 +90,22 @@ def test_a_folder_lacking_weights_is_refused_not_filled_with_random_ones(hub, tm
     assert TextSegmenter.load(folder).model is not None  # the detector's weights are all there
 
 
+def test_a_sam_folder_lacking_weights_is_refused(hub, tmp_path):
+    """Was: loaded, with a randomly initialised IoU head."""
+    import shutil
+
+    sam = tmp_path / "sam"
+    shutil.copytree(hub["sam"], sam)
+    state = load_file(sam / "model.safetensors")
+    save_file({k: v for k, v in state.items() if "iou_prediction_head" not in k}, sam / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="lacks .* weights a SamModel needs .*iou_prediction_head"):
+        PointSegmenter.load(sam)
+
+
 def test_placement_defaults_and_refusals():
+    from magseg_ray.geoseg.loading import Placement
+
     assert Placement.resolve() == (Placement("cuda", "bfloat16") if torch.cuda.is_available() else Placement())
     assert Placement.resolve("cpu", "bfloat16").torch_dtype == torch.bfloat16
     with pytest.raises(ConfigError, match="float64"):
