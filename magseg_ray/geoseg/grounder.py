@@ -41,18 +41,6 @@ def check_query(query: str) -> str:
     return query.strip()
 
 
-def _image_only(cls):
-    """``cls`` (a processor class with a video processor) taking an image processor and a tokenizer only."""
-
-    class ImageOnly(cls):
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                             chat_template=chat_template, **kwargs)
-
-    ImageOnly.__name__ = ImageOnly.__qualname__ = f"{cls.__name__}ImageOnly"
-    return ImageOnly
-
-
 def load_processor(path, kind: str):
     """The folder's processor; without its video processor when that cannot be imported."""
     import inspect
@@ -73,8 +61,14 @@ def load_processor(path, kind: str):
             f"install torchvision built for this torch ({torch.__version__})")
     if cls is None or "video_processor" not in inspect.signature(cls.__init__).parameters:
         raise ModelLoadError(hint) from missing
+
+    class ImageOnly(cls):  # the same processor, built from an image processor and a tokenizer only
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                             chat_template=chat_template, **kwargs)
+
     try:
-        return _image_only(cls).from_pretrained(path, local_files_only=True)
+        return ImageOnly.from_pretrained(path, local_files_only=True)
     except ImportError as e:
         raise ModelLoadError(hint) from e
     except (OSError, ValueError, KeyError) as e:
