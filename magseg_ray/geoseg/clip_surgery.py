@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from magseg_ray.geoseg.loading import Placement
+
 TEMPLATES = (
     "a photo of a {}.", "a bad photo of a {}.", "a good photo of a {}.", "a photo of the {}.",
     "a close-up photo of a {}.", "a bright photo of a {}.", "a cropped photo of the {}.",
@@ -117,16 +119,15 @@ class ClipSurgery:
     """:class:`~magseg_ray.geoseg.loading.ImageSettings`: input size, mean, std."""
     blocks: int = 6
     """Last encoder layers that get the surgery path (the reference's 6 for ViT-B)."""
-    placement: object = None
-    """:class:`~magseg_ray.geoseg.loading.Placement` of ``clip`` (None: CPU, float32)."""
+    placement: Placement = Placement()
+    """Device and dtype of ``clip``."""
 
     @classmethod
-    def load(cls, path, blocks: int = 6, placement=None) -> "ClipSurgery":
+    def load(cls, path, blocks: int = 6, placement: Placement = Placement()) -> "ClipSurgery":
         from transformers import CLIPModel
 
-        from magseg_ray.geoseg.loading import Placement, image_settings, load_pretrained, load_tokenizer, model_type
+        from magseg_ray.geoseg.loading import image_settings, load_pretrained, load_tokenizer, model_type
 
-        placement = placement or Placement()
         model_type(path, ("clip",), "CLIP model")
         clip = load_pretrained(CLIPModel, path, "CLIP model", placement)
         size = clip.config.vision_config.image_size
@@ -136,9 +137,9 @@ class ClipSurgery:
     @torch.no_grad()
     def similarity(self, crop: np.ndarray, phrase: str) -> np.ndarray:
         """Min-max normalised similarity of ``crop`` (H x W x 3 uint8) to ``phrase``, H x W in [0, 1]."""
-        from magseg_ray.geoseg.loading import Placement, to_pixels
+        from magseg_ray.geoseg.loading import to_pixels
 
-        pixels = (self.placement or Placement()).put(to_pixels(crop, self.image))
+        pixels = self.placement.put(to_pixels(crop, self.image))
         tokens, _ = image_tokens(self.clip, pixels, self.blocks)
         patch = self.clip.config.vision_config.patch_size
         grid = (pixels.shape[2] // patch, pixels.shape[3] // patch)
