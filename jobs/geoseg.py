@@ -2,13 +2,16 @@
 
     python jobs/geoseg.py SCENE --query "the largest field" --out DIR [--grounder DIR --clip DIR
         --points DIR --sam3 DIR | --tiny DIR] [--box x1,y1,x2,y2] [--text-route field-model]
+        [--device cuda --dtype bfloat16 --max-new-tokens 96]
     python jobs/geoseg.py --bench ITEMS --out DIR [models...] [--ablations full,no_refine,...]
 
 SCENE is a local path or an s3:// COG. One query writes DIR/mask.tif, mask.geojson, mask.gpkg,
 overlay.png and result.json (see magseg_ray.geoseg.outputs); an empty mask has its reason in
 result.json. --bench runs every item of ITEMS (made by jobs/make_geoseg_bench.py) through each
 ablation as a Ray Data job and writes DIR/metrics.json, items.jsonl and table.png. Every model
-loads from a local folder; nothing is downloaded. Exit status 2 on bad input.
+loads from a local folder (README: "GeoSeg's folders"), on --device in --dtype (default: the GPU
+in bfloat16 when there is one, else the CPU in float32); nothing is downloaded. Exit status 2 on
+bad input.
 """
 
 from __future__ import annotations

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from magseg_ray.geoseg.loading import Placement
+
 TEMPLATES = (
     "a photo of a {}.", "a bad photo of a {}.", "a good photo of a {}.", "a photo of the {}.",
     "a close-up photo of a {}.", "a bright photo of a {}.", "a cropped photo of the {}.",
@@ -87,6 +89,7 @@ def encode_texts(tokenizer, texts: list[str], max_length: int) -> dict:
 def text_features(clip, tokenizer, phrase: str, templates=TEMPLATES) -> torch.Tensor:
     """The prompt-ensemble feature of ``phrase`` (P,), L2-normalised."""
     enc = encode_texts(tokenizer, [t.format(phrase) for t in templates], clip.config.text_config.max_position_embeddings)
+    enc = {k: v.to(clip.device) for k, v in enc.items()}
     feats = clip.get_text_features(**enc).pooler_output
     mean = F.normalize(feats, dim=-1).mean(0)
     return F.normalize(mean, dim=-1)
@@ -116,28 +119,30 @@ class ClipSurgery:
     """:class:`~magseg_ray.geoseg.loading.ImageSettings`: input size, mean, std."""
     blocks: int = 6
     """Last encoder layers that get the surgery path (the reference's 6 for ViT-B)."""
+    placement: Placement = Placement()
+    """Device and dtype of ``clip``."""
 
     @classmethod
-    def load(cls, path, blocks: int = 6) -> "ClipSurgery":
+    def load(cls, path, blocks: int = 6, placement: Placement = Placement()) -> "ClipSurgery":
         from transformers import CLIPModel
 
         from magseg_ray.geoseg.loading import image_settings, load_pretrained, load_tokenizer, model_type
 
         model_type(path, ("clip",), "CLIP model")
-        clip = load_pretrained(CLIPModel, path, "CLIP model")
+        clip = load_pretrained(CLIPModel, path, "CLIP model", placement)
         size = clip.config.vision_config.image_size
         settings = image_settings(path, size, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
-        return cls(clip, load_tokenizer(path, "CLIP model"), settings, blocks)
+        return cls(clip, load_tokenizer(path, "CLIP model"), settings, blocks, placement)
 
     @torch.no_grad()
     def similarity(self, crop: np.ndarray, phrase: str) -> np.ndarray:
         """Min-max normalised similarity of ``crop`` (H x W x 3 uint8) to ``phrase``, H x W in [0, 1]."""
         from magseg_ray.geoseg.loading import to_pixels
 
-        pixels = to_pixels(crop, self.image)
+        pixels = self.placement.put(to_pixels(crop, self.image))
         tokens, _ = image_tokens(self.clip, pixels, self.blocks)
         patch = self.clip.config.vision_config.patch_size
         grid = (pixels.shape[2] // patch, pixels.shape[3] // patch)
         sim = feature_surgery(tokens[0], text_features(self.clip, self.tokenizer, phrase),
                               text_features(self.clip, self.tokenizer, ""))
-        return similarity_map(sim, grid, crop.shape[:2])
+        return similarity_map(sim.float().cpu(), grid, crop.shape[:2])

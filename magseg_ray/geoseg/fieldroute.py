@@ -84,11 +84,13 @@ class FieldRoute:
     """(key, classes) of the last box answered: ablations that share a box share the model's answer."""
 
     @classmethod
-    def load(cls, path, select: str = "central") -> "FieldRoute":
-        from magseg_ray.model.checkpoint import load_model
+    def load(cls, path, select: str = "central", placement=None) -> "FieldRoute":
+        """The model of ``path`` on ``placement`` (a :class:`~.loading.Placement`; None: CPU, float32)."""
         from magseg_ray.model.card import ModelPrompt, read_model_prompt
+        from magseg_ray.model.checkpoint import load_model
 
-        model, processor = load_model(path)
+        model, processor = (load_model(path, placement.torch_dtype, placement.device) if placement
+                            else load_model(path))
         card = read_model_prompt(path) or ModelPrompt()
         return cls(model, processor, card.prompt(), card.chip_size, select, boundary_bias=card.boundary_bias,
                    field_seed_px=card.field_seed_px)

@@ -1,10 +1,13 @@
 """Load a GeoSeg component (grounder, CLIP, SAM) from a local checkpoint folder, never the hub.
 
-Every folder is what ``save_pretrained`` writes. The folder's ``config.json`` ``model_type``
-must be one the component accepts, so a SAM folder given as ``--clip`` is refused with a clear
-:class:`~magseg_ray.errors.ModelLoadError` before any weight is read. The image settings a
-checkpoint was trained with (``preprocessor_config.json``: size, mean, std) are read here too,
-for the components whose pre-processing this package writes itself.
+Every folder is what ``save_pretrained`` writes (a hub folder as downloaded). The folder's
+``config.json`` ``model_type`` must be one the component accepts, so a SAM folder given as
+``--clip`` is refused with a clear :class:`~magseg_ray.errors.ModelLoadError` before any weight is
+read; a folder that lacks weights the model needs is refused too (transformers would fill them
+with random values). Every model loads in eval mode on one :class:`Placement` (device and
+dtype: bfloat16 on a GPU, float32 on the CPU unless asked). The image settings a checkpoint was
+trained with (``preprocessor_config.json``: size, mean, std) are read here too, for the
+components whose pre-processing this package writes itself.
 """
 
 from __future__ import annotations
@@ -13,7 +16,48 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from magseg_ray.errors import ModelLoadError
+from magseg_ray.errors import ConfigError, ModelLoadError
+
+DTYPES = ("float32", "bfloat16", "float16")
+"""Values of ``--dtype``."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where GeoSeg's models run: a torch device and a parameter dtype."""
+
+    device: str = "cpu"
+    """torch device string: cpu, cuda, cuda:1, ..."""
+    dtype: str = "float32"
+    """One of :data:`DTYPES`."""
+
+    @classmethod
+    def resolve(cls, device: str | None = None, dtype: str | None = None) -> "Placement":
+        """The placement asked for; by default the GPU when there is one, bfloat16 there and float32
+        on the CPU. :class:`ConfigError` for an unknown dtype or device, or a GPU that is not there."""
+        import torch
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--device {device!r}: no CUDA GPU is visible to torch here")
+        dtype = dtype or ("bfloat16" if kind == "cuda" else "float32")
+        if dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        return cls(device, dtype)
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
+
+    def put(self, tensor):
+        """``tensor`` on the device; floating tensors in the dtype too (model inputs)."""
+        return tensor.to(self.device, self.torch_dtype) if tensor.is_floating_point() else tensor.to(self.device)
 
 
 def model_type(path: str | Path, accepted: tuple[str, ...], what: str) -> str:
@@ -31,12 +75,19 @@ def model_type(path: str | Path, accepted: tuple[str, ...], what: str) -> str:
     return kind
 
 
-def load_pretrained(cls, path: str | Path, what: str):
-    """``cls.from_pretrained(path)`` offline in float32 eval mode, errors as :class:`ModelLoadError`."""
+def load_pretrained(cls, path: str | Path, what: str, placement: Placement = Placement()):
+    """``cls.from_pretrained(path)`` offline, eval mode, on ``placement``; errors, and weights the
+    model needs that the folder lacks, as :class:`ModelLoadError`."""
     try:
-        return cls.from_pretrained(path, local_files_only=True, dtype="float32").eval()
+        model, info = cls.from_pretrained(path, local_files_only=True, dtype=placement.torch_dtype,
+                                          output_loading_info=True)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelLoadError(f"cannot load the {what} from {str(path)!r}: {e}") from e
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise ModelLoadError(f"the {what} folder {str(path)!r} lacks {len(missing)} weights a {cls.__name__} needs "
+                             f"(e.g. {', '.join(missing[:3])}): not a complete checkpoint of that model")
+    return model.to(placement.device).eval()
 
 
 def load_tokenizer(path: str | Path, what: str):
@@ -58,8 +109,8 @@ class ImageSettings:
 
 
 def image_settings(path: str | Path, default_size: int, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> ImageSettings:
-    """The folder's ``preprocessor_config.json`` settings (``size`` as height/width, longest_edge or
-    shortest_edge), with the given defaults for whatever it does not say."""
+    """The folder's ``preprocessor_config.json`` settings (``size`` as height/width, longest_edge,
+    shortest_edge or one integer), with the given defaults for whatever it does not say."""
     file = Path(path) / "preprocessor_config.json"
     values = {}
     if file.is_file():
@@ -68,6 +119,8 @@ def image_settings(path: str | Path, default_size: int, mean=(0.5, 0.5, 0.5), st
         except (OSError, json.JSONDecodeError) as e:
             raise ModelLoadError(f"cannot read {file}: {e}") from None
     size = values.get("size") or {}
+    if isinstance(size, (int, float)):  # older folders (openai/clip-*): "size": 224
+        size = {"shortest_edge": size}
     if "height" in size and "width" in size:
         hw = (int(size["height"]), int(size["width"]))
     else:

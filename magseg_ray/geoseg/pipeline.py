@@ -154,23 +154,28 @@ class ModelFolders:
     text: str | None = None
 
 
-def load_geoseg(folders: ModelFolders, config: GeoSegConfig = GeoSegConfig(), text_route=None) -> GeoSeg:
-    """Load the parts the configuration uses from local folders; ``text_route`` replaces SAM3."""
+def load_geoseg(folders: ModelFolders, config: GeoSegConfig = GeoSegConfig(), text_route=None,
+                placement=None, max_new_tokens: int = 96) -> GeoSeg:
+    """Load the parts the configuration uses from local folders onto ``placement`` (a
+    :class:`~.loading.Placement`; None: CPU, float32); ``text_route`` replaces SAM3;
+    ``max_new_tokens`` is the grounder's answer budget."""
     from magseg_ray.errors import ConfigError
     from magseg_ray.geoseg.clip_surgery import ClipSurgery
     from magseg_ray.geoseg.grounder import Grounder
+    from magseg_ray.geoseg.loading import Placement
     from magseg_ray.geoseg.segmenters import PointSegmenter, TextSegmenter
 
+    placement = placement or Placement()
     use_points = config.routes in ("both", "points")
     use_text = config.routes in ("both", "text")
     if use_points and not (folders.clip and folders.points):
         raise ConfigError("route A (points) needs a CLIP folder and a SAM / SAM3 tracker folder")
     if use_text and text_route is None and not folders.text:
         raise ConfigError("route B (text) needs a SAM3 folder (or the field route)")
-    grounder = Grounder.load(Path(folders.grounder)) if folders.grounder else None
-    points = PointRoute(ClipSurgery.load(folders.clip), PointSegmenter.load(folders.points, config.mask_threshold),
-                        config) if use_points else None
+    grounder = Grounder.load(Path(folders.grounder), max_new_tokens, placement) if folders.grounder else None
+    points = PointRoute(ClipSurgery.load(folders.clip, placement=placement),
+                        PointSegmenter.load(folders.points, config.mask_threshold, placement), config) if use_points else None
     text = text_route
     if use_text and text is None:
-        text = TextSegmenter.load(folders.text, config.text_score_threshold, config.mask_threshold)
+        text = TextSegmenter.load(folders.text, config.text_score_threshold, config.mask_threshold, placement)
     return GeoSeg(grounder, points, text, config)

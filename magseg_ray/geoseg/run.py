@@ -12,6 +12,7 @@ from pathlib import Path
 from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError
 from magseg_ray.geoseg.config import GeoSegConfig
+from magseg_ray.geoseg.loading import DTYPES
 
 TEXT_ROUTES = ("sam3", "field-model", "field-map")
 """Route B choices: SAM3 with the phrase, the MAgSeg model, or the fields of a map_region run."""
@@ -24,7 +25,8 @@ class ModelsConfig:
     grounder: str | None = field(default=None, metadata=doc(
         "grounder checkpoint folder (Qwen2.5-VL, Qwen3-VL, Gemma3, PaliGemma); without it give --box"))
     clip: str | None = field(default=None, metadata=doc("CLIP checkpoint folder (route A's similarity map)"))
-    points: str | None = field(default=None, metadata=doc("SAM or SAM3 tracker checkpoint folder (route A)"))
+    points: str | None = field(default=None, metadata=doc(
+        "SAM, SAM 2/2.1 or SAM3 checkpoint folder (route A's point-prompt segmenter)"))
     sam3: str | None = field(default=None, metadata=doc("SAM3 checkpoint folder (route B with --text-route sam3)"))
     text_route: str = field(default="sam3", metadata=doc(
         "route B: sam3 (phrase as text prompt), field-model (the MAgSeg model of --field-model), "
@@ -33,6 +35,13 @@ class ModelsConfig:
         "MAgSeg model folder for --text-route field-model (default: the shipped demo model)"))
     field_map: str | None = field(default=None, metadata=doc(
         "field polygons of a map_region run (its fields.gpkg, or any vector file) for --text-route field-map"))
+    device: str | None = field(default=None, metadata=doc(
+        "torch device of every GeoSeg model: cpu, cuda, cuda:1 (default: cuda when a GPU is visible, else cpu)"))
+    dtype: str | None = field(default=None, metadata=doc(
+        "parameter dtype of every GeoSeg model: float32, bfloat16, float16 (default: bfloat16 on a GPU, "
+        "float32 on the CPU)", choices=list(DTYPES)))
+    max_new_tokens: int = field(default=96, metadata=doc(
+        "the grounder's answer budget in tokens (raise it for 'thinking' grounders, which reason before the box)"))
     tiny: str | None = field(default=None, metadata=doc(
         "build the offline tiny presets (random weights) into this folder and use every part of them "
         "that is not given: plumbing and latency only, their answers are random"))
@@ -54,8 +63,10 @@ def build_pipeline(models: ModelsConfig, config: GeoSegConfig, scene=None, field
     """The pipeline the configs ask for; ``scene`` (a :class:`.outputs.Scene`) is needed by field-map;
     ``field_route``, a :class:`.fieldroute.FieldRoute` already loaded (the tile server shares its
     replica's model), is used for field-model instead of loading ``models.field_model``."""
+    from magseg_ray.geoseg.loading import Placement
     from magseg_ray.geoseg.pipeline import ModelFolders, load_geoseg
 
+    placement = Placement.resolve(models.device, models.dtype)
     if models.tiny:
         models = _tiny_folders(models)
     text_route = None
@@ -63,11 +74,11 @@ def build_pipeline(models: ModelsConfig, config: GeoSegConfig, scene=None, field
         from magseg_ray.geoseg.fieldroute import FieldRoute
         from magseg_ray.model.checkpoint import DEMO_MODEL
 
-        text_route = field_route or FieldRoute.load(models.field_model or DEMO_MODEL)
+        text_route = field_route or FieldRoute.load(models.field_model or DEMO_MODEL, placement=placement)
     elif config.routes != "points" and models.text_route == "field-map":
         text_route = map_route(models.field_map, scene)
     folders = ModelFolders(models.grounder, models.clip, models.points, models.sam3)
-    return load_geoseg(folders, config, text_route)
+    return load_geoseg(folders, config, text_route, placement, models.max_new_tokens)
 
 
 def map_route(path: str | None, scene):

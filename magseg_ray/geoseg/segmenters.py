@@ -1,11 +1,14 @@
 """The promptable segmenters of the two routes, with pre- and post-processing written here.
 
-- :class:`PointSegmenter` (route A): ``SamModel`` or ``Sam3TrackerModel`` with the keypoints as
-  positive point prompts of one object. SAM resizes the longest side to its input size and pads
-  bottom-right (the SAM processor's rule); the SAM3 tracker stretches to its square input (the
+- :class:`PointSegmenter` (route A): ``SamModel`` (a SAM folder), ``Sam2Model`` (SAM 2 / 2.1
+  folders, ``model_type`` ``sam2``) or ``Sam3TrackerModel`` (a SAM3 tracker folder, or the
+  hub's SAM3 folder, ``sam3_video``, whose tracker it reads) with the keypoints as positive point
+  prompts of one object. SAM resizes the longest side to its input size and pads bottom-right
+  (the SAM processor's rule); SAM2 and the SAM3 tracker stretch to their square input (the
   SAM2/3 processors' rule). Points are mapped the same way. With one point SAM answers three
   masks and the one with the best predicted IoU is taken; with several, one mask.
-- :class:`TextSegmenter` (route B): ``Sam3Model`` with the phrase as text. ``Sam3Processor``
+- :class:`TextSegmenter` (route B): ``Sam3Model`` (a ``sam3`` folder, or the detector of the
+  hub's ``sam3_video`` folder) with the phrase as text. ``Sam3Processor``
   needs torchvision, which cannot be installed next to this CPU torch, so pre-processing is
   resize to the checkpoint's size, /255, mean/std from its ``preprocessor_config.json``;
   post-processing keeps instances with ``sigmoid(logit) x sigmoid(presence) >= threshold``,
@@ -23,10 +26,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from magseg_ray.geoseg.loading import ImageSettings, image_settings, load_pretrained, load_tokenizer, model_type, to_pixels
+from magseg_ray.geoseg.loading import (
+    ImageSettings,
+    Placement,
+    image_settings,
+    load_pretrained,
+    load_tokenizer,
+    model_type,
+    to_pixels,
+)
 
-POINT_MODELS = ("sam", "sam3_tracker")
-"""``model_type`` values :class:`PointSegmenter` accepts."""
+POINT_MODELS = {"sam": "SamModel", "sam2": "Sam2Model", "sam3_tracker": "Sam3TrackerModel",
+                "sam3_video": "Sam3TrackerModel"}
+"""``model_type`` values :class:`PointSegmenter` accepts and the transformers class each loads."""
+TEXT_MODELS = ("sam3", "sam3_video")
+"""``model_type`` values :class:`TextSegmenter` accepts (``Sam3Model`` reads a video folder's detector)."""
+IMAGENET = {"sam", "sam2"}
+"""Point models normalised with ImageNet mean/std by default (the SAM3 tracker: 0.5)."""
 SAM_MEAN, SAM_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -41,22 +57,23 @@ def _upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 @dataclass
 class PointSegmenter:
-    """Route A's segmenter: a SAM (``sam``) or SAM3 tracker (``sam3_tracker``) model."""
+    """Route A's segmenter: a SAM, SAM2 or SAM3 tracker model (:data:`POINT_MODELS`)."""
 
     model: object
     kind: str
     image: ImageSettings
     mask_threshold: float = 0.5
+    placement: Placement = Placement()
 
     @classmethod
-    def load(cls, path, mask_threshold: float = 0.5) -> "PointSegmenter":
-        from transformers import Sam3TrackerModel, SamModel
+    def load(cls, path, mask_threshold: float = 0.5, placement: Placement = Placement()) -> "PointSegmenter":
+        import transformers
 
-        kind = model_type(path, POINT_MODELS, "point-prompt segmenter")
-        model = load_pretrained(SamModel if kind == "sam" else Sam3TrackerModel, path, "point-prompt segmenter")
-        size = model.config.vision_config.image_size
-        mean, std = (SAM_MEAN, SAM_STD) if kind == "sam" else ((0.5,) * 3, (0.5,) * 3)
-        return cls(model, kind, image_settings(path, size, mean, std), mask_threshold)
+        kind = model_type(path, tuple(POINT_MODELS), "point-prompt segmenter")
+        model = load_pretrained(getattr(transformers, POINT_MODELS[kind]), path, "point-prompt segmenter", placement)
+        size = model.config.prompt_encoder_config.image_size
+        mean, std = (SAM_MEAN, SAM_STD) if kind in IMAGENET else ((0.5,) * 3, (0.5,) * 3)
+        return cls(model, kind, image_settings(path, size, mean, std), mask_threshold, placement)
 
     def _frame(self, h: int, w: int) -> tuple[tuple[int, int], tuple[float, float]]:
         """(resized height, width) of a crop inside the model's input, and the x/y scale to it."""
@@ -78,9 +95,10 @@ class PointSegmenter:
         pixels = F.pad(pixels, (0, side_w - rw, 0, side_h - rh))
         xy = torch.tensor([[[[(x + 0.5) * sx, (y + 0.5) * sy] for x, y, _ in points]]], dtype=torch.float32)
         labels = torch.ones(xy.shape[:3], dtype=torch.long)
-        out = self.model(pixel_values=pixels, input_points=xy, input_labels=labels,
+        put = self.placement.put
+        out = self.model(pixel_values=put(pixels), input_points=put(xy), input_labels=put(labels),
                          multimask_output=len(points) == 1)
-        masks, scores = out.pred_masks[0, 0], out.iou_scores[0, 0]
+        masks, scores = out.pred_masks[0, 0].float().cpu(), out.iou_scores[0, 0].float().cpu()
         logits = masks[int(scores.argmax())]
         full = _upsample(logits, (side_h, side_w))[:rh, :rw]
         return (_upsample(full, (h, w)) > _logit(self.mask_threshold)).numpy()
@@ -95,27 +113,29 @@ class TextSegmenter:
     image: ImageSettings
     score_threshold: float = 0.5
     mask_threshold: float = 0.5
+    placement: Placement = Placement()
 
     @classmethod
-    def load(cls, path, score_threshold: float = 0.5, mask_threshold: float = 0.5) -> "TextSegmenter":
+    def load(cls, path, score_threshold: float = 0.5, mask_threshold: float = 0.5,
+             placement: Placement = Placement()) -> "TextSegmenter":
         from transformers import Sam3Model
 
-        model_type(path, ("sam3",), "text-prompt segmenter (SAM3)")
-        model = load_pretrained(Sam3Model, path, "text-prompt segmenter (SAM3)")
+        model_type(path, TEXT_MODELS, "text-prompt segmenter (SAM3)")
+        model = load_pretrained(Sam3Model, path, "text-prompt segmenter (SAM3)", placement)
         settings = image_settings(path, model.config.vision_config.image_size)
-        return cls(model, load_tokenizer(path, "SAM3 model"), settings, score_threshold, mask_threshold)
+        return cls(model, load_tokenizer(path, "SAM3 model"), settings, score_threshold, mask_threshold, placement)
 
     def _text(self, phrase: str) -> dict:
         n = self.model.config.text_config.max_position_embeddings
         enc = self.tokenizer([phrase], padding="max_length", max_length=n, truncation=True, return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        return {k: self.placement.put(enc[k]) for k in ("input_ids", "attention_mask")}
 
     @torch.no_grad()
     def instances(self, crop: np.ndarray, phrase: str) -> tuple[np.ndarray, np.ndarray]:
         """Scores (N,) and mask logits at the crop's size (N x H x W) of every query instance."""
-        out = self.model(pixel_values=to_pixels(crop, self.image), **self._text(phrase))
-        scores = torch.sigmoid(out.pred_logits[0]) * torch.sigmoid(out.presence_logits[0, 0])
-        masks = F.interpolate(out.pred_masks[0][None].float(), size=crop.shape[:2], mode="bilinear",
+        out = self.model(pixel_values=self.placement.put(to_pixels(crop, self.image)), **self._text(phrase))
+        scores = (torch.sigmoid(out.pred_logits[0]) * torch.sigmoid(out.presence_logits[0, 0])).float().cpu()
+        masks = F.interpolate(out.pred_masks[0][None].float().cpu(), size=crop.shape[:2], mode="bilinear",
                               align_corners=False)[0]
         return scores.numpy(), masks.numpy()
 
