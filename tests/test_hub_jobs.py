@@ -67,3 +67,25 @@ def test_sft_then_grpo_then_a_map_from_a_hub_folder(ray_cluster, base, tmp_path,
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["status"] == "complete" and summary["chips"] > 0, summary
     assert len(gpd.read_file(out / "fields.gpkg")) > 0
+
+
+@pytest.mark.slow  # a Serve replica of the hub folder answering a tile and a query over HTTP
+def test_the_tile_server_answers_with_a_hub_folder(ray_cluster, base, tmp_path):
+    from ray import serve
+
+    from magseg_ray.cluster import free_port
+    from magseg_ray.serve import app
+    from tests.serve.test_serve import BBOX, INSIDE, get, post
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(app({"model": str(base), "max_new_tokens": 8, "overlap": 32, "cpus_per_replica": 0.25}),
+                  name="hub", route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        status, headers, _ = get(f"{url}/tiles/{INSIDE}.png")
+        assert status == 200 and headers["X-Tile-Source"] == "model"
+        status, _, body = post(f"{url}/segment", {"query": "the field", "bbox": BBOX})
+        assert status == 200 and json.loads(body)["type"] == "FeatureCollection", body[:300]
+    finally:
+        serve.shutdown()

@@ -18,10 +18,6 @@ from pathlib import Path
 
 from magseg_ray.errors import ConfigError, ModelLoadError
 
-DTYPES = ("float32", "bfloat16", "float16")
-"""Values of ``--dtype``."""
-
-
 @dataclass(frozen=True)
 class Placement:
     """Where GeoSeg's models run: a torch device and a parameter dtype."""
@@ -29,13 +25,16 @@ class Placement:
     device: str = "cpu"
     """torch device string: cpu, cuda, cuda:1, ..."""
     dtype: str = "float32"
-    """One of :data:`DTYPES`."""
+    """float32, bfloat16 or float16."""
 
     @classmethod
     def resolve(cls, device: str | None = None, dtype: str | None = None) -> "Placement":
-        """The placement asked for; by default the GPU when there is one, bfloat16 there and float32
-        on the CPU. :class:`ConfigError` for an unknown dtype or device, or a GPU that is not there."""
+        """The placement asked for; by default the GPU when there is one, and ``dtype`` as every job's
+        ``--dtype`` (:func:`~magseg_ray.model.checkpoint.resolve_dtype`). :class:`ConfigError` for an
+        unknown dtype or device, or a GPU that is not there."""
         import torch
+
+        from magseg_ray.model.checkpoint import resolve_dtype
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
@@ -44,10 +43,7 @@ class Placement:
             raise ConfigError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
         if kind == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"--device {device!r}: no CUDA GPU is visible to torch here")
-        dtype = dtype or ("bfloat16" if kind == "cuda" else "float32")
-        if dtype not in DTYPES:
-            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        return cls(device, dtype)
+        return cls(device, str(resolve_dtype(dtype, kind)).removeprefix("torch."))
 
     @property
     def torch_dtype(self):

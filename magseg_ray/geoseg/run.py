@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from magseg_ray.config import doc
+from magseg_ray.config import doc, dtype_field
 from magseg_ray.errors import ConfigError
 from magseg_ray.geoseg.config import GeoSegConfig
-from magseg_ray.geoseg.loading import DTYPES
 
 TEXT_ROUTES = ("sam3", "field-model", "field-map")
 """Route B choices: SAM3 with the phrase, the MAgSeg model, or the fields of a map_region run."""
@@ -37,9 +36,7 @@ class ModelsConfig:
         "field polygons of a map_region run (its fields.gpkg, or any vector file) for --text-route field-map"))
     device: str | None = field(default=None, metadata=doc(
         "torch device of every GeoSeg model: cpu, cuda, cuda:1 (default: cuda when a GPU is visible, else cpu)"))
-    dtype: str | None = field(default=None, metadata=doc(
-        "parameter dtype of every GeoSeg model: float32, bfloat16, float16 (default: bfloat16 on a GPU, "
-        "float32 on the CPU)", choices=list(DTYPES)))
+    dtype: str = dtype_field()
     max_new_tokens: int = field(default=96, metadata=doc(
         "the grounder's answer budget in tokens (raise it for 'thinking' grounders, which reason before the box)"))
     tiny: str | None = field(default=None, metadata=doc(
