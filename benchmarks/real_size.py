@@ -148,7 +148,7 @@ def main() -> None:
     ap.add_argument("--sft-steps", type=int, default=2, help="SFT steps (0: skip); the first is not timed")
     ap.add_argument("--append", default="", help="also append the line to this JSONL file")
     args = ap.parse_args()
-    with ray_session(RaySettings(num_cpus=2)):
+    with ray_session(RaySettings(num_cpus=3)):  # the SFT worker takes 2 (its torch threads), the readers the rest
         line = measure(args)
     text = json.dumps(line)
     print(text, flush=True)

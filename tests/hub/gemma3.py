@@ -52,9 +52,9 @@ SIZES = {
 CHAT_TEMPLATE = """{{ bos_token }}
 {%- if messages[0]['role'] == 'system' -%}
     {%- if messages[0]['content'] is string -%}
-        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}
     {%- else -%}
-        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\\n\\n' -%}
     {%- endif -%}
     {%- set loop_messages = messages[1:] -%}
 {%- else -%}
@@ -70,7 +70,7 @@ CHAT_TEMPLATE = """{{ bos_token }}
     {%- else -%}
         {%- set role = message['role'] -%}
     {%- endif -%}
-    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else "") }}
     {%- if message['content'] is string -%}
         {{ message['content'] | trim }}
     {%- elif message['content'] is iterable -%}
@@ -84,12 +84,13 @@ CHAT_TEMPLATE = """{{ bos_token }}
     {%- else -%}
         {{ raise_exception("Invalid content type") }}
     {%- endif -%}
-    {{ '<end_of_turn>\n' }}
+    {{ '<end_of_turn>\\n' }}
 {%- endfor -%}
 {%- if add_generation_prompt -%}
-    {{'<start_of_turn>model\n'}}
+    {{'<start_of_turn>model\\n'}}
 {%- endif -%}
 """
+"""``google/gemma-3-4b-it``'s chat template, verbatim (it starts with ``{{ bos_token }}``)."""
 
 _EXTRA_WORDS = ("Patch x y Segment this image chip into classes Answer for one patch line per row "
                 "Find the fields orchards rice paddies box JSON bbox label Output")
