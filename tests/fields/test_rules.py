@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import shapely
 import pytest
 from rasterio.transform import from_origin
 
@@ -79,3 +80,37 @@ def test_pixel_metres_projected_and_geographic():
     assert pixel_metres(from_origin(500000, 4e6, 0.5, 0.5), "EPSG:32615", (10, 10)) == 0.5
     deg = pixel_metres(from_origin(-92.0, 60.0 + 0.5e-5, 1e-5, 1e-5), "EPSG:4326", (1, 1))
     assert deg == pytest.approx(1e-5 * 111_320 * math.cos(math.radians(60.0)), rel=1e-6)
+
+
+def test_the_cards_rules_where_a_flag_is_minus_one():
+    from magseg_ray.fields.rules import resolve_rules
+    from magseg_ray.model.card import ModelPrompt
+
+    card = ModelPrompt(field_min_m2=500, field_hole_m2=100, field_simplify_m=2)
+    assert resolve_rules(-1, -1, -1, -1, card) == FieldRules(min_m2=500, hole_m2=100, simplify_m=2)
+    assert resolve_rules(0, 9000, -1, 0, card) == FieldRules(max_m2=9000, hole_m2=100)
+    assert resolve_rules(-1, -1, -1, -1, ModelPrompt()) == FieldRules()  # a card without them: off
+    with pytest.raises(ConfigError, match="min_m2 -2.0"):
+        resolve_rules(-2, -1, -1, -1, card)
+
+
+def test_scene_fields_merges_a_small_piece_in_ground_units_and_simplifies_in_metres():
+    from magseg_ray.fields.polygons import scene_fields
+    from magseg_ray.masks.schemas import get_schema
+
+    classes = np.ones((60, 60), np.uint8)  # fields3: 1 field, 2 boundary
+    classes[:, 30] = 2  # two 30 px wide fields
+    classes[20, 31:] = 2  # the right one cut: a 29 x 20 piece at the top
+    args = (np.ones((60, 60), np.float32), from_origin(500_000, 4_000_000, 0.5, 0.5), "EPSG:32615", get_schema("fields3"))
+    assert len(scene_fields(classes, *args)) == 3
+    merged = scene_fields(classes, *args, rules=FieldRules(min_m2=200))  # the top piece is about 150 m² at 0.5 m
+    assert len(merged) == 2 and sorted(merged["pixels"]) == [1740, 1860]  # the boundary column goes left
+    assert len(scene_fields(classes, *args, rules=FieldRules(min_m2=100))) == 3
+    wavy = classes.copy()
+    wavy[:, 30] = 1
+    wavy[::2, 29] = 2  # a boundary with 1 px teeth
+    wavy[1::2, 30] = 2
+    plain = scene_fields(wavy, *args)
+    smooth = scene_fields(wavy, *args, rules=FieldRules(simplify_m=2.0))  # 4 px: the teeth go
+    count = lambda frame: int(shapely.get_num_coordinates(frame.geometry.values).sum())  # noqa: E731
+    assert count(smooth) < count(plain)

@@ -13,9 +13,11 @@ scenes, pieces per truth field, and the false positives and negatives by cause
 (:mod:`magseg_ray.eval.errors`). One JSON line per setting; the last line names the setting with
 the highest object F1 among those that keep both IoUs at least as high as the rules-off setting.
 
-Simplification acts on polygons, not on this raster: measure it with ``evaluate.py`` (the card's
-``field_simplify_m``), whose ``model_fields`` row scores ``fields.gpkg``. Run it on a map of
-**training** scenes (``evaluate.py --split train``) to choose; on the held-out map only to report.
+Simplification acts on polygons, not on this raster: ``--polygons`` scores every setting (and each
+``--simplify-m`` value) through the fields step itself instead (:func:`~magseg_ray.fields.polygons.scene_fields`,
+its polygons rasterized on the mask's grid as ``evaluate.py`` scores ``fields.gpkg``), a few times
+slower. Run it on a map of **training** scenes (``evaluate.py --split train``) to choose; on the
+held-out map only to report.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ import rasterio
 from magseg_ray.eval.align import load_pair, run_seed_px
 from magseg_ray.eval.errors import add_breakdowns, error_breakdown, error_picture
 from magseg_ray.eval.metrics import instance_metrics, object_metrics
+from magseg_ray.fields.polygons import scene_fields
 from magseg_ray.fields.rules import FieldRules, apply_rules, pixel_metres
 from magseg_ray.masks.instances import resolve_seed_px
+from magseg_ray.masks.schemas import get_schema
 
 
 def _values(text: str) -> list[float]:
@@ -40,7 +44,8 @@ def _values(text: str) -> list[float]:
 
 
 def _scenes(run: Path, data: Path, seed_px: float) -> list[dict]:
-    """Each scene of the run: instances grown once, truth on the mask's grid, pixel size, image."""
+    """Each scene of the run: instances grown once, truth on the mask's grid, pixel size, image, and
+    what the fields step needs (classes, grid)."""
     out = []
     for mask in sorted((run / "masks").glob("*.tif")):
         truth = data / f"{mask.stem}.fields.gpkg"
@@ -49,15 +54,33 @@ def _scenes(run: Path, data: Path, seed_px: float) -> list[dict]:
             image = np.moveaxis(src.read([1, 2, 3]), 0, -1)
         metres = pixel_metres(pair.transform, pair.crs, pair.pred_instances.shape)
         out.append({"scene": mask.stem, "pred": pair.pred_instances, "truth": pair.truth_instances,
-                    "metres": metres, "image": image})
+                    "metres": metres, "image": image, "mask": mask, "truth_path": truth, "classes": pair.pred_classes,
+                    "transform": pair.transform, "crs": pair.crs, "seed_px": seed_px})
     return out
 
 
-def score(scenes: list[dict], rules: FieldRules, pictures: Path | None = None) -> dict:
-    """One setting over every scene: IoUs averaged, object counts and error causes pooled."""
+def _polygon_instances(s: dict, rules: FieldRules, tmp: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The scene's fields made by the fields step, rasterized on the mask's grid with its truth."""
+    schema = get_schema("fields3")
+    fields = scene_fields(s["classes"], np.ones(s["classes"].shape, np.float32), s["transform"], s["crs"], schema,
+                          seed_px=s["seed_px"], rules=rules)
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / f"{s['scene']}.gpkg"
+    fields[["geometry"]].to_file(path)
+    pair = load_pair(path, s["truth_path"], "fields3", make_valid=True, grid_like=s["mask"])
+    return pair.pred_instances, pair.truth_instances
+
+
+def score(scenes: list[dict], rules: FieldRules, pictures: Path | None = None, polygons: Path | None = None) -> dict:
+    """One setting over every scene: IoUs averaged, object counts and error causes pooled; through the
+    fields step's polygons (written under ``polygons``) when that is given."""
     ious, one, errors, tp = [], [], None, 0
     for s in scenes:
-        pred = apply_rules(s["pred"], rules, s["metres"])
+        if polygons:
+            pred, truth = _polygon_instances(s, rules, polygons)
+        else:
+            pred, truth = apply_rules(s["pred"], rules, s["metres"]), s["truth"]
+        s = {**s, "truth": truth}
         inst = instance_metrics(pred, s["truth"])
         ious.append(inst["mean_iou"])
         one.append(inst["one_to_one_mean_iou"])
@@ -84,6 +107,10 @@ def main() -> None:
     p.add_argument("--min-m2", type=_values, default=[0.0], help="comma-separated minimum field sizes (m²)")
     p.add_argument("--hole-m2", type=_values, default=[0.0], help="comma-separated largest holes filled (m²; inf: all)")
     p.add_argument("--max-m2", type=_values, default=[0.0], help="comma-separated maximum field sizes (m²; 0: none)")
+    p.add_argument("--simplify-m", type=_values, default=[0.0],
+                   help="comma-separated simplification tolerances (m; 0: 1 px); only with --polygons")
+    p.add_argument("--polygons", type=Path, metavar="TMP",
+                   help="score through the fields step's polygons, written to this folder (see above)")
     p.add_argument("--pictures", type=Path, help="draw each scene's errors at the first setting into this folder")
     p.add_argument("--out", type=Path, help="also write the JSON lines here")
     args = p.parse_args()
@@ -91,9 +118,11 @@ def main() -> None:
     scenes = _scenes(args.run, args.data, seed_px)
     if args.pictures:
         args.pictures.mkdir(parents=True, exist_ok=True)
-    lines, base = [], score(scenes, FieldRules())
-    for k, (lo, hole, hi) in enumerate(itertools.product(args.min_m2, args.hole_m2, args.max_m2)):
-        row = score(scenes, FieldRules(min_m2=lo, max_m2=hi, hole_m2=hole), args.pictures if k == 0 else None)
+    lines, base = [], score(scenes, FieldRules(), polygons=args.polygons)
+    settings = itertools.product(args.min_m2, args.hole_m2, args.max_m2, args.simplify_m if args.polygons else [0.0])
+    for k, (lo, hole, hi, simplify) in enumerate(settings):
+        rules = FieldRules(min_m2=lo, max_m2=hi, hole_m2=hole, simplify_m=simplify)
+        row = score(scenes, rules, args.pictures if k == 0 else None, args.polygons)
         lines.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "errors"}), flush=True)
     fair = [r for r in lines if r["instance_iou"] >= base["instance_iou"] and r["one_to_one_iou"] >= base["one_to_one_iou"]]
