@@ -95,10 +95,13 @@ def apply_rules(instances: np.ndarray, rules: FieldRules, pixel_m: float, mapped
 def _edge_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair ``(a, b)``, ``a < b``, of different labels that touch (4-neighbours), with the number
     of pixel edges they share."""
-    a = np.concatenate([labels[:, :-1].ravel(), labels[:-1].ravel()])
-    b = np.concatenate([labels[:, 1:].ravel(), labels[1:].ravel()])
-    keep = a != b
-    lo, hi = np.minimum(a[keep], b[keep]).astype(np.int64), np.maximum(a[keep], b[keep]).astype(np.int64)
+    a, b = [], []
+    for x, y in ((labels[:, :-1], labels[:, 1:]), (labels[:-1], labels[1:])):  # only the pixels on an edge
+        differ = x != y
+        a.append(x[differ])
+        b.append(y[differ])
+    a, b = np.concatenate(a).astype(np.int64), np.concatenate(b).astype(np.int64)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
     base = int(hi.max()) + 1 if len(hi) else 1
     keys, counts = np.unique(lo * base + hi, return_counts=True)
     return keys // base, keys % base, counts
