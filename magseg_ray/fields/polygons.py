@@ -74,8 +74,9 @@ def simplify_fields(geoms: np.ndarray, tolerance: float) -> np.ndarray:
     never mended, where the rings put back together make a valid polygon (no ring collapsed or
     crossed itself, every hole is still inside the shell and clear of the others); any other field,
     and one in several parts, by GEOS's topology-preserving simplifier. So every field keeps that
-    simplifier's guarantees (valid, its parts, its holes). GEOS's own Douglas-Peucker on a polygon
-    would not: it mends a crossing ring, which can split the field or drop a lobe. On pixel outlines
+    simplifier's guarantees (valid, its parts, its holes); where that simplifier breaks them (a hole
+    it moves outside the shell, seen on a field whose hole touches its shell), the field stays as it
+    was. GEOS's own Douglas-Peucker on a polygon would not: it mends a crossing ring, which can split the field or drop a lobe. On pixel outlines
     most fields take the plain path, several times faster. Either way it works field by field:
     neighbours may differ along a shared edge."""
     out = np.array(geoms, dtype=object)
@@ -92,6 +93,8 @@ def simplify_fields(geoms: np.ndarray, tolerance: float) -> np.ndarray:
     done = np.zeros(len(geoms), bool)
     done[plain[fields[valid]]] = True
     out[~done] = shapely.simplify(geoms[~done], tolerance, preserve_topology=True)
+    broken = ~done & ~shapely.is_valid(out)  # GEOS's simplifier can leave a hole outside its shell
+    out[broken] = geoms[broken]
     return out
 
 
