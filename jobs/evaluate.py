@@ -70,8 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--make-valid", action="store_true",
                    help="repair invalid polygons (shapely.make_valid) instead of refusing the file")
     p.add_argument("--small-m2", type=float, default=SMALL_M2,
-                   help=f"a false positive smaller than this (m²) counts as too small to be a field (default: {SMALL_M2:g})")
-    p.add_argument("--picture", type=Path, help="also draw each piece and truth field by kind (match or cause) to this PNG")
+                   help=f"a false positive smaller than this (m²) counts as too small to be a field "
+                   f"(default: {SMALL_M2:g})")
+    p.add_argument("--picture", type=Path,
+                   help="also draw each piece and truth field by kind (match or cause) to this PNG")
     p.add_argument("--out", type=Path, help="also write the JSON to this file (replaced atomically)")
     return p
 

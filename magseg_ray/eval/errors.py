@@ -3,7 +3,8 @@
 Object F1 (:func:`~magseg_ray.eval.metrics.object_metrics`) counts a piece and a truth field as a
 match when their IoU exceeds 0.5, one to one. Every other piece is a false positive and every other
 truth field a false negative. This module says why, from the same overlap table. A piece *holds* a
-truth field when it covers more than half of that field's pixels (so at most one piece holds a field). The causes, first rule that applies:
+truth field when it covers more than half of that field's pixels (so at most one piece holds a field).
+The causes, first rule that applies:
 
 False positives (unmatched pieces):
 

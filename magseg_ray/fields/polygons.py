@@ -76,9 +76,9 @@ def simplify_fields(geoms: np.ndarray, tolerance: float) -> np.ndarray:
     and one in several parts, by GEOS's topology-preserving simplifier. So every field keeps that
     simplifier's guarantees (valid, its parts, its holes); where that simplifier breaks them (a hole
     it moves outside the shell, seen on a field whose hole touches its shell), the field stays as it
-    was. GEOS's own Douglas-Peucker on a polygon would not: it mends a crossing ring, which can split the field or drop a lobe. On pixel outlines
-    most fields take the plain path, several times faster. Either way it works field by field:
-    neighbours may differ along a shared edge."""
+    was. GEOS's own Douglas-Peucker on a polygon would not: it mends a crossing ring, which can split
+    the field or drop a lobe. On pixel outlines most fields take the plain path, several times
+    faster. Either way it works field by field: neighbours may differ along a shared edge."""
     out = np.array(geoms, dtype=object)
     plain = np.flatnonzero(shapely.get_type_id(geoms) == shapely.GeometryType.POLYGON)
     rings, owner = shapely.get_rings(geoms[plain], return_index=True)

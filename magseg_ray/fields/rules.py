@@ -51,7 +51,8 @@ class FieldRules:
         for name in ("min_m2", "max_m2", "hole_m2", "simplify_m"):
             value = getattr(self, name)
             if not value >= 0:  # NaN too
-                raise ConfigError(f"field rule {name} {value}: must be >= 0 (0: off; a job's flag takes -1 for the model card's)")
+                raise ConfigError(f"field rule {name} {value}: must be >= 0 (0: off; a job's flag takes -1 "
+                                  "for the model card's)")
         if self.max_m2 and self.max_m2 < self.min_m2:
             raise ConfigError(f"field rules: max_m2 {self.max_m2} is below min_m2 {self.min_m2}")
 
@@ -75,7 +76,8 @@ def pixel_metres(transform: Affine, crs, shape: tuple[int, int]) -> float:
     return size * crs.linear_units_factor[1]
 
 
-def apply_rules(instances: np.ndarray, rules: FieldRules, pixel_m: float, mapped: np.ndarray | None = None) -> np.ndarray:
+def apply_rules(instances: np.ndarray, rules: FieldRules, pixel_m: float,
+                mapped: np.ndarray | None = None) -> np.ndarray:
     """The instance raster after rules 1-3 of the module docstring (a new int32 array; ids kept, a
     merged piece taking its neighbour's). ``mapped``: pixels with data (holes must lie inside it)."""
     px = pixel_m * pixel_m

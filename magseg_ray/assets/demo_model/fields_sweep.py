@@ -105,7 +105,8 @@ def main() -> None:
     p.add_argument("--data", required=True, type=Path, help="folder of the scenes and their .fields.gpkg truth")
     p.add_argument("--seed-px", type=float, default=-1.0, help="core depth (default -1: the run's)")
     p.add_argument("--min-m2", type=_values, default=[0.0], help="comma-separated minimum field sizes (m²)")
-    p.add_argument("--hole-m2", type=_values, default=[0.0], help="comma-separated largest holes filled (m²; inf: all)")
+    p.add_argument("--hole-m2", type=_values, default=[0.0],
+                   help="comma-separated largest holes filled (m²; inf: all)")
     p.add_argument("--max-m2", type=_values, default=[0.0], help="comma-separated maximum field sizes (m²; 0: none)")
     p.add_argument("--simplify-m", type=_values, default=[0.0],
                    help="comma-separated simplification tolerances (m; 0: 1 px); only with --polygons")
@@ -125,7 +126,8 @@ def main() -> None:
         row = score(scenes, rules, args.pictures if k == 0 else None, args.polygons)
         lines.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "errors"}), flush=True)
-    fair = [r for r in lines if r["instance_iou"] >= base["instance_iou"] and r["one_to_one_iou"] >= base["one_to_one_iou"]]
+    fair = [r for r in lines
+            if r["instance_iou"] >= base["instance_iou"] and r["one_to_one_iou"] >= base["one_to_one_iou"]]
     best = max(fair or lines, key=lambda r: r["object_f1"] or 0)
     print(json.dumps({"seed_px": seed_px, "scenes": [s["scene"] for s in scenes], "rules_off": base["rules"],
                       "best": best["rules"], "best_object_f1": best["object_f1"]}))
