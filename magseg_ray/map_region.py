@@ -81,6 +81,16 @@ class MapConfig:
     seed_px: float = field(default=-1.0, metadata=doc(
         "fields grow from interior cores deeper than this many pixels, so a boundary drawn with gaps still "
         "separates fields; -1: the model card's field_seed_px; 0: each interior component is a field"))
+    min_field_m2: float = field(default=-1.0, metadata=doc(
+        "pieces smaller than this (m²) merge into the neighbour they share most edge with (no neighbour: dropped); "
+        "-1: the model card's field_min_m2; 0: off"))
+    max_field_m2: float = field(default=-1.0, metadata=doc(
+        "pieces larger than this (m²) are dropped; -1: the model card's field_max_m2; 0: no maximum"))
+    hole_m2: float = field(default=-1.0, metadata=doc(
+        "holes a field alone encloses, smaller than this (m²), are filled (inf: all); -1: the model card's "
+        "field_hole_m2; 0: off"))
+    simplify_m: float = field(default=-1.0, metadata=doc(
+        "polygon simplification tolerance in metres; -1: the model card's field_simplify_m; 0: --simplify-px"))
     partition_degrees: float = field(default=1.0, metadata=doc("side of the lon/lat cells the GeoParquet is partitioned by"))
 
     def out_root(self) -> str:
@@ -106,11 +116,14 @@ class Plan:
     identity: dict
     seed_px: float
     """Core depth of the fields step (``MapConfig.seed_px`` resolved against the model card)."""
+    rules: object = None
+    """The fields step's :class:`~magseg_ray.fields.rules.FieldRules` (flags resolved against the model card)."""
 
 
 def plan(cfg: MapConfig, store=None) -> Plan:
     """Check every input and resolve the run (errors name the input and what is wrong)."""
     from magseg_ray.chips.windows import ChipConfig, aoi_fingerprint, chip_windows, load_aoi
+    from magseg_ray.fields.rules import resolve_rules
     from magseg_ray.masks.instances import resolve_seed_px
     from magseg_ray.masks.schemas import get_schema
     from magseg_ray.model.card import ModelPrompt, read_model_prompt
@@ -136,10 +149,11 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     aoi = load_aoi(cfg.aoi)
     scenes = load_catalog(cfg.catalog, store).scenes
     tasks = chip_windows(scenes, aoi, chip)
-    chips_by = {k: v for k, v in asdict(card).items() if k != "field_seed_px"}  # the fields step reruns on resume
+    rules = resolve_rules(cfg.min_field_m2, cfg.max_field_m2, cfg.hole_m2, cfg.simplify_m, card)
+    chips_by = {k: v for k, v in asdict(card).items() if not k.startswith("field_")}  # the fields step reruns on resume
     identity = {"aoi_sha256": aoi_fingerprint(aoi), "model": model_fingerprint(model_dir), "model_prompt": chips_by,
                 "chip": {"chip_size": chip_size, "overlap": chip.overlap}}
-    return Plan(cfg, scenes, aoi, tasks, chip, card.prompt(), model_dir, identity, seed_px)
+    return Plan(cfg, scenes, aoi, tasks, chip, card.prompt(), model_dir, identity, seed_px, rules)
 
 
 def check_output(files, identity: dict) -> bool:

@@ -19,8 +19,9 @@ where the truth is empty; cut to the AOI's bounds where one is given) at ``resol
 truth's CRS units, or by default at 1 m in the truth's CRS if that is projected in metres, else
 in the truth's UTM zone. Rasters in another CRS or grid are warped onto it with nearest
 resampling. Class masks come from instance rasters via ``classes_from_instances``, and
-instances from class rasters via ``instances_from_classes`` (a prediction's with ``seed_px``, as the
-map's fields step made them; a truth's with every interior component a field).
+instances from class rasters via ``instances_from_classes`` (a prediction's with ``seed_px`` and
+the :class:`~magseg_ray.fields.rules.FieldRules` ``rules``, as the map's fields step made them; a
+truth's with every interior component a field).
 
 What is scored, and what is refused:
 
@@ -55,6 +56,7 @@ from rasterio.warp import Resampling, reproject, transform_bounds
 
 from magseg_ray.chips.windows import AOI_CRS, aoi_fingerprint, load_aoi
 from magseg_ray.errors import ConfigError, RasterInputError
+from magseg_ray.fields.rules import FieldRules, apply_rules, pixel_metres
 from magseg_ray.masks.instances import instances_from_classes
 from magseg_ray.masks.schemas import Schema, classes_from_instances, get_schema
 
@@ -252,7 +254,8 @@ def _check_overlap(path: Path, bounds, grid: _Grid) -> None:
         raise RasterInputError(f"{path} and {grid.source} do not overlap")
 
 
-def _on_grid(src: _Raster | _Vector, grid: _Grid, schema: Schema, seed_px: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def _on_grid(src: _Raster | _Vector, grid: _Grid, schema: Schema, seed_px: float = 0.0,
+             rules: FieldRules | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Class mask and instance raster of one input on the grid."""
     if isinstance(src, _Vector):
         parts = src.parts.to_crs(grid.crs)
@@ -278,7 +281,10 @@ def _on_grid(src: _Raster | _Vector, grid: _Grid, schema: Schema, seed_px: float
         resampling=Resampling.nearest,
     )
     if src.kind == "class":
-        return warped, instances_from_classes(warped, schema, seed_px=seed_px)
+        instances = instances_from_classes(warped, schema, seed_px=seed_px)
+        if rules is not None:
+            instances = apply_rules(instances, rules, pixel_metres(grid.transform, grid.crs, grid.shape))
+        return warped, instances
     return classes_from_instances(warped, schema), warped
 
 
@@ -301,6 +307,7 @@ def load_pair(
     aoi: shapely.Geometry | None = None,
     grid_like: str | Path | None = None,
     seed_px: float = 0.0,
+    rules: FieldRules | None = None,
 ) -> AlignedPair:
     """Read a prediction and its truth onto one grid (see the module docstring for the rules).
 
@@ -312,7 +319,8 @@ def load_pair(
     grid too coarse for a vector truth; :class:`SchemaError` for a class raster with values
     outside the schema; :class:`ConfigError` for a bad kind or resolution. An empty truth is not
     an error (see :attr:`AlignedPair.warnings`). ``make_valid`` repairs invalid polygons instead
-    of refusing them. ``seed_px`` is the fields step's core depth for a prediction class raster.
+    of refusing them. ``seed_px`` is the fields step's core depth for a prediction class raster, ``rules``
+its post-processing (:func:`run_field_rules` finds a run's).
     """
     schema = get_schema(schema)
     truth, pred = _read(truth_path, truth_kind, make_valid), _read(pred_path, pred_kind, make_valid)
@@ -320,7 +328,7 @@ def load_pair(
     truth_classes, truth_instances = _on_grid(truth, grid, schema)
     if isinstance(truth, _Vector):
         _check_holds(truth, pred.path, grid, truth_instances)
-    pred_classes, pred_instances = _on_grid(pred, grid, schema, seed_px)
+    pred_classes, pred_instances = _on_grid(pred, grid, schema, seed_px, rules)
     scored = np.ones(grid.shape, bool)
     if isinstance(pred, _Raster) and not pred.valid.all():
         scored &= _coverage(pred, grid)
@@ -370,6 +378,18 @@ def run_seed_px(pred_path: str | Path) -> float | None:
         return None
     try:
         return float(json.loads((root / "summary.json").read_text())["seed_px"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def run_field_rules(pred_path: str | Path) -> FieldRules | None:
+    """The field rules the ``map_region`` run that wrote ``pred_path`` made its fields with
+    (``field_rules`` of its ``summary.json``), or None outside a run folder or for a run that predates them."""
+    root = _run_folder(pred_path)
+    if root is None:
+        return None
+    try:
+        return FieldRules(**json.loads((root / "summary.json").read_text())["field_rules"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -6,6 +6,9 @@ to, and with ``seed_px`` fields grow from cores, so a boundary with gaps still s
 instance is polygonized on the scene grid, simplified with a tolerance of ``simplify_px`` pixels (so
 the tolerance follows the GSD; :func:`simplify_fields` says how), and measured in metres in the UTM
 zone of its centroid, which works the same for scenes in any CRS and for polygons merged across zones.
+Before polygons are made, the :class:`~magseg_ray.fields.rules.FieldRules` in ground units apply
+(minimum size with small pieces merged into a neighbour, holes closed, maximum size), and their
+``simplify_m``, when set, replaces ``simplify_px``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import rasterio.features
 import shapely
 from rasterio.transform import Affine
 
+from magseg_ray.fields.rules import FieldRules, apply_rules, pixel_metres
 from magseg_ray.masks.instances import instances_from_classes
 from magseg_ray.masks.schemas import Schema
 from magseg_ray.masks.schemas import NO_DATA
@@ -28,14 +32,17 @@ FIBOA_METHOD = "auto-imagery"
 
 
 def scene_fields(classes: np.ndarray, confidence: np.ndarray, transform: Affine, crs: str, schema: Schema,
-                 simplify_px: float = 1.0, min_field_px: int = 16, seed_px: float = 0.0) -> gpd.GeoDataFrame:
+                 simplify_px: float = 1.0, min_field_px: int = 16, seed_px: float = 0.0,
+                 rules: FieldRules = FieldRules()) -> gpd.GeoDataFrame:
     """Field polygons of one scene, in EPSG:4326, with ``confidence`` (mean over the field's
-    pixels) and ``pixels``; fields smaller than ``min_field_px`` pixels are dropped."""
+    pixels) and ``pixels``; ``rules`` applied, then fields smaller than ``min_field_px`` pixels dropped."""
     valid = classes != NO_DATA
     gaps = not valid.all()
     inst = instances_from_classes(np.where(valid, classes, 0) if gaps else classes, schema, seed_px=seed_px)
     if gaps:
         inst[~valid] = 0
+    metres = pixel_metres(transform, crs, classes.shape)
+    inst = apply_rules(inst, rules, metres, valid if gaps else None)
     n = int(inst.max())
     columns = {"instance": [], "pixels": [], "confidence": [], "geometry": []}
     if n:
@@ -51,13 +58,13 @@ def scene_fields(classes: np.ndarray, confidence: np.ndarray, transform: Affine,
         shapes: dict[int, list] = {}
         for value, polygon in zip(values, polygons):
             shapes.setdefault(value, []).append(polygon)
-        gsd = abs(transform.a)
+        tolerance = rules.simplify_m / metres * abs(transform.a) if rules.simplify_m else simplify_px * abs(transform.a)
         order = sorted(shapes)
         geoms = [shapely.union_all(shapes[i]) if len(shapes[i]) > 1 else shapes[i][0] for i in order]
         columns["instance"] = order
         columns["pixels"] = [int(pixels[i - 1]) for i in order]
         columns["confidence"] = [float(conf[i - 1]) for i in order]
-        columns["geometry"] = list(simplify_fields(np.array(geoms, dtype=object), simplify_px * gsd))
+        columns["geometry"] = list(simplify_fields(np.array(geoms, dtype=object), tolerance))
     frame = gpd.GeoDataFrame(columns, geometry="geometry", crs=crs)
     return frame.to_crs("EPSG:4326")
 
@@ -67,10 +74,11 @@ def simplify_fields(geoms: np.ndarray, tolerance: float) -> np.ndarray:
     never mended, where the rings put back together make a valid polygon (no ring collapsed or
     crossed itself, every hole is still inside the shell and clear of the others); any other field,
     and one in several parts, by GEOS's topology-preserving simplifier. So every field keeps that
-    simplifier's guarantees (valid, its parts, its holes). GEOS's own Douglas-Peucker on a polygon
-    would not: it mends a crossing ring, which can split the field or drop a lobe. On pixel outlines
-    most fields take the plain path, several times faster. Either way it works field by field:
-    neighbours may differ along a shared edge."""
+    simplifier's guarantees (valid, its parts, its holes); where that simplifier breaks them (a hole
+    it moves outside the shell, seen on a field whose hole touches its shell), the field stays as it
+    was. GEOS's own Douglas-Peucker on a polygon would not: it mends a crossing ring, which can split
+    the field or drop a lobe. On pixel outlines most fields take the plain path, several times
+    faster. Either way it works field by field: neighbours may differ along a shared edge."""
     out = np.array(geoms, dtype=object)
     plain = np.flatnonzero(shapely.get_type_id(geoms) == shapely.GeometryType.POLYGON)
     rings, owner = shapely.get_rings(geoms[plain], return_index=True)
@@ -85,6 +93,8 @@ def simplify_fields(geoms: np.ndarray, tolerance: float) -> np.ndarray:
     done = np.zeros(len(geoms), bool)
     done[plain[fields[valid]]] = True
     out[~done] = shapely.simplify(geoms[~done], tolerance, preserve_topology=True)
+    broken = ~done & ~shapely.is_valid(out)  # GEOS's simplifier can leave a hole outside its shell
+    out[broken] = geoms[broken]
     return out
 
 

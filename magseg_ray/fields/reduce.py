@@ -7,6 +7,8 @@ the preview and the summary. See :mod:`magseg_ray.map_region` for the whole flow
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import geopandas as gpd
 import pandas as pd
 import shapely
@@ -21,10 +23,11 @@ PARTIAL = "fields.partial"
 
 
 def reduce_scene(scene: dict, chip_ids: list[str], owned, seam, files_root: str, store, chip, prompt,
-                 simplify_px: float, min_field_px: int, seed_px: float, degrees: float) -> dict:
+                 simplify_px: float, min_field_px: int, seed_px: float, degrees: float, rules=None) -> dict:
     """Stitch one scene, write its class raster and final fields; return its seam pieces and stats."""
     from magseg_ray.chips.windows import scene_transform
     from magseg_ray.fields.polygons import scene_fields
+    from magseg_ray.fields.rules import FieldRules
     from magseg_ray.masks.schemas import get_schema
     from magseg_ray.stitch.mosaic import stitch_scene, write_mask
 
@@ -34,7 +37,8 @@ def reduce_scene(scene: dict, chip_ids: list[str], owned, seam, files_root: str,
     transform = scene_transform(row)
     classes, confidence, patches = stitch_scene(files, chip_ids, int(row["height"]), int(row["width"]), chip, prompt.patch_size)
     write_mask(files, f"masks/{row['id']}.tif", classes, transform, row["crs"], schema)
-    fields = scene_fields(classes, confidence, transform, row["crs"], schema, simplify_px, min_field_px, seed_px)
+    fields = scene_fields(classes, confidence, transform, row["crs"], schema, simplify_px, min_field_px, seed_px,
+                          rules or FieldRules())
     fields["scene_id"] = row["id"]
     tolerance = tolerance_degrees(float(row["gsd"]))
     final, pieces = split_at_seams(fields, owned, seam, tolerance)
@@ -79,7 +83,7 @@ def reduce_run(plan, files: RunFiles, store, failures: list[dict]) -> dict:
         scene = {k: v for k, v in scene.items() if k != "geometry"}
         refs.append(task.remote(scene, by_scene[sid], owned[sid], seam[sid], files.root, store,
                                 plan.chip, plan.prompt, cfg.simplify_px, cfg.min_field_px, plan.seed_px,
-                                cfg.partition_degrees))
+                                cfg.partition_degrees, plan.rules))
     results = []
     for ref in refs:
         try:
@@ -111,7 +115,7 @@ def reduce_run(plan, files: RunFiles, store, failures: list[dict]) -> dict:
     write_geopackage(files, "fields.gpkg", fields)
     files.write_with("preview.png", lambda path: write_preview(
         path, plan.scenes, owned, fields, store, title=f"{len(fields)} fields, {cfg.aoi}"))
-    return {"aoi": cfg.aoi, "out": files.root, "seed_px": plan.seed_px, "aoi_km2": round(_aoi_km2(plan.aoi), 4),
+    return {"aoi": cfg.aoi, "out": files.root, "seed_px": plan.seed_px, "field_rules": asdict(plan.rules) if plan.rules else None, "aoi_km2": round(_aoi_km2(plan.aoi), 4),
             "mapped_km2": round(float(sum(r["mapped_km2"] for r in results)), 4), "fields": len(fields),
             "fields_merged_at_scene_seams": merged_count, "scenes": len(results),
             "patches": int(sum(r["patches"] for r in results)),

@@ -53,6 +53,16 @@ class ModelPrompt:
     pixels, so a boundary the model drew with gaps still separates two fields (``seed_px`` of
     :func:`~magseg_ray.masks.instances.instances_from_classes`); 0 (a card without it): each interior
     component is a field. Every job that turns the model's class map into fields uses it."""
+    field_min_m2: float = 0.0
+    """Fields, not prompting: pieces smaller than this (m²) merge into the neighbour they share most
+    edge with (``FieldRules.min_m2``, :mod:`magseg_ray.fields.rules`); 0 (a card without it): off."""
+    field_max_m2: float = 0.0
+    """Fields: pieces larger than this (m²) are dropped (``FieldRules.max_m2``); 0: no maximum."""
+    field_hole_m2: float = 0.0
+    """Fields: holes a field alone encloses, smaller than this (m²), are filled (``FieldRules.hole_m2``); 0: off."""
+    field_simplify_m: float = 0.0
+    """Fields: polygon simplification tolerance in metres (``FieldRules.simplify_m``); 0: the mapping
+    job's ``simplify_px``."""
 
     def prompt(self) -> PromptConfig:
         return PromptConfig(schema=self.schema, patch_size=self.patch_size, local_crop=self.local_crop,

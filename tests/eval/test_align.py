@@ -239,6 +239,23 @@ def test_job_on_real_scene(tmp_path):
     assert len(lines) == 1 and json.loads(lines[0])["instance"] == metrics["instance"]
 
 
+def test_job_reports_where_object_f1_is_lost(tmp_path):
+    """Field 2 of the truth drawn in two halves: two split pieces and one split field, and a picture."""
+    pred = INST.copy()
+    pred[2:20, 27:36] = 3
+    out, picture = tmp_path / "metrics.json", tmp_path / "errors.png"
+    argv = ["--pred", str(write_tif(tmp_path / "pred.tif", pred, tags={"MAGSEG_KIND": "instance"})),
+            "--truth", str(write_fields(tmp_path / "truth.gpkg")), "--out", str(out), "--picture", str(picture),
+            "--small-m2", "50"]
+    assert _job().main(argv) == 0
+    errors = json.loads(out.read_text())["errors"]
+    assert (errors["tp"], errors["fp"], errors["fn"], errors["pieces"]) == (1, 2, 1, 3)
+    assert errors["false_positives"]["split"] == {"<100": 0, "100-500": 2, "500-2000": 0, "2000-10000": 0,
+                                                  ">=10000": 0, "total": 2}
+    assert errors["false_negatives"]["split"]["total"] == 1 and errors["small_m2"] == 50
+    assert picture.stat().st_size > 0
+
+
 def test_job_reports_user_errors(tmp_path, capsys):
     assert _job().main(["--pred", str(tmp_path / "nope.tif"), "--truth", f"{SCENE}.fields.gpkg"]) == 2
     assert capsys.readouterr().err.startswith("error: ")

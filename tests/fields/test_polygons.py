@@ -118,3 +118,15 @@ def test_simplified_fields_keep_their_holes_and_validity_on_random_pixel_masks()
         assert shapely.is_valid(got).all() and not shapely.is_empty(got).any()
         assert (shapely.get_type_id(got) == shapely.GeometryType.POLYGON).all()
         assert (shapely.get_num_interior_rings(got) == shapely.get_num_interior_rings(fields)).all()
+
+
+BROKEN_BY_GEOS = "POLYGON ((10 51.5, 10 51, 9.5 51, 9.5 50.5, 8.5 50.5, 8.5 50, 8 50, 8 49.5, 7 49.5, 7 48.5, 6.5 48.5, 6.5 48, 6 48, 6 47, 5.5 47, 5.5 46, 5 46, 5 45.5, 4.5 45.5, 4.5 44.5, 4 44.5, 4 44, 3.5 44, 3.5 43, 3 43, 3 42, 2.5 42, 2.5 41.5, 2 41.5, 2 40.5, 1.5 40.5, 1.5 40, 1 40, 1 39, 0.5 39, 0.5 38, 0 38, 0 34, -0.5 34, -0.5 17.5, 0 17.5, 0 13.5, 0.5 13.5, 0.5 11.5, 1 11.5, 1 9.5, 1.5 9.5, 1.5 7, 2 7, 2 5.5, 2.5 5.5, 2.5 5, 3 5, 3 4, 3.5 4, 3.5 3, 5 3, 5 2.5, 8 2.5, 8 2, 12 2, 12 1.5, 13.5 1.5, 13.5 1, 14 1, 14 0.5, 27.5 0.5, 27.5 2, 31 2, 31 7, 31.5 7, 31.5 12, 32 12, 32 16.5, 32.5 16.5, 32.5 21, 33 21, 33 22.5, 32.5 22.5, 32.5 23.5, 32 23.5, 32 24, 31.5 24, 31.5 25, 31 25, 31 26, 30.5 26, 30.5 26.5, 30 26.5, 30 27.5, 29.5 27.5, 29.5 28.5, 29 28.5, 29 29, 28.5 29, 28.5 30, 28 30, 28 31, 26 31, 26 32, 25 32, 25 39.5, 24 39.5, 24 39, 22.5 39, 22.5 40, 22 40, 22 40.5, 21.5 40.5, 21.5 41.5, 21 41.5, 21 42.5, 20.5 42.5, 20.5 43, 20 43, 20 44, 19.5 44, 19.5 44.5, 19 44.5, 19 45.5, 18.5 45.5, 18.5 46, 18 46, 18 46.5, 17.5 46.5, 17.5 47, 17 47, 17 47.5, 16.5 47.5, 16.5 48, 15 48, 15 49.5, 14.5 49.5, 14.5 50, 11.5 50, 11.5 51, 11 51, 11 51.5, 10 51.5), (14.5 48, 15 48, 15 47.5, 14.5 47.5, 14.5 48))"
+"""A field of README command 1's synthetic scene (after the card's field rules, shifted to the origin)
+whose hole touches its shell: GEOS's topology-preserving simplifier at 6 m puts the hole outside."""
+
+
+def test_a_field_the_simplifier_would_break_stays_as_it_was():
+    field = shapely.from_wkt(BROKEN_BY_GEOS)
+    assert field.is_valid and not shapely.simplify(field, 6.0, preserve_topology=True).is_valid
+    out = simplify_fields(np.array([field], dtype=object), 6.0)[0]
+    assert out.is_valid and out.equals(field)

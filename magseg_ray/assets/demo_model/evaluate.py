@@ -9,7 +9,8 @@ square of side 2M metres at each scene's centre instead), writes both baselines
 with the rules of ``jobs/evaluate.py`` (``--make-valid``; truth blanked where a map has no data):
 
 - ``model``: the map's class raster (``masks/<scene>.tif``), its fields made as the map's fields
-  step makes them (cores deeper than the card's ``field_seed_px``);
+  step makes them (cores deeper than the card's ``field_seed_px``, then the card's field rules:
+  minimum size, holes, maximum size);
 - ``model_fields``: the map's polygons (``fields.gpkg``) on the same pixel grid, on the run's AOI;
 - ``threshold`` and ``everything``: the baselines' class rasters, each interior component a field;
 - ``threshold_cores`` (only for a card with ``field_seed_px``): the threshold's class raster through
@@ -49,7 +50,7 @@ import torch
 from rasterio.windows import Window
 
 from magseg_ray.chips.pipeline import split_of
-from magseg_ray.eval.align import load_pair, run_aoi
+from magseg_ray.eval.align import load_pair, run_aoi, run_field_rules
 from magseg_ray.eval.baselines import baseline_classes
 from magseg_ray.errors import ConfigError
 from magseg_ray.eval.metrics import evaluate_masks
@@ -68,8 +69,9 @@ MEANS = ("field_instance_mean_iou", "field_one_to_one_mean_iou", "field_pixel_io
 """Scores averaged over scenes; object scores are pooled from the summed counts instead."""
 
 
-def _score(path: Path, truth: Path, aoi=None, grid_like: Path | None = None, seed_px: float = 0.0) -> dict:
-    pair = load_pair(path, truth, "fields3", make_valid=True, aoi=aoi, grid_like=grid_like, seed_px=seed_px)
+def _score(path: Path, truth: Path, aoi=None, grid_like: Path | None = None, seed_px: float = 0.0, rules=None) -> dict:
+    pair = load_pair(path, truth, "fields3", make_valid=True, aoi=aoi, grid_like=grid_like, seed_px=seed_px,
+                     rules=rules)
     m = evaluate_masks(pair.pred_classes, pair.truth_classes, "fields3", pair.pred_instances, pair.truth_instances)
     field, objects = m["instance"]["field"], m["object"]["field"]
     return {"field_instance_mean_iou": field["mean_iou"], "field_one_to_one_mean_iou": field["one_to_one_mean_iou"],
@@ -239,10 +241,10 @@ def _scene(row, data: Path, out: Path, names: tuple, ceiling, aoi, seed_px: floa
     result = {"scene": row.id}
     for name in names:
         if name == "model":
-            result[name] = _score(pred, truth, seed_px=seed_px)
+            result[name] = _score(pred, truth, seed_px=seed_px, rules=run_field_rules(pred))
             continue
         if name == "threshold_cores":
-            result[name] = _score(out / f"{row.id}.threshold.tif", truth, seed_px=seed_px)
+            result[name] = _score(out / f"{row.id}.threshold.tif", truth, seed_px=seed_px, rules=run_field_rules(pred))
             continue
         if name == "model_fields":
             result[name] = _score(out / "map" / "fields.gpkg", truth, aoi, grid_like=pred)
