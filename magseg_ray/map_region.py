@@ -5,9 +5,9 @@ Stages (each in its own module):
 1. plan (:func:`~magseg_ray.chips.windows.chip_windows`): the chips of every scene the AOI touches;
    chips whose output exists are finished and skipped, so a rerun resumes;
 2. Ray Data (:func:`~magseg_ray.chips.pipeline.mapping_chips`): chips read by range requests, then
-   a pool of model actors (:class:`~magseg_ray.model.segmenter.ChipSegmenter`, one GPU each on GPU
-   clusters, fractional CPUs here) that answer every patch with prefix reuse and write each chip's
-   output atomically;
+   a pool of model actors (:class:`ChipMapper`, one GPU each on GPU clusters, fractional CPUs
+   here) that answer every patch with prefix reuse
+   (:class:`~magseg_ray.model.segmenter.ChipSegmenter`) and write each chip's output atomically;
 3. reducer, one Ray task per scene: stitch its chips (:mod:`magseg_ray.stitch.mosaic`), write the
    scene's class raster, polygonize and measure fields (:mod:`magseg_ray.fields.polygons`), clip
    to what the scene owns and set seam pieces aside (:mod:`magseg_ray.fields.seams`), write the
@@ -100,6 +100,8 @@ class Plan:
     aoi: object
     tasks: list
     chip: object
+    card: object
+    """The model card (:class:`~magseg_ray.model.card.ModelPrompt`), read once per run."""
     prompt: object
     model_dir: str
     identity: dict
@@ -138,7 +140,7 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     chips_by = {k: v for k, v in asdict(card).items() if k != "field_seed_px"}  # the fields step reruns on resume
     identity = {"aoi_sha256": aoi_fingerprint(aoi), "model": model_fingerprint(model_dir), "model_prompt": chips_by,
                 "chip": {"chip_size": chip_size, "overlap": chip.overlap}}
-    return Plan(cfg, scenes, aoi, tasks, chip, card.prompt(), model_dir, identity, seed_px)
+    return Plan(cfg, scenes, aoi, tasks, chip, card, card.prompt(), model_dir, identity, seed_px)
 
 
 def check_output(files, identity: dict) -> bool:
@@ -171,12 +173,54 @@ def _progress(done: int, total: int, resumed: int, patches: int, seconds: float,
           f"patches {patches} {rate:.1f} patches/s", flush=True)
 
 
+class ChipMapper:
+    """Ray Data ``map_batches`` class of the mapping stage: chip records (from ``mapping_chips``) in,
+    their output summaries out. Each actor loads the model once
+    (:class:`~magseg_ray.model.segmenter.ChipSegmenter`); each chip's classes and per-patch
+    confidence are written atomically to the run's files before the batch is returned, so a chip
+    that has come out of the actor is finished even if the job dies right after."""
+
+    def __init__(self, model_dir: str, card, batch_size: int, max_new_tokens: int | None, files_root: str,
+                 store=None, threads: int | None = None):
+        from magseg_ray.model.segmenter import ChipSegmenter
+        from magseg_ray.run_files import RunFiles
+
+        self.segmenter = ChipSegmenter(model_dir, card, batch_size, max_new_tokens, threads)
+        self.files = RunFiles(files_root, store)
+
+    def __call__(self, batch: dict) -> dict:
+        """Ray Data ``map_batches`` (numpy format): chip records -> their output summaries."""
+        import numpy as np
+
+        from magseg_ray.errors import MagsegError
+        from magseg_ray.run_files import chip_file, encode_chip
+
+        rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["chip_id"]))]
+        # a read error is a string; "none" comes through a numpy batch as None or NaN
+        out = [{"chip_id": r["chip_id"], "scene_id": r["scene_id"], "error": r["error"] if isinstance(r["error"], str) else None,
+                "patches": 0, "seconds": 0.0} for r in rows]
+        todo = [i for i, o in enumerate(out) if o["error"] is None]
+        chips = [(np.asarray(rows[i]["image"]), np.asarray(rows[i]["valid"], bool),
+                  [tuple(int(v) for v in b) for b in rows[i]["patches"]]) for i in todo]
+        start = time.perf_counter()
+        results = self.segmenter.segment_chips(chips)
+        seconds = time.perf_counter() - start
+        total = max(sum(len(c[2]) for c in chips), 1)
+        for i, chip, result in zip(todo, chips, results):
+            if isinstance(result, MagsegError):
+                out[i]["error"] = f"{rows[i]['chip_id']}: {result}"
+                continue
+            share = seconds * len(chip[2]) / total  # the batch's time, split by patches
+            self.files.write(chip_file(out[i]["chip_id"]), encode_chip(*result, len(chip[2]), share))
+            out[i].update(patches=len(chip[2]), seconds=share)
+        return {k: [o[k] for o in out] for k in out[0]} if out else {}
+
+
 def run_map_region(p: Plan, store=None) -> dict:
     """Map a planned run (:func:`plan`, made with the same ``store``) on the current Ray cluster;
     returns the run summary (also ``summary.json``)."""
     from magseg_ray.chips.pipeline import mapping_chips
     from magseg_ray.fields.reduce import reduce_run
-    from magseg_ray.model.segmenter import ChipSegmenter
     from magseg_ray.scenes.store import ObjectStore
     from magseg_ray.run_files import RunFiles, finished_chips
 
@@ -197,8 +241,8 @@ def run_map_region(p: Plan, store=None) -> dict:
         threads = max(int(cfg.cpus_per_actor), 1)
         ds = mapping_chips(p.scenes, p.aoi, p.chip, p.prompt.patch_size, store=store, read_cpus=cfg.read_cpus,
                            skip=done)
-        ds = ds.map_batches(ChipSegmenter, fn_constructor_args=(p.model_dir, p.prompt, cfg.batch_size,
-                                                                cfg.max_new_tokens or None, files.root, store, threads),
+        ds = ds.map_batches(ChipMapper, fn_constructor_args=(p.model_dir, p.card, cfg.batch_size,
+                                                             cfg.max_new_tokens or None, files.root, store, threads),
                             batch_size=cfg.chips_per_call, batch_format="numpy", concurrency=cfg.num_actors,
                             num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
         finished = 0

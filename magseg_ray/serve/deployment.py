@@ -105,9 +105,8 @@ class TileServer:
         fingerprint = model_fingerprint(model_dir)
         self.model_key = hashlib.sha256(json.dumps(
             [fingerprint, asdict(card), card.chip_size, settings.max_new_tokens]).encode()).hexdigest()[:16]
-        # files_root is unused: the server calls .segment, which writes nothing
-        self.segmenter = ChipSegmenter(model_dir, card.prompt(), settings.patch_batch, settings.max_new_tokens or None,
-                                       ".", self.store, max(int(settings.cpus_per_replica), 1))
+        self.segmenter = ChipSegmenter(model_dir, card, settings.patch_batch, settings.max_new_tokens or None,
+                                       max(int(settings.cpus_per_replica), 1))
         self.cache = ChipCache(settings.cache_mb * 2**20)
         self.maps = MapRuns(settings.map_roots(), fingerprint, self.store) if settings.map_roots() else None
         self.key = settings.key()
