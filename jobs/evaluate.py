@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from magseg_ray.chips.windows import load_aoi
-from magseg_ray.errors import MagsegError
+from magseg_ray.errors import MagsegError, bad_input_exit
 from magseg_ray.eval.align import KINDS, load_pair, run_aoi, run_seed_px
 from magseg_ray.eval.metrics import evaluate_masks
 from magseg_ray.files import write_atomic
@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = evaluate_masks(pair.pred_classes, pair.truth_classes, args.schema, pair.pred_instances,
                                  pair.truth_instances, args.boundary_tolerance, args.object_iou)
     except MagsegError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return bad_input_exit(e)
     for warning in pair.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     record = {"pred": str(args.pred), "truth": str(args.truth), "aoi": aoi_path, "seed_px": seed_px,
