@@ -55,17 +55,35 @@ def demo_chips(chip_size: int, count: int) -> list:
 
 
 @dataclass(frozen=True)
-class MapConfig:
-    """Settings of one mapping run."""
+class MapSettings:
+    """Settings every map made with a model has: a mapping run's (:class:`MapConfig`) and the tile
+    server's (:class:`~magseg_ray.serve.settings.ServeSettings`)."""
 
-    aoi: str = field(default=str(DEMO_DIR / "demo.geojson"), metadata=doc(
-        "area of interest: GeoJSON or any vector file of polygons (EPSG:4326 unless it declares a CRS)"))
     catalog: str = field(default=str(DEMO_DIR / "scenes"), metadata=doc(
         "scenes: a catalog .parquet, or a folder, file:// or s3:// prefix of COGs"))
     model: str = field(default="", metadata=doc("model folder (Gemma3 checkpoint); default: the shipped demo model"))
+    overlap: int = field(default=-1, metadata=doc("pixels shared by neighbouring chips; -1: chip size / 8"))
+    max_new_tokens: int = field(default=0, metadata=doc("answer token budget per patch; 0: the longest mask text"))
+    simplify_px: float = field(default=1.0, metadata=doc("polygon simplification tolerance in pixels (x GSD)"))
+    min_field_px: int = field(default=16, metadata=doc("smallest field kept, in pixels"))
+    seed_px: float = field(default=-1.0, metadata=doc(
+        "fields grow from interior cores deeper than this many pixels, so a boundary drawn with gaps still "
+        "separates fields; -1: the model card's field_seed_px; 0: each interior component is a field"))
+
+    def model_dir(self) -> str:
+        from magseg_ray.model.checkpoint import DEMO_MODEL
+
+        return self.model or str(DEMO_MODEL)
+
+
+@dataclass(frozen=True)
+class MapConfig(MapSettings):
+    """Settings of one mapping run (and of every map, :class:`MapSettings`)."""
+
+    aoi: str = field(default=str(DEMO_DIR / "demo.geojson"), metadata=doc(
+        "area of interest: GeoJSON or any vector file of polygons (EPSG:4326 unless it declares a CRS)"))
     out: str = field(default="", metadata=doc("output folder or s3:// prefix; default: maps/<AOI file name>"))
     chip_size: int = field(default=0, metadata=doc("chip side in pixels; 0: what the model was trained with"))
-    overlap: int = field(default=-1, metadata=doc("pixels shared by neighbouring chips; -1: chip_size / 8"))
     num_actors: int = field(default=1, metadata=doc("model actors (one GPU each with --use-gpu)"))
     use_gpu: bool = field(default=False, metadata=doc("one GPU per model actor"))
     cpus_per_actor: float = field(default=1.0, metadata=doc("CPUs reserved per model actor (and its torch threads)"))
@@ -74,21 +92,10 @@ class MapConfig:
     chips_per_call: int = field(default=8, metadata=doc(
         "chips a model actor decodes as one continuous batch (one chip's long answers overlap the next chip's "
         "patches); a killed actor's rerun redoes at most this many chips"))
-    max_new_tokens: int = field(default=0, metadata=doc("answer token budget per patch; 0: the longest mask text"))
-    simplify_px: float = field(default=1.0, metadata=doc("polygon simplification tolerance in pixels (x GSD)"))
-    min_field_px: int = field(default=16, metadata=doc("smallest field kept, in pixels"))
-    seed_px: float = field(default=-1.0, metadata=doc(
-        "fields grow from interior cores deeper than this many pixels, so a boundary drawn with gaps still "
-        "separates fields; -1: the model card's field_seed_px; 0: each interior component is a field"))
     partition_degrees: float = field(default=1.0, metadata=doc("side of the lon/lat cells the GeoParquet is partitioned by"))
 
     def out_root(self) -> str:
         return self.out or str(Path("maps") / Path(self.aoi).stem)
-
-    def model_dir(self) -> str:
-        from magseg_ray.model.checkpoint import DEMO_MODEL
-
-        return self.model or str(DEMO_MODEL)
 
 
 @dataclass
@@ -111,11 +118,9 @@ class Plan:
 
 def plan(cfg: MapConfig, store=None) -> Plan:
     """Check every input and resolve the run (errors name the input and what is wrong)."""
-    from magseg_ray.chips.windows import ChipConfig, aoi_fingerprint, chip_windows, load_aoi
-    from magseg_ray.masks.instances import resolve_seed_px
-    from magseg_ray.masks.schemas import get_schema
-    from magseg_ray.model.card import ModelPrompt, read_model_prompt
-    from magseg_ray.model.checkpoint import check_checkpoint_dir, model_fingerprint
+    from magseg_ray.chips.windows import aoi_fingerprint, chip_windows, load_aoi
+    from magseg_ray.model.card import mapping_settings
+    from magseg_ray.model.checkpoint import check_checkpoint_dir
     from magseg_ray.scenes.catalog import load_catalog
 
     for name in ("batch_size", "chips_per_call", "num_actors"):
@@ -125,22 +130,14 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     if not Path(model_dir).is_dir() and not cfg.model:
         raise ModelLoadError(f"the demo model is missing at {model_dir}; pass --model")
     check_checkpoint_dir(model_dir)
-    card = read_model_prompt(model_dir) or ModelPrompt()
-    seed_px = resolve_seed_px(cfg.seed_px, card.field_seed_px)
-    schema = get_schema(card.schema)
-    if not schema.field_classes:
-        raise ConfigError(f"model {model_dir!r} answers in schema {schema.name!r}, which has no field class")
-    chip_size = cfg.chip_size or card.chip_size
-    chip = ChipConfig.for_chip_size(chip_size, cfg.overlap)
-    if chip_size % card.patch_size:
-        raise ConfigError(f"chip_size {chip_size} is not a multiple of the model's patch size {card.patch_size}")
+    m = mapping_settings(model_dir, cfg.chip_size, cfg.overlap, cfg.seed_px)
     aoi = load_aoi(cfg.aoi)
     scenes = load_catalog(cfg.catalog, store).scenes
-    tasks = chip_windows(scenes, aoi, chip)
-    chips_by = {k: v for k, v in asdict(card).items() if k != "field_seed_px"}  # the fields step reruns on resume
-    identity = {"aoi_sha256": aoi_fingerprint(aoi), "model": model_fingerprint(model_dir), "model_prompt": chips_by,
-                "chip": {"chip_size": chip_size, "overlap": chip.overlap}}
-    return Plan(cfg, scenes, aoi, tasks, chip, card, card.prompt(), model_dir, identity, seed_px)
+    tasks = chip_windows(scenes, aoi, m.chip)
+    chips_by = {k: v for k, v in asdict(m.card).items() if k != "field_seed_px"}  # the fields step reruns on resume
+    identity = {"aoi_sha256": aoi_fingerprint(aoi), "model": m.fingerprint, "model_prompt": chips_by,
+                "chip": {"chip_size": m.chip.chip_size, "overlap": m.chip.overlap}}
+    return Plan(cfg, scenes, aoi, tasks, m.chip, m.card, m.card.prompt(), model_dir, identity, m.seed_px)
 
 
 def check_output(files, identity: dict) -> bool:
