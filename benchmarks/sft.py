@@ -34,14 +34,14 @@ from magseg_ray.cluster import RaySettings, ray_session
 from magseg_ray.model.lora import LoraSettings, attach_lora
 from magseg_ray.scenes.catalog import load_catalog
 from magseg_ray.train.batches import collate
-from magseg_ray.train.sft import SFTConfig, load_base, run_sft
+from magseg_ray.train.sft import SFTConfig, run_sft
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def plain_loop(cfg: SFTConfig, records: list[dict]) -> float:
     """Tokens per second of a single-process LoRA training loop (first step excluded)."""
-    model, processor = load_base(cfg)
+    model, processor = cfg.load_base()
     torch.manual_seed(cfg.seed)
     model = attach_lora(model, LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)

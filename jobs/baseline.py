@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import rasterio
 
-from magseg_ray.errors import MagsegError, SceneError
+from magseg_ray.errors import MagsegError, SceneError, bad_input_exit
 from magseg_ray.eval.align import KIND_TAG
 from magseg_ray.eval.baselines import BASELINES, baseline_classes
 from magseg_ray.files import replace_atomically
@@ -43,8 +43,7 @@ def main(argv=None) -> int:
 
         replace_atomically(args.out, write)
     except MagsegError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return bad_input_exit(e)
     print(f"{args.method} baseline of {args.scene} -> {args.out}")
     return 0
 

@@ -18,7 +18,7 @@ import dataclasses
 import os
 import sys
 
-from magseg_ray.errors import MagsegError
+from magseg_ray.errors import MagsegError, bad_input_exit
 from magseg_ray.scenes.catalog import build_catalog
 from magseg_ray.scenes.store import ObjectStore
 
@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         catalog = build_catalog(args.root, store, on_error="raise" if args.strict else "record")
         catalog.save(out, store)
     except MagsegError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return bad_input_exit(e)
     crss = catalog.scenes["crs"].value_counts().sort_index()
     by_crs = ", ".join(f"{crs}: {n}" for crs, n in crss.items())
     failures = len(catalog.failures)

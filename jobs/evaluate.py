@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from magseg_ray.chips.windows import load_aoi
-from magseg_ray.errors import MagsegError
+from magseg_ray.errors import MagsegError, bad_input_exit
 from magseg_ray.eval.align import KINDS, load_pair, run_aoi, run_field_rules, run_seed_px
 from magseg_ray.eval.errors import SMALL_M2, error_breakdown, error_picture
 from magseg_ray.fields.rules import pixel_metres
@@ -92,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         pixel_m2 = pixel_metres(pair.transform, pair.crs, pair.pred_instances.shape) ** 2
         errors = error_breakdown(pair.pred_instances, pair.truth_instances, pixel_m2, args.small_m2, args.object_iou)
     except MagsegError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return bad_input_exit(e)
     if args.picture:
         error_picture(args.picture, None, pair.pred_instances, pair.truth_instances, pixel_m2, args.small_m2,
                       title=f"{Path(args.pred).name}: pieces by kind, truth fields outlined")

@@ -21,7 +21,7 @@ import json
 import sys
 
 from magseg_ray.config import add_arguments, from_arguments
-from magseg_ray.errors import ConfigError, MagsegError
+from magseg_ray.errors import ConfigError, MagsegError, bad_input_exit
 from magseg_ray.geoseg.config import GeoSegConfig
 from magseg_ray.geoseg.run import ModelsConfig
 
@@ -60,8 +60,7 @@ def main(argv=None) -> int:
             raise ConfigError("give SCENE and --query (or --bench ITEMS)")
         record = query_scene(args, models, config)
     except MagsegError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return bad_input_exit(e)
     print(json.dumps({k: record[k] for k in ("query", "phrase", "case", "pixels", "reason", "seconds")}))
     return 0
 

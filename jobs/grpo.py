@@ -17,7 +17,7 @@ import sys
 
 from magseg_ray.cluster import RaySettings, ray_session
 from magseg_ray.config import add_arguments, from_arguments
-from magseg_ray.errors import MagsegError
+from magseg_ray.errors import MagsegError, bad_input_exit
 from magseg_ray.train.grpo import GRPOConfig, check_config, run_grpo
 
 
@@ -32,8 +32,7 @@ def main(argv=None) -> int:
         with ray_session(RaySettings(address=args.address)):
             summary = run_grpo(cfg)
     except MagsegError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return bad_input_exit(e)
     keys = ("step", "reward", "dice", "kl", "clip_fraction", "val_dice", "val_field_iou")
     print(json.dumps({"run": str(cfg.run_dir), "start_val_dice": summary["start"]["val_dice"],
                       **{k: summary["final"].get(k) for k in keys}, "val_dice_gain": summary["val_dice_gain"]}))

@@ -13,6 +13,7 @@ import argparse
 import collections
 import sys
 
+from magseg_ray.errors import bad_input_exit
 from magseg_ray.geoseg.templates import make_bench
 
 
@@ -26,8 +27,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     items = make_bench(args.scenes, args.out, args.window, args.per_scene, args.min_pixels)
     if not items:
-        print(f"error: no labelled scene with fields under {args.scenes}", file=sys.stderr)
-        return 2
+        return bad_input_exit(f"no labelled scene with fields under {args.scenes}")
     levels = collections.Counter(i["level"] for i in items)
     print(f"{len(items)} items ({', '.join(f'{k}: {v}' for k, v in sorted(levels.items()))}) -> {args.out}")
     return 0

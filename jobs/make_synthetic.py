@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from magseg_ray.errors import MagsegError
+from magseg_ray.errors import MagsegError, bad_input_exit
 from magseg_ray.scenes.synthetic import SyntheticConfig, write_scenes
 
 
@@ -36,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, (scene_id, written) in enumerate(write_scenes(args.out_dir, args.count, config), start=1):
             print(f"[{i}/{args.count}] {scene_id}: {'written' if written else 'exists, skipped'}", flush=True)
     except MagsegError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return bad_input_exit(e)
     return 0
 
 

@@ -20,7 +20,7 @@ import sys
 
 from magseg_ray.cluster import RaySettings, ray_session
 from magseg_ray.config import add_arguments, from_arguments
-from magseg_ray.errors import MagsegError
+from magseg_ray.errors import MagsegError, bad_input_exit
 from magseg_ray.map_region import MapConfig, interrupted_note, plan, run_map_region
 from magseg_ray.scenes.store import ObjectStore
 
@@ -42,8 +42,7 @@ def main(argv=None) -> int:
         with ray_session(RaySettings(address=args.address)):
             summary = run_map_region(planned, store)
     except MagsegError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return bad_input_exit(e)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {interrupted_note(planned, store) if planned else 'nothing was written'}",
               file=sys.stderr, flush=True)

@@ -17,7 +17,7 @@ import json
 import sys
 
 from magseg_ray.config import add_arguments, from_arguments
-from magseg_ray.errors import MagsegError
+from magseg_ray.errors import MagsegError, bad_input_exit
 from magseg_ray.train.vision import VisionPretrainConfig, pretrain_vision
 
 
@@ -28,8 +28,7 @@ def main(argv=None) -> int:
     try:
         summary = pretrain_vision(from_arguments(VisionPretrainConfig, args))
     except MagsegError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return bad_input_exit(e)
     print(json.dumps({"model": summary["model"], **summary["final"]}))
     return 0
 

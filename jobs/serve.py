@@ -22,7 +22,7 @@ import time
 
 from magseg_ray.cluster import RaySettings, ray_session
 from magseg_ray.config import add_arguments, from_arguments
-from magseg_ray.errors import MagsegError
+from magseg_ray.errors import MagsegError, bad_input_exit
 from magseg_ray.serve.settings import ServeSettings
 
 
@@ -57,8 +57,7 @@ def main(argv=None) -> int:
             finally:
                 serve.shutdown()
     except MagsegError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return bad_input_exit(e)
     return 0
 
 

@@ -16,7 +16,7 @@ import sys
 
 from magseg_ray.cluster import RaySettings, ray_session
 from magseg_ray.config import add_arguments, from_arguments
-from magseg_ray.errors import MagsegError
+from magseg_ray.errors import MagsegError, bad_input_exit
 from magseg_ray.train.sft import SFTConfig, check_config, run_sft
 
 
@@ -31,8 +31,7 @@ def main(argv=None) -> int:
         with ray_session(RaySettings(address=args.address)):
             summary = run_sft(cfg)
     except MagsegError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return bad_input_exit(e)
     print(json.dumps({"run": str(cfg.run_dir), **summary["final"]}))
     return 0
 

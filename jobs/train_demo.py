@@ -19,7 +19,7 @@ import json
 import sys
 
 from magseg_ray.config import add_arguments, from_arguments
-from magseg_ray.errors import MagsegError
+from magseg_ray.errors import MagsegError, bad_input_exit
 from magseg_ray.train.recipe import RecipeConfig, run_recipe
 
 
@@ -56,8 +56,7 @@ def main(argv=None) -> int:
             return 0
         state = run_recipe(from_arguments(RecipeConfig, args))
     except MagsegError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return bad_input_exit(e)
     print(json.dumps({"out": args.out, "status": state["status"], "final": state["history"][-1],
                       "vision": state["vision"]}))
     return 0

@@ -1,9 +1,21 @@
 """One exception hierarchy for everything a user can get wrong.
 
 Every error a job shows a user derives from :class:`MagsegError`, names the input at fault and
-says what is wrong with it. Jobs catch ``MagsegError`` at the top and print it without a
-traceback; anything else is a bug in magseg-ray.
+says what is wrong with it. Jobs catch ``MagsegError`` at the top and exit with
+:func:`bad_input_exit` (one ``error: ...`` line on stderr, no traceback, status :data:`BAD_INPUT`);
+anything else is a bug in magseg-ray.
 """
+
+import sys
+
+BAD_INPUT = 2
+"""Exit status of a job that refused its input."""
+
+
+def bad_input_exit(error: Exception | str) -> int:
+    """Print ``error`` on stderr as a job's one-line refusal; the job's exit status, :data:`BAD_INPUT`."""
+    print(f"error: {error}", file=sys.stderr)
+    return BAD_INPUT
 
 
 class MagsegError(Exception):

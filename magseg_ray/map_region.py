@@ -5,9 +5,9 @@ Stages (each in its own module):
 1. plan (:func:`~magseg_ray.chips.windows.chip_windows`): the chips of every scene the AOI touches;
    chips whose output exists are finished and skipped, so a rerun resumes;
 2. Ray Data (:func:`~magseg_ray.chips.pipeline.mapping_chips`): chips read by range requests, then
-   a pool of model actors (:class:`~magseg_ray.model.segmenter.ChipSegmenter`, one GPU each on GPU
-   clusters, fractional CPUs here) that answer every patch with prefix reuse and write each chip's
-   output atomically;
+   a pool of model actors (:class:`ChipMapper`, one GPU each on GPU clusters, fractional CPUs
+   here) that answer every patch with prefix reuse
+   (:class:`~magseg_ray.model.segmenter.ChipSegmenter`) and write each chip's output atomically;
 3. reducer, one Ray task per scene: stitch its chips (:mod:`magseg_ray.stitch.mosaic`), write the
    scene's class raster, polygonize and measure fields (:mod:`magseg_ray.fields.polygons`), clip
    to what the scene owns and set seam pieces aside (:mod:`magseg_ray.fields.seams`), write the
@@ -55,17 +55,35 @@ def demo_chips(chip_size: int, count: int) -> list:
 
 
 @dataclass(frozen=True)
-class MapConfig:
-    """Settings of one mapping run."""
+class MapSettings:
+    """Settings every map made with a model has: a mapping run's (:class:`MapConfig`) and the tile
+    server's (:class:`~magseg_ray.serve.settings.ServeSettings`)."""
 
-    aoi: str = field(default=str(DEMO_DIR / "demo.geojson"), metadata=doc(
-        "area of interest: GeoJSON or any vector file of polygons (EPSG:4326 unless it declares a CRS)"))
     catalog: str = field(default=str(DEMO_DIR / "scenes"), metadata=doc(
         "scenes: a catalog .parquet, or a folder, file:// or s3:// prefix of COGs"))
     model: str = field(default="", metadata=doc("model folder (Gemma3 checkpoint); default: the shipped demo model"))
+    overlap: int = field(default=-1, metadata=doc("pixels shared by neighbouring chips; -1: chip size / 8"))
+    max_new_tokens: int = field(default=0, metadata=doc("answer token budget per patch; 0: the longest mask text"))
+    simplify_px: float = field(default=1.0, metadata=doc("polygon simplification tolerance in pixels (x GSD)"))
+    min_field_px: int = field(default=16, metadata=doc("smallest field kept, in pixels"))
+    seed_px: float = field(default=-1.0, metadata=doc(
+        "fields grow from interior cores deeper than this many pixels, so a boundary drawn with gaps still "
+        "separates fields; -1: the model card's field_seed_px; 0: each interior component is a field"))
+
+    def model_dir(self) -> str:
+        from magseg_ray.model.checkpoint import DEMO_MODEL
+
+        return self.model or str(DEMO_MODEL)
+
+
+@dataclass(frozen=True)
+class MapConfig(MapSettings):
+    """Settings of one mapping run (and of every map, :class:`MapSettings`)."""
+
+    aoi: str = field(default=str(DEMO_DIR / "demo.geojson"), metadata=doc(
+        "area of interest: GeoJSON or any vector file of polygons (EPSG:4326 unless it declares a CRS)"))
     out: str = field(default="", metadata=doc("output folder or s3:// prefix; default: maps/<AOI file name>"))
     chip_size: int = field(default=0, metadata=doc("chip side in pixels; 0: what the model was trained with"))
-    overlap: int = field(default=-1, metadata=doc("pixels shared by neighbouring chips; -1: chip_size / 8"))
     num_actors: int = field(default=1, metadata=doc("model actors (one GPU each with --use-gpu)"))
     use_gpu: bool = field(default=False, metadata=doc("one GPU per model actor (else the actors decode on the CPU)"))
     dtype: str = dtype_field()
@@ -75,12 +93,6 @@ class MapConfig:
     chips_per_call: int = field(default=8, metadata=doc(
         "chips a model actor decodes as one continuous batch (one chip's long answers overlap the next chip's "
         "patches); a killed actor's rerun redoes at most this many chips"))
-    max_new_tokens: int = field(default=0, metadata=doc("answer token budget per patch; 0: the longest mask text"))
-    simplify_px: float = field(default=1.0, metadata=doc("polygon simplification tolerance in pixels (x GSD)"))
-    min_field_px: int = field(default=16, metadata=doc("smallest field kept, in pixels"))
-    seed_px: float = field(default=-1.0, metadata=doc(
-        "fields grow from interior cores deeper than this many pixels, so a boundary drawn with gaps still "
-        "separates fields; -1: the model card's field_seed_px; 0: each interior component is a field"))
     min_field_m2: float = field(default=-1.0, metadata=doc(
         "pieces smaller than this (m²) merge into the neighbour they share most edge with (no neighbour: dropped); "
         "-1: the model card's field_min_m2; 0: off"))
@@ -96,11 +108,6 @@ class MapConfig:
     def out_root(self) -> str:
         return self.out or str(Path("maps") / Path(self.aoi).stem)
 
-    def model_dir(self) -> str:
-        from magseg_ray.model.checkpoint import DEMO_MODEL
-
-        return self.model or str(DEMO_MODEL)
-
 
 @dataclass
 class Plan:
@@ -111,6 +118,8 @@ class Plan:
     aoi: object
     tasks: list
     chip: object
+    card: object
+    """The model card (:class:`~magseg_ray.model.card.ModelPrompt`), read once per run."""
     prompt: object
     model_dir: str
     identity: dict
@@ -122,12 +131,10 @@ class Plan:
 
 def plan(cfg: MapConfig, store=None) -> Plan:
     """Check every input and resolve the run (errors name the input and what is wrong)."""
-    from magseg_ray.chips.windows import ChipConfig, aoi_fingerprint, chip_windows, load_aoi
+    from magseg_ray.chips.windows import aoi_fingerprint, chip_windows, load_aoi
     from magseg_ray.fields.rules import resolve_rules
-    from magseg_ray.masks.instances import resolve_seed_px
-    from magseg_ray.masks.schemas import get_schema
-    from magseg_ray.model.card import ModelPrompt, read_model_prompt
-    from magseg_ray.model.checkpoint import check_checkpoint_dir, model_fingerprint
+    from magseg_ray.model.card import mapping_settings
+    from magseg_ray.model.checkpoint import check_checkpoint_dir
     from magseg_ray.scenes.catalog import load_catalog
 
     for name in ("batch_size", "chips_per_call", "num_actors"):
@@ -137,23 +144,15 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     if not Path(model_dir).is_dir() and not cfg.model:
         raise ModelLoadError(f"the demo model is missing at {model_dir}; pass --model")
     check_checkpoint_dir(model_dir)
-    card = read_model_prompt(model_dir) or ModelPrompt()
-    seed_px = resolve_seed_px(cfg.seed_px, card.field_seed_px)
-    schema = get_schema(card.schema)
-    if not schema.field_classes:
-        raise ConfigError(f"model {model_dir!r} answers in schema {schema.name!r}, which has no field class")
-    chip_size = cfg.chip_size or card.chip_size
-    chip = ChipConfig.for_chip_size(chip_size, cfg.overlap)
-    if chip_size % card.patch_size:
-        raise ConfigError(f"chip_size {chip_size} is not a multiple of the model's patch size {card.patch_size}")
+    m = mapping_settings(model_dir, cfg.chip_size, cfg.overlap, cfg.seed_px)
     aoi = load_aoi(cfg.aoi)
     scenes = load_catalog(cfg.catalog, store).scenes
-    tasks = chip_windows(scenes, aoi, chip)
-    rules = resolve_rules(cfg.min_field_m2, cfg.max_field_m2, cfg.hole_m2, cfg.simplify_m, card)
-    chips_by = {k: v for k, v in asdict(card).items() if not k.startswith("field_")}  # the fields step reruns on resume
-    identity = {"aoi_sha256": aoi_fingerprint(aoi), "model": model_fingerprint(model_dir), "model_prompt": chips_by,
-                "chip": {"chip_size": chip_size, "overlap": chip.overlap}}
-    return Plan(cfg, scenes, aoi, tasks, chip, card.prompt(), model_dir, identity, seed_px, rules)
+    tasks = chip_windows(scenes, aoi, m.chip)
+    rules = resolve_rules(cfg.min_field_m2, cfg.max_field_m2, cfg.hole_m2, cfg.simplify_m, m.card)
+    chips_by = {k: v for k, v in asdict(m.card).items() if not k.startswith("field_")}  # the fields step reruns on resume
+    identity = {"aoi_sha256": aoi_fingerprint(aoi), "model": m.fingerprint, "model_prompt": chips_by,
+                "chip": {"chip_size": m.chip.chip_size, "overlap": m.chip.overlap}}
+    return Plan(cfg, scenes, aoi, tasks, m.chip, m.card, m.card.prompt(), model_dir, identity, m.seed_px, rules)
 
 
 def check_output(files, identity: dict) -> bool:
@@ -186,12 +185,54 @@ def _progress(done: int, total: int, resumed: int, patches: int, seconds: float,
           f"patches {patches} {rate:.1f} patches/s", flush=True)
 
 
+class ChipMapper:
+    """Ray Data ``map_batches`` class of the mapping stage: chip records (from ``mapping_chips``) in,
+    their output summaries out. Each actor loads the model once
+    (:class:`~magseg_ray.model.segmenter.ChipSegmenter`); each chip's classes and per-patch
+    confidence are written atomically to the run's files before the batch is returned, so a chip
+    that has come out of the actor is finished even if the job dies right after."""
+
+    def __init__(self, model_dir: str, card, batch_size: int, max_new_tokens: int | None, files_root: str,
+                 store=None, threads: int | None = None, dtype: str = "auto"):
+        from magseg_ray.model.segmenter import ChipSegmenter
+        from magseg_ray.run_files import RunFiles
+
+        self.segmenter = ChipSegmenter(model_dir, card, batch_size, max_new_tokens, threads, dtype)
+        self.files = RunFiles(files_root, store)
+
+    def __call__(self, batch: dict) -> dict:
+        """Ray Data ``map_batches`` (numpy format): chip records -> their output summaries."""
+        import numpy as np
+
+        from magseg_ray.errors import MagsegError
+        from magseg_ray.run_files import chip_file, encode_chip
+
+        rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["chip_id"]))]
+        # a read error is a string; "none" comes through a numpy batch as None or NaN
+        out = [{"chip_id": r["chip_id"], "scene_id": r["scene_id"], "error": r["error"] if isinstance(r["error"], str) else None,
+                "patches": 0, "seconds": 0.0} for r in rows]
+        todo = [i for i, o in enumerate(out) if o["error"] is None]
+        chips = [(np.asarray(rows[i]["image"]), np.asarray(rows[i]["valid"], bool),
+                  [tuple(int(v) for v in b) for b in rows[i]["patches"]]) for i in todo]
+        start = time.perf_counter()
+        results = self.segmenter.segment_chips(chips)
+        seconds = time.perf_counter() - start
+        total = max(sum(len(c[2]) for c in chips), 1)
+        for i, chip, result in zip(todo, chips, results):
+            if isinstance(result, MagsegError):
+                out[i]["error"] = f"{rows[i]['chip_id']}: {result}"
+                continue
+            share = seconds * len(chip[2]) / total  # the batch's time, split by patches
+            self.files.write(chip_file(out[i]["chip_id"]), encode_chip(*result, len(chip[2]), share))
+            out[i].update(patches=len(chip[2]), seconds=share)
+        return {k: [o[k] for o in out] for k in out[0]} if out else {}
+
+
 def run_map_region(p: Plan, store=None) -> dict:
     """Map a planned run (:func:`plan`, made with the same ``store``) on the current Ray cluster;
     returns the run summary (also ``summary.json``)."""
     from magseg_ray.chips.pipeline import mapping_chips
     from magseg_ray.fields.reduce import reduce_run
-    from magseg_ray.model.segmenter import ChipSegmenter
     from magseg_ray.scenes.store import ObjectStore
     from magseg_ray.run_files import RunFiles, finished_chips
 
@@ -212,9 +253,9 @@ def run_map_region(p: Plan, store=None) -> dict:
         threads = max(int(cfg.cpus_per_actor), 1)
         ds = mapping_chips(p.scenes, p.aoi, p.chip, p.prompt.patch_size, store=store, read_cpus=cfg.read_cpus,
                            skip=done)
-        ds = ds.map_batches(ChipSegmenter, fn_constructor_args=(p.model_dir, p.prompt, cfg.batch_size,
-                                                                cfg.max_new_tokens or None, files.root, store, threads,
-                                                                cfg.dtype),
+        ds = ds.map_batches(ChipMapper, fn_constructor_args=(p.model_dir, p.card, cfg.batch_size,
+                                                             cfg.max_new_tokens or None, files.root, store, threads,
+                                                             cfg.dtype),
                             batch_size=cfg.chips_per_call, batch_format="numpy", concurrency=cfg.num_actors,
                             num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
         finished = 0

@@ -58,12 +58,10 @@ from magseg_ray.chips.windows import AOI_CRS, aoi_fingerprint, load_aoi
 from magseg_ray.errors import ConfigError, RasterInputError
 from magseg_ray.fields.rules import FieldRules, apply_rules, pixel_metres
 from magseg_ray.masks.instances import instances_from_classes
-from magseg_ray.masks.schemas import Schema, classes_from_instances, get_schema
+from magseg_ray.masks.schemas import KIND_TAG, Schema, classes_from_instances, get_schema
 
 KINDS = ("auto", "class", "instance")
 """Accepted raster kinds; vectors are always instances."""
-KIND_TAG = "MAGSEG_KIND"
-"""GeoTIFF tag that names a raster's kind (``class`` or ``instance``)."""
 
 
 @dataclass(frozen=True)

@@ -95,8 +95,8 @@ def write_result(out: str | Path, scene: Scene, result, query: str) -> dict:
     import rasterio
     from PIL import Image
 
-    from magseg_ray.eval.align import KIND_TAG
     from magseg_ray.files import replace_atomically, write_atomic
+    from magseg_ray.masks.schemas import KIND_TAG
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

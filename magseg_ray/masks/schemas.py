@@ -26,6 +26,9 @@ NO_DATA = 255
 """Class value of pixels with no class: outside the scene, the AOI or any answered patch in a map,
 unlabelled in a training chip. Never a schema's class index."""
 
+KIND_TAG = "MAGSEG_KIND"
+"""GeoTIFF tag that names a label raster's kind: ``class`` (a class mask) or ``instance`` (field ids)."""
+
 
 @dataclass(frozen=True)
 class LabelClass:

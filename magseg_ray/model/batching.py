@@ -45,9 +45,8 @@ import numpy as np
 import torch
 
 from magseg_ray.errors import ChipError
-from magseg_ray.model.generate import PatchAnswer, _eos, make_grammar
+from magseg_ray.model.answers import PatchAnswer, answer_budget, decode_answer, eos_tokens, make_grammar
 from magseg_ray.prompt import PromptConfig, build_patch_prompt, check_chip
-from magseg_ray.rle import codec_for
 
 
 @dataclass
@@ -297,6 +296,11 @@ class _Answers:
                 return answer[start:start + most]
         return []
 
+    def answer(self, item, box, tokenizer, config: PromptConfig) -> PatchAnswer:
+        """``item``'s answer decoded, its confidence from its mean token log-probability."""
+        tokens = self.tokens[item]
+        return decode_answer(tokenizer, config, box, tokens, float(np.exp(self.logprob[item] / max(len(tokens), 1))))
+
     def advance(self, rows: _Rows, logits: torch.Tensor, drafts: list[list[int]]) -> _Rows | None:
         """Choose each row's tokens from ``logits`` (:func:`_feed`'s), keeping its drafts while they
         equal the choice: a row gains its accepted drafts and one token more. Rows that end leave;
@@ -335,12 +339,11 @@ class _Answers:
 @torch.no_grad()
 def answer_chips(model, processor, chips: list[tuple[np.ndarray, list]], config: PromptConfig, settings,
                  generator: torch.Generator | None = None) -> list[list]:
-    """Answers (:class:`~magseg_ray.model.generate.PatchAnswer`) for the patch boxes of each
+    """Answers (:class:`~magseg_ray.model.answers.PatchAnswer`) for the patch boxes of each
     ``(chip, boxes)`` pair, in their order (see module doc). ``settings`` is a
     :class:`~magseg_ray.model.generate.GenerationSettings`; ``generator`` seeds sampling."""
-    p = config.patch_size
-    budget = settings.max_new_tokens or codec_for(config.answer_format).longest_text(p, p) + 2
-    eos = _eos(model)
+    budget = answer_budget(config, settings.max_new_tokens)
+    eos = eos_tokens(model)
     tokenizer = processor.tokenizer
     device = next(model.parameters()).device
     encoded = [_encode_chip(model, processor, chip, boxes, config, device) if len(boxes) else None for chip, boxes in chips]
@@ -361,15 +364,5 @@ def answer_chips(model, processor, chips: list[tuple[np.ndarray, list]], config:
         cap = sorted(len(d) for d in drafts)[len(drafts) // 2]  # the median: padding is work too
         drafts = [d[:cap] for d in drafts]
         rows = answers.advance(rows, _feed(model, rows, drafts, tokenizer.pad_token_id), drafts)
-    results = []
-    for c, e in enumerate(encoded):
-        results.append([] if e is None else [_answer(tokenizer, config, e.boxes[j], answers.tokens[(c, j)],
-                                                     answers.logprob[(c, j)]) for j in range(len(e.boxes))])
-    return results
-
-
-def _answer(tokenizer, config: PromptConfig, box, tokens: list[int], logprob: float) -> PatchAnswer:
-    p = config.patch_size
-    text = tokenizer.decode(tokens, skip_special_tokens=True)
-    mask, report = codec_for(config.answer_format).decode(text, p, p, config.schema)
-    return PatchAnswer(tuple(int(v) for v in box), text, mask, report, float(np.exp(logprob / max(len(tokens), 1))))
+    return [[] if e is None else [answers.answer((c, j), e.boxes[j], tokenizer, config) for j in range(len(e.boxes))]
+            for c, e in enumerate(encoded)]

@@ -5,12 +5,17 @@ project writes holds ``magseg.json``: the fields of :class:`ModelPrompt`. Jobs r
 same prompts (:func:`read_model_prompt`), and training refuses a base built for other prompts
 (:func:`check_model_prompt`). A checkpoint without the file (a hub Gemma3 folder) has no card; a
 card written before a field existed reads that field's default, which is what such a model used.
+
+Mapping with a model (the mapping plan, :func:`magseg_ray.map_region.plan`, and the tile server)
+reads the card once, through :func:`mapping_settings`: its schema, chip grid and fields core depth
+resolved against the caller's flags, and the weights' fingerprint.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
 from pathlib import Path
 
 from magseg_ray.errors import ConfigError
@@ -101,3 +106,43 @@ def write_model_prompt(model_dir: str | Path, settings: ModelPrompt) -> None:
     from magseg_ray.files import write_atomic
 
     write_atomic(Path(model_dir) / MODEL_CARD, json.dumps(asdict(settings), indent=1))
+
+
+@dataclass(frozen=True)
+class MappingSettings:
+    """What mapping with a model takes from its card, resolved against the caller's flags."""
+
+    card: ModelPrompt
+    """The model card (defaults for a checkpoint without one)."""
+    schema: Any
+    """The card's label schema (:class:`~magseg_ray.masks.schemas.Schema`); it has a field class."""
+    chip: Any
+    """Chip grid (:class:`~magseg_ray.chips.windows.ChipConfig`): the given chip size, else the card's."""
+    seed_px: float
+    """Core depth of the fields step: the given ``seed_px``, -1 for the card's ``field_seed_px``."""
+    fingerprint: str
+    """The weights' fingerprint (:func:`~magseg_ray.model.checkpoint.model_fingerprint`)."""
+
+
+def mapping_settings(model_dir: str | Path, chip_size: int = 0, overlap: int = -1,
+                     seed_px: float = -1.0) -> MappingSettings:
+    """The model folder's card read once and resolved for mapping: ``chip_size`` 0 takes the card's,
+    ``overlap`` -1 an eighth of the chip, ``seed_px`` -1 the card's. Raises :class:`ConfigError` for
+    a schema without a field class, a chip size that is no multiple of the patch, a bad
+    ``seed_px`` or ``overlap``."""
+    # imported here: this module is read by every job's config (its --help), which stays light
+    from magseg_ray.chips.windows import ChipConfig
+    from magseg_ray.masks.instances import resolve_seed_px
+    from magseg_ray.masks.schemas import get_schema
+    from magseg_ray.model.checkpoint import model_fingerprint
+
+    card = read_model_prompt(model_dir) or ModelPrompt()
+    seed = resolve_seed_px(seed_px, card.field_seed_px)
+    schema = get_schema(card.schema)
+    if not schema.field_classes:
+        raise ConfigError(f"model {str(model_dir)!r} answers in schema {schema.name!r}, which has no field class")
+    size = chip_size or card.chip_size
+    chip = ChipConfig.for_chip_size(size, overlap)
+    if size % card.patch_size:
+        raise ConfigError(f"chip_size {size} is not a multiple of the model's patch size {card.patch_size}")
+    return MappingSettings(card, schema, chip, seed, model_fingerprint(model_dir))

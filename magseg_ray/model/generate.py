@@ -1,8 +1,8 @@
 """Patch prompts -> constrained generation -> mask text -> patch masks, and a chip's mask.
 
-Two decoders share the grammar and the scoring. :func:`answer_patches` runs Hugging Face
-``generate`` on whole prompts (any mix of chips; used for validation during training and as the
-benchmark baseline). :func:`answer_chip` decodes every patch of one chip with *prefix reuse*: the
+Two decoders share the grammar and the scoring (:mod:`magseg_ray.model.answers`).
+:func:`answer_patches` runs Hugging Face ``generate`` on whole prompts (any mix of chips; used for
+validation during training and as the benchmark baseline). :func:`answer_chip` decodes every patch of one chip with *prefix reuse*: the
 chip image and the instruction (the prompt prefix shared by all its patches) go through the model
 once, so only the local crop, the patch box and the answer are computed per patch, with continuous
 batching (:mod:`magseg_ray.model.batching`, which also batches across chips); greedy answers are
@@ -32,8 +32,8 @@ from magseg_ray.prompt import (
     patch_boxes,
 )
 from magseg_ray.errors import ConfigError
-from magseg_ray.rle import codec_for
-from magseg_ray.rle.codec import DecodeReport
+from magseg_ray.model.answers import PatchAnswer, answer_budget, decode_answer, eos_tokens, make_grammar
+from magseg_ray.model.batching import answer_chips
 from magseg_ray.rle.constrained import RLELogitsProcessor
 
 
@@ -72,22 +72,6 @@ class GenerationSettings:
             raise ConfigError(f"draft_tokens must be an integer >= 0, not {self.draft_tokens!r}")
 
 
-@dataclass
-class PatchAnswer:
-    """The model's answer for one patch."""
-
-    box: tuple[int, int, int, int]
-    """Patch box in chip pixels (x0, y0, x1, y1)."""
-    text: str
-    """Answer text (in the prompt config's answer format)."""
-    mask: np.ndarray
-    """Decoded ``p x p`` class mask."""
-    report: DecodeReport
-    """Repairs the decoder made (all zero under constrained decoding)."""
-    confidence: float
-    """exp(mean token log-probability) of the answer, in (0, 1]."""
-
-
 def _inputs(processor, prompts: list[PatchPrompt], device) -> dict:
     enc = processor(text=[p.text for p in prompts], images=[p.images for p in prompts],
                     return_tensors="pt", add_special_tokens=False, padding=True)
@@ -98,10 +82,8 @@ def _inputs(processor, prompts: list[PatchPrompt], device) -> dict:
 def answer_patches(model, processor, prompts: list[PatchPrompt], config: PromptConfig = PromptConfig(),
                    settings: GenerationSettings = GenerationSettings()) -> list[PatchAnswer]:
     """Generate, decode and score the answers for ``prompts`` (all with ``config``'s patch size)."""
-    p = config.patch_size
-    fmt = codec_for(config.answer_format)
-    budget = settings.max_new_tokens or fmt.longest_text(p, p) + 2
-    eos = _eos(model)
+    budget = answer_budget(config, settings.max_new_tokens)
+    eos = eos_tokens(model)
     eos_ids = torch.tensor(eos)
     tokenizer = processor.tokenizer
     device = next(model.parameters()).device
@@ -125,10 +107,8 @@ def answer_patches(model, processor, prompts: list[PatchPrompt], config: PromptC
         for prompt, tokens, lp in zip(batch, new, logprobs):
             ended = torch.isin(tokens, eos_ids.to(tokens.device))
             n = int(ended.int().argmax()) + 1 if ended.any() else len(tokens)  # answer incl. its end token
-            text = tokenizer.decode(tokens[:n], skip_special_tokens=True)
-            mask, report = fmt.decode(text, p, p, config.schema)
             confidence = float(torch.exp(lp[:n].float().mean()))
-            answers.append(PatchAnswer(prompt.box, text, mask, report, confidence))
+            answers.append(decode_answer(tokenizer, config, prompt.box, tokens[:n], confidence))
     return answers
 
 
@@ -146,26 +126,12 @@ def _constrained_logprobs(grammar: RLELogitsProcessor, sequences: torch.Tensor, 
     return torch.stack(out, 1)
 
 
-def _eos(model) -> list[int]:
-    eos = model.generation_config.eos_token_id
-    return [eos] if isinstance(eos, int) else list(eos)
-
-
-def make_grammar(tokenizer, config: PromptConfig, prompt_len: int, eos: list[int], budget: int) -> RLELogitsProcessor:
-    """The grammar that constrains answers to ``config``'s patches in its answer format (the one
-    place decoders make it)."""
-    p = config.patch_size
-    return codec_for(config.answer_format).logits_processor(tokenizer, p, p, config.schema, prompt_len, eos, budget)
-
-
 def answer_chip(model, processor, chip: np.ndarray, boxes: list, config: PromptConfig = PromptConfig(),
                 settings: GenerationSettings = GenerationSettings(), generator: torch.Generator | None = None
                 ) -> list[PatchAnswer]:
     """Answers for the patches ``boxes`` of one chip, encoding the chip and instruction once (see
     :mod:`magseg_ray.model.batching`, which also batches across chips). ``generator`` seeds sampling
     when ``settings.temperature > 0``."""
-    from magseg_ray.model.batching import answer_chips
-
     return answer_chips(model, processor, [(chip, list(boxes))], config, settings, generator)[0]
 
 

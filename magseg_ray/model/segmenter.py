@@ -1,46 +1,39 @@
-"""The mapping model actor: chip records in, chip class masks out (written as chip outputs).
+"""The mapping model: whole chips in, chip class masks and patch confidences out.
 
-:class:`ChipSegmenter` is a Ray Data callable class: each actor loads the model once (on its GPU
-when it has one) and answers every patch of a batch of chips in one call of
-:func:`~magseg_ray.model.batching.answer_chips` (prefix reuse, constrained decoding, continuous
-batching *across* the chips: while one chip's few long answers finish, the next chip's patches fill
-the batch). Each chip's classes and per-patch confidence are written atomically to the run's files
-before the batch is returned, so a chip that has come out of the actor is finished even if the job
-dies right after. A chip the model cannot take (a :class:`~magseg_ray.errors.MagsegError`) fails
-alone: the batch is answered again chip by chip and only that chip reports the error.
+:class:`ChipSegmenter` loads the model once (on the GPU when there is one) and answers every patch
+of several chips in one call of :func:`~magseg_ray.model.batching.answer_chips` (prefix reuse,
+constrained decoding, continuous batching *across* the chips: while one chip's few long answers
+finish, the next chip's patches fill the batch). It is built from the model card its caller read
+(the mapping stage, :class:`~magseg_ray.map_region.ChipMapper`, and the tile server), and writes
+nothing. A chip the model cannot take (a :class:`~magseg_ray.errors.MagsegError`) fails alone: the
+batch is answered again chip by chip and only that chip gets the error.
 """
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
+import torch
 
 from magseg_ray.errors import MagsegError
-from magseg_ray.prompt import PromptConfig
+from magseg_ray.masks.schemas import NO_DATA
+from magseg_ray.model.batching import answer_chips
+from magseg_ray.model.card import ModelPrompt
+from magseg_ray.model.checkpoint import load_model
+from magseg_ray.model.generate import GenerationSettings
 
 
 class ChipSegmenter:
-    """Ray Data ``map`` class: a chip record (from ``mapping_chips``) -> its output summary."""
+    """A loaded model answering whole chips with the prompts and decoding of its card."""
 
-    def __init__(self, model_dir: str, prompt: PromptConfig, batch_size: int, max_new_tokens: int | None,
-                 files_root: str, store=None, threads: int | None = None, dtype: str = "auto"):
-        import torch
-
-        from magseg_ray.model.card import ModelPrompt, read_model_prompt
-        from magseg_ray.model.checkpoint import load_model
-        from magseg_ray.model.generate import GenerationSettings
-        from magseg_ray.run_files import RunFiles
-
+    def __init__(self, model_dir: str, card: ModelPrompt, batch_size: int, max_new_tokens: int | None,
+                 threads: int | None = None, dtype: str = "auto"):
         if threads:
             torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model, self.processor = load_model(model_dir, dtype=dtype, device=device)
-        self.prompt = prompt
-        card = read_model_prompt(model_dir) or ModelPrompt()
+        self.prompt = card.prompt()
         self.settings = GenerationSettings(batch_size=batch_size, max_new_tokens=max_new_tokens,
                                            boundary_bias=card.boundary_bias)
-        self.files = RunFiles(files_root, store)
 
     def segment(self, image: np.ndarray, valid: np.ndarray, boxes) -> tuple[np.ndarray, np.ndarray]:
         """Classes (NO_DATA where no patch answered or not valid) and the patch confidence grid (NaN
@@ -54,9 +47,6 @@ class ChipSegmenter:
         """:meth:`segment` for several ``(image, valid, boxes)`` chips, decoded in one continuous
         batch. A chip the model cannot take gets its :class:`MagsegError` in its place: the batch is
         answered again chip by chip, so only that chip fails."""
-        from magseg_ray.model.batching import answer_chips
-        from magseg_ray.masks.schemas import NO_DATA
-
         p = self.prompt.patch_size
         try:
             answers = answer_chips(self.model, self.processor, [(image, boxes) for image, _, boxes in chips],
@@ -74,27 +64,3 @@ class ChipSegmenter:
             classes[~valid] = NO_DATA
             out.append((classes, confidence))
         return out
-
-    def __call__(self, batch: dict) -> dict:
-        """Ray Data ``map_batches`` (numpy format): chip records -> their output summaries."""
-        from magseg_ray.run_files import chip_file, encode_chip
-
-        rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["chip_id"]))]
-        # a read error is a string; "none" comes through a numpy batch as None or NaN
-        out = [{"chip_id": r["chip_id"], "scene_id": r["scene_id"], "error": r["error"] if isinstance(r["error"], str) else None,
-                "patches": 0, "seconds": 0.0} for r in rows]
-        todo = [i for i, o in enumerate(out) if o["error"] is None]
-        chips = [(np.asarray(rows[i]["image"]), np.asarray(rows[i]["valid"], bool),
-                  [tuple(int(v) for v in b) for b in rows[i]["patches"]]) for i in todo]
-        start = time.perf_counter()
-        results = self.segment_chips(chips)
-        seconds = time.perf_counter() - start
-        total = max(sum(len(c[2]) for c in chips), 1)
-        for i, chip, result in zip(todo, chips, results):
-            if isinstance(result, MagsegError):
-                out[i]["error"] = f"{rows[i]['chip_id']}: {result}"
-                continue
-            share = seconds * len(chip[2]) / total  # the batch's time, split by patches
-            self.files.write(chip_file(out[i]["chip_id"]), encode_chip(*result, len(chip[2]), share))
-            out[i].update(patches=len(chip[2]), seconds=share)
-        return {k: [o[k] for o in out] for k in out[0]} if out else {}

@@ -38,7 +38,7 @@ import re
 import numpy as np
 
 from magseg_ray.masks.schemas import Schema, get_schema
-from magseg_ray.rle.codec import DecodeReport, _checked, _Decoder, _number, _row_runs
+from magseg_ray.rle.codec import DecodeReport, Decoder, checked_mask, parse_number, row_runs
 
 # A line's head: the row index and the ':' (either may be missing).
 _HEAD = re.compile(r"(\d*)(:?)")
@@ -56,11 +56,11 @@ def encode(mask: np.ndarray, schema: str | Schema) -> str:
     equal pixels and only the last run of a line omits its end, so each mask has exactly one text.
     """
     schema = get_schema(schema)
-    m = _checked(mask, schema)
+    m = checked_mask(mask, schema)
     new_group = np.ones(m.shape[0], dtype=bool)
     new_group[1:] = (m[1:] != m[:-1]).any(axis=1)
     group_starts = np.flatnonzero(new_group).tolist()
-    ri, values, lengths = _row_runs(m[group_starts])
+    ri, values, lengths = row_runs(m[group_starts])
     codes = schema.codes
     lines: list[str] = []
     col = 0
@@ -85,7 +85,7 @@ def longest_text(h: int, w: int) -> int:
     return heads + h * row + h - 1  # newlines between lines
 
 
-class _AnchoredDecoder(_Decoder):
+class _AnchoredDecoder(Decoder):
     """State of one :func:`decode` call (R-RLE's report and flagging, anchored lines and rows)."""
 
     def parse(self, line: str) -> tuple[int | None, list[Run]]:
@@ -109,8 +109,8 @@ class _AnchoredDecoder(_Decoder):
                 cls = 0
             if end[:1] == "0" and len(end) > 1:
                 self.flag("syntax_errors", f"run {code}{end} has a malformed end")
-            runs.append((cls, _number(end) if end else None))
-        return (_number(digits) if digits else None), runs
+            runs.append((cls, parse_number(end) if end else None))
+        return (parse_number(digits) if digits else None), runs
 
     def row(self, runs: list[Run]) -> np.ndarray:
         """The ``w`` pixels of one row from its (non-empty) runs, repairing short and long rows."""

@@ -13,7 +13,9 @@ rows is ``"2*f2e1b\\n*b"``.
 
 :func:`encode` writes the canonical (unique) text of a mask; :func:`decode` reads any text back,
 repairing what it must in non-strict mode (see :class:`DecodeReport`), or raising
-:class:`~magseg_ray.errors.MaskTextError` on the first problem in strict mode.
+:class:`~magseg_ray.errors.MaskTextError` on the first problem in strict mode. The anchored format
+(:mod:`magseg_ray.rle.anchored`) builds on the same pieces: :func:`checked_mask`, :func:`row_runs`,
+:func:`parse_number` and the line decoder's state, :class:`Decoder`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ _BIG = 10**9
 """Stand-in for numbers too long to matter (and too long for ``int`` to parse safely)."""
 
 
-def _number(digits: str) -> int:
+def parse_number(digits: str) -> int:
     """Value of a decimal string, capped at ``_BIG``."""
     digits = digits.lstrip("0") or "0"
     return int(digits) if len(digits) < 10 else _BIG
@@ -68,7 +70,7 @@ class DecodeReport:
         return asdict(self)
 
 
-def _row_runs(rows: np.ndarray) -> tuple[list[int], list[int], list[int]]:
+def row_runs(rows: np.ndarray) -> tuple[list[int], list[int], list[int]]:
     """Runs of equal values along each row of a non-empty 2-D array, in row-major order.
 
     Returns three equally long lists: the row index, the value and the length of each run.
@@ -83,7 +85,7 @@ def _row_runs(rows: np.ndarray) -> tuple[list[int], list[int], list[int]]:
     return ri.tolist(), rows[ri, ci].tolist(), lengths.tolist()
 
 
-def _checked(mask: np.ndarray, schema: Schema) -> np.ndarray:
+def checked_mask(mask: np.ndarray, schema: Schema) -> np.ndarray:
     """``mask`` as a validated, non-empty 2-D uint8 class mask."""
     m = schema.check_mask(mask)
     if m.size == 0:
@@ -99,13 +101,13 @@ def encode(mask: np.ndarray, schema: str | Schema) -> str:
     pixels, and only the last run of a line omits its length, so each mask has exactly one text.
     """
     schema = get_schema(schema)
-    m = _checked(mask, schema)
+    m = checked_mask(mask, schema)
     h = m.shape[0]
     new_group = np.ones(h, dtype=bool)
     new_group[1:] = (m[1:] != m[:-1]).any(axis=1)
     group_starts = np.flatnonzero(new_group)
     group_rows = np.diff(group_starts, append=h).tolist()
-    ri, values, lengths = _row_runs(m[group_starts])
+    ri, values, lengths = row_runs(m[group_starts])
     codes = schema.codes
     n_groups = len(group_rows)
     lines: list[str] = []
@@ -136,15 +138,15 @@ def encode_text4seg(mask: np.ndarray, schema: str | Schema) -> str:
     newlines, without any merging of repeated rows. There is no decoder for it.
     """
     schema = get_schema(schema)
-    m = _checked(mask, schema)
+    m = checked_mask(mask, schema)
     names = schema.names
     rows: list[list[str]] = [[] for _ in range(m.shape[0])]
-    for r, v, n in zip(*_row_runs(m)):
+    for r, v, n in zip(*row_runs(m)):
         rows[r].append(f"{names[v]} *{n}")
     return "\n".join("| ".join(runs) for runs in rows)
 
 
-class _Decoder:
+class Decoder:
     """State of one :func:`decode` call: the report, and where problems are flagged."""
 
     def __init__(self, w: int, schema: Schema, strict: bool) -> None:
@@ -187,7 +189,7 @@ class _Decoder:
                 prefixed = True
                 if digits[:1] == "0":
                     self.flag("syntax_errors", f"malformed row count {digits!r}")
-                count = max(_number(digits), 1) if digits else None
+                count = max(parse_number(digits), 1) if digits else None
             else:
                 cls = self.lut.get(code)
                 if cls is None:
@@ -196,9 +198,9 @@ class _Decoder:
                     cls = 0
                 if length[:1] == "0":
                     self.flag("syntax_errors", f"run {code}{length} has a malformed length")
-                    if not _number(length):
+                    if not parse_number(length):
                         continue
-                runs.append((cls, _number(length) if length else None))
+                runs.append((cls, parse_number(length) if length else None))
         return count, runs
 
     def row(self, runs: list[tuple[int, int | None]]) -> np.ndarray:
@@ -246,7 +248,7 @@ def decode(
     string decodes to a valid mask: each line only ever fills its own rows, and each repair is
     counted in the returned :class:`DecodeReport` (see its fields).
     """
-    dec = _Decoder(w, get_schema(schema), strict)
+    dec = Decoder(w, get_schema(schema), strict)
     mask = np.zeros((h, w), dtype=np.uint8)
     row = 0
     for count, runs in dec.lines(text):

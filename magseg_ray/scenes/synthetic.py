@@ -42,9 +42,8 @@ from shapely.affinity import rotate, scale
 from shapely.geometry import LineString, Point, Polygon, box
 
 from magseg_ray.errors import ConfigError
-from magseg_ray.eval.align import KIND_TAG
 from magseg_ray.files import replace_atomically
-from magseg_ray.masks.schemas import get_schema
+from magseg_ray.masks.schemas import KIND_TAG, get_schema
 
 _ALU = get_schema("alu")
 FIELD, TREE, CLOUD, POND, WELL = (_ALU.index_of(c) for c in "ftcpw")

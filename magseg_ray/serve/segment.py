@@ -24,14 +24,15 @@ Body (JSON object): ``{"query": str, "bbox": [west, south, east, north]}`` in EP
    asked), ``window`` (the scene pixels read) and ``box_lonlat`` / ``refined_lonlat`` (the grounded
    and the segmented box as [west, south, east, north]).
 
-Errors map to HTTP statuses in :mod:`magseg_ray.serve.deployment`: 400, 404, and 502 for a scene
-that cannot be read.
+:class:`AreaSegmenter` holds a replica's GeoSeg pipeline and runs the steps. Errors map to HTTP
+statuses in :mod:`magseg_ray.serve.deployment`: 400, 404, and 502 for a scene that cannot be read.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import dataclass
 
 import geopandas as gpd
@@ -41,7 +42,7 @@ import shapely
 from rasterio.warp import transform_bounds
 
 from magseg_ray.chips.windows import scene_transform
-from magseg_ray.errors import NotCoveredError, TileRequestError
+from magseg_ray.errors import NotCoveredError, SceneError, TileRequestError
 from magseg_ray.serve.tiles import clip, parse_tile, scenes_under
 
 BODY_KEYS = ("query", "bbox", "z", "x", "y")
@@ -139,3 +140,37 @@ def feature_collection(result, scene, area: Area, scene_id: str, window: tuple[i
         "box_lonlat": _lonlat(result.box, scene.transform, scene.crs),
         "refined_lonlat": _lonlat(result.refined, scene.transform, scene.crs)}
     return collection
+
+
+class AreaSegmenter:
+    """A replica's GeoSeg: the pipeline built once, at replica start (a bad checkpoint folder fails
+    the deployment where its operator sees it, no user's request pays the load), its field-model
+    route the replica's own model, not a second copy; calls run one at a time (its routes keep
+    per-call state). GeoSeg's modules are imported here, so a server without GeoSeg never loads them."""
+
+    def __init__(self, settings, segmenter, card, seed_px: float):
+        from magseg_ray.geoseg.fieldroute import FieldRoute
+        from magseg_ray.geoseg.run import build_pipeline
+
+        models, config = settings.geoseg_models()
+        route = FieldRoute(segmenter.model, segmenter.processor, card.prompt(), card.chip_size,
+                           batch_size=settings.patch_batch, max_new_tokens=settings.max_new_tokens or None,
+                           boundary_bias=card.boundary_bias, field_seed_px=seed_px)
+        self.pipeline = build_pipeline(models, config, field_route=route)
+        self.max_px = settings.geoseg_max_px
+        self._lock = threading.Lock()
+
+    def segment(self, area: Area, scenes: gpd.GeoDataFrame, store) -> dict:
+        """GeoSeg on the area's window of the scene that covers most of it (see module doc)."""
+        from magseg_ray.geoseg.outputs import read_scene
+
+        scene = area_scene(scenes, area)
+        window = area_window(scene, area, self.max_px)
+        try:
+            pixels = read_scene(scene["uri"], store, window=window)
+        except SceneError as e:
+            raise SceneError(f"scene {scene['id']} cannot be read: {e}") from None
+        box = None if self.pipeline.grounder is not None else (0, 0, window[3], window[2])
+        with self._lock:
+            result = self.pipeline.segment(pixels.image, area.query, box=box)
+        return feature_collection(result, pixels, area, scene["id"], window)

@@ -28,34 +28,26 @@ import dataclasses
 import os
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from magseg_ray.config import doc, dtype_field
 from magseg_ray.errors import ConfigError
+from magseg_ray.map_region import MapSettings
 
-DEMO_SCENES = Path(__file__).resolve().parents[1] / "assets" / "demo" / "scenes"
-"""Default catalog: the bundled demo scenes (as ``map_region``'s)."""
 API_KEY_ENV = "MAGSEG_API_KEY"
 """Environment variable read for the API key when ``api_key`` is empty (keeps it off command lines)."""
 GEOSEG_TEXT_ROUTES = ("field-model", "sam3", "none")
 """GeoSeg route B on the server: the server's MAgSeg model, SAM3 with the phrase, or none (route A only)."""
 
 
-
 @dataclass(frozen=True)
-class ServeSettings:
-    """Settings of one tile server application."""
+class ServeSettings(MapSettings):
+    """Settings of one tile server application (and of every map, :class:`~magseg_ray.map_region.MapSettings`)."""
 
-    catalog: str = field(default=str(DEMO_SCENES), metadata=doc(
-        "scenes: a catalog .parquet, or a folder, file:// or s3:// prefix of COGs (as map_region's --catalog)"))
-    model: str = field(default="", metadata=doc("model folder (Gemma3 checkpoint); default: the shipped demo model"))
     maps: str = field(default="", metadata=doc(
         "comma-separated map_region output folders (or s3:// prefixes) made with this model: tiles they "
         "cover are served from their masks/ and fields/ instead of running the model"))
     api_key: str = field(default="", metadata=doc(
         f"when set (or ${API_KEY_ENV}), every route but /healthz needs header X-API-Key (or ?key=) equal to it"))
-    overlap: int = field(default=-1, metadata=doc("pixels shared by neighbouring chips; -1: chip size / 8 (map_region's default)"))
-    max_new_tokens: int = field(default=0, metadata=doc("answer token budget per patch; 0: the longest mask text"))
     patch_batch: int = field(default=64, metadata=doc("patches decoded together (they share the chip's KV prefix)"))
     chip_batch: int = field(default=8, metadata=doc("most chips one batched model call takes (@serve.batch)"))
     batch_wait_s: float = field(default=0.02, metadata=doc("how long a model call waits for more chips to batch"))
@@ -63,11 +55,6 @@ class ServeSettings:
     min_zoom: int = field(default=12, metadata=doc("coarsest zoom served; coarser tiles get 400"))
     max_chips_per_tile: int = field(default=64, metadata=doc(
         "most model chips one tile may need in one scene; a tile needing more is too coarse for per-patch inference (400)"))
-    simplify_px: float = field(default=1.0, metadata=doc("polygon simplification tolerance in pixels (x GSD)"))
-    min_field_px: int = field(default=16, metadata=doc("smallest field kept, in pixels"))
-    seed_px: float = field(default=-1.0, metadata=doc(
-        "fields grow from interior cores deeper than this many pixels (as map_region's --seed-px); "
-        "-1: the model card's field_seed_px"))
     min_replicas: int = field(default=1, metadata=doc("replicas (each loads the model); autoscaling lower bound"))
     max_replicas: int = field(default=1, metadata=doc("autoscaling upper bound; equal to --min-replicas: no autoscaling"))
     target_ongoing_requests: float = field(default=4.0, metadata=doc("autoscaling target of ongoing requests per replica"))
@@ -140,11 +127,6 @@ class ServeSettings:
             except (TypeError, ValueError):
                 raise ConfigError(f"tile server setting {name}={value!r} is not a {tp.__name__}") from None
         return cls(**values)
-
-    def model_dir(self) -> str:
-        from magseg_ray.model.checkpoint import DEMO_MODEL
-
-        return self.model or str(DEMO_MODEL)
 
     def key(self) -> str:
         """The API key in force ('' for none)."""

@@ -110,8 +110,8 @@ def prepare_cpu_comm() -> None:
 
 
 def torch_trainer(loop, loop_config: dict, cfg, datasets: dict | None = None):
-    """A ``TorchTrainer`` for ``loop`` from a run config with ``run_name``, ``storage``, ``num_workers``,
-    ``use_gpu``, ``cpus_per_worker`` and ``max_failures`` (SFT's and GRPO's)."""
+    """A ``TorchTrainer`` for ``loop`` from a run config (:class:`~magseg_ray.train.driver.RunConfig`:
+    its ``run_name``, ``storage``, ``num_workers``, ``use_gpu``, ``cpus_per_worker`` and ``max_failures``)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 

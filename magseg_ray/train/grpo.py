@@ -52,41 +52,32 @@ are scored on the same validation patches (greedy, kind-first with the model car
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from magseg_ray.config import TRAIN_DTYPES, doc, dtype_field
+from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError
-from magseg_ray.files import local_absolute, write_atomic
+from magseg_ray.files import local_absolute
 from magseg_ray.model.checkpoint import DEMO_MODEL
-from magseg_ray.prompt import PromptConfig
-
-
+from magseg_ray.train.driver import RunConfig, chip_splits, run_name_field, save_outputs, write_summary
 
 @dataclass(frozen=True)
-class GRPOConfig:
-    """Settings of one GRPO run."""
+class GRPOConfig(RunConfig):
+    """Settings of one GRPO run (and those of every run, :class:`~magseg_ray.train.driver.RunConfig`)."""
 
-    run_name: str = field(default="grpo", metadata=doc("run name; rerunning with the same name resumes it"))
-    storage: str = field(default="runs", metadata=doc("folder holding runs (checkpoints and outputs)"))
+    run_name: str = run_name_field("grpo")
     model: str = field(default=str(DEMO_MODEL), metadata=doc(
         "starting policy: a Gemma3 checkpoint folder (e.g. an SFT run's model/)"))
     adapter: str = field(default="", metadata=doc(
         "optional PEFT adapter (an SFT run's adapter/) merged into --model first"))
-    data: str = field(default="", metadata=doc("scenes with labels: catalog .parquet, folder, file:// or s3:// prefix"))
     schema: str | None = field(default=None, metadata=doc(
         "label schema of the answers (default: the model's magseg.json, as for the next three)",
         choices=["fields3", "ai4sf"]))
     patch_size: int | None = field(default=None, metadata=doc("patch side in pixels"))
-    chip_size: int = field(default=256, metadata=doc("chip side in pixels (a multiple of the patch)"))
     local_crop: bool | None = field(default=None, metadata=doc("show a crop around the patch after the shared prefix"))
     crop_scale: float | None = field(default=None, metadata=doc("side of the local crop as a multiple of the patch side"))
-    val_fraction: float = field(default=0.2, metadata=doc("share of scenes held out for validation (by scene id hash)"))
     val_patches: int = field(default=32, metadata=doc(
         "validation patches scored at the start, every eval_every steps and at the end"))
     train_chips: int = field(default=64, metadata=doc("training chips read; their patches are the prompt pool"))
@@ -110,12 +101,9 @@ class GRPOConfig:
     lora_alpha: int = field(default=32, metadata=doc("LoRA alpha"))
     lr: float = field(default=5e-5, metadata=doc("learning rate (AdamW)"))
     num_workers: int = field(default=1, metadata=doc("Ray Train learner workers"))
-    cpus_per_worker: float = field(default=1.0, metadata=doc("CPUs reserved per learner"))
     num_actors: int = field(default=2, metadata=doc("rollout actors"))
     cpus_per_actor: float = field(default=0.5, metadata=doc("CPUs reserved per rollout actor"))
     gpus_per_actor: float = field(default=0.0, metadata=doc("GPUs per rollout actor (fractions share a GPU)"))
-    use_gpu: bool = field(default=False, metadata=doc("one GPU per learner (NCCL); else CPU (gloo)"))
-    dtype: str = dtype_field(TRAIN_DTYPES)
     gen_batch_size: int = field(default=16, metadata=doc("answers per generate call on an actor"))
     zero_stage: int = field(default=2, metadata=doc("DeepSpeed ZeRO stage (LoRA weights stay whole on every learner)",
                                                    choices=[0, 1, 2]))
@@ -123,7 +111,6 @@ class GRPOConfig:
     eval_every: int = field(default=25, metadata=doc("steps between validations (0: only at the start and end)"))
     checkpoint_every: int = field(default=25, metadata=doc("steps between checkpoints"))
     log_every: int = field(default=5, metadata=doc("steps between progress lines (rank 0)"))
-    max_failures: int = field(default=1, metadata=doc("learner-group restarts allowed after a failure"))
     seed: int = field(default=0, metadata=doc("seed of the LoRA init, prompt order and sampling"))
 
     def __post_init__(self):  # actors and workers run elsewhere: ship local paths as absolute ones
@@ -139,17 +126,23 @@ class GRPOConfig:
         card = read_model_prompt(self.model) or ModelPrompt()
         return dataclasses.replace(card, chip_size=self.chip_size, **{k: v for k, v in given.items() if v is not None})
 
-    def prompt(self) -> PromptConfig:
-        return self.model_prompt().prompt()
-
     def lora(self):
         from magseg_ray.model.lora import LoraSettings
 
         return LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=0.0)  # no dropout: ratio 1 on-policy
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.storage).resolve() / self.run_name
+    def load_base(self, device="cpu"):
+        """The start policy's model and processor: ``--model`` with ``--adapter`` merged in, if any,
+        in ``dtype`` resolved for ``device``."""
+        from magseg_ray.train.rollout import load_policy_base
+
+        return load_policy_base(self.model, self.adapter or None, self.dtype, str(device))
+
+    def export_dtype(self):
+        """The ``--model`` checkpoint's dtype (the shipped demo model's bfloat16 stays 16 MB)."""
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.model, local_files_only=True).dtype
 
 
 def check_config(cfg: GRPOConfig) -> None:
@@ -252,156 +245,163 @@ def step_keys(n_prompts: int, step: int, per_step: int, seed: int) -> list[int]:
 
 # ---- the learner -----------------------------------------------------------------------------
 
-def learner_loop(loop_config: dict) -> None:
-    """Ray Train worker: GRPO updates of the LoRA policy on this learner's share of each step."""
-    import ray
-    import ray.train
-    import torch
-    import torch.distributed as dist
-    from peft import get_peft_model_state_dict
+class _Learner:
+    """One GRPO learner (a Ray Train worker): its LoRA policy and engine, the rollout actors, its
+    run state and reporting."""
 
-    from magseg_ray.model.lora import attach_lora
-    from magseg_ray.train.batches import collate
-    from magseg_ray.train.engine import CheckpointState, deepspeed_engine, worker_device
-    from magseg_ray.train.rollout import PromptSet, RolloutPool, load_policy_base
+    def __init__(self, loop_config: dict):
+        import ray
+        import ray.train
+        import torch
 
-    cfg = GRPOConfig(**loop_config["config"])
-    pool = RolloutPool(loop_config["actors"])
-    keys = loop_config["keys"]
-    prompts = PromptSet(ray.get(loop_config["chips"]), cfg.prompt())
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device, bf16 = worker_device(cfg.use_gpu, cfg.dtype)
+        from magseg_ray.model.lora import attach_lora
+        from magseg_ray.train.engine import CheckpointState, deepspeed_engine, worker_device
+        from magseg_ray.train.rollout import PromptSet, RolloutPool
 
-    model, processor = load_policy_base(cfg.model, cfg.adapter or None, cfg.dtype, device.type)
-    torch.manual_seed(cfg.seed)
-    model = attach_lora(model, cfg.lora())
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    local_batch = -(-cfg.prompts_per_step // world) * cfg.group_size
-    engine = deepspeed_engine(model, optimizer, local_batch, cfg.zero_stage, bf16)
-    policy = engine.module
-    run = CheckpointState(engine, rank, {"step": 0, "history": [], "restored_from_step": None, "start": None})
-    state = run.state
+        self.cfg = cfg = GRPOConfig(**loop_config["config"])
+        self.pool = RolloutPool(loop_config["actors"])
+        self.keys = loop_config["keys"]
+        self.prompts = PromptSet(ray.get(loop_config["chips"]), cfg.prompt())
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device, bf16 = worker_device(cfg.use_gpu, cfg.dtype)
+        model, self.processor = cfg.load_base(self.device)
+        torch.manual_seed(cfg.seed)
+        model = attach_lora(model, cfg.lora())
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+        local_batch = -(-cfg.prompts_per_step // self.world) * cfg.group_size
+        self.engine = deepspeed_engine(model, optimizer, local_batch, cfg.zero_stage, bf16)
+        self.policy = self.engine.module
+        self.run = CheckpointState(self.engine, self.rank,
+                                   {"step": 0, "history": [], "restored_from_step": None, "start": None})
+        self.state = self.run.state
 
-    def publish():
+    def publish(self):
         """The current LoRA weights in the object store (rank 0 only)."""
-        lora = get_peft_model_state_dict(policy)
-        return ray.put({k: v.detach().to("cpu", copy=True) for k, v in lora.items()}) if rank == 0 else None
+        import ray
+        from peft import get_peft_model_state_dict
 
-    def report(row: dict, save: bool) -> None:
-        run.report(row, save, lambda folder: policy.save_pretrained(folder / "adapter"))
+        if self.rank:
+            return None
+        lora = get_peft_model_state_dict(self.policy)
+        return ray.put({k: v.detach().to("cpu", copy=True) for k, v in lora.items()})
 
-    weights = publish()
-    if state["start"] is None:
-        if rank == 0:
-            state["start"] = pool.evaluate(0, weights)
-        report({"step": 0, "policy_version": 0, **(state["start"] or {})}, save=False)
+    def report(self, row: dict, save: bool) -> None:
+        self.run.report(row, save, lambda folder: self.policy.save_pretrained(folder / "adapter"))
 
-    while state["step"] < cfg.max_steps:
-        step = state["step"]  # = the policy version the rollouts must use
-        t0 = time.perf_counter()
-        batch_keys = [keys[i] for i in step_keys(len(keys), step, cfg.prompts_per_step, cfg.seed)]
-        shared = [pool.rollout(batch_keys, step, weights, cfg.group_size, cfg.temperature, cfg.seed * 100_003 + step)
-                  if rank == 0 else None]
-        if world > 1:
-            dist.broadcast_object_list(shared, src=0, device=device if device.type == "cuda" else None)
-        rollout = shared[0]
-        groups = rollout["groups"]
-        rewards = np.array([g["rewards"] for g in groups])
+    def rollout(self, step: int, weights) -> dict:
+        """The groups of ``step``'s prompts, rolled out by rank 0 with ``weights`` and broadcast."""
+        import torch.distributed as dist
+
+        cfg = self.cfg
+        keys = [self.keys[i] for i in step_keys(len(self.keys), step, cfg.prompts_per_step, cfg.seed)]
+        shared = [self.pool.rollout(keys, step, weights, cfg.group_size, cfg.temperature, cfg.seed * 100_003 + step)
+                  if self.rank == 0 else None]
+        if self.world > 1:
+            dist.broadcast_object_list(shared, src=0, device=self.device if self.device.type == "cuda" else None)
+        return shared[0]
+
+    def answers(self, groups: list[dict], rewards: np.ndarray) -> tuple[list[dict], list[float]]:
+        """This learner's share of the scored answers (every ``world``-th group, flat groups left
+        out, see module doc) as training records, and their advantages."""
+        cfg = self.cfg
         advantages = group_advantages(rewards, scale=not cfg.dr_grpo, eps=cfg.adv_eps)
         answers, adv = [], []
-        for gi in range(rank, len(groups), world):
-            if not np.nanstd(rewards[gi]) > 0:  # a flat group: no policy gradient (see module doc)
+        for gi in range(self.rank, len(groups), self.world):
+            if not np.nanstd(rewards[gi]) > 0:
                 continue
-            record = prompts.record(groups[gi]["key"])
+            record = self.prompts.record(groups[gi]["key"])
             for j, text in enumerate(groups[gi]["texts"]):
                 if not np.isnan(rewards[gi, j]):
                     answers.append({"prompt": record["prompt"], "images": record["images"], "target": text})
                     adv.append(advantages[gi, j])
-        stats: dict = {}
-        if answers:
-            batch = {k: v.to(device) for k, v in collate(processor, answers).items()}
-            labels = batch.pop("labels")
-            advantage = torch.tensor(adv, dtype=torch.float32, device=device)
-            with torch.no_grad(), policy.disable_adapter():
-                ref_logp, _ = answer_logprobs(policy, batch, labels, cfg.temperature)
-            old_logp = None
-            for _ in range(cfg.updates_per_rollout):
-                logp, mask = answer_logprobs(engine, batch, labels, cfg.temperature)
-                if old_logp is None:
-                    old_logp = logp.detach()
-                loss, stats = grpo_loss(logp, old_logp, ref_logp, advantage, mask, cfg.clip_eps,
-                                        cfg.clip_eps_high or cfg.clip_eps, cfg.beta, cfg.loss_aggregation)
-                engine.backward(loss)
-                engine.step()
-                stats["loss"] = loss.item()
-        else:  # every answer of this learner was dropped: take part in the gradient all-reduce with zeros
-            for _ in range(cfg.updates_per_rollout):
-                engine.backward(sum(p.sum() * 0 for p in policy.parameters() if p.requires_grad))
-                engine.step()
-        state["step"] = step = step + 1
-        weights = publish()
+        return answers, adv
 
+    def update(self, answers: list[dict], adv: list[float]) -> dict:
+        """``updates_per_rollout`` optimizer steps on ``answers``; the last one's loss statistics."""
+        import torch
+
+        from magseg_ray.train.batches import collate
+
+        cfg, engine = self.cfg, self.engine
+        if not answers:  # every answer of this learner was dropped: take part in the all-reduce with zeros
+            for _ in range(cfg.updates_per_rollout):
+                engine.backward(sum(p.sum() * 0 for p in self.policy.parameters() if p.requires_grad))
+                engine.step()
+            return {}
+        batch = {k: v.to(self.device) for k, v in collate(self.processor, answers).items()}
+        labels = batch.pop("labels")
+        advantage = torch.tensor(adv, dtype=torch.float32, device=self.device)
+        with torch.no_grad(), self.policy.disable_adapter():
+            ref_logp, _ = answer_logprobs(self.policy, batch, labels, cfg.temperature)
+        old_logp = None
+        for _ in range(cfg.updates_per_rollout):
+            logp, mask = answer_logprobs(engine, batch, labels, cfg.temperature)
+            if old_logp is None:
+                old_logp = logp.detach()
+            loss, stats = grpo_loss(logp, old_logp, ref_logp, advantage, mask, cfg.clip_eps,
+                                    cfg.clip_eps_high or cfg.clip_eps, cfg.beta, cfg.loss_aggregation)
+            engine.backward(loss)
+            engine.step()
+            stats["loss"] = loss.item()
+        return stats
+
+    def after_step(self, step: int, rollout: dict, rewards: np.ndarray, trained: int, seconds: float,
+                   stats: dict, weights) -> None:
+        """The step's metrics row: progress line, validation and checkpoint as the step asks."""
+        cfg = self.cfg
         finite = rewards[~np.isnan(rewards)]
-        dice = np.array([g["dice"] for g in groups], float)
+        dice = np.array([g["dice"] for g in rollout["groups"]], float)
         row = {"step": step, "policy_version": step, "reward": float(finite.mean()) if finite.size else None,
                "reward_std": float(finite.std()) if finite.size else None, "dice": float(np.nanmean(dice)),
                "dropped": int(np.isnan(rewards).sum()), "drop_errors": rollout["errors"][:3],
-               "zero_std_groups": int(sum(np.nanstd(r) == 0 for r in rewards)), "trained_answers": len(answers),
+               "zero_std_groups": int(sum(np.nanstd(r) == 0 for r in rewards)), "trained_answers": trained,
                "lag": max(step - 1 - v for v in rollout["versions"]), "answers_per_s": rollout["answers_per_s"],
-               "step_s": time.perf_counter() - t0, "restored_from_step": state["restored_from_step"], **stats}
-        if rank == 0 and step % cfg.log_every == 0:
+               "step_s": seconds, "restored_from_step": self.state["restored_from_step"], **stats}
+        if self.rank == 0 and step % cfg.log_every == 0:
             print(f"[grpo] step {step}/{cfg.max_steps} reward {row['reward']:.4f} dice {row['dice']:.4f} "
                   f"kl {row.get('kl', 0):.5f} clip {row.get('clip_fraction', 0):.3f} dropped {row['dropped']} "
                   f"{row['answers_per_s']:.1f} answers/s", flush=True)
         evaluate = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps
-        if evaluate and rank == 0:
-            row.update(pool.evaluate(step, weights))
-        report(row, save=step % cfg.checkpoint_every == 0 or step == cfg.max_steps)
+        if evaluate and self.rank == 0:
+            row.update(self.pool.evaluate(step, weights))
+        self.report(row, save=step % cfg.checkpoint_every == 0 or step == cfg.max_steps)
+
+
+def learner_loop(loop_config: dict) -> None:
+    """Ray Train worker: GRPO updates of the LoRA policy on this learner's share of each step."""
+    learner = _Learner(loop_config)
+    state = learner.state
+    weights = learner.publish()
+    if state["start"] is None:
+        if learner.rank == 0:
+            state["start"] = learner.pool.evaluate(0, weights)
+        learner.report({"step": 0, "policy_version": 0, **(state["start"] or {})}, save=False)
+    while state["step"] < learner.cfg.max_steps:
+        step = state["step"]  # = the policy version the rollouts must use
+        t0 = time.perf_counter()
+        rollout = learner.rollout(step, weights)
+        rewards = np.array([g["rewards"] for g in rollout["groups"]])
+        answers, adv = learner.answers(rollout["groups"], rewards)
+        stats = learner.update(answers, adv)
+        state["step"] = step = step + 1
+        weights = learner.publish()
+        learner.after_step(step, rollout, rewards, len(answers), time.perf_counter() - t0, stats, weights)
 
 
 # ---- the driver ------------------------------------------------------------------------------
-
-def export_merged(cfg: GRPOConfig, adapter: Path, out: Path) -> Path:
-    """The GRPO policy (base, SFT adapter if any, GRPO adapter) merged into a plain checkpoint,
-    stored in the ``--model`` checkpoint's dtype (the shipped demo model's bfloat16 stays 16 MB)
-    with its model card (so its decoding and fields settings)."""
-    from transformers import AutoConfig
-
-    from magseg_ray.model.checkpoint import save_model
-    from magseg_ray.model.lora import load_adapter
-    from magseg_ray.model.card import write_model_prompt
-    from magseg_ray.train.rollout import load_policy_base
-
-    model, processor = load_policy_base(cfg.model, cfg.adapter or None)
-    stored = AutoConfig.from_pretrained(cfg.model, local_files_only=True).dtype
-    merged = load_adapter(model, adapter).merge_and_unload()
-    save_model(merged.to(stored) if stored else merged, processor, out)
-    write_model_prompt(out, cfg.model_prompt())
-    return out
-
 
 def run_grpo(cfg: GRPOConfig) -> dict:
     """Run GRPO on the current Ray cluster; return the summary (also in ``metrics.json``)."""
     import ray
 
-    from magseg_ray.chips.pipeline import training_chips, validation_patches
-    from magseg_ray.chips.windows import ChipConfig
-    from magseg_ray.scenes.catalog import load_catalog
-    from magseg_ray.scenes.store import ObjectStore
-    from magseg_ray.train.curves import plot_curves
+    from magseg_ray.chips.pipeline import validation_patches
     from magseg_ray.train.engine import torch_trainer
     from magseg_ray.train.rollout import PromptSet, RolloutPool
 
     check_config(cfg)
-    store = ObjectStore.from_env()
-    scenes = load_catalog(cfg.data, store).scenes
     prompt = cfg.prompt()
-
-    def chips(split):
-        return training_chips(scenes, None, ChipConfig(cfg.chip_size, 0), prompt, store=store,
-                              val_fraction=cfg.val_fraction, split=split)
-
+    chips = chip_splits(cfg, prompt)
     train = [c for c in chips("train").take(cfg.train_chips) if c["error"] is None]
     keys = PromptSet(train, prompt).keys()
     if len(keys) < cfg.prompts_per_step:
@@ -423,18 +423,11 @@ def run_grpo(cfg: GRPOConfig) -> dict:
         result = trainer.fit()
     finally:
         pool.shutdown()
-    out = cfg.run_dir
-    with result.checkpoint.as_directory() as d:
-        state = json.loads((Path(d) / "state.json").read_text())
-        shutil.copytree(Path(d) / "adapter", out / "adapter", dirs_exist_ok=True)
-    export_merged(cfg, out / "adapter", out / "model")
+    state = save_outputs(cfg, result)
     history = state["history"]
     start, final = state["start"], history[-1]
-    summary = {"config": dataclasses.asdict(cfg), "val_patches": len(val), "train_prompts": len(keys),
-               "start": start, "final": final,
-               "val_dice_gain": final["val_dice"] - start["val_dice"], "history": history, "model": str(out / "model")}
-    write_atomic(out / "metrics.json", json.dumps(summary, indent=1))
-    plot_curves(history, ["reward", "dice", "kl", "clip_fraction", "val_dice"], out / "curves.png",
-                f"GRPO {cfg.run_name} (G={cfg.group_size}, beta={cfg.beta}, {cfg.num_actors} actors, "
-                f"{cfg.num_workers} learners)")
-    return summary
+    summary = {"val_patches": len(val), "train_prompts": len(keys), "start": start, "final": final,
+               "val_dice_gain": final["val_dice"] - start["val_dice"], "history": history}
+    return write_summary(cfg, summary, ["reward", "dice", "kl", "clip_fraction", "val_dice"],
+                         f"GRPO {cfg.run_name} (G={cfg.group_size}, beta={cfg.beta}, {cfg.num_actors} actors, "
+                         f"{cfg.num_workers} learners)")

@@ -30,11 +30,9 @@ random decoder is a random-features model that learns little; a real Gemma3 chec
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -42,23 +40,21 @@ from pathlib import Path
 
 import numpy as np
 
-from magseg_ray.config import TRAIN_DTYPES, doc, dtype_field
+from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError
-from magseg_ray.files import local_absolute, write_atomic
+from magseg_ray.files import local_absolute
 from magseg_ray.prompt import PromptConfig
+from magseg_ray.train.driver import RunConfig, chip_splits, run_name_field, save_outputs, write_summary
 
 
 @dataclass(frozen=True)
-class SFTConfig:
-    """Settings of one SFT run."""
+class SFTConfig(RunConfig):
+    """Settings of one SFT run (and those of every run, :class:`~magseg_ray.train.driver.RunConfig`)."""
 
-    run_name: str = field(default="sft", metadata=doc("run name; rerunning with the same name resumes it"))
-    storage: str = field(default="runs", metadata=doc("folder holding runs (checkpoints and outputs)"))
+    run_name: str = run_name_field("sft")
     base: str = field(default="small", metadata=doc("base model: a preset (tiny, small) or a Gemma3 checkpoint folder"))
-    data: str = field(default="", metadata=doc("scenes with labels: catalog .parquet, folder, file:// or s3:// prefix"))
     schema: str = field(default="fields3", metadata=doc("label schema of the answers", choices=["fields3", "ai4sf"]))
     patch_size: int = field(default=32, metadata=doc("patch side in pixels"))
-    chip_size: int = field(default=256, metadata=doc("chip side in pixels (a multiple of the patch)"))
     local_crop: bool = field(default=True, metadata=doc("show a crop around the patch after the shared prefix"))
     crop_scale: float = field(default=2.0, metadata=doc(
         "side of the local crop as a multiple of the patch side (1: the patch alone, at the image tokens' "
@@ -74,7 +70,6 @@ class SFTConfig:
     answer_format: str = field(default="rrle", metadata=doc(
         "mask text of the answers: 'rrle' (run lengths, N* repeats a line) or 'anchored' (each line opens with "
         "its first row, runs end at a column); recorded in the model's magseg.json", choices=["rrle", "anchored"]))
-    val_fraction: float = field(default=0.2, metadata=doc("share of scenes held out for validation (by scene id hash)"))
     val_patches: int = field(default=32, metadata=doc("validation patches scored every eval_every steps"))
     uniform_keep: float = field(default=1.0, metadata=doc(
         "share of single-class patches (answer '*f', '*b') kept for training; lower values make the model "
@@ -96,10 +91,6 @@ class SFTConfig:
     full: bool = field(default=False, metadata=doc(
         "train every weight instead of LoRA adapters (for offline presets, which start random: LoRA on "
         "a random decoder learns little); writes no adapter/"))
-    num_workers: int = field(default=2, metadata=doc("Ray Train workers"))
-    use_gpu: bool = field(default=False, metadata=doc("one GPU per worker (NCCL); else CPU (gloo)"))
-    dtype: str = dtype_field(TRAIN_DTYPES)
-    cpus_per_worker: float = field(default=1.0, metadata=doc("CPUs reserved per worker"))
     zero_stage: int = field(default=2, metadata=doc("DeepSpeed ZeRO stage", choices=[0, 1, 2, 3]))
     lr: float = field(default=2e-4, metadata=doc("peak learning rate (AdamW)"))
     warmup_steps: int = field(default=20, metadata=doc(
@@ -112,7 +103,6 @@ class SFTConfig:
     eval_every: int = field(default=50, metadata=doc("steps between validations (0: only at the end)"))
     checkpoint_every: int = field(default=50, metadata=doc("steps between checkpoints"))
     log_every: int = field(default=10, metadata=doc("steps between progress lines (rank 0)"))
-    max_failures: int = field(default=1, metadata=doc("worker-group restarts allowed after a failure"))
     seed: int = field(default=0, metadata=doc("seed of the base preset, LoRA init and patch shuffling"))
     fail_once_at_step: int = field(default=-1, metadata=doc(
         "fault injection for tests: worker 1 exits once, 5 s after reaching this step (-1: never)"))
@@ -131,12 +121,15 @@ class SFTConfig:
         return ModelPrompt(self.schema, self.patch_size, self.chip_size, self.local_crop, self.crop_scale,
                            self.boundary_width, self.instruction, self.answer_format)
 
-    def prompt(self) -> PromptConfig:
-        return self.model_prompt().prompt()
+    def load_base(self, device="cpu"):
+        """The base model and processor: an offline preset (same seed, same weights on every worker)
+        or a checkpoint folder, in ``dtype`` resolved for ``device``."""
+        from magseg_ray.model.checkpoint import load_model, resolve_dtype
+        from magseg_ray.model.presets import PRESETS, build_model
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.storage).resolve() / self.run_name
+        if self.base in PRESETS:
+            return build_model(self.base, seed=self.seed)
+        return load_model(self.base, resolve_dtype(self.dtype, device))
 
 
 def check_config(cfg: SFTConfig) -> None:
@@ -162,17 +155,6 @@ def check_config(cfg: SFTConfig) -> None:
     if cfg.freeze_vision and (cfg.train_vision or cfg.train_projector):
         raise ConfigError("--freeze-vision keeps the vision tower and projector fixed: drop --train-vision "
                           "and --train-projector")
-
-
-def load_base(cfg: SFTConfig, device="cpu"):
-    """The base model and processor: an offline preset (same seed, same weights on every worker)
-    or a checkpoint folder, in ``cfg.dtype`` resolved for ``device``."""
-    from magseg_ray.model.checkpoint import load_model, resolve_dtype
-    from magseg_ray.model.presets import PRESETS, build_model
-
-    if cfg.base in PRESETS:
-        return build_model(cfg.base, seed=cfg.seed)
-    return load_model(cfg.base, resolve_dtype(cfg.dtype, device))
 
 
 def score_patches(model, processor, records: list[dict], prompt: PromptConfig,
@@ -241,7 +223,7 @@ class _Worker:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device, bf16 = worker_device(cfg.use_gpu, cfg.dtype)
-        model, self.processor = load_base(cfg, self.device)
+        model, self.processor = cfg.load_base(self.device)
         torch.manual_seed(cfg.seed)
         self.cache = None
         if cfg.freeze_vision:
@@ -398,35 +380,14 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
 
 
-def export_merged(cfg: SFTConfig, adapter: Path, out: Path) -> Path:
-    """The base with ``adapter`` merged in, saved as a plain checkpoint that every job loads with
-    ``--model`` (and GRPO starts its own LoRA from)."""
-    from magseg_ray.model.checkpoint import save_model
-    from magseg_ray.model.lora import load_adapter
-
-    model, processor = load_base(cfg)
-    return save_model(load_adapter(model, adapter).merge_and_unload(), processor, out)
-
-
 def run_sft(cfg: SFTConfig) -> dict:
     """Run SFT on the current Ray cluster; return the final metrics (also in ``metrics.json``)."""
-    from magseg_ray.chips.pipeline import patch_records, training_chips, validation_patches
-    from magseg_ray.chips.windows import ChipConfig
-    from magseg_ray.model.card import write_model_prompt
-    from magseg_ray.scenes.catalog import load_catalog
-    from magseg_ray.scenes.store import ObjectStore
-    from magseg_ray.train.curves import plot_curves
+    from magseg_ray.chips.pipeline import patch_records, validation_patches
     from magseg_ray.train.engine import torch_trainer
 
     check_config(cfg)
-    store = ObjectStore.from_env()
-    scenes = load_catalog(cfg.data, store).scenes
     prompt = cfg.prompt()
-
-    def chips(split):
-        return training_chips(scenes, None, ChipConfig(cfg.chip_size, 0), prompt, store=store,
-                              val_fraction=cfg.val_fraction, split=split)
-
+    chips = chip_splits(cfg, prompt)
     train = chips("train")
     val = []
     if cfg.val_patches:
@@ -437,20 +398,7 @@ def run_sft(cfg: SFTConfig) -> dict:
 
     trainer = torch_trainer(train_loop, {"config": dataclasses.asdict(cfg), "val": val, "fixed_batch": fixed_batch},
                             cfg, datasets={"train": train})
-    result = trainer.fit()
-    out = cfg.run_dir
-    with result.checkpoint.as_directory() as d:
-        state = json.loads((Path(d) / "state.json").read_text())
-        if cfg.full:
-            shutil.copytree(Path(d) / "model", out / "model", dirs_exist_ok=True)
-        else:
-            shutil.copytree(Path(d) / "adapter", out / "adapter", dirs_exist_ok=True)
-            export_merged(cfg, out / "adapter", out / "model")
-    write_model_prompt(out / "model", cfg.model_prompt())
-    history = state["history"]
-    summary = {"config": dataclasses.asdict(cfg), "final": history[-1], "history": history,
-               "val_patches": len(val), "model": str(out / "model")}
-    write_atomic(out / "metrics.json", json.dumps(summary, indent=1))
-    plot_curves(history, ["loss", "fixed_batch_loss", "val_dice", "val_field_iou", "patches_per_s"], out / "curves.png",
-                f"SFT {cfg.run_name} ({cfg.base}, {cfg.num_workers} workers, ZeRO-{cfg.zero_stage})")
-    return summary
+    history = save_outputs(cfg, trainer.fit())["history"]
+    return write_summary(cfg, {"final": history[-1], "history": history, "val_patches": len(val)},
+                         ["loss", "fixed_batch_loss", "val_dice", "val_field_iou", "patches_per_s"],
+                         f"SFT {cfg.run_name} ({cfg.base}, {cfg.num_workers} workers, ZeRO-{cfg.zero_stage})")

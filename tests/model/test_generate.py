@@ -95,6 +95,7 @@ def test_unknown_greedy_rule_is_refused():
 
 def test_a_model_cards_boundary_bias_reaches_the_mapping_decoder(tmp_path):
     from magseg_ray.errors import ConfigError
+    from magseg_ray.map_region import MapConfig, plan
     from magseg_ray.model.card import ModelPrompt, write_model_prompt
     from magseg_ray.model.checkpoint import save_model
     from magseg_ray.model.presets import build_model
@@ -102,8 +103,9 @@ def test_a_model_cards_boundary_bias_reaches_the_mapping_decoder(tmp_path):
 
     model, processor = build_model("tiny", seed=0)
     save_model(model, processor, tmp_path)
-    assert ChipSegmenter(str(tmp_path), PromptConfig(), 4, None, str(tmp_path)).settings.boundary_bias == 1.0
-    write_model_prompt(tmp_path, ModelPrompt(boundary_bias=8.0))
-    assert ChipSegmenter(str(tmp_path), PromptConfig(), 4, None, str(tmp_path)).settings.boundary_bias == 8.0
+    assert ChipSegmenter(str(tmp_path), ModelPrompt(), 4, None).settings.boundary_bias == 1.0
+    write_model_prompt(tmp_path, ModelPrompt(chip_size=256, boundary_bias=8.0))
+    card = plan(MapConfig(model=str(tmp_path))).card  # the mapping run reads the card once, in its plan
+    assert ChipSegmenter(str(tmp_path), card, 4, None).settings.boundary_bias == 8.0
     with pytest.raises(ConfigError, match="boundary_bias"):
         GenerationSettings(boundary_bias=0)
