@@ -23,7 +23,7 @@ def test_patches_of_a_chip_share_the_prefix_and_end_with_their_box():
     # the shared part holds the chip image and the instruction; the per-patch part the crop and box
     assert prefix.count("<start_of_image>") == 1 and "128x96" in prefix
     tail = prompts[5].text[len(prefix):]
-    assert tail.startswith("<start_of_image>x 32-64 y 32-64<end_of_turn>")
+    assert tail.startswith(" <start_of_image>x 32-64 y 32-64<end_of_turn>")  # the space after "Patch" too
     assert prompts[5].images[0] is CHIP and prompts[5].images[1].shape == (64, 64, 3)
 
 
