@@ -214,3 +214,16 @@ def answer_logprobs(model, batch: dict, temperature: float = 1.0) -> tuple[torch
     mask = torch.zeros(len(count), width, dtype=torch.bool, device=logp.device).index_put(
         (answers, column), torch.ones_like(answers, dtype=torch.bool))
     return grid, mask
+
+
+def draw(buffer: list[dict], rng, n: int, per_chip: int) -> list[dict]:
+    """``n`` records taken from ``buffer`` (SFT's shuffle buffer) at random, ``per_chip`` of a chip at
+    a time: a random record, then up to ``per_chip - 1`` more of its chip, chosen at random. A batch
+    so drawn packs into about ``n / per_chip`` rows."""
+    picked: list[dict] = []
+    while len(picked) < n and buffer:
+        chip = buffer[rng.randrange(len(buffer))]["chip_id"]
+        same = [i for i, r in enumerate(buffer) if r["chip_id"] == chip]
+        take = sorted(rng.sample(same, min(per_chip, len(same), n - len(picked))), reverse=True)
+        picked += [buffer.pop(i) for i in take]
+    return picked
