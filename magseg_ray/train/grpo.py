@@ -124,6 +124,8 @@ class GRPOConfig:
     log_every: int = field(default=5, metadata=doc("steps between progress lines (rank 0)"))
     max_failures: int = field(default=1, metadata=doc("learner-group restarts allowed after a failure"))
     seed: int = field(default=0, metadata=doc("seed of the LoRA init, prompt order and sampling"))
+    pack: bool = field(default=False, metadata=doc(
+        "learner loss on packed rows: each prompt once, its group's answers after it (magseg_ray.train.packing)"))
 
     def __post_init__(self):  # actors and workers run elsewhere: ship local paths as absolute ones
         for name in ("model", "adapter", "data"):
@@ -260,6 +262,7 @@ def learner_loop(loop_config: dict) -> None:
     from peft import get_peft_model_state_dict
 
     from magseg_ray.model.lora import attach_lora
+    from magseg_ray.train import packing
     from magseg_ray.train.batches import collate
     from magseg_ray.train.engine import CheckpointState, deepspeed_engine, worker_device
     from magseg_ray.train.rollout import PromptSet, RolloutPool, load_policy_base
@@ -315,18 +318,27 @@ def learner_loop(loop_config: dict) -> None:
             record = prompts.record(groups[gi]["key"])
             for j, text in enumerate(groups[gi]["texts"]):
                 if not np.isnan(rewards[gi, j]):
-                    answers.append({"prompt": record["prompt"], "images": record["images"], "target": text})
+                    answers.append({**record, "target": text})
                     adv.append(advantages[gi, j])
         stats: dict = {}
         if answers:
-            batch = {k: v.to(device) for k, v in collate(processor, answers).items()}
-            labels = batch.pop("labels")
+            if cfg.pack:  # a group's answers in one row, their prompt once
+                batch = {k: v.to(device) for k, v in packing.pack(processor, answers, share="prompt").items()}
+
+                def logprobs(m):
+                    return packing.answer_logprobs(m, batch, cfg.temperature)
+            else:
+                batch = {k: v.to(device) for k, v in collate(processor, answers).items()}
+                labels = batch.pop("labels")
+
+                def logprobs(m):
+                    return answer_logprobs(m, batch, labels, cfg.temperature)
             advantage = torch.tensor(adv, dtype=torch.float32, device=device)
             with torch.no_grad(), policy.disable_adapter():
-                ref_logp, _ = answer_logprobs(policy, batch, labels, cfg.temperature)
+                ref_logp, _ = logprobs(policy)
             old_logp = None
             for _ in range(cfg.updates_per_rollout):
-                logp, mask = answer_logprobs(engine, batch, labels, cfg.temperature)
+                logp, mask = logprobs(engine)
                 if old_logp is None:
                     old_logp = logp.detach()
                 loss, stats = grpo_loss(logp, old_logp, ref_logp, advantage, mask, cfg.clip_eps,

@@ -148,3 +148,63 @@ def test_bad_records_are_refused_by_name():
         packing.pack(processor, [{**rec, "prompt": rec["prompt"].replace("\nPatch ", "\n")}])
     with pytest.raises(ConfigError, match="share must be one of"):
         packing.pack(processor, [rec], share="scene")
+
+
+def test_draw_takes_a_chip_at_a_time():
+    import random
+
+    buffer = [{"chip_id": c, "box": (i, 0, i + 32, 32)} for c in "abc" for i in range(0, 160, 32)]
+    picked = packing.draw(buffer, random.Random(0), 7, 3)
+    chips = [r["chip_id"] for r in picked]
+    assert len(picked) == 7 and len(buffer) == 8
+    assert len(set(chips[:3])) == 1 and len(set(chips[3:6])) == 1  # 3 + 3 + 1 from (at most) 3 chips
+    assert not any(r in buffer for r in picked)
+
+
+def job(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(f"{name}_job", Path(__file__).resolve().parents[2] / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def flags(**values) -> list[str]:
+    return [x for k, v in values.items() for x in (f"--{k}", str(v))]
+
+
+@pytest.mark.slow  # about 1-2 min on 2 busy cores
+def test_sft_job_trains_packed(ray_cluster, tmp_path):
+    import json
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[2] / "tests/data/naip"
+    assert job("sft")(flags(data=data, base="tiny", **{"val-fraction": 0.5, "num-workers": 2, "max-steps": 6,
+                                                        "checkpoint-every": 6, "eval-every": 6, "batch-size": 8,
+                                                        "pack": 4, "val-patches": 4, "lr": 1e-3, "warmup-steps": 2,
+                                                        "shuffle-patches": 64, "cpus-per-worker": 0.5,
+                                                        "storage": tmp_path, "run-name": "p",
+                                                        "address": ray_cluster.address})) == 0
+    history = json.loads((tmp_path / "p" / "metrics.json").read_text())["history"]
+    assert history[-1]["step"] == 6 and history[-1]["patches_per_s"] > 0
+    assert history[-1]["fixed_batch_loss"] < history[0]["fixed_batch_loss"]  # the packed loss trains
+
+
+@pytest.mark.slow  # about 2 min on 2 busy cores
+def test_grpo_job_learns_from_packed_groups(ray_cluster, tiny_dir, tmp_path):
+    import json
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[2] / "tests/data/naip"
+    assert job("grpo")(flags(data=data, model=tiny_dir, **{
+        "val-fraction": 0.5, "train-chips": 2, "val-patches": 3, "group-size": 3, "prompts-per-step": 2,
+        "max-new-tokens": 24, "max-steps": 2, "checkpoint-every": 2, "eval-every": 0, "updates-per-rollout": 2,
+        "lr": 5e-3, "num-actors": 1, "cpus-per-actor": 0.5, "num-workers": 1, "cpus-per-worker": 0.5,
+        "storage": tmp_path, "run-name": "g", "address": ray_cluster.address}) + ["--pack"]) == 0
+    steps = json.loads((tmp_path / "g" / "metrics.json").read_text())["history"][1:]
+    assert [h["step"] for h in steps] == [1, 2]
+    trained = [h for h in steps if h["trained_answers"]]
+    assert trained and all(h["kl"] >= 0 and 0 <= h["clip_fraction"] <= 1 for h in trained)
+    assert steps[-1]["kl"] > 0  # the policy moved away from the reference
