@@ -90,7 +90,7 @@ def _row(processor, records: list[dict], members: list[int], share: str) -> dict
         [IGNORE] * len(prefix), [-1] * len(prefix)
     images = [(members[0], k) for k in range(n_prefix_images)]
     for s, (i, tokens, n) in enumerate(zip(members, whole, lengths), start=1):
-        if tokens[: len(prefix)] != prefix or _prefix_text(records[i], share) != _prefix_text(first, share):
+        if tokens[: len(prefix)] != prefix:
             raise ConfigError(f"patch prompt {i} of chip {first['chip_id']!r} does not start with its chip's "
                               "shared prefix (or the tokenizer splits it elsewhere): cannot pack it")
         suffix = tokens[len(prefix):]
