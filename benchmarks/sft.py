@@ -16,7 +16,7 @@ instruction, tower frozen, image tokens from the cache); ``recipe_ratio`` = new 
 sees every image once, so the cache only saves the tower's backward pass and the chip's repeats
 here; later epochs hit it for every image.
 
-    python benchmarks/sft.py --packing [--pack 8] [--pack-4b 16] [--steps 12] [--batch-size 16]
+    python benchmarks/sft.py --packing [--pack 4] [--pack-4b 16] [--steps 12] [--batch-size 16]
 
 prints another line instead: shared-prefix packing (:mod:`magseg_ray.train.packing`) against the
 unpacked batch (``baseline`` ``unpacked``). Training patches per second of the demo model's recipe
@@ -159,7 +159,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=None, help="patches per worker per step (default 4; 16 "
                    "with --packing)")
     p.add_argument("--packing", action="store_true", help="the packing line instead (see module doc)")
-    p.add_argument("--pack", type=int, default=8, help="patches of a chip per packed row (default 8)")
+    p.add_argument("--pack", type=int, default=4, help="patches of a chip per packed row (default 4)")
     p.add_argument("--pack-4b", type=int, default=16, help="the same at the Gemma3-4B layout (default 16)")
     args = p.parse_args(argv)
     data = str(ROOT / "tests" / "data" / "naip")
