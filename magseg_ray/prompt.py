@@ -34,6 +34,10 @@ from magseg_ray.rle import codec_for
 
 BOS, START_OF_TURN, END_OF_TURN = "<bos>", "<start_of_turn>", "<end_of_turn>"
 BOI = "<start_of_image>"
+PATCH_MARK = "\nPatch"
+"""End of the prefix every patch prompt of a chip shares. It ends before the space that follows: a
+tokenizer that writes ``" x"`` as one piece (Gemma's) then splits each whole prompt at the prefix,
+as shared-prefix decoding and packing need."""
 """Gemma3's chat markup and image placeholder, the same strings in every Gemma3 tokenizer."""
 
 INSTRUCTIONS = ("natural", "short")
@@ -190,10 +194,8 @@ def build_patch_prompt(
     if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
         raise ChipError(f"patch box {box} lies outside the {w}x{h} chip")
 
-    # The prefix ends before the space: a tokenizer that writes " x" as one piece (Gemma's) then
-    # splits the whole prompt at the prefix, as shared-prefix decoding needs.
     prefix = (f"{BOS}{START_OF_TURN}user\n{BOI}"
-              f"{instruction(schema, h, w, p, config.instruction, config.answer_format)}\nPatch")
+              f"{instruction(schema, h, w, p, config.instruction, config.answer_format)}{PATCH_MARK}")
     images = [chip]
     text = prefix + " "
     if config.local_crop:

@@ -112,6 +112,8 @@ class GRPOConfig(RunConfig):
     checkpoint_every: int = field(default=25, metadata=doc("steps between checkpoints"))
     log_every: int = field(default=5, metadata=doc("steps between progress lines (rank 0)"))
     seed: int = field(default=0, metadata=doc("seed of the LoRA init, prompt order and sampling"))
+    pack: bool = field(default=False, metadata=doc(
+        "learner loss on packed rows: each prompt once, its group's answers after it (magseg_ray.train.packing)"))
 
     def __post_init__(self):  # actors and workers run elsewhere: ship local paths as absolute ones
         for name in ("model", "adapter", "data"):
@@ -313,7 +315,7 @@ class _Learner:
             record = self.prompts.record(groups[gi]["key"])
             for j, text in enumerate(groups[gi]["texts"]):
                 if not np.isnan(rewards[gi, j]):
-                    answers.append({"prompt": record["prompt"], "images": record["images"], "target": text})
+                    answers.append({**record, "target": text})
                     adv.append(advantages[gi, j])
         return answers, adv
 
@@ -321,6 +323,7 @@ class _Learner:
         """``updates_per_rollout`` optimizer steps on ``answers``; the last one's loss statistics."""
         import torch
 
+        from magseg_ray.train import packing
         from magseg_ray.train.batches import collate
 
         cfg, engine = self.cfg, self.engine
@@ -329,14 +332,23 @@ class _Learner:
                 engine.backward(sum(p.sum() * 0 for p in self.policy.parameters() if p.requires_grad))
                 engine.step()
             return {}
-        batch = {k: v.to(self.device) for k, v in collate(self.processor, answers).items()}
-        labels = batch.pop("labels")
+        if cfg.pack:  # a group's answers in one row, their prompt once
+            batch = {k: v.to(self.device) for k, v in packing.pack(self.processor, answers, share="prompt").items()}
+
+            def logprobs(m):
+                return packing.answer_logprobs(m, batch, cfg.temperature)
+        else:
+            batch = {k: v.to(self.device) for k, v in collate(self.processor, answers).items()}
+            labels = batch.pop("labels")
+
+            def logprobs(m):
+                return answer_logprobs(m, batch, labels, cfg.temperature)
         advantage = torch.tensor(adv, dtype=torch.float32, device=self.device)
         with torch.no_grad(), self.policy.disable_adapter():
-            ref_logp, _ = answer_logprobs(self.policy, batch, labels, cfg.temperature)
+            ref_logp, _ = logprobs(self.policy)
         old_logp = None
         for _ in range(cfg.updates_per_rollout):
-            logp, mask = answer_logprobs(engine, batch, labels, cfg.temperature)
+            logp, mask = logprobs(engine)
             if old_logp is None:
                 old_logp = logp.detach()
             loss, stats = grpo_loss(logp, old_logp, ref_logp, advantage, mask, cfg.clip_eps,

@@ -99,6 +99,9 @@ class SFTConfig(RunConfig):
         "patches (from several chips) a worker holds and draws its batches from at random, so a batch "
         "is not one chip's look-alike patches; 0 takes them in arrival order (one chip's patches, shuffled)"))
     batch_size: int = field(default=8, metadata=doc("patches per worker per step"))
+    pack: int = field(default=0, metadata=doc(
+        "shared-prefix packing: draw batches pack patches of a chip at a time and train each chip's patches "
+        "of a batch as one sequence, its image and instruction once (magseg_ray.train.packing); 0: off"))
     max_steps: int = field(default=200, metadata=doc("optimizer steps"))
     eval_every: int = field(default=50, metadata=doc("steps between validations (0: only at the end)"))
     checkpoint_every: int = field(default=50, metadata=doc("steps between checkpoints"))
@@ -150,8 +153,8 @@ def check_config(cfg: SFTConfig) -> None:
         raise ConfigError(f"uniform_keep must lie in (0, 1], got {cfg.uniform_keep}")
     if cfg.checkpoint_every < 1 or cfg.max_steps < 1 or cfg.batch_size < 1:
         raise ConfigError("max_steps, batch_size and checkpoint_every must be >= 1")
-    if cfg.warmup_steps < 0 or cfg.shuffle_patches < 0:
-        raise ConfigError("warmup_steps and shuffle_patches must be >= 0")
+    if cfg.warmup_steps < 0 or cfg.shuffle_patches < 0 or cfg.pack < 0:
+        raise ConfigError("warmup_steps, shuffle_patches and pack must be >= 0")
     if cfg.freeze_vision and (cfg.train_vision or cfg.train_projector):
         raise ConfigError("--freeze-vision keeps the vision tower and projector fixed: drop --train-vision "
                           "and --train-projector")
@@ -198,6 +201,10 @@ def answer_loss(model, batch: dict, mean: str = "answer"):
 
     from magseg_ray.train.batches import IGNORE
 
+    if "segment_ids" in batch:  # a packed batch
+        from magseg_ray.train import packing
+
+        return packing.answer_loss(model, batch, mean)
     batch = model_inputs(batch)
     if mean == "token":
         return model(**batch).loss
@@ -247,8 +254,11 @@ class _Worker:
     def batch(self, records: list[dict]) -> dict:
         """Model inputs of ``records`` on the worker's device (cached image tokens when frozen)."""
         from magseg_ray.train.batches import collate, collate_text
+        from magseg_ray.train.packing import pack
 
-        if self.cache is None:
+        if self.cfg.pack:
+            batch = pack(self.processor, records, features=self.cache)
+        elif self.cache is None:
             batch = collate(self.processor, records)
         else:
             batch = {**collate_text(self.processor, records), "image_features": self.cache(records)}
@@ -336,6 +346,7 @@ def train_loop(loop_config: dict) -> None:
 
     from magseg_ray.chips.pipeline import patch_records
     from magseg_ray.prompt import single_class
+    from magseg_ray.train.packing import draw
 
     cfg = SFTConfig(**loop_config["config"])
     worker = _Worker(cfg, loop_config["val"], loop_config["fixed_batch"])
@@ -356,8 +367,8 @@ def train_loop(loop_config: dict) -> None:
             rng.shuffle(records)
             buffer.extend(records)
             while len(buffer) >= max(cfg.batch_size, cfg.shuffle_patches) and state["step"] < cfg.max_steps:
-                picked = [buffer.pop(rng.randrange(len(buffer)) if cfg.shuffle_patches else 0)
-                          for _ in range(cfg.batch_size)]
+                picked = draw(buffer, rng, cfg.batch_size, cfg.pack) if cfg.pack else \
+                    [buffer.pop(rng.randrange(len(buffer)) if cfg.shuffle_patches else 0) for _ in range(cfg.batch_size)]
                 worker.after_step(worker.train_step(picked), i, buffer)
             if state["step"] >= cfg.max_steps:
                 break
