@@ -69,6 +69,8 @@ def test_an_s3_scene_is_read(tiny_root, tmp_path, capsys, s3_server, monkeypatch
 @pytest.mark.parametrize("argv, message", [
     (["--query", "  "], "query is empty"),
     (["--query", "field " * 3000], "too long"),
+    (["--query", "field " * 5000, "--box", "0,0,50,50"], "(5000 words) is too long"),
+    (["--query", "field " * 5000, "--box", "0,0,50,50", "--routes", "text"], "over its context of 32"),
     (["--query", "field", "--box", "1,2,3"], "four numbers"),
     (["--query", "field", "--grounder", "SAM"], "grounder must be one of"),
 ])
