@@ -27,7 +27,7 @@ JUDGE = (
     "faithfulness to the request, localization and robustness. Answer with JSON only: "
     "{{\"faithfulness\": n, \"localization\": n, \"robustness\": n}}."
 )
-"""Instruction of the optional MLLM judge (1-5 Likert scores; an unparsable score counts 3)."""
+"""Instruction of the optional MLLM judge (1-5 Likert scores; an unparsable score is counted as such)."""
 
 
 def grounding_prompt(query: str, convention: str) -> str:
