@@ -83,3 +83,10 @@ def test_a_grounder_phrase_too_long_for_a_route_is_an_empty_mask_with_the_reason
                     pipeline.points, pipeline.text, pipeline.config)
     r = chatty.segment(IMAGE, "the field")
     assert not r.mask.any() and "grounder's phrase" in r.reason and "SAM3" in r.reason
+
+
+def test_the_tiny_run_prompts_the_sam3_tracker_with_the_keypoints(geoseg_presets):
+    from magseg_ray.geoseg.run import ModelsConfig, build_pipeline
+
+    tiny = build_pipeline(ModelsConfig(tiny=str(geoseg_presets["grounder"].parent)), GeoSegConfig(routes="points"))
+    assert tiny.points.segmenter.kind == "sam3_tracker"
