@@ -40,6 +40,7 @@ def grounding_prompt(query: str, convention: str) -> str:
 def corpus() -> list[str]:
     """Every fixed text GeoSeg sends (for offline preset tokenizers)."""
     from magseg_ray.geoseg.clip_surgery import TEMPLATES
+    from magseg_ray.geoseg.templates import CORNERS, INTENTS
 
-    return [grounding_prompt("", c) for c in _COORDS] + [PALIGEMMA, JUDGE, *TEMPLATES,
+    return [grounding_prompt("", c) for c in _COORDS] + [PALIGEMMA, JUDGE, *TEMPLATES, *CORNERS, *INTENTS, *INTENTS.values(),
                                                           "field pond road tree farmstead largest smallest top bottom left right"]

@@ -72,3 +72,14 @@ def test_make_bench_writes_images_masks_and_items(tmp_path):
     assert largest["box"] == [0, 0, 40, 40]
     with rasterio.open(tmp_path / "bench" / largest["mask"]) as src:
         assert src.read(1).sum() == 1600 and src.crs.to_epsg() == 32615
+
+
+def test_every_bench_query_fits_the_tiny_presets_text_encoders(geoseg_presets):
+    """The preset tokenizer spells unknown words byte by byte: every template word must be in its corpus."""
+    from magseg_ray.geoseg.clip_surgery import ClipSurgery
+    from magseg_ray.geoseg.segmenters import TextSegmenter
+
+    clip, sam3 = ClipSurgery.load(geoseg_presets["clip"]), TextSegmenter.load(geoseg_presets["sam3"])
+    queries = {q for _, q, _ in template_targets(window_fields(labels_grid(), 200), 100)}
+    assert len(queries) == 13
+    assert [q for q in queries if clip.phrase_problem(q) or sam3.phrase_problem(q)] == []
