@@ -3,12 +3,13 @@
     python jobs/geoseg.py SCENE --query "the largest field" --out DIR [--grounder DIR --clip DIR
         --points DIR --sam3 DIR | --tiny DIR] [--box x1,y1,x2,y2] [--text-route field-model]
         [--device cuda --dtype bfloat16 --max-new-tokens 96]
-    python jobs/geoseg.py --bench ITEMS --out DIR [models...] [--ablations full,no_refine,...]
+    python jobs/geoseg.py --bench ITEMS --out DIR [models...] [--ablations full,no_refine,...] [--judge DIR]
 
 SCENE is a local path or an s3:// COG. One query writes DIR/mask.tif, mask.geojson, mask.gpkg,
 overlay.png and result.json (see magseg_ray.geoseg.outputs); an empty mask has its reason in
 result.json. --bench runs every item of ITEMS (made by jobs/make_geoseg_bench.py) through each
-ablation as a Ray Data job and writes DIR/metrics.json, items.jsonl and table.png. Every model
+ablation as a Ray Data job and writes DIR/metrics.json, items.jsonl and table.png (with --judge,
+an MLLM judge's scores and judge_table.png too). Every model
 loads from a local folder (README: "GeoSeg's folders"), on --device in --dtype (default: the GPU
 in bfloat16 when there is one, else the CPU in float32); nothing is downloaded. Exit status 2 on
 bad input.
@@ -39,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-actor", type=float, default=0.5, help="--bench: Ray CPUs per actor (default: 0.5)")
     p.add_argument("--box-source", choices=("grounder", "truth"), default="grounder",
                    help="--bench: boxes from the grounder, or the truth boxes (an oracle: segmentation alone)")
+    p.add_argument("--judge", help="--bench: judge checkpoint folder (any grounder kind) scoring every mask")
     add_arguments(p, ModelsConfig)
     add_arguments(p, GeoSegConfig)
     return p
@@ -52,9 +54,9 @@ def main(argv=None) -> int:
             from magseg_ray.geoseg.bench import BenchConfig, run_bench
 
             bench = BenchConfig(args.bench, args.out, args.ablations.split(","), args.num_actors,
-                                args.box_source, args.cpus_per_actor)
+                                args.box_source, args.cpus_per_actor, args.judge)
             summary = run_bench(bench, models, config)
-            print(json.dumps(summary["levels"]))
+            print(json.dumps({k: summary[k] for k in ("levels", "judge")}))
             return 0
         if not args.scene or args.query is None:
             raise ConfigError("give SCENE and --query (or --bench ITEMS)")

@@ -7,8 +7,11 @@ box with ``box_source="truth"``: an oracle that scores the segmentation stage al
 such), and runs every ablation (:data:`.config.ABLATIONS`) on that box. Per item and per
 difficulty level (and ``all``), for each ablation: mean IoU, Dice, accuracy, precision, recall,
 specificity and boundary F of the target mask, the cumulative IoU (sum of intersections over sum
-of unions) and how many masks came out empty. Written: ``items.jsonl``, ``metrics.json``,
-``table.png``.
+of unions) and how many masks came out empty. With a judge (``judge``: a grounder-kind folder),
+each ablation's mask is also scored by the MLLM judge (:mod:`.judge`), and the judge's table
+(mean score per aspect over the answers that gave one, answers judged, unparsed per aspect) sits
+beside the pixel metrics. Written: ``items.jsonl``, ``metrics.json`` (``levels``: pixel metrics,
+``judge``: the judge's table or None), ``table.png`` and, with a judge, ``judge_table.png``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,12 @@ from magseg_ray.geoseg.config import ABLATIONS, GeoSegConfig
 
 METRICS = ("iou", "dice", "accuracy", "precision", "recall", "specificity", "boundary_f")
 """Per-item pixel metrics of the target (the ``field`` class of :func:`~magseg_ray.eval.metrics.pixel_metrics`)."""
+PIXEL_COLUMNS = {"mIoU": "iou", "cIoU": "ciou", "Dice": "dice", "Acc": "accuracy", "Prec": "precision",
+                 "Rec": "recall", "Spec": "specificity", "BF": "boundary_f", "n": "items", "empty": "empty"}
+JUDGE_COLUMNS = {"Faithfulness": "faithfulness", "Localization": "localization", "Robustness": "robustness",
+                 "judged": "judged", "unparsed F": "faithfulness_unparsed", "unparsed L": "localization_unparsed",
+                 "unparsed R": "robustness_unparsed"}
+"""Table columns (label: summary key) of the pixel metrics and of the judge."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,8 @@ class BenchConfig:
     """``grounder``, or ``truth`` (oracle boxes: the segmentation stage alone)."""
     cpus_per_actor: float = 0.5
     """Ray CPUs per actor (fractional: leave room for the read tasks)."""
+    judge: str | None = None
+    """Judge checkpoint folder (any grounder kind); None: no judge table."""
 
     def __post_init__(self):
         unknown = [a for a in self.ablations if a not in ABLATIONS]
@@ -81,6 +92,13 @@ class BenchActor:
 
         self.pipeline = build_pipeline(models, config)
         self.config, self.bench, self.root = config, bench, Path(bench.items)
+        self.judge = None
+        if bench.judge:
+            from magseg_ray.geoseg.grounder import Grounder
+            from magseg_ray.geoseg.loading import Placement
+
+            placement = Placement.resolve(models.device, models.dtype)
+            self.judge = Grounder.load(bench.judge, models.max_new_tokens, placement)
 
     def _ground(self, image, item) -> tuple[tuple | None, str, str, str]:
         """(raw box, phrase, grounder answer, reason) for one item."""
@@ -90,6 +108,7 @@ class BenchActor:
         return g.parsed.box, g.parsed.phrase or item["query"], g.text, g.parsed.reason
 
     def __call__(self, row: dict) -> dict:
+        from magseg_ray.geoseg.judge import judge
         from magseg_ray.geoseg.pipeline import GeoSeg
 
         item = json.loads(row["item"])
@@ -107,21 +126,36 @@ class BenchActor:
                     r = variant.segment(image, item["query"], box=box, phrase=phrase)
                     pred, case, seconds = r.mask, r.case, r.seconds
                 record["ablations"][name] = {"case": case, "seconds": seconds, **item_metrics(pred, truth)}
+                if self.judge is not None:
+                    record["ablations"][name]["judge"] = judge(self.judge, image, truth, pred, item["query"])
         except MagsegError as e:
             record["error"] = str(e)
         return {"record": json.dumps(record, default=float)}
+
+
+def _by_level(records: list[dict], name: str) -> dict[str, list[dict]]:
+    """One ablation's per-item scores by level, and ``all`` (levels with no item left out)."""
+    rows = [(r["level"], r["ablations"][name]) for r in records if name in r.get("ablations", {})]
+    levels = {level: [m for lv, m in rows if level in ("all", lv)] for level in sorted({lv for lv, _ in rows}) + ["all"]}
+    return {level: sel for level, sel in levels.items() if sel}
+
+
+def summarise_judges(records: list[dict], ablations: list[str]) -> dict | None:
+    """Per ablation and level (and ``all``): the judge's :func:`~.judge.summarise_judge`; None without a judge."""
+    from magseg_ray.geoseg.judge import summarise_judge
+
+    if not any("judge" in m for r in records for m in r.get("ablations", {}).values()):
+        return None
+    return {name: {level: summarise_judge([m["judge"] for m in sel if "judge" in m])
+                   for level, sel in _by_level(records, name).items()} for name in ablations}
 
 
 def summarise(records: list[dict], ablations: list[str]) -> dict:
     """Per ablation and level (and ``all``): mean of each metric, cumulative IoU, items, empty masks."""
     out = {}
     for name in ablations:
-        rows = [(r["level"], r["ablations"][name]) for r in records if name in r.get("ablations", {})]
         levels = {}
-        for level in sorted({lv for lv, _ in rows}) + ["all"]:
-            sel = [m for lv, m in rows if level in ("all", lv)]
-            if not sel:
-                continue
+        for level, sel in _by_level(records, name).items():
             means = {k: float(np.nanmean([m[k] for m in sel])) if any(not np.isnan(m[k]) for m in sel) else None
                      for k in METRICS}
             union = sum(m["union"] for m in sel)
@@ -132,14 +166,14 @@ def summarise(records: list[dict], ablations: list[str]) -> dict:
     return out
 
 
-def write_table(path: Path, levels: dict, title: str) -> None:
+def write_table(path: Path, levels: dict, title: str, columns: dict = PIXEL_COLUMNS) -> None:
+    """A PNG table, one row per ablation and level, of the summary keys ``columns`` names."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = ("mIoU", "cIoU", "Dice", "Acc", "Prec", "Rec", "Spec", "BF", "n", "empty")
-    keys = ("iou", "ciou", "dice", "accuracy", "precision", "recall", "specificity", "boundary_f", "items", "empty")
+    cols, keys = list(columns), list(columns.values())
     rows, labels = [], []
     for name, by_level in levels.items():
         for level, m in by_level.items():
@@ -173,8 +207,12 @@ def run_bench(bench: BenchConfig, models, config: GeoSegConfig, ray_settings=Non
     out = Path(bench.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"box_source": bench.box_source, "models": asdict(models), "config": asdict(config),
-               "errors": [r for r in records if "error" in r], "levels": summarise(records, bench.ablations)}
+               "errors": [r for r in records if "error" in r], "levels": summarise(records, bench.ablations),
+               "judge": summarise_judges(records, bench.ablations)}
     write_atomic(out / "items.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     write_atomic(out / "metrics.json", json.dumps(summary, indent=1))
-    write_table(out / "table.png", summary["levels"], f"GeoSeg on {bench.items} (boxes: {bench.box_source})")
+    title = f"GeoSeg on {bench.items} (boxes: {bench.box_source})"
+    write_table(out / "table.png", summary["levels"], title)
+    if summary["judge"] is not None:
+        write_table(out / "judge_table.png", summary["judge"], f"{title}, judge {bench.judge}", JUDGE_COLUMNS)
     return summary

@@ -134,6 +134,17 @@ class ClipSurgery:
         settings = image_settings(path, size, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
         return cls(clip, load_tokenizer(path, "CLIP model"), settings, blocks, placement)
 
+    def phrase_problem(self, phrase: str) -> str | None:
+        """Why ``phrase`` cannot be encoded whole (its longest prompt template is over CLIP's text
+        context, which would cut it), or None."""
+        eos, limit = self.tokenizer.eos_token_id, self.clip.config.text_config.max_position_embeddings
+        ids = self.tokenizer([t.format(phrase) for t in TEMPLATES])["input_ids"]
+        n = max(len(i) + (not i or i[-1] != eos) for i in ids)
+        if n > limit:
+            return (f"is too long for route A's CLIP text encoder: {n} tokens in its longest prompt template, "
+                    f"over its context of {limit}")
+        return None
+
     @torch.no_grad()
     def similarity(self, crop: np.ndarray, phrase: str) -> np.ndarray:
         """Min-max normalised similarity of ``crop`` (H x W x 3 uint8) to ``phrase``, H x W in [0, 1]."""

@@ -75,6 +75,12 @@ def load_processor(path, kind: str):
         raise ModelLoadError(f"cannot load {where}: {e}") from e
 
 
+def describe_query(query: str) -> str:
+    """How an error names a query: quoted, cut to 40 characters, with its length in words."""
+    head = query if len(query) <= 40 else query[:40].rstrip() + "..."
+    return f"the query {head!r} ({len(query.split())} words)"
+
+
 @dataclass
 class Grounding:
     """A grounder's answer: the raw text and what it parses to."""
@@ -148,7 +154,7 @@ class Grounder:
         limit = self.model.config.get_text_config().max_position_embeddings
         n = int(inputs["input_ids"].shape[1])
         if n + self.max_new_tokens > limit:
-            raise QueryError(f"the query is too long for the grounder: its prompt is {n} tokens, plus "
+            raise QueryError(f"{describe_query(query)} is too long for the grounder: its prompt is {n} tokens, plus "
                              f"{self.max_new_tokens} for the answer, over the model's context of {limit}")
         out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         tokenizer = getattr(self.processor, "tokenizer", self.processor)

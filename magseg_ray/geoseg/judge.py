@@ -3,9 +3,10 @@
 The judge (any grounder-kind checkpoint, :class:`~.grounder.Grounder`'s loading and chat
 formatting) sees the scene with the truth in green and the prediction in red (overlap yellow)
 and the :data:`~.prompts.JUDGE` instruction, and answers JSON scores of ``faithfulness``,
-``localization`` and ``robustness``. :func:`parse_scores` reads them; a score that is missing,
-not a number or outside 1-5 counts 3 (the scale's middle, as the paper does), and the record
-says which ones were defaulted.
+``localization`` and ``robustness`` (the three aspects the paper's judge table reports).
+:func:`parse_scores` reads them; a score that is missing, not a number or outside 1-5 is None
+and listed in ``unparsed``: it is counted, never replaced by a made-up middle score, and
+:func:`summarise_judge` averages only the scores given.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import numpy as np
 from magseg_ray.geoseg.prompts import JUDGE
 
 ASPECTS = ("faithfulness", "localization", "robustness")
-DEFAULT_SCORE = 3
 
 
 def judge_overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -31,7 +31,7 @@ def judge_overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.
 
 
 def parse_scores(text: str) -> dict:
-    """``{aspect: 1..5}`` plus ``defaulted`` (aspects that fell back to 3) from a judge's answer."""
+    """``{aspect: 1..5 or None}`` plus ``unparsed`` (the aspects with no valid score) from a judge's answer."""
     found = {}
     for match in re.finditer(r"\{[^{}]*\}", text or ""):
         try:
@@ -40,7 +40,7 @@ def parse_scores(text: str) -> dict:
             continue
         if isinstance(obj, dict):
             found.update({str(k).lower(): v for k, v in obj.items()})
-    scores, defaulted = {}, []
+    scores, unparsed = {}, []
     for aspect in ASPECTS:
         value = found.get(aspect)
         if value is None:
@@ -51,11 +51,22 @@ def parse_scores(text: str) -> dict:
         except (TypeError, ValueError):
             number = float("nan")
         if not 1 <= number <= 5:
-            scores[aspect] = DEFAULT_SCORE
-            defaulted.append(aspect)
+            scores[aspect] = None
+            unparsed.append(aspect)
         else:
             scores[aspect] = number
-    return {**scores, "defaulted": defaulted}
+    return {**scores, "unparsed": unparsed}
+
+
+def summarise_judge(scores: list[dict]) -> dict:
+    """Over a list of :func:`parse_scores` records: the mean of each aspect over the answers that
+    gave it (None when none did), how many were judged, and how many answers left each aspect unparsed."""
+    out = {}
+    for aspect in ASPECTS:
+        given = [s[aspect] for s in scores if s.get(aspect) is not None]
+        out[aspect] = sum(given) / len(given) if given else None
+        out[f"{aspect}_unparsed"] = len(scores) - len(given)
+    return {**out, "judged": len(scores)}
 
 
 def judge(grounder, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, query: str) -> dict:

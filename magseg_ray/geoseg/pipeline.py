@@ -5,6 +5,10 @@ for SAM3 tracker, the MAgSeg field model as the text route, or a given box inste
 grounder): a grounder is ``(image, query) -> Grounding``; a route is ``(crop, phrase) -> mask
 or None``, or has ``segment_box(image, box, phrase)`` when it needs the scene around the box
 (the field routes of :mod:`.fieldroute`). :class:`PointRoute` is route A (CLIP Surgery map -> keypoints -> point segmenter).
+A route with a text encoder has ``phrase_problem(phrase) -> str or None``: a phrase its encoder
+would cut is never sent. A query that is the phrase (a given box, or a grounder answer without
+a label) is then refused as :class:`~magseg_ray.errors.QueryError` naming the query and the
+limit; a grounder's over-long label is an empty mask with that reason.
 The ablation switches of :class:`~.config.GeoSegConfig` pick the routes and the refinement.
 
 Every call returns a :class:`Result`; when there is nothing to segment (no box in the answer,
@@ -21,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from magseg_ray.errors import ChipError
+from magseg_ray.errors import ChipError, QueryError
 from magseg_ray.geoseg.boxes import Box, clamp_box, widen_box
 from magseg_ray.geoseg.config import GeoSegConfig
 from magseg_ray.geoseg.fusion import fuse
-from magseg_ray.geoseg.grounder import check_query
+from magseg_ray.geoseg.grounder import check_query, describe_query
 from magseg_ray.geoseg.points import select_points
 
 
@@ -39,6 +43,9 @@ class PointRoute:
     """``(crop, points) -> mask or None`` (a :class:`.segmenters.PointSegmenter`)."""
     config: GeoSegConfig = GeoSegConfig()
     last_points: list = field(default_factory=list)
+
+    def phrase_problem(self, phrase: str) -> str | None:
+        return self.surgery.phrase_problem(phrase)
 
     def __call__(self, crop: np.ndarray, phrase: str) -> np.ndarray | None:
         sim = self.surgery.similarity(crop, phrase)
@@ -89,6 +96,15 @@ class GeoSeg:
     def _routes(self) -> tuple[bool, bool]:
         return self.config.routes in ("both", "points"), self.config.routes in ("both", "text")
 
+    def phrase_problem(self, phrase: str) -> str | None:
+        """Why a route in use would cut ``phrase`` (the first such route's limit), or None."""
+        for route, on in zip((self.points, self.text), self._routes()):
+            check = getattr(route, "phrase_problem", None)
+            problem = check(phrase) if on and check else None
+            if problem:
+                return problem
+        return None
+
     def segment(self, image: np.ndarray, query: str, box=None, phrase: str | None = None) -> Result:
         """Segment what ``query`` asks for in ``image``; a ``box`` (x1, y1, x2, y2 pixels, e.g. from
         an earlier grounding) skips grounding, and ``phrase`` then prompts the routes (default: the query)."""
@@ -108,6 +124,12 @@ class GeoSeg:
                 return result
             box, result.phrase = parsed.box, parsed.phrase or query
         result.seconds["grounding"] = time.perf_counter() - clock
+        problem = self.phrase_problem(result.phrase)
+        if problem and result.phrase == query:
+            raise QueryError(f"{describe_query(query)} {problem}: shorten it, or give a grounder that names the object")
+        if problem:
+            result.reason = f"the grounder's phrase {result.phrase[:40]!r} {problem}"
+            return result
         clock = time.perf_counter()
         result.box = clamp_box(box, w, h)
         if result.box is None:

@@ -53,7 +53,7 @@ def clip_model(tokenizer):
     from transformers import CLIPConfig, CLIPModel
 
     text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                max_position_embeddings=64, **_text_ids(tokenizer))
+                max_position_embeddings=77, **_text_ids(tokenizer))  # real CLIP's text context
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
                   image_size=32, patch_size=8)
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
@@ -82,13 +82,15 @@ def sam3_tracker_model():
 
 
 def sam3_model(tokenizer):
+    """Text context 48: the preset tokenizer writes each space as a token (about twice a BPE's count),
+    so it holds about the words of the real SAM3's 32 BPE tokens."""
     from transformers import Sam3Config, Sam3Model
 
     small = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64)
     return Sam3Model(Sam3Config(
         vision_config=_SAM3_VISION,
         text_config=dict(hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=32, **_text_ids(tokenizer)),
+                         num_attention_heads=2, max_position_embeddings=48, **_text_ids(tokenizer)),
         geometry_encoder_config=dict(num_layers=1, **small),
         detr_encoder_config=dict(num_layers=1, **small),
         detr_decoder_config=dict(num_layers=1, num_queries=8, **small),

@@ -27,7 +27,7 @@ JUDGE = (
     "faithfulness to the request, localization and robustness. Answer with JSON only: "
     "{{\"faithfulness\": n, \"localization\": n, \"robustness\": n}}."
 )
-"""Instruction of the optional MLLM judge (1-5 Likert scores; an unparsable score counts 3)."""
+"""Instruction of the optional MLLM judge (1-5 Likert scores; an unparsable score is counted as such)."""
 
 
 def grounding_prompt(query: str, convention: str) -> str:
@@ -40,6 +40,7 @@ def grounding_prompt(query: str, convention: str) -> str:
 def corpus() -> list[str]:
     """Every fixed text GeoSeg sends (for offline preset tokenizers)."""
     from magseg_ray.geoseg.clip_surgery import TEMPLATES
+    from magseg_ray.geoseg.templates import CORNERS, INTENTS
 
-    return [grounding_prompt("", c) for c in _COORDS] + [PALIGEMMA, JUDGE, *TEMPLATES,
+    return [grounding_prompt("", c) for c in _COORDS] + [PALIGEMMA, JUDGE, *TEMPLATES, *CORNERS, *INTENTS, *INTENTS.values(),
                                                           "field pond road tree farmstead largest smallest top bottom left right"]

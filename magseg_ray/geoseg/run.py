@@ -25,7 +25,9 @@ class ModelsConfig:
         "grounder checkpoint folder (Qwen2.5-VL, Qwen3-VL, Gemma3, PaliGemma); without it give --box"))
     clip: str | None = field(default=None, metadata=doc("CLIP checkpoint folder (route A's similarity map)"))
     points: str | None = field(default=None, metadata=doc(
-        "SAM, SAM 2/2.1 or SAM3 checkpoint folder (route A's point-prompt segmenter)"))
+        "route A's point-prompt segmenter: a SAM3 tracker folder, or SAM / SAM 2.1 as options (default, "
+        "as in the paper: the SAM3 tracker of --sam3 when that is the hub's SAM3 folder, sam3_video; "
+        "the tiny presets' SAM3 tracker with --tiny)"))
     sam3: str | None = field(default=None, metadata=doc("SAM3 checkpoint folder (route B with --text-route sam3)"))
     text_route: str = field(default="sam3", metadata=doc(
         "route B: sam3 (phrase as text prompt), field-model (the MAgSeg model of --field-model), "
@@ -50,7 +52,7 @@ def _tiny_folders(models: ModelsConfig) -> ModelsConfig:
     from magseg_ray.geoseg.presets import build_presets
 
     root = Path(models.tiny)
-    names = {"grounder": "grounder", "clip": "clip", "points": "sam", "sam3": "sam3"}
+    names = {"grounder": "grounder", "clip": "clip", "points": "sam3_tracker", "sam3": "sam3"}
     if not all((root / n / "config.json").is_file() for n in names.values()):
         build_presets(root)
     return replace(models, **{k: getattr(models, k) or str(root / n) for k, n in names.items()})
@@ -74,8 +76,19 @@ def build_pipeline(models: ModelsConfig, config: GeoSegConfig, scene=None, field
         text_route = field_route or FieldRoute.load(models.field_model or DEMO_MODEL, placement=placement)
     elif config.routes != "points" and models.text_route == "field-map":
         text_route = map_route(models.field_map, scene)
-    folders = ModelFolders(models.grounder, models.clip, models.points, models.sam3)
+    folders = ModelFolders(models.grounder, models.clip, models.points or _sam3_tracker(models.sam3), models.sam3)
     return load_geoseg(folders, config, text_route, placement, models.max_new_tokens)
+
+
+def _sam3_tracker(sam3: str | None) -> str | None:
+    """The ``--sam3`` folder when it also holds a SAM3 tracker (the hub's ``sam3_video``), else None."""
+    import json
+
+    try:
+        kind = json.loads((Path(sam3) / "config.json").read_text()).get("model_type") if sam3 else None
+    except (OSError, ValueError):
+        return None  # the text route's loading names the problem with the folder
+    return sam3 if kind == "sam3_video" else None
 
 
 def map_route(path: str | None, scene):

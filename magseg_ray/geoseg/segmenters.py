@@ -125,6 +125,14 @@ class TextSegmenter:
         settings = image_settings(path, model.config.vision_config.image_size)
         return cls(model, load_tokenizer(path, "SAM3 model"), settings, score_threshold, mask_threshold, placement)
 
+    def phrase_problem(self, phrase: str) -> str | None:
+        """Why ``phrase`` cannot be encoded whole (over SAM3's text context, which would cut it), or None."""
+        n = len(self.tokenizer([phrase])["input_ids"][0])
+        limit = self.model.config.text_config.max_position_embeddings
+        if n > limit:
+            return f"is too long for route B's SAM3 text encoder: {n} tokens, over its context of {limit}"
+        return None
+
     def _text(self, phrase: str) -> dict:
         n = self.model.config.text_config.max_position_embeddings
         enc = self.tokenizer([phrase], padding="max_length", max_length=n, truncation=True, return_tensors="pt")

@@ -4,13 +4,16 @@ For each scene with an instance label raster (``<id>.tif`` + ``<id>.labels.tif``
 the synthetic and NAIP scene folders), the ``per_scene`` windows of ``window`` px with the most
 field pixels (on a non-overlapping grid) become images, and each window gets one item per
 template whose target exists. Fields are the label instances clipped to the window, at least
-``min_pixels`` px. Levels follow the paper's easy-to-hard split:
+``min_pixels`` px. Levels are the paper's (GeoSeg-Bench: explicit, relations, implicit intent):
 
-- **L1** (attribute): "the largest field", "the smallest field";
-- **L2** (absolute position): "the field at the top left / top right / bottom left / bottom
-  right / in the centre of the image" (the field whose centroid is nearest that point);
-- **L3** (relation): "the field just below / just right of the largest field" (nearest centroid
-  in that half-plane), "the fields touching the left edge of the image" (their union).
+- **L1** (explicit: the object named by its attribute or place): "the largest field", "the
+  smallest field", "the field at the top left / top right / bottom left / bottom right / in the
+  centre of the image" (the field whose centroid is nearest that point);
+- **L2** (relations: the object named through another one or the image frame): "the field just
+  below / just right of the largest field" (nearest centroid in that half-plane), "the fields
+  touching the left edge of the image" (their union);
+- **L3** (implicit intent: a need is stated, the object is not named by what picks it):
+  :data:`INTENTS`, each the target of an L1 or L2 query, asked as what a farmer wants.
 
 The folder written: ``images/<window>.tif`` (RGB, georeferenced), ``masks/<item>.tif`` (0/1),
 ``items.jsonl`` (``id, image, mask, query, level, box`` with the truth box in pixels).
@@ -27,6 +30,13 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 LEVELS = ("L1", "L2", "L3")
+INTENTS = {
+    "the field that needs the most seed to sow": "the largest field",
+    "the field a farmer could finish harvesting first": "the smallest field",
+    "the fields a tractor entering from the left side of the image reaches without crossing another field":
+        "the fields touching the left edge of the image",
+}
+"""L3 queries (implicit intent) and the L1/L2 query whose target each one has."""
 CORNERS = {"at the top left": (0, 0), "at the top right": (1, 0), "at the bottom left": (0, 1),
            "at the bottom right": (1, 1), "in the centre of the image": (0.5, 0.5)}
 
@@ -56,17 +66,18 @@ def template_targets(fields: dict[int, np.ndarray], size: int) -> list[tuple[str
     if smallest != largest:
         out.append(("L1", "the smallest field", [smallest]))
     for words, (fx, fy) in CORNERS.items():
-        out.append(("L2", f"the field {words}", [_nearest(cent, fx * (size - 1), fy * (size - 1))]))
+        out.append(("L1", f"the field {words}", [_nearest(cent, fx * (size - 1), fy * (size - 1))]))
     lx, ly = cent[largest]
     below = {i: c for i, c in cent.items() if i != largest and c[1] > ly + 0.5 * abs(c[0] - lx)}
     right = {i: c for i, c in cent.items() if i != largest and c[0] > lx + 0.5 * abs(c[1] - ly)}
     for words, cands in (("just below", below), ("just right of", right)):
         if cands:
-            out.append(("L3", f"the field {words} the largest field", [_nearest(cands, lx, ly)]))
+            out.append(("L2", f"the field {words} the largest field", [_nearest(cands, lx, ly)]))
     left = [i for i, m in fields.items() if m[:, 0].any()]
     if left:
-        out.append(("L3", "the fields touching the left edge of the image", left))
-    return out
+        out.append(("L2", "the fields touching the left edge of the image", left))
+    named = {query: ids for _, query, ids in out}
+    return out + [("L3", intent, named[query]) for intent, query in INTENTS.items() if query in named]
 
 
 def _windows(labels_path: Path, size: int, per_scene: int) -> list[tuple[int, int]]:

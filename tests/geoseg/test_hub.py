@@ -194,3 +194,13 @@ def test_the_job_loads_every_model_in_bfloat16_when_asked(hub, tmp_path, capsys)
         run([SCENE, "--query", "field", "--box", "0,0,50,50", "--clip", hub["clip"], "--points", hub["sam"],
              "--dtype", "float64", "--out", tmp_path], capsys)
     assert "invalid choice: 'float64'" in capsys.readouterr().err
+
+
+def test_route_a_defaults_to_the_sam3_tracker_of_the_hub_sam3_folder(hub):
+    from magseg_ray.geoseg.config import GeoSegConfig
+    from magseg_ray.geoseg.run import ModelsConfig, build_pipeline
+
+    pipeline = build_pipeline(ModelsConfig(clip=hub["clip"], sam3=hub["sam3"]), GeoSegConfig())
+    assert pipeline.points.segmenter.kind == "sam3_video" and type(pipeline.points.segmenter.model).__name__ == "Sam3TrackerModel"
+    sam = build_pipeline(ModelsConfig(clip=hub["clip"], points=hub["sam"], sam3=hub["sam3"]), GeoSegConfig())
+    assert sam.points.segmenter.kind == "sam"  # SAM v1 (and SAM 2.1) stay options

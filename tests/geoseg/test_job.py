@@ -69,6 +69,8 @@ def test_an_s3_scene_is_read(tiny_root, tmp_path, capsys, s3_server, monkeypatch
 @pytest.mark.parametrize("argv, message", [
     (["--query", "  "], "query is empty"),
     (["--query", "field " * 3000], "too long"),
+    (["--query", "field " * 5000, "--box", "0,0,50,50"], "(5000 words) is too long"),
+    (["--query", "field " * 5000, "--box", "0,0,50,50", "--routes", "text"], "over its context of 48"),
     (["--query", "field", "--box", "1,2,3"], "four numbers"),
     (["--query", "field", "--grounder", "SAM"], "grounder must be one of"),
 ])
@@ -92,12 +94,21 @@ def test_bench_scores_every_ablation_per_level(tiny_root, tmp_path, capsys, ray_
     keep = [i for i in items if i["level"] in ("L1", "L3")][:3]
     (tmp_path / "items" / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in keep))
     code, out, err = run(["--bench", tmp_path / "items", "--box-source", "truth", "--tiny", tiny_root,
-                          "--text-score-threshold", "0", "--out", tmp_path / "bench"], capsys)
+                          "--text-score-threshold", "0", "--judge", Path(tiny_root) / "grounder",
+                          "--max-new-tokens", "24", "--out", tmp_path / "bench"], capsys)
     assert code == 0, err
     metrics = json.loads((tmp_path / "bench" / "metrics.json").read_text())
-    assert set(metrics["levels"]) == {"full", "no_refine", "points_only", "text_only"} and not metrics["errors"]
+    assert not metrics["errors"], metrics["errors"][0]["error"]
+    assert set(metrics["levels"]) == {"full", "no_refine", "points_only", "text_only"}
     full = metrics["levels"]["full"]["all"]
     assert full["items"] == 3 and 0 <= full["iou"] <= 1 and 0 <= full["ciou"] <= 1
+    assert set(metrics["judge"]) == set(metrics["levels"]) and json.loads(out)["judge"] == metrics["judge"]
+    judged = metrics["judge"]["full"]["all"]
+    assert judged["judged"] == 3 and all(0 <= judged[f"{a}_unparsed"] <= 3 for a in ("faithfulness", "localization"))
+    records = [json.loads(line) for line in (tmp_path / "bench" / "items.jsonl").read_text().splitlines()]
+    unparsed = sum("robustness" in r["ablations"]["full"]["judge"]["unparsed"] for r in records)
+    assert judged["robustness_unparsed"] == unparsed and (judged["robustness"] is None) == (unparsed == 3)
+    assert (tmp_path / "bench" / "table.png").stat().st_size and (tmp_path / "bench" / "judge_table.png").stat().st_size
     records = [json.loads(x) for x in (tmp_path / "bench" / "items.jsonl").read_text().splitlines()]
     assert {r["id"] for r in records} == {i["id"] for i in keep}
     for r in records:  # nothing outside the refined box: precision of the oracle route is measured, not assumed

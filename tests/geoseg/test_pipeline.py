@@ -56,3 +56,37 @@ def test_bad_queries_are_refused(pipeline):
 def test_a_grounder_folder_of_the_wrong_kind_is_refused(geoseg_presets):
     with pytest.raises(ModelLoadError, match="grounder"):
         Grounder.load(geoseg_presets["clip"])
+
+
+LONG = "the field next to the canal " * 834  # 5,004 words
+
+
+@pytest.mark.parametrize("routes, names", [("both", "CLIP"), ("points", "CLIP"), ("text", "SAM3")])
+def test_a_long_query_with_a_box_is_refused_by_name_on_every_route(pipeline, routes, names):
+    one = GeoSeg(pipeline.grounder, pipeline.points, pipeline.text, GeoSegConfig(routes=routes))
+    with pytest.raises(QueryError, match=rf"query 'the field next to the canal.*\(5004 words\).*{names}.*over .*(77|48)"):
+        one.segment(IMAGE, LONG, box=(40, 30, 90, 70))
+
+
+def test_a_query_over_sam3s_shorter_context_is_refused_even_when_clip_takes_it(pipeline):
+    words = "field " * 25  # fits CLIP's 77 tokens in every template, not SAM3's 48
+    assert pipeline.points.surgery.phrase_problem(words) is None
+    with pytest.raises(QueryError, match="SAM3.*over its context of 48"):
+        pipeline.segment(IMAGE, words, box=(40, 30, 90, 70))
+
+
+def test_a_grounder_phrase_too_long_for_a_route_is_an_empty_mask_with_the_reason(pipeline):
+    from magseg_ray.geoseg.grounder import Grounding
+    from magseg_ray.geoseg.parsing import Parsed
+
+    chatty = GeoSeg(lambda image, query: Grounding("...", Parsed((40, 30, 90, 70), "field " * 25)),
+                    pipeline.points, pipeline.text, pipeline.config)
+    r = chatty.segment(IMAGE, "the field")
+    assert not r.mask.any() and "grounder's phrase" in r.reason and "SAM3" in r.reason
+
+
+def test_the_tiny_run_prompts_the_sam3_tracker_with_the_keypoints(geoseg_presets):
+    from magseg_ray.geoseg.run import ModelsConfig, build_pipeline
+
+    tiny = build_pipeline(ModelsConfig(tiny=str(geoseg_presets["grounder"].parent)), GeoSegConfig(routes="points"))
+    assert tiny.points.segmenter.kind == "sam3_tracker"

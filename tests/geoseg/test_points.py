@@ -35,3 +35,16 @@ def test_tau_is_inclusive_and_nothing_above_gives_no_points():
     assert select_points(sim, 5, 0.3, 1) == [(1, 1, 0.3)]
     assert select_points(sim, 5, 0.31, 1) == []
     assert select_points(np.full((3, 3), np.nan), 5, 0.3, 1) == []
+
+
+def test_a_plateau_wider_than_the_radius_gives_one_point():
+    sim = np.zeros((12, 30))
+    sim[3:7, 2:25] = 0.8  # 23 px wide, r = 2: every plateau pixel is a local maximum
+    sim[10, 28] = 0.5  # a separate peak is still found
+    assert select_points(sim, 5, 0.3, 2) == [(2, 3, 0.8), (28, 10, 0.5)]
+
+
+def test_with_radius_zero_a_plateau_is_still_one_point():
+    sim = np.zeros((5, 5))
+    sim[1:3, 1:4] = 0.6
+    assert select_points(sim, 5, 0.3, 0) == [(1, 1, 0.6)]

@@ -27,13 +27,30 @@ def test_templates_by_hand():
     got = {q: (lv, ids) for lv, q, ids in template_targets(window_fields(labels_grid(), 200), 100)}
     assert got["the largest field"] == ("L1", [1])
     assert got["the smallest field"] == ("L1", [2])
-    assert got["the field at the top left"] == ("L2", [1])
-    assert got["the field at the top right"] == ("L2", [2])
-    assert got["the field at the bottom left"] == ("L2", [3])
-    assert got["the field at the bottom right"] == ("L2", [4])
-    assert got["the field just below the largest field"] == ("L3", [3])
-    assert got["the field just right of the largest field"] == ("L3", [2])
-    assert got["the fields touching the left edge of the image"] == ("L3", [1, 3])
+    assert got["the field at the top left"] == ("L1", [1])
+    assert got["the field at the top right"] == ("L1", [2])
+    assert got["the field at the bottom left"] == ("L1", [3])
+    assert got["the field at the bottom right"] == ("L1", [4])
+    assert got["the field just below the largest field"] == ("L2", [3])
+    assert got["the field just right of the largest field"] == ("L2", [2])
+    assert got["the fields touching the left edge of the image"] == ("L2", [1, 3])
+
+
+def test_the_levels_are_the_papers_explicit_relations_implicit_intent():
+    got = {q: (lv, ids) for lv, q, ids in template_targets(window_fields(labels_grid(), 200), 100)}
+    assert got["the field that needs the most seed to sow"] == ("L3", [1])
+    assert got["the field a farmer could finish harvesting first"] == ("L3", [2])
+    assert got["the fields a tractor entering from the left side of the image reaches without crossing another field"] \
+        == ("L3", [1, 3])
+    assert {lv for lv, _ in got.values()} == {"L1", "L2", "L3"}
+    assert all("largest" not in q and "smallest" not in q and "edge" not in q for q, (lv, _) in got.items() if lv == "L3")
+
+
+def test_an_intent_without_its_target_is_not_asked():
+    one = {1: np.ones((10, 10), bool)}
+    queries = {q for _, q, _ in template_targets(one, 10)}
+    assert "the field that needs the most seed to sow" in queries
+    assert "the field a farmer could finish harvesting first" not in queries  # no smallest distinct from the largest
 
 
 def test_no_fields_no_items():
@@ -49,9 +66,20 @@ def test_make_bench_writes_images_masks_and_items(tmp_path):
     with rasterio.open(scenes / "s.labels.tif", "w", count=1, dtype="uint16", **profile) as dst:
         dst.write(labels_grid().astype(np.uint16)[None])
     items = make_bench(scenes, tmp_path / "bench", window=100)
-    assert len(items) == 10 and [json.loads(x)["id"] for x in (tmp_path / "bench" / "items.jsonl").read_text().splitlines()] \
+    assert len(items) == 13 and [json.loads(x)["id"] for x in (tmp_path / "bench" / "items.jsonl").read_text().splitlines()] \
         == [i["id"] for i in items]
     largest = next(i for i in items if i["query"] == "the largest field")
     assert largest["box"] == [0, 0, 40, 40]
     with rasterio.open(tmp_path / "bench" / largest["mask"]) as src:
         assert src.read(1).sum() == 1600 and src.crs.to_epsg() == 32615
+
+
+def test_every_bench_query_fits_the_tiny_presets_text_encoders(geoseg_presets):
+    """The preset tokenizer spells unknown words byte by byte: every template word must be in its corpus."""
+    from magseg_ray.geoseg.clip_surgery import ClipSurgery
+    from magseg_ray.geoseg.segmenters import TextSegmenter
+
+    clip, sam3 = ClipSurgery.load(geoseg_presets["clip"]), TextSegmenter.load(geoseg_presets["sam3"])
+    queries = {q for _, q, _ in template_targets(window_fields(labels_grid(), 200), 100)}
+    assert len(queries) == 13
+    assert [q for q in queries if clip.phrase_problem(q) or sam3.phrase_problem(q)] == []
