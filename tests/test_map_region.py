@@ -236,11 +236,13 @@ def test_a_batch_of_chips_is_answered_as_each_chip_alone_and_a_bad_chip_fails_al
     assert not (tmp_path / chip_file("b")).exists() and not (tmp_path / chip_file("d")).exists()
 
 
-def model_actors() -> dict:
-    """``{actor_id: pid}`` of the live mapping model actors (Ray Data's map workers of ChipMapper)."""
+def model_actors(address: str) -> dict:
+    """``{actor_id: pid}`` of the live mapping model actors (Ray Data's map workers of ChipMapper) of
+    the cluster at ``address`` (named: other Rays on the machine would make the lookup ambiguous)."""
     from ray.util.state import list_actors
 
-    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False)
+    alive = list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000,
+                        raise_on_missing_output=False)
     return {a.actor_id: a.pid for a in alive if "ChipMapper" in (a.class_name or "") + (a.name or "") or
             "MapWorker" in (a.class_name or "")}
 
@@ -260,7 +262,7 @@ def test_a_killed_model_actor_is_replaced_and_the_map_is_the_same(ray_cluster, s
         deadline = time.time() + 300
         while time.time() < deadline and len(list(chips.rglob("*.npz"))) < 4 and proc.poll() is None:
             time.sleep(0.2)
-        actors = model_actors()
+        actors = model_actors(ray_cluster.address)
         assert len(actors) == 1 and proc.poll() is None, (actors, proc.poll())
         os.kill(next(iter(actors.values())), signal.SIGKILL)
         killed_at = len(list(chips.rglob("*.npz")))
