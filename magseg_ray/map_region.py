@@ -3,7 +3,8 @@
 Stages (each in its own module):
 
 1. plan (:func:`~magseg_ray.chips.windows.chip_windows`): the chips of every scene the AOI touches;
-   chips whose output exists are finished and skipped, so a rerun resumes;
+   chips whose output exists are finished and skipped, so a rerun resumes; a scene under a folder or
+   prefix catalog that cannot be catalogued (truncated, damaged) and may lie in the AOI is a failure;
 2. Ray Data (:func:`~magseg_ray.chips.pipeline.mapping_chips`): chips read by range requests, then
    a pool of model actors (:class:`~magseg_ray.model.segmenter.ChipSegmenter`, one GPU each on GPU
    clusters, fractional CPUs here) that answer every patch with prefix reuse and write each chip's
@@ -105,6 +106,9 @@ class Plan:
     identity: dict
     seed_px: float
     """Core depth of the fields step (``MapConfig.seed_px`` resolved against the model card)."""
+    lost: list = field(default_factory=list)
+    """Failures (``chip_id`` ``None``) of the scenes under a folder or prefix catalog that could not be
+    catalogued and may lie in the AOI (footprint unknown or touching it): their area is unmapped."""
 
 
 def plan(cfg: MapConfig, store=None) -> Plan:
@@ -133,12 +137,15 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     if chip_size % card.patch_size:
         raise ConfigError(f"chip_size {chip_size} is not a multiple of the model's patch size {card.patch_size}")
     aoi = load_aoi(cfg.aoi)
-    scenes = load_catalog(cfg.catalog, store).scenes
+    catalog = load_catalog(cfg.catalog, store)
+    scenes = catalog.scenes
     tasks = chip_windows(scenes, aoi, chip)
+    lost = [{"chip_id": None, "scene_id": Path(f.uri).stem, "error": f"{f.uri}: not catalogued: {f.reason}"}
+            for f in catalog.failures.itertuples() if f.footprint is None or f.footprint.intersects(aoi)]
     chips_by = {k: v for k, v in asdict(card).items() if k != "field_seed_px"}  # the fields step reruns on resume
     identity = {"aoi_sha256": aoi_fingerprint(aoi), "model": model_fingerprint(model_dir), "model_prompt": chips_by,
                 "chip": {"chip_size": chip_size, "overlap": chip.overlap}}
-    return Plan(cfg, scenes, aoi, tasks, chip, card.prompt(), model_dir, identity, seed_px)
+    return Plan(cfg, scenes, aoi, tasks, chip, card.prompt(), model_dir, identity, seed_px, lost)
 
 
 def check_output(files, identity: dict) -> bool:
@@ -191,7 +198,7 @@ def run_map_region(p: Plan, store=None) -> dict:
     resumed = len(p.tasks) - len(todo)
     print(f"[map] {len(p.tasks)} chips in {p.scenes.shape[0]} catalogued scenes; {resumed} already done", flush=True)
 
-    failures: list[dict] = []
+    failures: list[dict] = list(p.lost)
     patches, start, last = 0, time.perf_counter(), 0.0
     if todo:
         threads = max(int(cfg.cpus_per_actor), 1)
@@ -214,7 +221,9 @@ def run_map_region(p: Plan, store=None) -> dict:
     model_seconds = time.perf_counter() - start
     summary = reduce_run(p, files, store, failures)
     summary = {"status": "partial" if failures else "complete", **summary}
-    summary.update(chips=len(p.tasks), chips_resumed=resumed, chips_failed=len(failures),
+    chips_failed = sum(1 for f in failures if f["chip_id"])
+    summary.update(chips=len(p.tasks), chips_resumed=resumed, chips_failed=chips_failed,
+                   scenes_failed=len(failures) - chips_failed,
                    patches_this_run=patches, model_seconds=round(model_seconds, 2),
                    patches_per_s=round(patches / model_seconds, 2) if patches else None)
     files.write("summary.json", json.dumps(summary, indent=1))
@@ -226,7 +235,9 @@ def run_map_region(p: Plan, store=None) -> dict:
 
 def _report_failures(failures: list[dict], chips: int, files, shown: int = 20) -> None:
     """List what is missing from a partial map on stderr, and how to retry it."""
-    print(f"[map] partial map: {len(failures)} of {chips} chips failed; their area is unmapped "
+    chips_failed = sum(1 for f in failures if f["chip_id"])
+    scenes = f" and {len(failures) - chips_failed} scenes" if len(failures) > chips_failed else ""
+    print(f"[map] partial map: {chips_failed} of {chips} chips{scenes} failed; their area is unmapped "
           f"(all in {files.uri('failures.json')}); rerun the same command to retry them", file=sys.stderr)
     for f in failures[:shown]:
         print(f"[map]   {f['chip_id'] or f['scene_id'] or '-'}: {f['error']}", file=sys.stderr)
