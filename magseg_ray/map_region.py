@@ -136,6 +136,7 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     chip = ChipConfig.for_chip_size(chip_size, cfg.overlap)
     if chip_size % card.patch_size:
         raise ConfigError(f"chip_size {chip_size} is not a multiple of the model's patch size {card.patch_size}")
+    _check_out(cfg.out_root())
     aoi = load_aoi(cfg.aoi)
     catalog = load_catalog(cfg.catalog, store)
     scenes = catalog.scenes
@@ -146,6 +147,22 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     identity = {"aoi_sha256": aoi_fingerprint(aoi), "model": model_fingerprint(model_dir), "model_prompt": chips_by,
                 "chip": {"chip_size": chip_size, "overlap": chip.overlap}}
     return Plan(cfg, scenes, aoi, tasks, chip, card.prompt(), model_dir, identity, seed_px, lost)
+
+
+def _check_out(out: str) -> None:
+    """A local ``--out`` must be a folder, or not exist below a folder: refuse a file in its way."""
+    from magseg_ray.scenes.store import split_uri
+
+    scheme, local = split_uri(out)
+    if scheme != "file":
+        return
+    path = Path(local)
+    for at in (path, *path.parents):
+        if at.exists():
+            if not at.is_dir():
+                what = "is a file" if at == path else f"lies below the file {str(at)!r}"
+                raise ConfigError(f"--out {out!r} {what}: name a folder (new or a run's) or an s3:// prefix")
+            return
 
 
 def check_output(files, identity: dict) -> bool:

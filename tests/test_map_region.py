@@ -188,6 +188,20 @@ def test_bad_inputs(setup, tmp_path):
     assert job_main()(["--aoi", str(far), "--model", setup["model"], "--out", str(tmp_path / "x")]) == 2
 
 
+def test_an_out_that_is_a_file_is_refused_before_ray_starts(setup, tmp_path, capsys):
+    (tmp_path / "taken").write_text("mine")
+    base = dict(aoi=setup["aoi"], model=setup["model"])
+    with pytest.raises(ConfigError, match="taken' is a file: name a folder"):
+        plan(MapConfig(**base, out=str(tmp_path / "taken")))
+    with pytest.raises(ConfigError, match="lies below the file"):
+        plan(MapConfig(**base, out=str(tmp_path / "taken" / "run")))
+    # the job: exit 2 and one line naming --out, with no Ray started (no --address, none running here)
+    assert job_main()(["--aoi", setup["aoi"], "--model", setup["model"], "--out", str(tmp_path / "taken")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --out {str(tmp_path / 'taken')!r} is a file: name a folder (new or a run's) or an s3:// prefix"]
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
 def test_the_fields_step_core_depth_comes_from_the_card_unless_given(setup, tmp_path):
     base = dict(aoi=setup["aoi"], out=str(tmp_path / "o"))
     cored = tmp_path / "cored"
