@@ -27,6 +27,7 @@ interrupted reduce leaves the previous map in place.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,7 +36,7 @@ from pathlib import Path
 import geopandas as gpd
 
 from magseg_ray.config import doc
-from magseg_ray.errors import ConfigError, ModelLoadError
+from magseg_ray.errors import ConfigError, ModelLoadError, OutputError
 
 DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
 """Bundled demo: scenes (``scenes/``) and an AOI (``demo.geojson``) spanning them."""
@@ -197,57 +198,76 @@ def _progress(done: int, total: int, resumed: int, patches: int, seconds: float,
 
 def run_map_region(p: Plan, store=None) -> dict:
     """Map a planned run (:func:`plan`, made with the same ``store``) on the current Ray cluster;
-    returns the run summary (also ``summary.json``)."""
-    from magseg_ray.chips.pipeline import mapping_chips
+    returns the run summary (also ``summary.json``). An output that cannot be written (disk full)
+    ends the run with an :class:`OutputError` naming the file, what is kept, and how to resume."""
     from magseg_ray.fields.reduce import reduce_run
-    from magseg_ray.model.segmenter import ChipSegmenter
     from magseg_ray.scenes.store import ObjectStore
     from magseg_ray.run_files import RunFiles, finished_chips
 
     store = store or ObjectStore.from_env()
-    cfg = p.config
-    files = RunFiles(cfg.out_root(), store)
+    files = RunFiles(p.config.out_root(), store)
     resuming = check_output(files, p.identity)
-    if not resuming:
-        files.write("run.json", json.dumps(p.identity, indent=1))
-    done = finished_chips(files)
-    todo = [t for t in p.tasks if t.chip_id not in done]
-    resumed = len(p.tasks) - len(todo)
-    print(f"[map] {len(p.tasks)} chips in {p.scenes.shape[0]} catalogued scenes; {resumed} already done", flush=True)
+    try:
+        if not resuming:
+            files.write("run.json", json.dumps(p.identity, indent=1))
+        done = finished_chips(files)
+        todo = [t for t in p.tasks if t.chip_id not in done]
+        resumed = len(p.tasks) - len(todo)
+        print(f"[map] {len(p.tasks)} chips in {p.scenes.shape[0]} catalogued scenes; {resumed} already done", flush=True)
+        failures: list[dict] = list(p.lost)
+        start = time.perf_counter()
+        patches = _map_chips(p, files, store, done, len(todo), resumed, failures) if todo else 0
+        model_seconds = time.perf_counter() - start
+        summary = reduce_run(p, files, store, failures)
+        summary = {"status": "partial" if failures else "complete", **summary}
+        chips_failed = sum(1 for f in failures if f["chip_id"])
+        summary.update(chips=len(p.tasks), chips_resumed=resumed, chips_failed=chips_failed,
+                       scenes_failed=len(failures) - chips_failed,
+                       patches_this_run=patches, model_seconds=round(model_seconds, 2),
+                       patches_per_s=round(patches / model_seconds, 2) if patches else None)
+        files.write("summary.json", json.dumps(summary, indent=1))
+        files.write("failures.json", json.dumps(failures, indent=1))
+    except OutputError as e:
+        raise OutputError(f"{e}; {interrupted_note(p, store)} once the cause is gone") from None
+    if failures:
+        _report_failures(failures, len(p.tasks), files)
+    return summary
 
-    failures: list[dict] = list(p.lost)
-    patches, start, last = 0, time.perf_counter(), 0.0
-    if todo:
-        threads = max(int(cfg.cpus_per_actor), 1)
-        ds = mapping_chips(p.scenes, p.aoi, p.chip, p.prompt.patch_size, store=store, read_cpus=cfg.read_cpus,
-                           skip=done)
-        ds = ds.map_batches(ChipSegmenter, fn_constructor_args=(p.model_dir, p.prompt, cfg.batch_size,
-                                                                cfg.max_new_tokens or None, files.root, store, threads),
-                            batch_size=cfg.chips_per_call, batch_format="numpy", concurrency=cfg.num_actors,
-                            num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
-        finished = 0
+
+def _map_chips(p: Plan, files, store, done: set, todo: int, resumed: int, failures: list[dict]) -> int:
+    """The model stage: every chip not ``done`` through Ray Data to the model actors, which write each
+    chip's output; failed chips are appended to ``failures``. Returns the patches answered."""
+    from magseg_ray.chips.pipeline import mapping_chips
+    from magseg_ray.model.segmenter import ChipSegmenter
+
+    cfg = p.config
+    threads = max(int(cfg.cpus_per_actor), 1)
+    ds = mapping_chips(p.scenes, p.aoi, p.chip, p.prompt.patch_size, store=store, read_cpus=cfg.read_cpus, skip=done)
+    ds = ds.map_batches(ChipSegmenter, fn_constructor_args=(p.model_dir, p.prompt, cfg.batch_size,
+                                                            cfg.max_new_tokens or None, files.root, store, threads),
+                        batch_size=cfg.chips_per_call, batch_format="numpy", concurrency=cfg.num_actors,
+                        num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
+    finished, patches, start, last = 0, 0, time.perf_counter(), 0.0
+    try:
         for row in ds.iter_rows():
             finished += 1
             patches += int(row["patches"])
             if row["error"]:
                 failures.append({"chip_id": row["chip_id"], "scene_id": row["scene_id"], "error": row["error"]})
             now = time.perf_counter()
-            if now - last > 10 or finished == len(todo):
+            if now - last > 10 or finished == todo:
                 _progress(finished, len(p.tasks), resumed, patches, now - start, len(failures))
                 last = now
-    model_seconds = time.perf_counter() - start
-    summary = reduce_run(p, files, store, failures)
-    summary = {"status": "partial" if failures else "complete", **summary}
-    chips_failed = sum(1 for f in failures if f["chip_id"])
-    summary.update(chips=len(p.tasks), chips_resumed=resumed, chips_failed=chips_failed,
-                   scenes_failed=len(failures) - chips_failed,
-                   patches_this_run=patches, model_seconds=round(model_seconds, 2),
-                   patches_per_s=round(patches / model_seconds, 2) if patches else None)
-    files.write("summary.json", json.dumps(summary, indent=1))
-    files.write("failures.json", json.dumps(failures, indent=1))
-    if failures:
-        _report_failures(failures, len(p.tasks), files)
-    return summary
+    except Exception as e:
+        raise _output_error_in(e) or e
+    return patches
+
+
+def _output_error_in(e: Exception) -> OutputError | None:
+    """The :class:`OutputError` a model actor raised, if it is what stopped the stage. Ray Data hands the
+    driver a ``UserCodeException`` that keeps the actor's error only as traceback text."""
+    found = re.findall(rf"^{re.escape(OutputError.__module__)}\.OutputError: (.+)$", str(e), re.M)
+    return OutputError(found[-1]) if found else None
 
 
 def _report_failures(failures: list[dict], chips: int, files, shown: int = 20) -> None:

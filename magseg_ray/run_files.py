@@ -18,6 +18,7 @@ Layout under the run root::
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import posixpath
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from magseg_ray.errors import OutputError
 from magseg_ray.files import replace_atomically, write_atomic
 from magseg_ray.scenes.store import ObjectStore, split_uri
 
@@ -42,10 +44,20 @@ class RunFiles:
         return f"s3://{self.base}/{rel}" if self.scheme == "s3" else os.path.join(self.base, rel)
 
     def write(self, rel: str, data: bytes | str) -> None:
-        if self._fs is None:
-            write_atomic(self.uri(rel), data)
-        else:
-            self._fs.pipe_file(f"{self.base}/{rel}", data.encode() if isinstance(data, str) else data)
+        """Write ``data`` whole at ``rel``; :class:`OutputError` naming the file if it cannot be."""
+        with self._writing(rel):
+            if self._fs is None:
+                write_atomic(self.uri(rel), data)
+            else:
+                self._fs.pipe_file(f"{self.base}/{rel}", data.encode() if isinstance(data, str) else data)
+
+    @contextlib.contextmanager
+    def _writing(self, rel: str):
+        """Turn a failed write (disk full, no permission) into an :class:`OutputError` naming the file."""
+        try:
+            yield
+        except OSError as e:
+            raise OutputError(f"cannot write {self.uri(rel)}: {e.strerror or e}") from e
 
     def read(self, rel: str) -> bytes:
         if self._fs is None:
@@ -66,13 +78,14 @@ class RunFiles:
 
     def write_with(self, rel: str, write) -> None:
         """Let ``write(local_path)`` make a file (e.g. GDAL/OGR writers), then put it at ``rel``."""
-        if self._fs is None:
-            replace_atomically(self.uri(rel), write)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            local = Path(d) / posixpath.basename(rel)
-            write(local)
-            self._fs.put_file(str(local), f"{self.base}/{rel}")
+        with self._writing(rel):
+            if self._fs is None:
+                replace_atomically(self.uri(rel), write)
+                return
+            with tempfile.TemporaryDirectory() as d:
+                local = Path(d) / posixpath.basename(rel)
+                write(local)
+                self._fs.put_file(str(local), f"{self.base}/{rel}")
 
     def remove_tree(self, rel: str) -> None:
         if self._fs is None:

@@ -1,0 +1,75 @@
+"""Faults a long mapping run meets, injected for real: a disk that fills (a small tmpfs), ... Each
+ends in a clear message and exit status, and a rerun after the fault is gone gives the same map as
+a run that met no fault (same field ids and geometries, same class rasters)."""
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+
+ROOT = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("map_region_tests", ROOT / "test_map_region.py")
+_tests = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_tests)
+job_main, flags, setup = _tests.job_main, _tests.flags, _tests.setup  # the same tiny model, AOI and flags
+
+
+@pytest.fixture(scope="module")
+def reference(ray_cluster, setup, tmp_path_factory):
+    """The map of a run that met no fault."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    assert job_main()(flags(setup, out, ray_cluster.address)) == 0
+    return out
+
+
+def assert_same_map(a: Path, b: Path) -> None:
+    x, y = (gpd.read_parquet(p / "fields").sort_values("id") for p in (a, b))
+    assert list(x["id"]) == list(y["id"]) and all(g.equals_exact(h, 0) for g, h in zip(x.geometry, y.geometry))
+    for scene in ("synth_900", "synth_901"):
+        with rasterio.open(a / f"masks/{scene}.tif") as s, rasterio.open(b / f"masks/{scene}.tif") as t:
+            assert np.array_equal(s.read(1), t.read(1))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on its own tmpfs, ``resize(bytes)`` to change its size (needs mount rights)."""
+    where = tmp_path / "disk"
+    where.mkdir()
+
+    def resize(size: int, first: bool = False) -> None:
+        options = f"size={size}" if first else f"remount,size={size}"
+        args = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)]
+        done = subprocess.run(args if first else ["mount", "-o", options, str(where)], capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+
+    resize(40 * 1024, first=True)
+    yield where, resize
+    subprocess.run(["umount", str(where)], check=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size, stage", [(40 * 1024, "chips/"), (500 * 1024, "preview.png")])
+def test_a_full_disk_is_named_with_the_resume_hint_and_the_rerun_resumes(
+        ray_cluster, setup, reference, small_disk, capsys, size, stage):
+    """Full during the model stage (a chip's output) or the final stage (the preview): exit 2, one
+    line naming the file, what is kept and how to resume; after room is made, the rerun completes the
+    same map."""
+    disk, resize = small_disk
+    resize(size)
+    out = disk / "out"
+    assert job_main()(flags(setup, out, ray_cluster.address)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot write {out}/{stage}") and "No space left on device" in last, last
+    assert " of 50 chips are finished and kept in " in last and "rerun the same command to resume" in last
+    resize(64 * 2**20)
+    assert job_main()(flags(setup, out, ray_cluster.address)) == 0
+    assert json.loads((out / "summary.json").read_text())["status"] == "complete"
+    assert_same_map(reference, out)
