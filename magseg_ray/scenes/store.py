@@ -37,6 +37,22 @@ COG_READ_OPTIONS = {
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",  # adjacent tiles in one request
 }
 """GDAL options for reading COGs over HTTP, set by :meth:`ObjectStore.rasterio_env`."""
+READ_RETRY = {"GDAL_HTTP_MAX_RETRY": "5", "GDAL_HTTP_RETRY_DELAY": "1"}
+"""GDAL's own retry settings, defaults unless set in the environment (see :func:`read_retry`): GDAL
+retries a request answered 429 or 5xx that many times, first after that many seconds. A refused or
+dropped connection (a restarting store) GDAL 3.10 does not retry (measured): the chip reader
+(:func:`magseg_ray.chips.read.read_window`) retries those itself with the same count and first delay,
+doubling it each time (1 + 2 + 4 + 8 + 16 s by default)."""
+S3FS_RETRIES = 10
+"""Attempts of every s3fs request, botocore's ``standard`` retry mode (connection errors, throttling and
+5xx, with exponential backoff and jitter capped at 20 s); ``AWS_MAX_ATTEMPTS`` in the environment
+overrides it. s3fs's own retries (``S3FileSystem.retries``, 5) of its retryable errors stay as they are."""
+
+
+def read_retry() -> tuple[int, float]:
+    """GDAL's retry count and first delay in seconds (:data:`READ_RETRY`, or the environment's)."""
+    return (int(os.environ.get("GDAL_HTTP_MAX_RETRY", READ_RETRY["GDAL_HTTP_MAX_RETRY"])),
+            float(os.environ.get("GDAL_HTTP_RETRY_DELAY", READ_RETRY["GDAL_HTTP_RETRY_DELAY"])))
 
 
 def split_uri(uri: str | os.PathLike) -> tuple[str, str]:
@@ -117,8 +133,9 @@ class ObjectStore:
         """A ``rasterio.Env`` that reads ``/vsis3/`` paths from this store (credentials through an
         ``AWSSession``) with :data:`COG_READ_OPTIONS`; ``options`` add or override GDAL options."""
         endpoint = urlsplit(self.endpoint_url).netloc if self.endpoint_url else None
+        retries, delay = read_retry()
         gdal = {
-            **COG_READ_OPTIONS,
+            **COG_READ_OPTIONS, "GDAL_HTTP_MAX_RETRY": str(retries), "GDAL_HTTP_RETRY_DELAY": str(delay),
             "AWS_HTTPS": "YES" if self.https else "NO",
             "AWS_VIRTUAL_HOSTING": "FALSE" if self.path_style else "TRUE",
         }
@@ -134,6 +151,7 @@ class ObjectStore:
         """
         if split_uri(uri)[0] != "s3":
             return fsspec.filesystem("file")
+        attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", S3FS_RETRIES))
         return fsspec.filesystem(
             "s3",
             key=self.access_key_id,
@@ -141,7 +159,8 @@ class ObjectStore:
             token=self.session_token,
             use_listings_cache=False,
             client_kwargs={"endpoint_url": self.endpoint_url, "region_name": self.region},
-            config_kwargs={"s3": {"addressing_style": "path" if self.path_style else "virtual"}},
+            config_kwargs={"s3": {"addressing_style": "path" if self.path_style else "virtual"},
+                           "retries": {"max_attempts": attempts, "mode": "standard"}},
         )
 
     def gdal_path(self, uri: str | os.PathLike) -> str:
