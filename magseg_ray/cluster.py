@@ -4,7 +4,8 @@ Two ways in:
 
 - :func:`ray_session` for a job's driver: join the cluster at ``address`` (or ``RAY_ADDRESS``, which
   ``ray job submit`` sets), else start a private in-process cluster on 127.0.0.1 that ends with the
-  session. A laptop run and a cluster run are the same code.
+  session, never the head ``ray start`` recorded as the machine's current cluster (a stale record
+  of a killed head made every job fail). A laptop run and a cluster run are the same code.
 - :class:`LocalRayCluster` for a standalone local head (what ``ray job submit --address
   http://127.0.0.1:8265`` talks to): ``ray start --head --block`` on chosen loopback ports, in its own
   process group, stopped by signalling that group alone. Nothing here ever runs ``ray stop``, which
@@ -95,8 +96,9 @@ def ray_session(settings: RaySettings = RaySettings(), runtime_env: dict | None 
     try:
         if address:
             ray.init(address=address, namespace=settings.namespace, runtime_env=runtime_env)
-        else:
-            ray.init(_node_ip_address=LOOPBACK, num_cpus=settings.num_cpus,
+        else:  # "local": never the cluster `ray start` recorded, which may be dead or not ours
+            _note_recorded_head()
+            ray.init(address="local", _node_ip_address=LOOPBACK, num_cpus=settings.num_cpus,
                      object_store_memory=settings.object_store_memory, include_dashboard=False,
                      namespace=settings.namespace, runtime_env=runtime_env)
     except ConnectionError as e:
@@ -105,6 +107,18 @@ def ray_session(settings: RaySettings = RaySettings(), runtime_env: dict | None 
         yield ray.cluster_resources()
     finally:
         ray.shutdown()
+
+
+def _note_recorded_head() -> None:
+    """Say so when ``ray start`` recorded a head as the machine's current cluster: ``ray.init()`` without
+    an address would join it (or die on a stale record); a job starts its own unless told to join."""
+    from ray._private.utils import read_ray_address
+
+    recorded = read_ray_address()
+    if recorded:
+        print(f"[ray] starting a private local Ray for this job; to run on the head that `ray start` "
+              f"recorded at {recorded} instead, pass --address {recorded} (or set RAY_ADDRESS)",
+              file=sys.stderr, flush=True)
 
 
 def _check_reachable(address: str) -> None:

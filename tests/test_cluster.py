@@ -1,11 +1,15 @@
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psutil
 
-from magseg_ray.cluster import LOOPBACK, LocalRayCluster
+from magseg_ray.cluster import LOOPBACK, LocalRayCluster, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def listening_addresses(pids):
@@ -84,3 +88,21 @@ def test_ray_imported_before_its_environment_is_refused():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode != 0
     assert "ClusterError: Ray was imported before magseg_ray.cluster.ray_environment() set" in result.stderr
+
+
+def test_a_job_without_an_address_starts_its_own_ray_whatever_ray_start_recorded():
+    """A `ray start --head` killed rather than stopped leaves its address as the machine's current
+    cluster; a job without --address or RAY_ADDRESS starts its own Ray anyway and says what it found."""
+    tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # Ray's socket paths must stay short
+    try:
+        (Path(tmp) / "ray").mkdir()
+        (Path(tmp) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")  # nothing there
+        code = ("from magseg_ray.cluster import RaySettings, ray_session\n"
+                "with ray_session(RaySettings(num_cpus=1)) as r: print('CPUs', r['CPU'])")
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        done = subprocess.run([sys.executable, "-c", code], env={**env, "RAY_TMPDIR": tmp, "PYTHONPATH": str(ROOT)},
+                              capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0 and "CPUs 1.0" in done.stdout, done.stderr[-3000:]
+        assert "starting a private local Ray for this job" in done.stderr and "pass --address 127.0.0.1:" in done.stderr
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
