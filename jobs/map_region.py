@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     try:
         store = ObjectStore.from_env()
         planned = plan(from_arguments(MapConfig, args), store)  # bad AOI, catalog or model: fail before Ray
-        with ray_session(RaySettings(address=args.address)):
+        with ray_session(RaySettings(address=args.address, gpus=planned.config.use_gpu)):
             summary = run_map_region(planned, store)
     except MagsegError as e:
         print(f"error: {e}", file=sys.stderr)

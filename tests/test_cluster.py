@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import psutil
+import pytest
 
 from magseg_ray.cluster import LOOPBACK, LocalRayCluster, free_port
 
@@ -106,3 +107,31 @@ def test_a_job_without_an_address_starts_its_own_ray_whatever_ray_start_recorded
         assert "starting a private local Ray for this job" in done.stderr and "pass --address 127.0.0.1:" in done.stderr
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_joined_cluster_without_the_gpus_asked_for_is_refused_after_the_stated_wait(ray_cluster):
+    from magseg_ray.cluster import RaySettings, ray_session
+    from magseg_ray.errors import ClusterError
+
+    with pytest.raises(ClusterError, match="--use-gpu asks for 1 GPUs and the cluster it joined still has 0 after 2 s"):
+        with ray_session(RaySettings(address=ray_cluster.address, gpus=1, gpu_wait_s=2)):
+            pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job, args, flag", [
+    ("map_region", ["--use-gpu", "--out", "{tmp}/map"], "--use-gpu asks for 1 GPUs"),
+    ("sft", ["--use-gpu", "--num-workers", "2", "--data", "tests/data/naip", "--base", "tiny", "--storage", "{tmp}"],
+     "--use-gpu asks for 2 GPUs"),
+    ("grpo", ["--gpus-per-actor", "0.5", "--data", "tests/data/naip", "--model", "{tiny}", "--storage", "{tmp}"],
+     "--use-gpu/--gpus-per-actor asks for 1 GPUs"),
+    ("serve", ["--gpus-per-replica", "1", "--port", "{port}"], "--gpus-per-replica asks for 1 GPUs"),
+])
+def test_every_jobs_gpu_flags_are_refused_at_once_on_a_machine_without_one(tmp_path, tiny_dir, job, args, flag):
+    """Before: the job waited forever for a GPU that a private local Ray never gets."""
+    args = [a.format(tmp=tmp_path, tiny=tiny_dir, port=free_port()) for a in args]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, f"jobs/{job}.py", *args], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"error: {flag} and this machine has 0 (a private local Ray gains none)" in done.stderr, done.stderr[-3000:]
