@@ -207,6 +207,8 @@ def run_map_region(p: Plan, store=None) -> dict:
     store = store or ObjectStore.from_env()
     files = RunFiles(p.config.out_root(), store)
     resuming = check_output(files, p.identity)
+    failures: list[dict] = list(p.lost)
+    done: set[str] = set()
     try:
         if not resuming:
             files.write("run.json", json.dumps(p.identity, indent=1))
@@ -214,7 +216,6 @@ def run_map_region(p: Plan, store=None) -> dict:
         todo = [t for t in p.tasks if t.chip_id not in done]
         resumed = len(p.tasks) - len(todo)
         print(f"[map] {len(p.tasks)} chips in {p.scenes.shape[0]} catalogued scenes; {resumed} already done", flush=True)
-        failures: list[dict] = list(p.lost)
         start = time.perf_counter()
         patches = _map_chips(p, files, store, done, len(todo), resumed, failures) if todo else 0
         model_seconds = time.perf_counter() - start
@@ -228,15 +229,38 @@ def run_map_region(p: Plan, store=None) -> dict:
         files.write("summary.json", json.dumps(summary, indent=1))
         files.write("failures.json", json.dumps(failures, indent=1))
     except OutputError as e:
+        if files.scheme == "s3":
+            return _output_store_lost(p, files, failures, done, e)
         raise OutputError(f"{e}; {interrupted_note(p, store)} once the cause is gone") from None
     if failures:
         _report_failures(failures, len(p.tasks), files)
     return summary
 
 
+def _output_store_lost(p: Plan, files, failures: list[dict], done: set[str], error: OutputError) -> dict:
+    """End a run whose ``s3://`` output stayed unreachable past the retries: ``partial``, every chip not
+    known written listed as failed with the cause; ``summary.json`` and ``failures.json`` written if
+    the store answers again. A rerun when it is back resumes."""
+    failed = {f["chip_id"] for f in failures}
+    lost = f"not known to be written: {error}"
+    failures = failures + [{"chip_id": t.chip_id, "scene_id": t.scene_id, "error": lost}
+                           for t in p.tasks if t.chip_id not in done and t.chip_id not in failed]
+    chips_failed = sum(1 for f in failures if f["chip_id"])
+    summary = {"status": "partial", "aoi": p.config.aoi, "out": files.root, "chips": len(p.tasks),
+               "chips_failed": chips_failed, "scenes_failed": len(failures) - chips_failed}
+    try:
+        files.write("summary.json", json.dumps(summary, indent=1))
+        files.write("failures.json", json.dumps(failures, indent=1))
+    except OutputError as e:
+        print(f"[map] the output store is still unreachable: {e}; the failures are listed here only", file=sys.stderr)
+    _report_failures(failures, len(p.tasks), files)
+    return summary
+
+
 def _map_chips(p: Plan, files, store, done: set, todo: int, resumed: int, failures: list[dict]) -> int:
     """The model stage: every chip not ``done`` through Ray Data to the model actors, which write each
-    chip's output; failed chips are appended to ``failures``. Returns the patches answered."""
+    chip's output; written chips are added to ``done``, failed ones appended to ``failures``. Returns
+    the patches answered."""
     from magseg_ray.chips.pipeline import mapping_chips
     from magseg_ray.model.segmenter import ChipSegmenter
 
@@ -254,6 +278,8 @@ def _map_chips(p: Plan, files, store, done: set, todo: int, resumed: int, failur
             patches += int(row["patches"])
             if row["error"]:
                 failures.append({"chip_id": row["chip_id"], "scene_id": row["scene_id"], "error": row["error"]})
+            else:
+                done.add(row["chip_id"])
             now = time.perf_counter()
             if now - last > 10 or finished == todo:
                 _progress(finished, len(p.tasks), resumed, patches, now - start, len(failures))

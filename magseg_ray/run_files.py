@@ -45,27 +45,34 @@ class RunFiles:
 
     def write(self, rel: str, data: bytes | str) -> None:
         """Write ``data`` whole at ``rel``; :class:`OutputError` naming the file if it cannot be."""
-        with self._writing(rel):
+        with self._io(rel):
             if self._fs is None:
                 write_atomic(self.uri(rel), data)
             else:
                 self._fs.pipe_file(f"{self.base}/{rel}", data.encode() if isinstance(data, str) else data)
 
     @contextlib.contextmanager
-    def _writing(self, rel: str):
-        """Turn a failed write (disk full, no permission) into an :class:`OutputError` naming the file."""
+    def _io(self, rel: str, verb: str = "write"):
+        """Turn a failed write (disk full, no permission) or any failed request to the object store
+        (after s3fs's and botocore's retries) into an :class:`OutputError` naming the file."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         try:
             yield
-        except OSError as e:
-            raise OutputError(f"cannot write {self.uri(rel)}: {e.strerror or e}") from e
+        except (OSError, BotoCoreError, ClientError) as e:
+            raise OutputError(f"cannot {verb} {self.uri(rel)}: {getattr(e, 'strerror', None) or e}") from e
 
     def read(self, rel: str) -> bytes:
         if self._fs is None:
             return Path(self.uri(rel)).read_bytes()
-        return self._fs.cat_file(f"{self.base}/{rel}")
+        with self._io(rel, "read"):
+            return self._fs.cat_file(f"{self.base}/{rel}")
 
     def exists(self, rel: str) -> bool:
-        return Path(self.uri(rel)).exists() if self._fs is None else self._fs.exists(f"{self.base}/{rel}")
+        if self._fs is None:
+            return Path(self.uri(rel)).exists()
+        with self._io(rel, "reach"):
+            return self._fs.exists(f"{self.base}/{rel}")
 
     def listdir(self, rel: str) -> list[str]:
         """Relative paths of the files below ``rel`` (recursively), sorted."""
@@ -73,12 +80,13 @@ class RunFiles:
             top = Path(self.uri(rel))
             return sorted(str(p.relative_to(self.base)) for p in top.rglob("*") if p.is_file()
                           and not p.name.startswith(".")) if top.is_dir() else []
-        found = self._fs.find(f"{self.base}/{rel}")
+        with self._io(rel, "list"):
+            found = self._fs.find(f"{self.base}/{rel}")
         return sorted(posixpath.relpath(f, self.base) for f in found)
 
     def write_with(self, rel: str, write) -> None:
         """Let ``write(local_path)`` make a file (e.g. GDAL/OGR writers), then put it at ``rel``."""
-        with self._writing(rel):
+        with self._io(rel):
             if self._fs is None:
                 replace_atomically(self.uri(rel), write)
                 return
@@ -92,8 +100,9 @@ class RunFiles:
             import shutil
 
             shutil.rmtree(self.uri(rel), ignore_errors=True)
-        elif self._fs.exists(f"{self.base}/{rel}"):
-            self._fs.rm(f"{self.base}/{rel}", recursive=True)
+        elif self.exists(rel):
+            with self._io(rel, "remove"):
+                self._fs.rm(f"{self.base}/{rel}", recursive=True)
 
 
 def chip_file(chip_id: str) -> str:

@@ -1,4 +1,5 @@
-"""Faults a long mapping run meets, injected for real: a disk that fills (a small tmpfs), ... Each
+"""Faults a long mapping run meets, injected for real: a disk that fills (a small tmpfs), an S3 output
+store that goes away mid-run (moto's server stopped, then started again with the same objects). Each
 ends in a clear message and exit status, and a rerun after the fault is gone gives the same map as
 a run that met no fault (same field ids and geometries, same class rasters)."""
 
@@ -73,3 +74,53 @@ def test_a_full_disk_is_named_with_the_resume_hint_and_the_rerun_resumes(
     assert job_main()(flags(setup, out, ray_cluster.address)) == 0
     assert json.loads((out / "summary.json").read_text())["status"] == "complete"
     assert_same_map(reference, out)
+
+
+@pytest.mark.slow
+def test_an_s3_output_that_goes_away_mid_run_ends_partial_and_the_rerun_resumes(
+        ray_cluster, setup, reference, s3_server, monkeypatch, capsys):
+    """The output store stops while the model actors write (and stays away past the retries): exit 3,
+    ``partial``, the unwritten chips listed on stderr, no traceback; rerun once it is back: the same map."""
+    import threading
+    import time
+
+    from magseg_ray.run_files import RunFiles
+    from magseg_ray.scenes.store import ObjectStore
+
+    s3_server.client().create_bucket(Bucket="fault-tests")
+    out = "s3://fault-tests/runs/out"
+    for k, v in {"AWS_ENDPOINT_URL": s3_server.endpoint_url, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
+                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_MAX_ATTEMPTS": "2"}.items():
+        monkeypatch.setenv(k, v)
+    s3 = s3_server.client()
+
+    def stop_after_some_chips():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            listed = s3.list_objects_v2(Bucket="fault-tests", Prefix="runs/out/chips/").get("KeyCount", 0)
+            if listed >= 4:
+                s3_server.stop()
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=stop_after_some_chips)
+    watcher.start()
+    try:
+        assert job_main()(flags(setup, out, ray_cluster.address)) == 3
+    finally:
+        watcher.join()
+        if s3_server._server is None:
+            s3_server.start()
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["status"] == "partial" and 0 < summary["chips_failed"] <= 50
+    assert f"{summary['chips_failed']} of 50 chips failed" in captured.err and "not known to be written: cannot write s3://fault-tests/runs/out/" in captured.err
+    assert job_main()(flags(setup, out, ray_cluster.address)) == 0
+    files = RunFiles(out, ObjectStore.from_env())
+    local = reference.parent / "from-s3"
+    for rel in files.listdir(""):
+        (local / rel).parent.mkdir(parents=True, exist_ok=True)
+        (local / rel).write_bytes(files.read(rel))
+    assert json.loads((local / "summary.json").read_text())["status"] == "complete"
+    assert_same_map(reference, local)

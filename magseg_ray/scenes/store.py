@@ -43,10 +43,6 @@ retries a request answered 429 or 5xx that many times, first after that many sec
 dropped connection (a restarting store) GDAL 3.10 does not retry (measured): the chip reader
 (:func:`magseg_ray.chips.read.read_window`) retries those itself with the same count and first delay,
 doubling it each time (1 + 2 + 4 + 8 + 16 s by default)."""
-S3FS_RETRIES = 10
-"""Attempts of every s3fs request, botocore's ``standard`` retry mode (connection errors, throttling and
-5xx, with exponential backoff and jitter capped at 20 s); ``AWS_MAX_ATTEMPTS`` in the environment
-overrides it. s3fs's own retries (``S3FileSystem.retries``, 5) of its retryable errors stay as they are."""
 
 
 def read_retry() -> tuple[int, float]:
@@ -94,6 +90,11 @@ class ObjectStore:
     virtual_hosting: bool | None = None
     """Bucket in the host name (``bucket.host/key``) rather than the path (``host/bucket/key``).
     ``None``: virtual hosting for AWS, path style for a custom endpoint (what such servers expect)."""
+    max_attempts: int = 10
+    """Attempts of every s3fs request, by botocore's ``standard`` retry mode (connection errors,
+    throttling and 5xx, exponential backoff with jitter, capped at 20 s a wait: an outage of about a
+    minute is ridden out); ``AWS_MAX_ATTEMPTS`` in :meth:`from_env`. s3fs's own retries of its
+    retryable errors (``S3FileSystem.retries``, 5) stay as they are."""
 
     def __post_init__(self) -> None:
         if self.endpoint_url is not None:
@@ -117,7 +118,8 @@ class ObjectStore:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ObjectStore:
         """Read the standard variables: ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, ``AWS_REGION``
         or ``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
-        ``AWS_SESSION_TOKEN`` and GDAL's ``AWS_VIRTUAL_HOSTING`` (from ``os.environ`` by default)."""
+        ``AWS_SESSION_TOKEN``, ``AWS_MAX_ATTEMPTS`` and GDAL's ``AWS_VIRTUAL_HOSTING`` (from ``os.environ``
+        by default)."""
         env = os.environ if environ is None else environ
         hosting = env.get("AWS_VIRTUAL_HOSTING")
         return cls(
@@ -127,6 +129,7 @@ class ObjectStore:
             secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
             session_token=env.get("AWS_SESSION_TOKEN") or None,
             virtual_hosting=None if hosting is None else _true(hosting),
+            max_attempts=int(env.get("AWS_MAX_ATTEMPTS") or cls.max_attempts),
         )
 
     def rasterio_env(self, **options: str | bool | int) -> rasterio.Env:
@@ -151,7 +154,6 @@ class ObjectStore:
         """
         if split_uri(uri)[0] != "s3":
             return fsspec.filesystem("file")
-        attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", S3FS_RETRIES))
         return fsspec.filesystem(
             "s3",
             key=self.access_key_id,
@@ -160,7 +162,7 @@ class ObjectStore:
             use_listings_cache=False,
             client_kwargs={"endpoint_url": self.endpoint_url, "region_name": self.region},
             config_kwargs={"s3": {"addressing_style": "path" if self.path_style else "virtual"},
-                           "retries": {"max_attempts": attempts, "mode": "standard"}},
+                           "retries": {"max_attempts": self.max_attempts, "mode": "standard"}},
         )
 
     def gdal_path(self, uri: str | os.PathLike) -> str:
