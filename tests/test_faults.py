@@ -124,3 +124,23 @@ def test_an_s3_output_that_goes_away_mid_run_ends_partial_and_the_rerun_resumes(
         (local / rel).write_bytes(files.read(rel))
     assert json.loads((local / "summary.json").read_text())["status"] == "complete"
     assert_same_map(reference, local)
+
+
+@pytest.mark.slow
+def test_a_truncated_scene_under_an_s3_prefix_is_a_failure_and_the_rerun_with_it_whole_is_the_same_map(
+        ray_cluster, setup, reference, s3_server, monkeypatch, tmp_path, capsys):
+    """The README's ``--catalog s3://bucket/scenes`` with one scene cut to half (an interrupted upload):
+    exit 3, the scene named; upload it whole and rerun: the same map as a run that met no fault."""
+    scenes = _tests.truncated_copy(tmp_path, "synth_901")
+    catalog = s3_server.upload(scenes, "fault-tests", "scenes")
+    for k, v in {"AWS_ENDPOINT_URL": s3_server.endpoint_url, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
+                 "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "out"
+    assert job_main()(flags(setup, out, ray_cluster.address, catalog=catalog)) == 3
+    failures = json.loads((out / "failures.json").read_text())
+    assert [(f["chip_id"], f["scene_id"]) for f in failures] == [(None, "synth_901")]
+    assert f"{catalog}/synth_901.tif: not catalogued: truncated or damaged" in capsys.readouterr().err
+    s3_server.upload(_tests.DEMO_DIR / "scenes" / "synth_901.tif", "fault-tests", "scenes")
+    assert job_main()(flags(setup, out, ray_cluster.address, catalog=catalog)) == 0
+    assert_same_map(reference, out)

@@ -168,7 +168,8 @@ def build_catalog(
     if not found:
         raise SceneError(f"no COG scenes under {os.fspath(root)}")
     rows, failures, seen = [], [], {}
-    with store.rasterio_env():
+    # the objects as they are now, not as GDAL's cache of an earlier look in this process has them
+    with store.rasterio_env(CPL_VSIL_CURL_NON_CACHED=store.gdal_path(root)):
         for files in found:
             footprint = None
             try:
