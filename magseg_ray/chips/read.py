@@ -133,7 +133,7 @@ def read_window(uri: str, row: int, col: int, height: int, width: int, config: R
             if not (TRANSIENT.search(e) or down) and uri not in _SUSPECT or attempt == retries:
                 what = name or f"the {width}x{height} window at row {row}, col {col}"
                 last = "" if e == first else (f" (still failing after {attempt} retries over "
-                                                   f"{time.monotonic() - start:.0f} s: {e})")
+                                              f"{time.monotonic() - start:.0f} s: {e})")
                 raise SceneError(f"cannot read {what} from {uri}: {first}{last}") from None
             _SUSPECT.add(uri)
             time.sleep(delay * 2**attempt)
@@ -151,7 +151,8 @@ def _store_down(uri: str, store: ObjectStore | None) -> str | None:
     file does not say), else ``None``."""
     endpoint = urlsplit((store or ObjectStore()).endpoint_url or "https://s3.amazonaws.com")
     try:
-        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=5).close()
+        port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+        socket.create_connection((endpoint.hostname, port), timeout=5).close()
     except OSError as e:
         return f"the object store at {endpoint.netloc} does not answer: {e.strerror or e}"
     return None
