@@ -29,7 +29,8 @@ def main(argv=None) -> int:
     try:
         cfg = from_arguments(GRPOConfig, args)
         check_config(cfg)
-        with ray_session(RaySettings(address=args.address)):
+        with ray_session(RaySettings(address=args.address, gpus=cfg.num_workers * cfg.use_gpu + cfg.num_actors * cfg.gpus_per_actor,
+                                      gpu_flags="--use-gpu/--gpus-per-actor")):
             summary = run_grpo(cfg)
     except MagsegError as e:
         return bad_input_exit(e)

@@ -9,7 +9,8 @@ Rerunning the same command resumes: finished chips are skipped, failed ones retr
 summary.json, failures.json, preview.png. See magseg_ray.map_region.
 
 Exit status: 0 a complete map; 3 a partial map (some chips failed: listed on stderr and in
-failures.json, summary "status": "partial"); 2 bad input; 130 interrupted.
+failures.json, summary "status": "partial"); 2 bad input, or an output that cannot be written (disk
+full: the file is named, finished chips are kept, rerun to resume); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
     try:
         store = ObjectStore.from_env()
         planned = plan(from_arguments(MapConfig, args), store)  # bad AOI, catalog or model: fail before Ray
-        with ray_session(RaySettings(address=args.address)):
+        with ray_session(RaySettings(address=args.address, gpus=planned.config.use_gpu)):
             summary = run_map_region(planned, store)
     except MagsegError as e:
         return bad_input_exit(e)

@@ -39,7 +39,8 @@ def main(argv=None) -> int:
         from magseg_ray.model.checkpoint import check_checkpoint_dir
 
         check_checkpoint_dir(settings.model_dir())  # a bad model fails before Ray starts
-        with ray_session(RaySettings(address=args.address)):  # sets Ray's environment, then imports it
+        with ray_session(RaySettings(address=args.address, gpus=settings.gpus_per_replica,
+                                      gpu_flags="--gpus-per-replica")):  # sets Ray's environment, then imports it
             from ray import serve
 
             from magseg_ray.serve import app

@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     try:
         cfg = from_arguments(SFTConfig, args)
         check_config(cfg)
-        with ray_session(RaySettings(address=args.address)):
+        with ray_session(RaySettings(address=args.address, gpus=cfg.num_workers * cfg.use_gpu)):
             summary = run_sft(cfg)
     except MagsegError as e:
         return bad_input_exit(e)

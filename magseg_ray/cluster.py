@@ -4,7 +4,8 @@ Two ways in:
 
 - :func:`ray_session` for a job's driver: join the cluster at ``address`` (or ``RAY_ADDRESS``, which
   ``ray job submit`` sets), else start a private in-process cluster on 127.0.0.1 that ends with the
-  session. A laptop run and a cluster run are the same code.
+  session, never the head ``ray start`` recorded as the machine's current cluster (a stale record
+  of a killed head made every job fail). A laptop run and a cluster run are the same code.
 - :class:`LocalRayCluster` for a standalone local head (what ``ray job submit --address
   http://127.0.0.1:8265`` talks to): ``ray start --head --block`` on chosen loopback ports, in its own
   process group, stopped by signalling that group alone. Nothing here ever runs ``ray stop``, which
@@ -50,6 +51,14 @@ class RaySettings:
     """Object store bytes of a private local cluster. Ignored when joining."""
     namespace: str = "magseg"
     """Ray namespace for named actors, so jobs of one project find each other."""
+    gpus: float = 0.0
+    """GPUs the job's flags ask for at once (0: none). A cluster that cannot give them is refused by
+    :func:`ray_session`: at once for a private local cluster, which never gains one; after
+    :attr:`gpu_wait_s` for a joined cluster, whose autoscaler may add GPU nodes."""
+    gpu_flags: str = "--use-gpu"
+    """The job's flags that ask for :attr:`gpus`, named in the refusal."""
+    gpu_wait_s: float = 120.0
+    """How long a joined cluster may take to show :attr:`gpus` GPUs (an autoscaler adding a node)."""
 
 
 def ray_environment(address: str | None = None) -> None:
@@ -85,6 +94,7 @@ def ray_session(settings: RaySettings = RaySettings(), runtime_env: dict | None 
     """Connect to (or start) Ray for the duration of the block; yields ``ray.cluster_resources()``."""
     address = settings.address or os.environ.get("RAY_ADDRESS")
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        _require_gpus(settings, joined=True)
         yield sys.modules["ray"].cluster_resources()  # the caller's Ray: joined as it is, left running
         return
     ray_environment(address)
@@ -95,16 +105,52 @@ def ray_session(settings: RaySettings = RaySettings(), runtime_env: dict | None 
     try:
         if address:
             ray.init(address=address, namespace=settings.namespace, runtime_env=runtime_env)
-        else:
-            ray.init(_node_ip_address=LOOPBACK, num_cpus=settings.num_cpus,
+        else:  # "local": never the cluster `ray start` recorded, which may be dead or not ours
+            _note_recorded_head()
+            ray.init(address="local", _node_ip_address=LOOPBACK, num_cpus=settings.num_cpus,
                      object_store_memory=settings.object_store_memory, include_dashboard=False,
                      namespace=settings.namespace, runtime_env=runtime_env)
     except ConnectionError as e:
         raise ClusterError(f"cannot join the Ray cluster at {address!r}: {e}") from e
     try:
+        _require_gpus(settings, joined=bool(address))
         yield ray.cluster_resources()
     finally:
         ray.shutdown()
+
+
+def _require_gpus(settings: RaySettings, joined: bool) -> None:
+    """Refuse a cluster that cannot give the GPUs :attr:`RaySettings.gpus` asks for (Ray would queue the
+    work forever); a joined cluster gets :attr:`RaySettings.gpu_wait_s` to add them."""
+    import ray
+
+    deadline = time.monotonic() + (settings.gpu_wait_s if joined else 0)
+    have = ray.cluster_resources().get("GPU", 0)
+    if have >= settings.gpus:
+        return
+    if joined:
+        print(f"[ray] {settings.gpu_flags} asks for {settings.gpus:g} GPUs and the cluster has {have:g}; "
+              f"waiting up to {settings.gpu_wait_s:.0f} s for its autoscaler to add them", file=sys.stderr, flush=True)
+    while time.monotonic() < deadline and have < settings.gpus:
+        time.sleep(min(5.0, max(deadline - time.monotonic(), 0)))
+        have = ray.cluster_resources().get("GPU", 0)
+    if have < settings.gpus:
+        where = (f"the cluster it joined still has {have:g} after {settings.gpu_wait_s:.0f} s" if joined
+                 else f"this machine has {have:g} (a private local Ray gains none)")
+        raise ClusterError(f"{settings.gpu_flags} asks for {settings.gpus:g} GPUs and {where}: drop the flag, "
+                           "or pass --address of a cluster with GPUs")
+
+
+def _note_recorded_head() -> None:
+    """Say so when ``ray start`` recorded a head as the machine's current cluster: ``ray.init()`` without
+    an address would join it (or die on a stale record); a job starts its own unless told to join."""
+    from ray._private.utils import read_ray_address
+
+    recorded = read_ray_address()
+    if recorded:
+        print(f"[ray] starting a private local Ray for this job; to run on the head that `ray start` "
+              f"recorded at {recorded} instead, pass --address {recorded} (or set RAY_ADDRESS)",
+              file=sys.stderr, flush=True)
 
 
 def _check_reachable(address: str) -> None:

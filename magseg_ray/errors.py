@@ -70,3 +70,8 @@ class NotEnabledError(MagsegError):
 
 class QueryError(MagsegError, ValueError):
     """A GeoSeg query is empty, or longer than the grounding model's context."""
+
+
+class OutputError(MagsegError):
+    """A run's output cannot be written (disk full, no permission, object store unreachable): the
+    message names the file and the cause, and how to resume once the cause is gone."""

@@ -3,7 +3,8 @@
 Stages (each in its own module):
 
 1. plan (:func:`~magseg_ray.chips.windows.chip_windows`): the chips of every scene the AOI touches;
-   chips whose output exists are finished and skipped, so a rerun resumes;
+   chips whose output exists are finished and skipped, so a rerun resumes; a scene under a folder or
+   prefix catalog that cannot be catalogued (truncated, damaged) and may lie in the AOI is a failure;
 2. Ray Data (:func:`~magseg_ray.chips.pipeline.mapping_chips`): chips read by range requests, then
    a pool of model actors (:class:`ChipMapper`, one GPU each on GPU clusters, fractional CPUs
    here) that answer every patch with prefix reuse
@@ -26,6 +27,7 @@ interrupted reduce leaves the previous map in place.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,7 +36,7 @@ from pathlib import Path
 import geopandas as gpd
 
 from magseg_ray.config import doc, dtype_field
-from magseg_ray.errors import ConfigError, ModelLoadError
+from magseg_ray.errors import ConfigError, ModelLoadError, OutputError
 
 DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
 """Bundled demo: scenes (``scenes/``) and an AOI (``demo.geojson``) spanning them."""
@@ -127,6 +129,9 @@ class Plan:
     """Core depth of the fields step (``MapConfig.seed_px`` resolved against the model card)."""
     rules: object = None
     """The fields step's :class:`~magseg_ray.fields.rules.FieldRules` (flags resolved against the model card)."""
+    lost: list = field(default_factory=list)
+    """Failures (``chip_id`` ``None``) of the scenes under a folder or prefix catalog that could not be
+    catalogued and may lie in the AOI (footprint unknown or touching it): their area is unmapped."""
 
 
 def plan(cfg: MapConfig, store=None) -> Plan:
@@ -145,14 +150,34 @@ def plan(cfg: MapConfig, store=None) -> Plan:
         raise ModelLoadError(f"the demo model is missing at {model_dir}; pass --model")
     check_checkpoint_dir(model_dir)
     m = mapping_settings(model_dir, cfg.chip_size, cfg.overlap, cfg.seed_px)
+    _check_out(cfg.out_root())
     aoi = load_aoi(cfg.aoi)
-    scenes = load_catalog(cfg.catalog, store).scenes
+    catalog = load_catalog(cfg.catalog, store)
+    scenes = catalog.scenes
     tasks = chip_windows(scenes, aoi, m.chip)
+    lost = [{"chip_id": None, "scene_id": Path(f.uri).stem, "error": f"{f.uri}: not catalogued: {f.reason}"}
+            for f in catalog.failures.itertuples() if f.footprint is None or f.footprint.intersects(aoi)]
     rules = resolve_rules(cfg.min_field_m2, cfg.max_field_m2, cfg.hole_m2, cfg.simplify_m, m.card)
     chips_by = {k: v for k, v in asdict(m.card).items() if not k.startswith("field_")}  # the fields step reruns on resume
     identity = {"aoi_sha256": aoi_fingerprint(aoi), "model": m.fingerprint, "model_prompt": chips_by,
                 "chip": {"chip_size": m.chip.chip_size, "overlap": m.chip.overlap}}
-    return Plan(cfg, scenes, aoi, tasks, m.chip, m.card, m.card.prompt(), model_dir, identity, m.seed_px, rules)
+    return Plan(cfg, scenes, aoi, tasks, m.chip, m.card, m.card.prompt(), model_dir, identity, m.seed_px, rules, lost)
+
+
+def _check_out(out: str) -> None:
+    """A local ``--out`` must be a folder, or not exist below a folder: refuse a file in its way."""
+    from magseg_ray.scenes.store import split_uri
+
+    scheme, local = split_uri(out)
+    if scheme != "file":
+        return
+    path = Path(local)
+    for at in (path, *path.parents):
+        if at.exists():
+            if not at.is_dir():
+                what = "is a file" if at == path else f"lies below the file {str(at)!r}"
+                raise ConfigError(f"--out {out!r} {what}: name a folder (new or a run's) or an s3:// prefix")
+            return
 
 
 def check_output(files, identity: dict) -> bool:
@@ -230,60 +255,108 @@ class ChipMapper:
 
 def run_map_region(p: Plan, store=None) -> dict:
     """Map a planned run (:func:`plan`, made with the same ``store``) on the current Ray cluster;
-    returns the run summary (also ``summary.json``)."""
-    from magseg_ray.chips.pipeline import mapping_chips
+    returns the run summary (also ``summary.json``). An output that cannot be written (disk full)
+    ends the run with an :class:`OutputError` naming the file, what is kept, and how to resume."""
     from magseg_ray.fields.reduce import reduce_run
     from magseg_ray.scenes.store import ObjectStore
     from magseg_ray.run_files import RunFiles, finished_chips
 
     store = store or ObjectStore.from_env()
-    cfg = p.config
-    files = RunFiles(cfg.out_root(), store)
+    files = RunFiles(p.config.out_root(), store)
     resuming = check_output(files, p.identity)
-    if not resuming:
-        files.write("run.json", json.dumps(p.identity, indent=1))
-    done = finished_chips(files)
-    todo = [t for t in p.tasks if t.chip_id not in done]
-    resumed = len(p.tasks) - len(todo)
-    print(f"[map] {len(p.tasks)} chips in {p.scenes.shape[0]} catalogued scenes; {resumed} already done", flush=True)
-
-    failures: list[dict] = []
-    patches, start, last = 0, time.perf_counter(), 0.0
-    if todo:
-        threads = max(int(cfg.cpus_per_actor), 1)
-        ds = mapping_chips(p.scenes, p.aoi, p.chip, p.prompt.patch_size, store=store, read_cpus=cfg.read_cpus,
-                           skip=done)
-        ds = ds.map_batches(ChipMapper, fn_constructor_args=(p.model_dir, p.card, cfg.batch_size,
-                                                             cfg.max_new_tokens or None, files.root, store, threads,
-                                                             cfg.dtype),
-                            batch_size=cfg.chips_per_call, batch_format="numpy", concurrency=cfg.num_actors,
-                            num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
-        finished = 0
-        for row in ds.iter_rows():
-            finished += 1
-            patches += int(row["patches"])
-            if row["error"]:
-                failures.append({"chip_id": row["chip_id"], "scene_id": row["scene_id"], "error": row["error"]})
-            now = time.perf_counter()
-            if now - last > 10 or finished == len(todo):
-                _progress(finished, len(p.tasks), resumed, patches, now - start, len(failures))
-                last = now
-    model_seconds = time.perf_counter() - start
-    summary = reduce_run(p, files, store, failures)
-    summary = {"status": "partial" if failures else "complete", **summary}
-    summary.update(chips=len(p.tasks), chips_resumed=resumed, chips_failed=len(failures),
-                   patches_this_run=patches, model_seconds=round(model_seconds, 2),
-                   patches_per_s=round(patches / model_seconds, 2) if patches else None)
-    files.write("summary.json", json.dumps(summary, indent=1))
-    files.write("failures.json", json.dumps(failures, indent=1))
+    failures: list[dict] = list(p.lost)
+    done: set[str] = set()
+    try:
+        if not resuming:
+            files.write("run.json", json.dumps(p.identity, indent=1))
+        done = finished_chips(files)
+        todo = [t for t in p.tasks if t.chip_id not in done]
+        resumed = len(p.tasks) - len(todo)
+        print(f"[map] {len(p.tasks)} chips in {p.scenes.shape[0]} catalogued scenes; {resumed} already done", flush=True)
+        start = time.perf_counter()
+        patches = _map_chips(p, files, store, done, len(todo), resumed, failures) if todo else 0
+        model_seconds = time.perf_counter() - start
+        summary = reduce_run(p, files, store, failures)
+        summary = {"status": "partial" if failures else "complete", **summary}
+        chips_failed = sum(1 for f in failures if f["chip_id"])
+        summary.update(chips=len(p.tasks), chips_resumed=resumed, chips_failed=chips_failed,
+                       scenes_failed=len(failures) - chips_failed,
+                       patches_this_run=patches, model_seconds=round(model_seconds, 2),
+                       patches_per_s=round(patches / model_seconds, 2) if patches else None)
+        files.write("summary.json", json.dumps(summary, indent=1))
+        files.write("failures.json", json.dumps(failures, indent=1))
+    except OutputError as e:
+        if files.scheme == "s3":
+            return _output_store_lost(p, files, failures, done, e)
+        raise OutputError(f"{e}; {interrupted_note(p, store)} once the cause is gone") from None
     if failures:
         _report_failures(failures, len(p.tasks), files)
     return summary
 
 
+def _output_store_lost(p: Plan, files, failures: list[dict], done: set[str], error: OutputError) -> dict:
+    """End a run whose ``s3://`` output stayed unreachable past the retries: ``partial``, every chip not
+    known written listed as failed with the cause; ``summary.json`` and ``failures.json`` written if
+    the store answers again. A rerun when it is back resumes."""
+    failed = {f["chip_id"] for f in failures}
+    lost = f"not known to be written: {error}"
+    failures = failures + [{"chip_id": t.chip_id, "scene_id": t.scene_id, "error": lost}
+                           for t in p.tasks if t.chip_id not in done and t.chip_id not in failed]
+    chips_failed = sum(1 for f in failures if f["chip_id"])
+    summary = {"status": "partial", "aoi": p.config.aoi, "out": files.root, "chips": len(p.tasks),
+               "chips_failed": chips_failed, "scenes_failed": len(failures) - chips_failed}
+    try:
+        files.write("summary.json", json.dumps(summary, indent=1))
+        files.write("failures.json", json.dumps(failures, indent=1))
+    except OutputError as e:
+        print(f"[map] the output store is still unreachable: {e}; the failures are listed here only", file=sys.stderr)
+    _report_failures(failures, len(p.tasks), files)
+    return summary
+
+
+def _map_chips(p: Plan, files, store, done: set, todo: int, resumed: int, failures: list[dict]) -> int:
+    """The model stage: every chip not ``done`` through Ray Data to the model actors, which write each
+    chip's output; written chips are added to ``done``, failed ones appended to ``failures``. Returns
+    the patches answered."""
+    from magseg_ray.chips.pipeline import mapping_chips
+
+    cfg = p.config
+    threads = max(int(cfg.cpus_per_actor), 1)
+    ds = mapping_chips(p.scenes, p.aoi, p.chip, p.prompt.patch_size, store=store, read_cpus=cfg.read_cpus, skip=done)
+    ds = ds.map_batches(ChipMapper, fn_constructor_args=(p.model_dir, p.card, cfg.batch_size, cfg.max_new_tokens or None,
+                                                         files.root, store, threads, cfg.dtype),
+                        batch_size=cfg.chips_per_call, batch_format="numpy", concurrency=cfg.num_actors,
+                        num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
+    finished, patches, start, last = 0, 0, time.perf_counter(), 0.0
+    try:
+        for row in ds.iter_rows():
+            finished += 1
+            patches += int(row["patches"])
+            if row["error"]:
+                failures.append({"chip_id": row["chip_id"], "scene_id": row["scene_id"], "error": row["error"]})
+            else:
+                done.add(row["chip_id"])
+            now = time.perf_counter()
+            if now - last > 10 or finished == todo:
+                _progress(finished, len(p.tasks), resumed, patches, now - start, len(failures))
+                last = now
+    except Exception as e:
+        raise _output_error_in(e) or e
+    return patches
+
+
+def _output_error_in(e: Exception) -> OutputError | None:
+    """The :class:`OutputError` a model actor raised, if it is what stopped the stage. Ray Data hands the
+    driver a ``UserCodeException`` that keeps the actor's error only as traceback text."""
+    found = re.findall(rf"^{re.escape(OutputError.__module__)}\.OutputError: (.+)$", str(e), re.M)
+    return OutputError(found[-1]) if found else None
+
+
 def _report_failures(failures: list[dict], chips: int, files, shown: int = 20) -> None:
     """List what is missing from a partial map on stderr, and how to retry it."""
-    print(f"[map] partial map: {len(failures)} of {chips} chips failed; their area is unmapped "
+    chips_failed = sum(1 for f in failures if f["chip_id"])
+    scenes = f" and {len(failures) - chips_failed} scenes" if len(failures) > chips_failed else ""
+    print(f"[map] partial map: {chips_failed} of {chips} chips{scenes} failed; their area is unmapped "
           f"(all in {files.uri('failures.json')}); rerun the same command to retry them", file=sys.stderr)
     for f in failures[:shown]:
         print(f"[map]   {f['chip_id'] or f['scene_id'] or '-'}: {f['error']}", file=sys.stderr)

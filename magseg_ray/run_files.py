@@ -18,6 +18,7 @@ Layout under the run root::
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import posixpath
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from magseg_ray.errors import OutputError
 from magseg_ray.files import replace_atomically, write_atomic
 from magseg_ray.scenes.store import ObjectStore, split_uri
 
@@ -42,18 +44,35 @@ class RunFiles:
         return f"s3://{self.base}/{rel}" if self.scheme == "s3" else os.path.join(self.base, rel)
 
     def write(self, rel: str, data: bytes | str) -> None:
-        if self._fs is None:
-            write_atomic(self.uri(rel), data)
-        else:
-            self._fs.pipe_file(f"{self.base}/{rel}", data.encode() if isinstance(data, str) else data)
+        """Write ``data`` whole at ``rel``; :class:`OutputError` naming the file if it cannot be."""
+        with self._io(rel):
+            if self._fs is None:
+                write_atomic(self.uri(rel), data)
+            else:
+                self._fs.pipe_file(f"{self.base}/{rel}", data.encode() if isinstance(data, str) else data)
+
+    @contextlib.contextmanager
+    def _io(self, rel: str, verb: str = "write"):
+        """Turn a failed write (disk full, no permission) or any failed request to the object store
+        (after s3fs's and botocore's retries) into an :class:`OutputError` naming the file."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (OSError, BotoCoreError, ClientError) as e:
+            raise OutputError(f"cannot {verb} {self.uri(rel)}: {getattr(e, 'strerror', None) or e}") from e
 
     def read(self, rel: str) -> bytes:
         if self._fs is None:
             return Path(self.uri(rel)).read_bytes()
-        return self._fs.cat_file(f"{self.base}/{rel}")
+        with self._io(rel, "read"):
+            return self._fs.cat_file(f"{self.base}/{rel}")
 
     def exists(self, rel: str) -> bool:
-        return Path(self.uri(rel)).exists() if self._fs is None else self._fs.exists(f"{self.base}/{rel}")
+        if self._fs is None:
+            return Path(self.uri(rel)).exists()
+        with self._io(rel, "reach"):
+            return self._fs.exists(f"{self.base}/{rel}")
 
     def listdir(self, rel: str) -> list[str]:
         """Relative paths of the files below ``rel`` (recursively), sorted."""
@@ -61,26 +80,29 @@ class RunFiles:
             top = Path(self.uri(rel))
             return sorted(str(p.relative_to(self.base)) for p in top.rglob("*") if p.is_file()
                           and not p.name.startswith(".")) if top.is_dir() else []
-        found = self._fs.find(f"{self.base}/{rel}")
+        with self._io(rel, "list"):
+            found = self._fs.find(f"{self.base}/{rel}")
         return sorted(posixpath.relpath(f, self.base) for f in found)
 
     def write_with(self, rel: str, write) -> None:
         """Let ``write(local_path)`` make a file (e.g. GDAL/OGR writers), then put it at ``rel``."""
-        if self._fs is None:
-            replace_atomically(self.uri(rel), write)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            local = Path(d) / posixpath.basename(rel)
-            write(local)
-            self._fs.put_file(str(local), f"{self.base}/{rel}")
+        with self._io(rel):
+            if self._fs is None:
+                replace_atomically(self.uri(rel), write)
+                return
+            with tempfile.TemporaryDirectory() as d:
+                local = Path(d) / posixpath.basename(rel)
+                write(local)
+                self._fs.put_file(str(local), f"{self.base}/{rel}")
 
     def remove_tree(self, rel: str) -> None:
         if self._fs is None:
             import shutil
 
             shutil.rmtree(self.uri(rel), ignore_errors=True)
-        elif self._fs.exists(f"{self.base}/{rel}"):
-            self._fs.rm(f"{self.base}/{rel}", recursive=True)
+        elif self.exists(rel):
+            with self._io(rel, "remove"):
+                self._fs.rm(f"{self.base}/{rel}", recursive=True)
 
 
 def chip_file(chip_id: str) -> str:

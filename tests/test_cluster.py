@@ -1,11 +1,16 @@
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psutil
+import pytest
 
-from magseg_ray.cluster import LOOPBACK, LocalRayCluster
+from magseg_ray.cluster import LOOPBACK, LocalRayCluster, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def listening_addresses(pids):
@@ -84,3 +89,49 @@ def test_ray_imported_before_its_environment_is_refused():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode != 0
     assert "ClusterError: Ray was imported before magseg_ray.cluster.ray_environment() set" in result.stderr
+
+
+def test_a_job_without_an_address_starts_its_own_ray_whatever_ray_start_recorded():
+    """A `ray start --head` killed rather than stopped leaves its address as the machine's current
+    cluster; a job without --address or RAY_ADDRESS starts its own Ray anyway and says what it found."""
+    tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # Ray's socket paths must stay short
+    try:
+        (Path(tmp) / "ray").mkdir()
+        (Path(tmp) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")  # nothing there
+        code = ("from magseg_ray.cluster import RaySettings, ray_session\n"
+                "with ray_session(RaySettings(num_cpus=1)) as r: print('CPUs', r['CPU'])")
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        done = subprocess.run([sys.executable, "-c", code], env={**env, "RAY_TMPDIR": tmp, "PYTHONPATH": str(ROOT)},
+                              capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0 and "CPUs 1.0" in done.stdout, done.stderr[-3000:]
+        assert "starting a private local Ray for this job" in done.stderr and "pass --address 127.0.0.1:" in done.stderr
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_joined_cluster_without_the_gpus_asked_for_is_refused_after_the_stated_wait(ray_cluster):
+    from magseg_ray.cluster import RaySettings, ray_session
+    from magseg_ray.errors import ClusterError
+
+    with pytest.raises(ClusterError, match="--use-gpu asks for 1 GPUs and the cluster it joined still has 0 after 2 s"):
+        with ray_session(RaySettings(address=ray_cluster.address, gpus=1, gpu_wait_s=2)):
+            pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job, args, flag", [
+    ("map_region", ["--use-gpu", "--out", "{tmp}/map"], "--use-gpu asks for 1 GPUs"),
+    ("sft", ["--use-gpu", "--num-workers", "2", "--data", "tests/data/naip", "--base", "tiny", "--storage", "{tmp}"],
+     "--use-gpu asks for 2 GPUs"),
+    ("grpo", ["--gpus-per-actor", "0.5", "--data", "tests/data/naip", "--model", "{tiny}", "--storage", "{tmp}"],
+     "--use-gpu/--gpus-per-actor asks for 1 GPUs"),
+    ("serve", ["--gpus-per-replica", "1", "--port", "{port}"], "--gpus-per-replica asks for 1 GPUs"),
+])
+def test_every_jobs_gpu_flags_are_refused_at_once_on_a_machine_without_one(tmp_path, tiny_dir, job, args, flag):
+    """Before: the job waited forever for a GPU that a private local Ray never gets."""
+    args = [a.format(tmp=tmp_path, tiny=tiny_dir, port=free_port()) for a in args]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, f"jobs/{job}.py", *args], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"error: {flag} and this machine has 0 (a private local Ray gains none)" in done.stderr, done.stderr[-3000:]

@@ -131,6 +131,32 @@ def test_a_broken_scene_goes_to_failures_and_the_rest_is_mapped(ray_cluster, set
     assert all(f["chip_id"] in captured.err for f in failures[:20]) and "rerun the same command" in captured.err
 
 
+def truncated_copy(tmp_path, scene: str):
+    """The demo scenes with ``scene`` cut to half its size (what an interrupted upload leaves)."""
+    scenes = tmp_path / "scenes"
+    shutil.copytree(DEMO_DIR / "scenes", scenes)
+    path = scenes / f"{scene}.tif"
+    os.truncate(path, path.stat().st_size // 2)
+    return scenes
+
+
+def test_a_truncated_scene_under_a_folder_catalog_is_a_named_failure(ray_cluster, setup, tmp_path, capsys):
+    scenes = truncated_copy(tmp_path, "synth_901")
+    assert job_main()(flags(setup, tmp_path / "out", ray_cluster.address, catalog=scenes)) == 3
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    failures = json.loads((tmp_path / "out" / "failures.json").read_text())
+    assert [(f["chip_id"], f["scene_id"]) for f in failures] == [(None, "synth_901")]
+    assert "synth_901.tif: not catalogued: truncated or damaged" in failures[0]["error"]
+    assert summary["status"] == "partial" and summary["scenes_failed"] == 1 and summary["chips_failed"] == 0
+    assert "0 of 25 chips and 1 scenes failed" in captured.err and "synth_901.tif" in captured.err
+
+
+def test_a_lost_scene_outside_the_aoi_does_not_make_the_map_partial(setup, tmp_path):
+    base = dict(aoi=setup["aoi"], model=setup["model"], out=str(tmp_path / "o"))
+    assert plan(MapConfig(**base, catalog=str(truncated_copy(tmp_path, "naip_43p7840_m92p4228")))).lost == []
+
+
 def test_bad_inputs(setup, tmp_path):
     base = dict(aoi=setup["aoi"], model=setup["model"], out=str(tmp_path / "o"))
     far = tmp_path / "far.geojson"
@@ -161,6 +187,20 @@ def test_bad_inputs(setup, tmp_path):
     with pytest.raises(ConfigError, match="not empty"):
         check_output(RunFiles(str(tmp_path / "busy")), p.identity)
     assert job_main()(["--aoi", str(far), "--model", setup["model"], "--out", str(tmp_path / "x")]) == 2
+
+
+def test_an_out_that_is_a_file_is_refused_before_ray_starts(setup, tmp_path, capsys):
+    (tmp_path / "taken").write_text("mine")
+    base = dict(aoi=setup["aoi"], model=setup["model"])
+    with pytest.raises(ConfigError, match="taken' is a file: name a folder"):
+        plan(MapConfig(**base, out=str(tmp_path / "taken")))
+    with pytest.raises(ConfigError, match="lies below the file"):
+        plan(MapConfig(**base, out=str(tmp_path / "taken" / "run")))
+    # the job: exit 2 and one line naming --out, with no Ray started (no --address, none running here)
+    assert job_main()(["--aoi", setup["aoi"], "--model", setup["model"], "--out", str(tmp_path / "taken")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --out {str(tmp_path / 'taken')!r} is a file: name a folder (new or a run's) or an s3:// prefix"]
+    assert (tmp_path / "taken").read_text() == "mine"
 
 
 def test_the_fields_step_core_depth_comes_from_the_card_unless_given(setup, tmp_path):

@@ -60,3 +60,11 @@ def test_demo_map_runs_from_an_installed_wheel(wheel, tmp_path):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["status"] == "complete" and summary["aoi"].startswith(str(target / "magseg_ray" / "assets"))
     assert summary["chips"] > 0 and (tmp_path / "demo" / "fields.gpkg").exists()
+
+
+def test_ci_runs_readme_command_2_with_the_slow_tests():
+    """CI is README command 2, and that command runs the end-to-end tests marked slow as well."""
+    root = Path(__file__).resolve().parents[1]
+    ci = (root / ".ci/run").read_text().strip().splitlines()[-1]
+    assert ci in (root / "README.md").read_text()
+    assert ci.endswith("-m pytest -m ''")

@@ -17,9 +17,13 @@ tiling makes those few ranged GETs). Conversions, all documented on :class:`Read
 
 from __future__ import annotations
 
+import re
+import socket
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from urllib.parse import urlsplit
 
 import numpy as np
 import rasterio
@@ -30,7 +34,7 @@ from rasterio.windows import Window
 from magseg_ray.chips.windows import ChipTask
 from magseg_ray.errors import SceneError
 from magseg_ray.scenes.catalog import SUPPORTED_DTYPES
-from magseg_ray.scenes.store import ObjectStore, split_uri
+from magseg_ray.scenes.store import ObjectStore, read_retry, split_uri
 
 
 
@@ -56,11 +60,11 @@ class Chip:
 
 
 @contextmanager
-def open_scene(uri: str, store: ObjectStore | None = None):
+def open_scene(uri: str, store: ObjectStore | None = None, **options: str):
     """Open a scene raster for windowed reads: ``/vsis3/`` range requests inside the store's GDAL
-    environment for ``s3://`` URIs, a plain local open otherwise."""
+    environment (``options`` added) for ``s3://`` URIs, a plain local open otherwise."""
     store = store or ObjectStore()
-    with store.rasterio_env() if split_uri(uri)[0] == "s3" else rasterio.Env():
+    with store.rasterio_env(**options) if split_uri(uri)[0] == "s3" else rasterio.Env():
         with rasterio.open(store.gdal_path(uri)) as src:
             yield src
 
@@ -101,21 +105,38 @@ def read_padded(src, bands: list[int], row: int, col: int, height: int, width: i
     return data, inside
 
 
+TRANSIENT = re.compile(r"CURL error|HTTP response code: (429|5\d\d)|Connection (refused|reset)", re.I)
+"""GDAL error text of a read that may succeed later (the store unreachable, throttling, a 5xx)."""
+_SUSPECT: set[str] = set()
+"""Scenes whose last read in this process met a transient error: read past GDAL's cache (which keeps
+"does not exist" for a file it could not reach) until one read succeeds and refreshes it."""
+
+
 def read_window(uri: str, row: int, col: int, height: int, width: int, config: ReadConfig = ReadConfig(),
                 store: ObjectStore | None = None, name: str = "") -> tuple[np.ndarray, np.ndarray]:
     """A ``height x width`` window at (row, col) of a scene as RGB uint8 (band and dtype rules of the
     module doc; zeros past the edge and on nodata) and its validity mask; :class:`SceneError`
-    naming ``name`` (default: the window) and the scene when it cannot be read."""
-    try:
-        with open_scene(uri, store) as src:
-            dtype = src.dtypes[0]
-            if dtype not in SUPPORTED_DTYPES:
-                raise SceneError(f"{uri}: unsupported dtype {dtype} (supported: {', '.join(SUPPORTED_DTYPES)})")
-            bands = _bands(src, config)
-            data, valid = read_padded(src, bands, row, col, height, width)
-    except rasterio.errors.RasterioError as e:
-        what = name or f"the {width}x{height} window at row {row}, col {col}"
-        raise SceneError(f"cannot read {what} from {uri}: {e}") from None
+    naming ``name`` (default: the window) and the scene when it cannot be read. A transient error
+    (:data:`TRANSIENT`) is retried as :data:`~magseg_ray.scenes.store.READ_RETRY` says; the error
+    names the first cause, and the last if it differs."""
+    retries, delay = read_retry()
+    first, start = None, time.monotonic()
+    for attempt in range(retries + 1):
+        try:
+            data, valid, bands, dtype = _read_once(uri, row, col, height, width, config, store)
+            _SUSPECT.discard(uri)
+            break
+        except rasterio.errors.RasterioError as e:
+            down = _store_down(uri, store) if split_uri(uri)[0] == "s3" else None
+            e = f"{e}{f'; {down}' if down else ''}"
+            first = first or e
+            if not (TRANSIENT.search(e) or down) and uri not in _SUSPECT or attempt == retries:
+                what = name or f"the {width}x{height} window at row {row}, col {col}"
+                last = "" if e == first else (f" (still failing after {attempt} retries over "
+                                              f"{time.monotonic() - start:.0f} s: {e})")
+                raise SceneError(f"cannot read {what} from {uri}: {first}{last}") from None
+            _SUSPECT.add(uri)
+            time.sleep(delay * 2**attempt)
     if dtype == "uint16":
         lo, hi = scene_stretch(uri, tuple(bands), config.stretch_percentiles, store)
         scaled = (data.astype(np.float32) - lo[:, None, None]) / (hi - lo)[:, None, None]
@@ -123,6 +144,29 @@ def read_window(uri: str, row: int, col: int, height: int, width: int, config: R
     image = np.moveaxis(data, 0, -1).copy()
     image[~valid] = 0
     return image, valid
+
+
+def _store_down(uri: str, store: ObjectStore | None) -> str | None:
+    """Why the object store of ``uri`` cannot be reached now (GDAL's error for a tile read of an open
+    file does not say), else ``None``."""
+    endpoint = urlsplit((store or ObjectStore()).endpoint_url or "https://s3.amazonaws.com")
+    try:
+        port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+        socket.create_connection((endpoint.hostname, port), timeout=5).close()
+    except OSError as e:
+        return f"the object store at {endpoint.netloc} does not answer: {e.strerror or e}"
+    return None
+
+
+def _read_once(uri: str, row: int, col: int, height: int, width: int, config: ReadConfig, store):
+    """One try of :func:`read_window`'s read: pixels, validity, bands and dtype."""
+    fresh = {"CPL_VSIL_CURL_NON_CACHED": (store or ObjectStore()).gdal_path(uri)} if uri in _SUSPECT else {}
+    with open_scene(uri, store, **fresh) as src:
+        dtype = src.dtypes[0]
+        if dtype not in SUPPORTED_DTYPES:
+            raise SceneError(f"{uri}: unsupported dtype {dtype} (supported: {', '.join(SUPPORTED_DTYPES)})")
+        bands = _bands(src, config)
+        return *read_padded(src, bands, row, col, height, width), bands, dtype
 
 
 def read_chip(task: ChipTask, config: ReadConfig = ReadConfig(), aoi_local=None,

@@ -6,6 +6,10 @@ into square chip windows on the scene's own pixel grid (no resampling, so scenes
 mix freely): a regular grid with stride ``chip_size - overlap`` anchored at the scene's top-left
 pixel, keeping the windows that intersect the AOI. A window may run past the scene's right or
 bottom edge; the reader pads it (see :mod:`magseg_ray.chips.read`) and marks those pixels invalid.
+
+A polygon that crosses the antimeridian uncut (an edge spanning more than 180 degrees of longitude,
+e.g. from 179 to -179) is read the short way across it and cut there into two parts, as RFC 7946
+asks writers to do; read as written it would span the globe the long way round.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
+import shapely.affinity
 from pyproj import CRS
 from rasterio.transform import Affine
 from shapely.geometry import box
@@ -102,7 +107,18 @@ def load_aoi(path: str | Path) -> shapely.Geometry:
                 f"({minx:.0f}, {miny:.0f}, {maxx:.0f}, {maxy:.0f}) are not longitudes/latitudes: "
                 "declare the CRS the coordinates are in"
             )
-    return shapely.union_all(df.to_crs(AOI_CRS).geometry.values)
+    return shapely.union_all([_cut_at_antimeridian(g) for g in df.to_crs(AOI_CRS).geometry.values])
+
+
+def _cut_at_antimeridian(geom: shapely.Geometry) -> shapely.Geometry:
+    """``geom`` (EPSG:4326) cut at the antimeridian where an edge crosses it uncut (see the module doc)."""
+    if not any(np.abs(np.diff(shapely.get_coordinates(ring)[:, 0])).max() > 180
+               for ring in shapely.get_rings(shapely.get_parts(geom))):
+        return geom
+    east = shapely.transform(geom, lambda xy: np.column_stack([np.where(xy[:, 0] < 0, xy[:, 0] + 360, xy[:, 0]),
+                                                               xy[:, 1]]))
+    west = shapely.affinity.translate(east.intersection(box(180, -90, 540, 90)), -360)
+    return shapely.union_all([east.intersection(box(-180, -90, 180, 90)), west])
 
 
 def aoi_fingerprint(aoi: shapely.Geometry) -> str:

@@ -29,9 +29,10 @@ What is scored, and what is refused:
   limits scoring to the pixels whose centres it holds: truth and prediction are blanked outside
   it, so a map of an AOI is not charged with the truth's fields beyond it. :func:`run_aoi` finds
   the AOI of the ``map_region`` run that wrote a prediction.
-- A vector truth on a grid too coarse for it is refused: when fewer than half of the truth's
-  fields that lie on the grid cover a pixel centre (a 1-degree grid holds none), the scores would
-  describe the grid, not the map.
+- A truth on a grid too coarse for it is refused: when fewer than half of a vector truth's fields
+  that lie on the grid cover a pixel centre (a 1-degree grid holds none), or a raster truth shows
+  fewer than half as many fields on the grid as in its own pixels under it (``grid_like`` a coarse
+  raster), the scores would describe the grid, not the map.
 - A truth with no field on the scored pixels is not an error, but :attr:`AlignedPair.warnings`
   says so: its instance and object scores are undefined.
 """
@@ -53,6 +54,7 @@ from rasterio.crs import CRS
 from rasterio.features import rasterize
 from rasterio.transform import array_bounds, from_origin
 from rasterio.warp import Resampling, reproject, transform_bounds
+from rasterio.windows import from_bounds
 
 from magseg_ray.chips.windows import AOI_CRS, aoi_fingerprint, load_aoi
 from magseg_ray.errors import ConfigError, RasterInputError
@@ -222,17 +224,28 @@ def _describe(grid: _Grid) -> str:
     return f"{grid.shape[0]} x {grid.shape[1]} px at {abs(grid.transform.a):g} {units} ({grid.crs})"
 
 
-def _check_holds(truth: _Vector, pred_path: Path, grid: _Grid, instances: np.ndarray) -> None:
-    """Refuse a grid on which fewer than half of the truth's fields lying on it cover a pixel centre."""
-    if not len(truth.parts):
-        return
+def _check_holds(truth: _Raster | _Vector, pred_path: Path, grid: _Grid, instances: np.ndarray,
+                 schema: Schema) -> None:
+    """Refuse a grid on which fewer than half of the truth's fields lying on it cover a pixel centre
+    (a raster truth's: fewer than half as many fields on the grid as in its own pixels under it)."""
     extent = shapely.box(*array_bounds(*grid.shape, grid.transform))
-    on_grid = np.unique(truth.ids[truth.parts.to_crs(grid.crs).intersects(extent).to_numpy()])
-    held = np.intersect1d(on_grid, np.unique(instances))
-    if 2 * held.size < on_grid.size:
+    if isinstance(truth, _Vector):
+        if not len(truth.parts):
+            return
+        on_grid = np.unique(truth.ids[truth.parts.to_crs(grid.crs).intersects(extent).to_numpy()])
+        held = np.intersect1d(on_grid, np.unique(instances)).size
+    else:
+        native = truth.data if truth.kind == "instance" else instances_from_classes(
+            schema.check_mask(truth.data, str(truth.path)), schema)
+        window = from_bounds(*transform_bounds(grid.crs, truth.crs, *extent.bounds), truth.transform)
+        r0, c0 = max(math.floor(window.row_off), 0), max(math.floor(window.col_off), 0)
+        under = native[r0:max(math.ceil(window.row_off + window.height), 0),
+                       c0:max(math.ceil(window.col_off + window.width), 0)]
+        on_grid, held = np.setdiff1d(np.unique(under), [0]), np.setdiff1d(np.unique(instances), [0]).size
+    if 2 * held < on_grid.size:
         raise RasterInputError(
-            f"{truth.path} against {pred_path}: the grid ({_describe(grid)}) holds {held.size} of the "
-            f"{on_grid.size} truth fields on it: give a finer resolution, or none (default: 1 m)")
+            f"{truth.path} against {pred_path}: the grid ({_describe(grid)}) holds {held} of the "
+            f"{on_grid.size} truth fields on it: give a finer resolution or --grid-like, or none (default: 1 m)")
 
 
 def _aoi_mask(aoi, grid: _Grid) -> np.ndarray:
@@ -324,8 +337,7 @@ its post-processing (:func:`run_field_rules` finds a run's).
     truth, pred = _read(truth_path, truth_kind, make_valid), _read(pred_path, pred_kind, make_valid)
     grid = _raster_grid(grid_like) if grid_like is not None else _grid(truth, pred, resolution, aoi)
     truth_classes, truth_instances = _on_grid(truth, grid, schema)
-    if isinstance(truth, _Vector):
-        _check_holds(truth, pred.path, grid, truth_instances)
+    _check_holds(truth, pred.path, grid, truth_instances, schema)
     pred_classes, pred_instances = _on_grid(pred, grid, schema, seed_px, rules)
     scored = np.ones(grid.shape, bool)
     if isinstance(pred, _Raster) and not pred.valid.all():

@@ -62,8 +62,9 @@ DATETIME_TAGS = (("ACQUISITION_DATETIME", "ISO8601"), ("TIFFTAG_DATETIME", "%Y:%
 """TIFF tags holding the acquisition time, in order of preference, with their formats."""
 METRES_PER_DEGREE = 111_320.0
 """Metres per degree of latitude, for the GSD of a scene in a geographic CRS."""
-FAILURE_COLUMNS = ["uri", "reason"]
-"""Columns of :attr:`Catalog.failures`."""
+FAILURE_COLUMNS = ["uri", "reason", "footprint"]
+"""Columns of :attr:`Catalog.failures`: ``footprint`` (EPSG:4326) where the header could be read, else
+``None``, so a job can tell whether a lost scene lay in its area."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class Catalog:
     scenes: gpd.GeoDataFrame
     """One row per scene, :data:`COLUMNS`, footprints in EPSG:4326, sorted by ``uri``."""
     failures: pd.DataFrame
-    """One row per file left out, columns ``uri`` and ``reason``. Not saved: a loaded file has none."""
+    """One row per file left out, :data:`FAILURE_COLUMNS`. Not saved: a loaded file has none."""
 
     def save(self, uri: str | os.PathLike, store: ObjectStore | None = None) -> str:
         """Write :attr:`scenes` as GeoParquet to a local path, ``file://`` or ``s3://`` URI; return it.
@@ -104,7 +105,9 @@ def _acquired(tags: dict[str, str]) -> pd.Timestamp | None:
 
 
 def _describe(files: SceneFiles, store: ObjectStore) -> dict:
-    """One catalog row for a scene, from its header; :class:`SceneError` (the reason) if unusable."""
+    """One catalog row for a scene, from its header; :class:`SceneError` (the reason) if unusable.
+    A scene whose header reads but whose last tile does not gets the reason in ``"problem"``
+    (``None`` for a good scene), beside its footprint."""
     try:
         with rasterio.open(store.gdal_path(files.uri), driver="GTiff") as src:
             dtype = "/".join(sorted(set(src.dtypes)))
@@ -117,7 +120,7 @@ def _describe(files: SceneFiles, store: ObjectStore) -> dict:
             is_cog = layout == "COG" or (bool(src.profile.get("tiled")) and bool(src.overviews(1)))
             row = {"width": src.width, "height": src.height, "bands": src.count, "dtype": dtype}
             row |= {"nodata": src.nodata, "datetime": _acquired(src.tags()), "is_cog": is_cog}
-            _check_last_tile(src)
+            row["problem"] = _last_tile_problem(src)
     except rasterio.errors.RasterioError as e:
         raise SceneError(f"not a readable GeoTIFF: {e}") from None
     unit = METRES_PER_DEGREE if crs.is_geographic else crs.linear_units_factor[1]
@@ -128,14 +131,15 @@ def _describe(files: SceneFiles, store: ObjectStore) -> dict:
     return row | {"geometry": footprint}
 
 
-def _check_last_tile(src) -> None:
+def _last_tile_problem(src) -> str | None:
     """Read the last pixel of the full-resolution level, i.e. its last tile (or strip): a COG stores
     that level after its overviews, so a file cut short loses it first, and the header alone still
-    reads as a good COG. One ranged read of one tile; :class:`SceneError` if it fails."""
+    reads as a good COG. One ranged read of one tile; the reason if it fails, else ``None``."""
     try:
         src.read(window=Window(src.width - 1, src.height - 1, 1, 1))
     except rasterio.errors.RasterioError as e:
-        raise SceneError(f"truncated or damaged: the last tile of the full-resolution level cannot be read: {e}") from None
+        return f"truncated or damaged: the last tile of the full-resolution level cannot be read: {e}"
+    return None
 
 
 def _frame(rows: list[dict]) -> gpd.GeoDataFrame:
@@ -164,19 +168,25 @@ def build_catalog(
     if not found:
         raise SceneError(f"no COG scenes under {os.fspath(root)}")
     rows, failures, seen = [], [], {}
-    with store.rasterio_env():
+    # the objects as they are now, not as GDAL's cache of an earlier look in this process has them
+    with store.rasterio_env(CPL_VSIL_CURL_NON_CACHED=store.gdal_path(root)):
         for files in found:
+            footprint = None
             try:
                 if files.id in seen:
                      raise SceneError(f"duplicate scene id {files.id!r} (also {seen[files.id]})")
-                rows.append(_describe(files, store))
+                row = _describe(files, store)
+                if problem := row.pop("problem"):
+                    footprint = row["geometry"]
+                    raise SceneError(problem)
+                rows.append(row)
                 seen[files.id] = files.uri
             except SceneError as e:
                 if on_error == "raise":
                      raise SceneError(f"{files.uri}: {e}") from None
-                failures.append((files.uri, str(e)))
+                failures.append((files.uri, str(e), footprint))
     if not rows:
-        uri, reason = failures[0]
+        uri, reason, _ = failures[0]
         raise SceneError(
             f"no readable COG scenes under {os.fspath(root)}: {len(failures)} failed, e.g. {uri}: {reason}"
         )

@@ -37,6 +37,18 @@ COG_READ_OPTIONS = {
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",  # adjacent tiles in one request
 }
 """GDAL options for reading COGs over HTTP, set by :meth:`ObjectStore.rasterio_env`."""
+READ_RETRY = {"GDAL_HTTP_MAX_RETRY": "5", "GDAL_HTTP_RETRY_DELAY": "1"}
+"""GDAL's own retry settings, defaults unless set in the environment (see :func:`read_retry`): GDAL
+retries a request answered 429 or 5xx that many times, first after that many seconds. A refused or
+dropped connection (a restarting store) GDAL 3.10 does not retry (measured): the chip reader
+(:func:`magseg_ray.chips.read.read_window`) retries those itself with the same count and first delay,
+doubling it each time (1 + 2 + 4 + 8 + 16 s by default)."""
+
+
+def read_retry() -> tuple[int, float]:
+    """GDAL's retry count and first delay in seconds (:data:`READ_RETRY`, or the environment's)."""
+    return (int(os.environ.get("GDAL_HTTP_MAX_RETRY", READ_RETRY["GDAL_HTTP_MAX_RETRY"])),
+            float(os.environ.get("GDAL_HTTP_RETRY_DELAY", READ_RETRY["GDAL_HTTP_RETRY_DELAY"])))
 
 
 def split_uri(uri: str | os.PathLike) -> tuple[str, str]:
@@ -78,6 +90,11 @@ class ObjectStore:
     virtual_hosting: bool | None = None
     """Bucket in the host name (``bucket.host/key``) rather than the path (``host/bucket/key``).
     ``None``: virtual hosting for AWS, path style for a custom endpoint (what such servers expect)."""
+    max_attempts: int = 10
+    """Attempts of every s3fs request, by botocore's ``standard`` retry mode (connection errors,
+    throttling and 5xx, exponential backoff with jitter, capped at 20 s a wait: an outage of about a
+    minute is ridden out); ``AWS_MAX_ATTEMPTS`` in :meth:`from_env`. s3fs's own retries of its
+    retryable errors (``S3FileSystem.retries``, 5) stay as they are."""
 
     def __post_init__(self) -> None:
         if self.endpoint_url is not None:
@@ -101,7 +118,8 @@ class ObjectStore:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ObjectStore:
         """Read the standard variables: ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, ``AWS_REGION``
         or ``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
-        ``AWS_SESSION_TOKEN`` and GDAL's ``AWS_VIRTUAL_HOSTING`` (from ``os.environ`` by default)."""
+        ``AWS_SESSION_TOKEN``, ``AWS_MAX_ATTEMPTS`` and GDAL's ``AWS_VIRTUAL_HOSTING`` (from ``os.environ``
+        by default)."""
         env = os.environ if environ is None else environ
         hosting = env.get("AWS_VIRTUAL_HOSTING")
         return cls(
@@ -111,14 +129,16 @@ class ObjectStore:
             secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
             session_token=env.get("AWS_SESSION_TOKEN") or None,
             virtual_hosting=None if hosting is None else _true(hosting),
+            max_attempts=int(env.get("AWS_MAX_ATTEMPTS") or cls.max_attempts),
         )
 
     def rasterio_env(self, **options: str | bool | int) -> rasterio.Env:
         """A ``rasterio.Env`` that reads ``/vsis3/`` paths from this store (credentials through an
         ``AWSSession``) with :data:`COG_READ_OPTIONS`; ``options`` add or override GDAL options."""
         endpoint = urlsplit(self.endpoint_url).netloc if self.endpoint_url else None
+        retries, delay = read_retry()
         gdal = {
-            **COG_READ_OPTIONS,
+            **COG_READ_OPTIONS, "GDAL_HTTP_MAX_RETRY": str(retries), "GDAL_HTTP_RETRY_DELAY": str(delay),
             "AWS_HTTPS": "YES" if self.https else "NO",
             "AWS_VIRTUAL_HOSTING": "FALSE" if self.path_style else "TRUE",
         }
@@ -141,7 +161,8 @@ class ObjectStore:
             token=self.session_token,
             use_listings_cache=False,
             client_kwargs={"endpoint_url": self.endpoint_url, "region_name": self.region},
-            config_kwargs={"s3": {"addressing_style": "path" if self.path_style else "virtual"}},
+            config_kwargs={"s3": {"addressing_style": "path" if self.path_style else "virtual"},
+                           "retries": {"max_attempts": self.max_attempts, "mode": "standard"}},
         )
 
     def gdal_path(self, uri: str | os.PathLike) -> str:

@@ -1,10 +1,12 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from magseg_ray.chips.read import ReadConfig, read_chip
+from magseg_ray.chips.read import ReadConfig, read_chip, read_window
 from magseg_ray.chips.windows import ChipTask
 from magseg_ray.errors import SceneError
 
@@ -73,3 +75,29 @@ def test_bad_scenes(tmp_path):
         read_chip(task_for(tmp_path / "junk.tif", 0, 0, 32))
     with pytest.raises(SceneError, match="missing.tif"):
         read_chip(task_for(tmp_path / "missing.tif", 0, 0, 32))
+
+
+def test_an_object_store_outage_is_retried_and_named_by_its_first_cause(s3_server, monkeypatch):
+    """The store goes away and comes back within GDAL's retry settings: the chips read. Away for good:
+    every chip's error names the connection failure (not GDAL's cached "does not exist")."""
+    import threading
+
+    uri = s3_server.upload(SCENE, "read-tests", "outage") + f"/{Path(SCENE).name}"
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "4")
+    monkeypatch.setenv("GDAL_HTTP_RETRY_DELAY", "0.5")
+    want, _ = read_window(uri, 0, 0, 64, 64, store=s3_server.store)
+    s3_server.stop()
+    try:
+        with pytest.raises(SceneError) as down:
+            read_window(uri, 960, 960, 64, 64, store=s3_server.store, name="chip a")
+        with pytest.raises(SceneError) as again:
+            read_window(uri, 960, 0, 64, 64, store=s3_server.store, name="chip b")
+    finally:
+        restart = threading.Timer(2.0, s3_server.start)
+        restart.start()
+    for e in (down.value, again.value):  # 0.5 + 1 + 2 + 4 s of retries each, then the first cause
+        first = str(e).split("(still failing")[0]
+        assert "does not answer: Connection refused" in first and "does not exist" not in first, str(e)
+    got, _ = read_window(uri, 0, 0, 64, 64, store=s3_server.store)  # down at first, back after 2 s
+    restart.join()
+    assert np.array_equal(got, want)

@@ -71,3 +71,14 @@ def test_aoi_errors(scenes, tmp_path):
         chip_windows(scenes, box(100, 10, 101, 11))
     with pytest.raises(ConfigError, match="overlap"):
         ChipConfig(chip_size=256, overlap=256)
+
+
+def test_an_aoi_across_the_antimeridian_is_read_the_short_way(tmp_path):
+    """Issue 38: a polygon from 179 E to 179 W was read as the band -179..179 round the globe."""
+    crossing = shapely.Polygon([(179, 0), (-179, 0), (-179, 1), (179, 1)])
+    aoi = load_aoi(write_geojson(tmp_path / "fiji.geojson", crossing))
+    assert aoi.geom_type == "MultiPolygon" and aoi.area == pytest.approx(2.0)
+    assert aoi.contains(shapely.Point(179.5, 0.5)) and aoi.contains(shapely.Point(-179.5, 0.5))
+    assert not aoi.intersects(shapely.box(0, 0, 1, 1))
+    plain = shapely.Polygon([(10, 0), (12, 0), (12, 1), (10, 1)])  # others are left as they are
+    assert load_aoi(write_geojson(tmp_path / "plain.geojson", plain)).equals(plain)

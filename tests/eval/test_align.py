@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +126,20 @@ def test_a_grid_too_coarse_for_the_truth_is_refused(tmp_path):
     coarse = write_tif(tmp_path / "coarse.tif", np.ones((1, 1), np.uint8), transform=from_origin(299_950, 4_600_100, 100, 100))
     with pytest.raises(RasterInputError, match=r"\(1 x 1 px at 100 metre \(EPSG:32616\)\) holds 0 of the 2"):
         load_pair(coarse, write_fields(tmp_path / "truth_utm.gpkg"), "fields3")
+
+
+def test_a_grid_like_too_coarse_for_a_raster_truth_is_refused(tmp_path):
+    """Issue 38: --grid-like a 1-degree raster against a raster truth scored mean IoU 1.0."""
+    pred, truth = write_tif(tmp_path / "pred.tif", INST), write_tif(tmp_path / "truth.tif", INST)
+    lon, lat = rasterio.warp.transform(UTM, "EPSG:4326", [ORIGIN[0]], [ORIGIN[1]])
+    degree = write_tif(tmp_path / "degree.tif", np.zeros((1, 1), np.uint8), crs="EPSG:4326",
+                       transform=from_origin(math.floor(lon[0]), math.ceil(lat[0]), 1, 1))
+    for kind in ("instance", "class"):
+        with pytest.raises(RasterInputError, match=r"truth.tif against .*pred.tif: the grid \(1 x 1 px at 1 degree "
+                           r"\(EPSG:4326\)\) holds 0 of the 2 truth fields on it"):
+            load_pair(pred, truth, "fields3", truth_kind=kind, grid_like=degree)
+    pair = load_pair(pred, truth, "fields3", grid_like=pred)  # the truth's own grid still scores
+    np.testing.assert_array_equal(pair.truth_instances, INST)
 
 
 def test_an_empty_truth_warns(tmp_path):

@@ -189,7 +189,9 @@ def test_a_truncated_cog_is_not_catalogued(tmp_path, s3_server, where):
     root = str(tmp_path) if where == "local" else s3_server.upload(tmp_path, "catalog-tests", f"cut/{where}")
     catalog = build_catalog(root, s3_server.store)
     assert list(catalog.scenes["id"]) == ["whole"]
-    (uri, reason), = catalog.failures.itertuples(index=False)
+    (uri, reason, footprint), = catalog.failures.itertuples(index=False)
     assert uri == f"{root}/cut.tif" and reason.startswith("truncated or damaged: the last tile")
+    whole = catalog.scenes.geometry.iloc[0]  # whole.tif: 64 px at cut.tif's origin, so inside its footprint
+    assert footprint.intersects(whole) and footprint.area == pytest.approx(256 * whole.area, rel=0.01)
     with pytest.raises(SceneError, match="cut.tif: truncated or damaged"):
         build_catalog(root, s3_server.store, on_error="raise")
