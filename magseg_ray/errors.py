@@ -60,6 +60,10 @@ class TileRequestError(MagsegError, ValueError):
     bbox), or too coarse or too large for per-patch inference."""
 
 
+class RequestTooLargeError(TileRequestError):
+    """A request body larger than the server takes (HTTP 413)."""
+
+
 class NotCoveredError(MagsegError):
     """A requested place (a map tile, a ``/segment`` area) lies outside every catalogued scene."""
 

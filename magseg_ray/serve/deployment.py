@@ -42,8 +42,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
-from magseg_ray.errors import (MagsegError, NotCoveredError, NotEnabledError, QueryError, SceneError,
-                               TileRequestError)
+from magseg_ray.errors import (MagsegError, NotCoveredError, NotEnabledError, QueryError, RequestTooLargeError,
+                               SceneError, TileRequestError)
 from magseg_ray.model.card import mapping_settings
 from magseg_ray.model.checkpoint import check_checkpoint_dir
 from magseg_ray.model.segmenter import ChipSegmenter
@@ -52,14 +52,14 @@ from magseg_ray.scenes.store import ObjectStore
 from magseg_ray.serve.batching import ChipBatcher, model_key
 from magseg_ray.serve.imagery import imagery_tile
 from magseg_ray.serve.maps import MapRuns
-from magseg_ray.serve.segment import BODY_FORMS, AreaSegmenter, parse_body
+from magseg_ray.serve.segment import MAX_BODY_BYTES, AreaSegmenter, parse_body, read_body
 from magseg_ray.serve.settings import ServeSettings
 from magseg_ray.serve.tiles import TMS, parse_tile, plan_tile, render_png, stitch_chips, tile_classes, tile_fields
 from magseg_ray.serve.viewer import MAP_HTML, static_file
 
 api = FastAPI(title="magseg-ray tiles", docs_url=None, redoc_url=None, openapi_url=None)
 
-STATUS = {TileRequestError: 400, QueryError: 400, NotCoveredError: 404, SceneError: 502, NotEnabledError: 503}
+STATUS = {RequestTooLargeError: 413, TileRequestError: 400, QueryError: 400, NotCoveredError: 404, SceneError: 502, NotEnabledError: 503}
 """HTTP status of each user-facing error a request can raise."""
 
 
@@ -165,11 +165,10 @@ class TileServer:
             self._check_key(request)
             if self.geoseg is None:
                 raise NotEnabledError("POST /segment is off: this server was started without GeoSeg (--no-geoseg)")
-            try:
-                body = await request.json()
-            except ValueError:  # not JSON, or not UTF-8
-                raise TileRequestError(f"the body must be JSON: {BODY_FORMS}") from None
-            area = parse_body(body, self.settings.min_zoom)
+            declared = request.headers.get("content-length", "0")
+            if declared.isdigit() and int(declared) > MAX_BODY_BYTES:  # refused unread
+                raise RequestTooLargeError(f"the body is {declared} bytes; /segment takes at most {MAX_BODY_BYTES}")
+            area = parse_body(read_body(await request.body()), self.settings.min_zoom)
             start = time.perf_counter()
             collection = await asyncio.to_thread(self.geoseg.segment, area, self.scenes, self.store)
         except MagsegError as e:

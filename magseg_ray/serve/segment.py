@@ -42,7 +42,7 @@ import shapely
 from rasterio.warp import transform_bounds
 
 from magseg_ray.chips.windows import scene_transform
-from magseg_ray.errors import NotCoveredError, SceneError, TileRequestError
+from magseg_ray.errors import NotCoveredError, QueryError, RequestTooLargeError, SceneError, TileRequestError
 from magseg_ray.serve.tiles import clip, parse_tile, scenes_under
 
 BODY_KEYS = ("query", "bbox", "z", "x", "y")
@@ -61,6 +61,24 @@ class Area:
     """``bbox [w, s, e, n]`` or ``tile z/x/y``, for messages and the answer's ``area``."""
 
 
+MAX_BODY_BYTES = 16 * 1024
+"""Largest ``/segment`` body: a query and an area take far less (413 past it)."""
+MAX_QUERY_CHARS = 500
+"""Longest query in characters (400 past it): a sentence or two, what the grounders are prompted with."""
+
+
+def read_body(raw: bytes):
+    """The JSON of a request body of ``raw`` bytes; :class:`RequestTooLargeError` past
+    :data:`MAX_BODY_BYTES`, :class:`TileRequestError` for what is not JSON (nesting too deep too)."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise RequestTooLargeError(f"the body is {len(raw)} bytes; /segment takes at most {MAX_BODY_BYTES}: "
+                                   f"{BODY_FORMS}")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser's depth
+        raise TileRequestError(f"the body must be JSON: {BODY_FORMS}") from None
+
+
 def parse_body(body, min_zoom: int) -> Area:
     """The request's :class:`Area` (see module doc for what is refused)."""
     from magseg_ray.geoseg.grounder import check_query
@@ -71,6 +89,8 @@ def parse_body(body, min_zoom: int) -> Area:
     if unknown:
         raise TileRequestError(f"unknown keys {unknown} in the body; it takes {BODY_FORMS}")
     query = check_query(body.get("query"))
+    if len(query) > MAX_QUERY_CHARS:
+        raise QueryError(f"the query is {len(query)} characters; /segment takes at most {MAX_QUERY_CHARS}")
     tile_keys = sorted({"z", "x", "y"} & set(body))
     if ("bbox" in body) == bool(tile_keys):
         raise TileRequestError(f"give either a bbox or a tile's z, x and y: {BODY_FORMS}")

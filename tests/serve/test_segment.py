@@ -9,12 +9,13 @@ import pytest
 import shapely
 from rasterio.transform import Affine
 
-from magseg_ray.errors import ConfigError, NotCoveredError, QueryError, TileRequestError
+from magseg_ray.errors import ConfigError, NotCoveredError, QueryError, RequestTooLargeError, TileRequestError
 from magseg_ray.geoseg.outputs import Scene
 from magseg_ray.geoseg.pipeline import Result
 from magseg_ray.map_region import DEMO_DIR
 from magseg_ray.scenes.catalog import build_catalog
-from magseg_ray.serve.segment import Area, area_scene, area_window, feature_collection, parse_body
+from magseg_ray.serve.segment import (MAX_BODY_BYTES, MAX_QUERY_CHARS, Area, area_scene, area_window, feature_collection,
+                                      parse_body, read_body)
 from magseg_ray.serve.settings import ServeSettings
 from magseg_ray.serve.tiles import Tile
 
@@ -144,3 +145,14 @@ def test_geoseg_flags_of_the_serve_job():
     for flag in ("--no-geoseg", "--geoseg-text-route {field-model,sam3,none}", "--geoseg-grounder", "--geoseg-clip",
                  "--geoseg-points", "--geoseg-sam3", "--geoseg-tiny", "--geoseg-max-px"):
         assert flag in text, flag
+
+
+def test_bodies_are_bounded_in_size_depth_and_query_length():
+    # Before: a 20 MB query answered 200 (echoed into every feature) and 100,000 nested "[" a 500.
+    assert read_body(json.dumps({"query": "q", "bbox": BBOX}).encode())["query"] == "q"
+    with pytest.raises(RequestTooLargeError, match=f"at most {MAX_BODY_BYTES}"):
+        read_body(json.dumps({"query": "field " * 4000, "bbox": BBOX}).encode())
+    with pytest.raises(TileRequestError, match="must be JSON"):
+        read_body(b"[" * (MAX_BODY_BYTES - 1))  # past the parser's depth: RecursionError, not a 500
+    with pytest.raises(QueryError, match=f"at most {MAX_QUERY_CHARS}"):
+        parse_body({"query": "f" * (MAX_QUERY_CHARS + 1), "bbox": BBOX}, min_zoom=12)
