@@ -1,6 +1,6 @@
 """Tile server under load on loopback: cold vs cached tiles, and 503s (not timeouts) under overload.
 
-    python benchmarks/serve.py [--model PATH] [--tiles 6] [--concurrency 2] [--overload 16]
+    python benchmarks/serve.py [--model PATH] [--tiles 6] [--concurrency 2] [--overload 16] [--view 300]
 
 Starts a private Ray (2 CPUs) and Serve on 127.0.0.1 with the bundled demo scenes and a model
 (default: the offline ``tiny`` preset with a 128 px chip card and 8 answer tokens: its answers are
@@ -11,7 +11,10 @@ meaningless, its cost per patch is real), one replica with ``max_ongoing_request
    ``--concurrency`` at a time; every chip under them is computed by the model;
 2. **cached**: the same tiles again, their chips now in the replica's cache;
 3. **overload**: ``--overload`` requests at once for tiles over synth_901 and the NAIP scene (not
-   cached): the replica takes 2, the proxy queues 2, the rest must get 503 at once.
+   cached): the replica takes 2, the proxy queues 2, the rest must get 503 at once;
+4. **view**: a second application with the default admission (``ServeSettings``), the cold tiles
+   cached in it first, then ``--view`` requests for them ``--view-concurrency`` at a time (a browser
+   map view's burst): every one should be answered 200.
 
 Every request has a client timeout (``--timeout``), so the run ends by itself. Prints one JSON line:
 p50/p95 latency (s) and requests/s of each phase, ``cached_speedup`` (cold p50 / cached p50), and
@@ -67,8 +70,26 @@ def phase(base: str, paths: list[str], concurrency: int, timeout: float) -> dict
         results = list(pool.map(lambda p: fetch(f"{base}/tiles/{p}.png", timeout), paths))
     wall = time.perf_counter() - start
     seconds = np.array([s for _, s in results])
-    return {"ok": sum(status == 200 for status, _ in results), "p50_s": round(float(np.percentile(seconds, 50)), 3),
+    return {"ok": sum(status == 200 for status, _ in results), "http_503": sum(status == 503 for status, _ in results),
+            "lost": sum(status == 0 for status, _ in results), "p50_s": round(float(np.percentile(seconds, 50)), 3),
             "p95_s": round(float(np.percentile(seconds, 95)), 3), "rps": round(len(paths) / wall, 3)}
+
+
+def map_view(base: str, model: str, tiles: list[str], args) -> dict:
+    """A browser map view on a server with the default admission (``ServeSettings``): its tiles
+    cached first, then ``--view`` requests for them, ``--view-concurrency`` in flight."""
+    from ray import serve
+
+    from magseg_ray.serve import app
+    from magseg_ray.serve.settings import ServeSettings
+
+    serve.run(app({"catalog": str(DEMO_DIR / "scenes"), "model": model, "max_new_tokens": args.max_new_tokens,
+                   "overlap": 32, "cpus_per_replica": 1.0}), name="view", route_prefix="/view")
+    phase(f"{base}/view", tiles, 1, args.timeout)  # into the cache
+    paths = [tiles[i % len(tiles)] for i in range(args.view)]
+    d = ServeSettings()
+    return {"requests": args.view, "concurrency": args.view_concurrency, "max_ongoing_requests": d.max_ongoing_requests,
+            "max_queued_requests": d.max_queued_requests, **phase(f"{base}/view", paths, args.view_concurrency, args.timeout)}
 
 
 def tiny_model(root: Path) -> str:
@@ -90,6 +111,8 @@ def main(argv=None) -> dict:
     p.add_argument("--overload", type=int, default=16, help="requests sent at once in the overload phase")
     p.add_argument("--max-new-tokens", type=int, default=8, help="answer token budget per patch")
     p.add_argument("--timeout", type=float, default=300, help="client timeout per request, seconds")
+    p.add_argument("--view", type=int, default=300, help="requests of the map-view phase (cached tiles, default admission)")
+    p.add_argument("--view-concurrency", type=int, default=32, help="requests in flight in the map-view phase")
     args = p.parse_args(argv)
     scenes = load_catalog(DEMO_DIR / "scenes").scenes.set_index("id")
     cold = tiles_in(scenes.geometry["synth_900"], 19)[: args.tiles]
@@ -114,6 +137,7 @@ def main(argv=None) -> dict:
                 results = list(pool.map(lambda q: fetch(f"{base}/tiles/{q}.png", args.timeout), overload))
             with urllib.request.urlopen(f"{base}/healthz", timeout=30) as r:
                 health = json.loads(r.read())
+            view = map_view(base, model, cold, args)
         finally:
             serve.shutdown()
     rejected = [s for status, s in results if status == 503]
@@ -125,7 +149,7 @@ def main(argv=None) -> dict:
                      "timeouts": sum(s == 0 for s, _ in results), "other": sum(s not in (0, 200, 503) for s, _ in results),
                      "slowest_503_s": round(max(rejected), 3) if rejected else None},
         "chips_computed": health["chips_computed"], "model_calls": health["model_calls"],
-        "largest_call": health["largest_call"],
+        "largest_call": health["largest_call"], "view": view,
     }
     print(json.dumps(result))
     return result

@@ -13,7 +13,9 @@ deployment options:
   on that GPU in bf16).
 - **limits**: a replica takes at most ``max_ongoing_requests`` requests at once; each caller (the
   HTTP proxy) queues at most ``max_queued_requests`` more, and answers any request beyond that at
-  once with HTTP 503 (``Retry-After: 1``) instead of letting it wait.
+  once with HTTP 503 (``Retry-After: 1``) instead of letting it wait. The defaults (64 and 128)
+  let a map view's burst of cached tiles through: at 8 and 16, 266 of 300 requests for cached tiles
+  at 32 concurrent got 503 (``benchmarks/serve.py``, its ``view`` phase).
 - **GeoSeg** (``POST /segment``, :mod:`magseg_ray.serve.segment`): on by default with route B the
   server's own MAgSeg model (``geoseg_text_route=field-model``: offline, no extra checkpoint, the
   requested area is the box); a grounder folder makes a grounder find the box in the area, CLIP
@@ -61,8 +63,10 @@ class ServeSettings(MapSettings):
     cpus_per_replica: float = field(default=1.0, metadata=doc("CPUs reserved per replica (and its torch threads)"))
     gpus_per_replica: float = field(default=0.0, metadata=doc("GPUs per replica (1 on GPU clusters)"))
     dtype: str = dtype_field()
-    max_ongoing_requests: int = field(default=8, metadata=doc("requests a replica works on at once"))
-    max_queued_requests: int = field(default=16, metadata=doc("requests queued beyond those; more get 503 at once"))
+    max_ongoing_requests: int = field(default=64, metadata=doc(
+        "requests a replica works on at once: a cached tile is answered at once, a cold one waits in the replica "
+        "for the model's next batch, so this is sized for a browser map view's burst of tiles, not the model"))
+    max_queued_requests: int = field(default=128, metadata=doc("requests queued beyond those; more get 503 at once"))
     geoseg: bool = field(default=True, metadata=doc(
         "answer POST /segment (GeoSeg: segment what a query asks for in an area); --no-geoseg: /segment answers 503"))
     geoseg_text_route: str = field(default="field-model", metadata=doc(

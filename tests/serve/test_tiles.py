@@ -83,7 +83,7 @@ def test_settings_from_builder_args_and_deployment_options():
     options = s.deployment_options()
     assert options["autoscaling_config"]["max_replicas"] == 4 and "num_replicas" not in options
     assert options["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.0}
-    assert options["max_queued_requests"] == 16 and options["backpressure_config"].status_code == 503
+    assert options["max_queued_requests"] == 128 and options["backpressure_config"].status_code == 503
     assert ServeSettings(min_replicas=2, max_replicas=2).deployment_options()["num_replicas"] == 2
     with pytest.raises(ConfigError, match="unknown"):
         ServeSettings.from_args({"catalogue": "x"})
