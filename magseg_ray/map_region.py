@@ -105,6 +105,9 @@ class MapConfig(MapSettings):
         "field_hole_m2; 0: off"))
     simplify_m: float = field(default=-1.0, metadata=doc(
         "polygon simplification tolerance in metres; -1: the model card's field_simplify_m; 0: --simplify-px"))
+    edge_quantile: float = field(default=-1.0, metadata=doc(
+        "split pieces where the scene image shows an edge across them, edges being pixels above this quantile "
+        "(0-1) of edge strength (magseg_ray/fields/edges.py); -1: the model card's field_edge_quantile; 0: off"))
     partition_degrees: float = field(default=1.0, metadata=doc("side of the lon/lat cells the GeoParquet is partitioned by"))
 
     def out_root(self) -> str:
@@ -157,7 +160,7 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     tasks = chip_windows(scenes, aoi, m.chip)
     lost = [{"chip_id": None, "scene_id": Path(f.uri).stem, "error": f"{f.uri}: not catalogued: {f.reason}"}
             for f in catalog.failures.itertuples() if f.footprint is None or f.footprint.intersects(aoi)]
-    rules = resolve_rules(cfg.min_field_m2, cfg.max_field_m2, cfg.hole_m2, cfg.simplify_m, m.card)
+    rules = resolve_rules(cfg.min_field_m2, cfg.max_field_m2, cfg.hole_m2, cfg.simplify_m, m.card, cfg.edge_quantile)
     chips_by = {k: v for k, v in asdict(m.card).items() if not k.startswith("field_")}  # the fields step reruns on resume
     identity = {"aoi_sha256": aoi_fingerprint(aoi), "model": m.fingerprint, "model_prompt": chips_by,
                 "chip": {"chip_size": m.chip.chip_size, "overlap": m.chip.overlap}}

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -266,7 +266,7 @@ def _check_overlap(path: Path, bounds, grid: _Grid) -> None:
 
 
 def _on_grid(src: _Raster | _Vector, grid: _Grid, schema: Schema, seed_px: float = 0.0,
-             rules: FieldRules | None = None) -> tuple[np.ndarray, np.ndarray]:
+             rules: FieldRules | None = None, image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Class mask and instance raster of one input on the grid."""
     if isinstance(src, _Vector):
         parts = src.parts.to_crs(grid.crs)
@@ -294,7 +294,7 @@ def _on_grid(src: _Raster | _Vector, grid: _Grid, schema: Schema, seed_px: float
     if src.kind == "class":
         instances = instances_from_classes(warped, schema, seed_px=seed_px)
         if rules is not None:
-            instances = apply_rules(instances, rules, pixel_metres(grid.transform, grid.crs, grid.shape))
+            instances = apply_rules(instances, rules, pixel_metres(grid.transform, grid.crs, grid.shape), image=image)
         return warped, instances
     return classes_from_instances(warped, schema), warped
 
@@ -319,6 +319,7 @@ def load_pair(
     grid_like: str | Path | None = None,
     seed_px: float = 0.0,
     rules: FieldRules | None = None,
+    image: np.ndarray | None = None,
 ) -> AlignedPair:
     """Read a prediction and its truth onto one grid (see the module docstring for the rules).
 
@@ -331,14 +332,21 @@ def load_pair(
     outside the schema; :class:`ConfigError` for a bad kind or resolution. An empty truth is not
     an error (see :attr:`AlignedPair.warnings`). ``make_valid`` repairs invalid polygons instead
     of refusing them. ``seed_px`` is the fields step's core depth for a prediction class raster, ``rules``
-its post-processing (:func:`run_field_rules` finds a run's).
+its post-processing (:func:`run_field_rules` finds a run's); their edge split needs ``image``, the
+    scene's ``H x W x bands`` pixels on the scoring grid: without it the class raster's fields are made
+    without the edge split, and a warning says so.
     """
     schema = get_schema(schema)
     truth, pred = _read(truth_path, truth_kind, make_valid), _read(pred_path, pred_kind, make_valid)
     grid = _raster_grid(grid_like) if grid_like is not None else _grid(truth, pred, resolution, aoi)
     truth_classes, truth_instances = _on_grid(truth, grid, schema)
     _check_holds(truth, pred.path, grid, truth_instances, schema)
-    pred_classes, pred_instances = _on_grid(pred, grid, schema, seed_px, rules)
+    warnings = ()
+    if rules is not None and rules.edge_quantile and image is None and isinstance(pred, _Raster):
+        rules = replace(rules, edge_quantile=0.0)
+        warnings = (f"{pred.path}: the fields are made without the run's edge split, which needs the scene "
+                    "image (its fields.gpkg holds the run's fields)",)
+    pred_classes, pred_instances = _on_grid(pred, grid, schema, seed_px, rules, image)
     scored = np.ones(grid.shape, bool)
     if isinstance(pred, _Raster) and not pred.valid.all():
         scored &= _coverage(pred, grid)
@@ -346,9 +354,8 @@ its post-processing (:func:`run_field_rules` finds a run's).
         scored &= _aoi_mask(aoi, grid)
     for layer in (truth_classes, truth_instances, pred_classes, pred_instances):
         layer[~scored] = 0
-    warnings = ()
     if not truth_instances.any():
-        warnings = (f"{truth.path} holds no field on the scored pixels: instance and object scores are "
+        warnings += (f"{truth.path} holds no field on the scored pixels: instance and object scores are "
                     "undefined (null), and every predicted field pixel counts against the map",)
     return AlignedPair(pred_classes, truth_classes, pred_instances, truth_instances, grid.transform, grid.crs,
                        warnings)

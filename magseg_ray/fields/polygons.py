@@ -33,16 +33,17 @@ FIBOA_METHOD = "auto-imagery"
 
 def scene_fields(classes: np.ndarray, confidence: np.ndarray, transform: Affine, crs: str, schema: Schema,
                  simplify_px: float = 1.0, min_field_px: int = 16, seed_px: float = 0.0,
-                 rules: FieldRules = FieldRules()) -> gpd.GeoDataFrame:
+                 rules: FieldRules = FieldRules(), image: np.ndarray | None = None) -> gpd.GeoDataFrame:
     """Field polygons of one scene, in EPSG:4326, with ``confidence`` (mean over the field's
-    pixels) and ``pixels``; ``rules`` applied, then fields smaller than ``min_field_px`` pixels dropped."""
+    pixels) and ``pixels``; ``rules`` applied (their edge split reads ``image``, the scene's
+    ``H x W x bands`` pixels), then fields smaller than ``min_field_px`` pixels dropped."""
     valid = classes != NO_DATA
     gaps = not valid.all()
     inst = instances_from_classes(np.where(valid, classes, 0) if gaps else classes, schema, seed_px=seed_px)
     if gaps:
         inst[~valid] = 0
     metres = pixel_metres(transform, crs, classes.shape)
-    inst = apply_rules(inst, rules, metres, valid if gaps else None)
+    inst = apply_rules(inst, rules, metres, valid if gaps else None, image)
     n = int(inst.max())
     columns = {"instance": [], "pixels": [], "confidence": [], "geometry": []}
     if n:

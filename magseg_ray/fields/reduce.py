@@ -37,8 +37,15 @@ def reduce_scene(scene: dict, chip_ids: list[str], owned, seam, files_root: str,
     transform = scene_transform(row)
     classes, confidence, patches = stitch_scene(files, chip_ids, int(row["height"]), int(row["width"]), chip, prompt.patch_size)
     write_mask(files, f"masks/{row['id']}.tif", classes, transform, row["crs"], schema)
+    rules = rules or FieldRules()
+    image = None
+    if rules.edge_quantile:  # the edge split reads the scene's pixels, whole
+        from magseg_ray.chips.read import read_window
+
+        image, _ = read_window(row["uri"], 0, 0, classes.shape[0], classes.shape[1], store=store,
+                               name=f"scene {row['id']} (the edge split of its fields)")
     fields = scene_fields(classes, confidence, transform, row["crs"], schema, simplify_px, min_field_px, seed_px,
-                          rules or FieldRules())
+                          rules, image)
     fields["scene_id"] = row["id"]
     tolerance = tolerance_degrees(float(row["gsd"]))
     final, pieces = split_at_seams(fields, owned, seam, tolerance)

@@ -3,6 +3,8 @@ CLI gives its users (``--min_size``, ``--max_size``, ``--close_interiors``, ``--
 
 :func:`apply_rules` works on the instance raster (0 = no field), before polygons are made, in this order:
 
+0. **edge split** (``edge_quantile`` with ``edge_sigma_m``, ``edge_depth_m``, ``edge_core_m2``): pieces
+   cut where the scene image shows a line across them (:mod:`~magseg_ray.fields.edges`; needs the image);
 1. **minimum size** (``min_m2``): a piece smaller than this is merged into the neighbouring piece it
    shares the most edge with (4-neighbour pixel pairs; ties to the lower id), smallest piece first, a
    merged piece's size and edges counting from then on; a small piece that touches no other piece
@@ -30,6 +32,7 @@ from rasterio.transform import Affine
 from scipy import ndimage
 
 from magseg_ray.errors import ConfigError
+from magseg_ray.fields.edges import split_at_edges
 
 
 @dataclass(frozen=True)
@@ -46,23 +49,40 @@ class FieldRules:
     ``inf``: every hole (FTW's ``--close_interiors``)."""
     simplify_m: float = 0.0
     """Douglas-Peucker tolerance of the polygons in metres; 0: map_region's ``simplify_px`` pixels."""
+    edge_quantile: float = 0.0
+    """Edge split: image pixels whose edge strength is above this quantile (0-1) of the scene's field
+    pixels' are edges, and a piece with two cores between them is split (:mod:`.edges`); 0: off."""
+    edge_sigma_m: float = 2.0
+    """Edge split: scale (m) of the Gaussian gradient that measures edge strength."""
+    edge_depth_m: float = 12.0
+    """Edge split: a core lies deeper than this (m) from every edge and from the piece's outline."""
+    edge_core_m2: float = 1000.0
+    """Edge split: the smallest core (m²); a piece under twice this is never split."""
 
     def __post_init__(self):
-        for name in ("min_m2", "max_m2", "hole_m2", "simplify_m"):
+        for name in ("min_m2", "max_m2", "hole_m2", "simplify_m", "edge_quantile", "edge_sigma_m",
+                     "edge_depth_m", "edge_core_m2"):
             value = getattr(self, name)
             if not value >= 0:  # NaN too
                 raise ConfigError(f"field rule {name} {value}: must be >= 0 (0: off; a job's flag takes -1 "
                                   "for the model card's)")
+        if self.edge_quantile >= 1:
+            raise ConfigError(f"field rule edge_quantile {self.edge_quantile}: must be below 1 (a quantile; 0: off)")
         if self.max_m2 and self.max_m2 < self.min_m2:
             raise ConfigError(f"field rules: max_m2 {self.max_m2} is below min_m2 {self.min_m2}")
 
 
-def resolve_rules(min_m2: float, max_m2: float, hole_m2: float, simplify_m: float, card) -> FieldRules:
+def resolve_rules(min_m2: float, max_m2: float, hole_m2: float, simplify_m: float, card,
+                  edge_quantile: float = -1.0) -> FieldRules:
     """The rules of a job's flags: each value as given, or the model card's ``field_*`` setting where it
-    is -1 (``card``: a :class:`~magseg_ray.model.card.ModelPrompt`)."""
+    is -1 (``card``: a :class:`~magseg_ray.model.card.ModelPrompt`); the edge split's scale, depth and
+    core size always the card's."""
     pick = {"min_m2": (min_m2, card.field_min_m2), "max_m2": (max_m2, card.field_max_m2),
-            "hole_m2": (hole_m2, card.field_hole_m2), "simplify_m": (simplify_m, card.field_simplify_m)}
-    return FieldRules(**{k: float(default if value == -1 else value) for k, (value, default) in pick.items()})
+            "hole_m2": (hole_m2, card.field_hole_m2), "simplify_m": (simplify_m, card.field_simplify_m),
+            "edge_quantile": (edge_quantile, card.field_edge_quantile)}
+    return FieldRules(**{k: float(default if value == -1 else value) for k, (value, default) in pick.items()},
+                      edge_sigma_m=card.field_edge_sigma_m, edge_depth_m=card.field_edge_depth_m,
+                      edge_core_m2=card.field_edge_core_m2)
 
 
 def pixel_metres(transform: Affine, crs, shape: tuple[int, int]) -> float:
@@ -77,11 +97,18 @@ def pixel_metres(transform: Affine, crs, shape: tuple[int, int]) -> float:
 
 
 def apply_rules(instances: np.ndarray, rules: FieldRules, pixel_m: float,
-                mapped: np.ndarray | None = None) -> np.ndarray:
-    """The instance raster after rules 1-3 of the module docstring (a new int32 array; ids kept, a
-    merged piece taking its neighbour's). ``mapped``: pixels with data (holes must lie inside it)."""
+                mapped: np.ndarray | None = None, image: np.ndarray | None = None) -> np.ndarray:
+    """The instance raster after rules 0-3 of the module docstring (a new int32 array; ids kept, a
+    merged piece taking its neighbour's). ``mapped``: pixels with data (holes must lie inside it);
+    ``image``: the scene's ``H x W x bands`` pixels on the raster's grid, which the edge split needs
+    (:class:`ConfigError` without it)."""
     px = pixel_m * pixel_m
     out = np.asarray(instances, np.int32)
+    if rules.edge_quantile:
+        if image is None:
+            raise ConfigError("field rule edge_quantile needs the scene image (0 turns the edge split off)")
+        out = split_at_edges(out, image, rules.edge_quantile, rules.edge_sigma_m / pixel_m,
+                             rules.edge_depth_m / pixel_m, rules.edge_core_m2 / px)
     if rules.min_m2:
         out = merge_small(out, rules.min_m2 / px)
     if rules.hole_m2:

@@ -68,6 +68,16 @@ class ModelPrompt:
     field_simplify_m: float = 0.0
     """Fields: polygon simplification tolerance in metres (``FieldRules.simplify_m``); 0: the mapping
     job's ``simplify_px``."""
+    field_edge_quantile: float = 0.0
+    """Fields: pieces are split where the scene image shows an edge across them, edges being pixels
+    above this quantile of edge strength (``FieldRules.edge_quantile``, :mod:`magseg_ray.fields.edges`);
+    0 (a card without it): off."""
+    field_edge_sigma_m: float = 2.0
+    """Fields: the edge split's gradient scale in metres (``FieldRules.edge_sigma_m``)."""
+    field_edge_depth_m: float = 12.0
+    """Fields: the edge split's core depth in metres (``FieldRules.edge_depth_m``)."""
+    field_edge_core_m2: float = 1000.0
+    """Fields: the edge split's smallest core in m² (``FieldRules.edge_core_m2``)."""
 
     def prompt(self) -> PromptConfig:
         return PromptConfig(schema=self.schema, patch_size=self.patch_size, local_crop=self.local_crop,

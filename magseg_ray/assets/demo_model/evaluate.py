@@ -10,7 +10,7 @@ with the rules of ``jobs/evaluate.py`` (``--make-valid``; truth blanked where a 
 
 - ``model``: the map's class raster (``masks/<scene>.tif``), its fields made as the map's fields
   step makes them (cores deeper than the card's ``field_seed_px``, then the card's field rules:
-  minimum size, holes, maximum size);
+  the edge split on the scene's image, minimum size, holes, maximum size);
 - ``model_fields``: the map's polygons (``fields.gpkg``) on the same pixel grid, on the run's AOI;
 - ``threshold`` and ``everything``: the baselines' class rasters, each interior component a field;
 - ``threshold_cores`` (only for a card with ``field_seed_px``): the threshold's class raster through
@@ -69,9 +69,10 @@ MEANS = ("field_instance_mean_iou", "field_one_to_one_mean_iou", "field_pixel_io
 """Scores averaged over scenes; object scores are pooled from the summed counts instead."""
 
 
-def _score(path: Path, truth: Path, aoi=None, grid_like: Path | None = None, seed_px: float = 0.0, rules=None) -> dict:
+def _score(path: Path, truth: Path, aoi=None, grid_like: Path | None = None, seed_px: float = 0.0, rules=None,
+           image=None) -> dict:
     pair = load_pair(path, truth, "fields3", make_valid=True, aoi=aoi, grid_like=grid_like, seed_px=seed_px,
-                     rules=rules)
+                     rules=rules, image=image)
     m = evaluate_masks(pair.pred_classes, pair.truth_classes, "fields3", pair.pred_instances, pair.truth_instances)
     field, objects = m["instance"]["field"], m["object"]["field"]
     return {"field_instance_mean_iou": field["mean_iou"], "field_one_to_one_mean_iou": field["one_to_one_mean_iou"],
@@ -241,10 +242,11 @@ def _scene(row, data: Path, out: Path, names: tuple, ceiling, aoi, seed_px: floa
     result = {"scene": row.id}
     for name in names:
         if name == "model":
-            result[name] = _score(pred, truth, seed_px=seed_px, rules=run_field_rules(pred))
+            result[name] = _score(pred, truth, seed_px=seed_px, rules=run_field_rules(pred), image=image)
             continue
         if name == "threshold_cores":
-            result[name] = _score(out / f"{row.id}.threshold.tif", truth, seed_px=seed_px, rules=run_field_rules(pred))
+            result[name] = _score(out / f"{row.id}.threshold.tif", truth, seed_px=seed_px, rules=run_field_rules(pred),
+                                  image=image)
             continue
         if name == "model_fields":
             result[name] = _score(out / "map" / "fields.gpkg", truth, aoi, grid_like=pred)

@@ -1,13 +1,14 @@
 """How the model card's fields settings are chosen: the fields step of one map, rerun at many settings.
 
     python magseg_ray/assets/demo_model/fields_sweep.py --run OUT/map --data ../shared/data/naip-fields \\
-        [--min-m2 0,250,500] [--hole-m2 0,inf] [--max-m2 0] [--seed-px 16] [--pictures DIR]
+        [--min-m2 0,250,500] [--hole-m2 0,inf] [--max-m2 0] [--seed-px 16] [--pictures DIR] \\
+        [--edge-quantile 0,0.85 --edge-sigma-m 2 --edge-depth-m 12 --edge-core-m2 1000]
 
 The model's per-pixel classes of a ``map_region`` run (its ``masks/<scene>.tif``, written by
 ``evaluate.py``'s map) are the cache: nothing is decoded again. For each scene the fields are grown
 from cores once per core depth (``--seed-px``, default the run's), then every combination of the
 :class:`~magseg_ray.fields.rules.FieldRules` values given is applied to the instance raster and
-scored against ``<scene>.fields.gpkg`` on the mask's grid, as ``evaluate.py`` scores the ``model``
+scored (the edge split reading each scene's image) against ``<scene>.fields.gpkg`` on the mask's grid, as ``evaluate.py`` scores the ``model``
 row: instance and one-to-one IoU (means over scenes), object precision/recall/F1 pooled over
 scenes, pieces per truth field, and the false positives and negatives by cause
 (:mod:`magseg_ray.eval.errors`). One JSON line per setting; the last line names the setting with
@@ -63,7 +64,7 @@ def _polygon_instances(s: dict, rules: FieldRules, tmp: Path) -> tuple[np.ndarra
     """The scene's fields made by the fields step, rasterized on the mask's grid with its truth."""
     schema = get_schema("fields3")
     fields = scene_fields(s["classes"], np.ones(s["classes"].shape, np.float32), s["transform"], s["crs"], schema,
-                          seed_px=s["seed_px"], rules=rules)
+                          seed_px=s["seed_px"], rules=rules, image=s["image"])
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / f"{s['scene']}.gpkg"
     fields[["geometry"]].to_file(path)
@@ -79,7 +80,7 @@ def score(scenes: list[dict], rules: FieldRules, pictures: Path | None = None, p
         if polygons:
             pred, truth = _polygon_instances(s, rules, polygons)
         else:
-            pred, truth = apply_rules(s["pred"], rules, s["metres"]), s["truth"]
+            pred, truth = apply_rules(s["pred"], rules, s["metres"], image=s["image"]), s["truth"]
         s = {**s, "truth": truth}
         inst = instance_metrics(pred, s["truth"])
         ious.append(inst["mean_iou"])
@@ -110,6 +111,11 @@ def main() -> None:
     p.add_argument("--max-m2", type=_values, default=[0.0], help="comma-separated maximum field sizes (m²; 0: none)")
     p.add_argument("--simplify-m", type=_values, default=[0.0],
                    help="comma-separated simplification tolerances (m; 0: 1 px); only with --polygons")
+    p.add_argument("--edge-quantile", type=_values, default=[0.0],
+                   help="comma-separated edge split quantiles (0: off; magseg_ray/fields/edges.py)")
+    p.add_argument("--edge-sigma-m", type=_values, default=[2.0], help="comma-separated edge gradient scales (m)")
+    p.add_argument("--edge-depth-m", type=_values, default=[12.0], help="comma-separated edge split core depths (m)")
+    p.add_argument("--edge-core-m2", type=_values, default=[1000.0], help="comma-separated smallest cores (m²)")
     p.add_argument("--polygons", type=Path, metavar="TMP",
                    help="score through the fields step's polygons, written to this folder (see above)")
     p.add_argument("--pictures", type=Path, help="draw each scene's errors at the first setting into this folder")
@@ -120,9 +126,11 @@ def main() -> None:
     if args.pictures:
         args.pictures.mkdir(parents=True, exist_ok=True)
     lines, base = [], score(scenes, FieldRules(), polygons=args.polygons)
-    settings = itertools.product(args.min_m2, args.hole_m2, args.max_m2, args.simplify_m if args.polygons else [0.0])
-    for k, (lo, hole, hi, simplify) in enumerate(settings):
-        rules = FieldRules(min_m2=lo, max_m2=hi, hole_m2=hole, simplify_m=simplify)
+    settings = itertools.product(args.min_m2, args.hole_m2, args.max_m2, args.simplify_m if args.polygons else [0.0],
+                                 args.edge_quantile, args.edge_sigma_m, args.edge_depth_m, args.edge_core_m2)
+    for k, (lo, hole, hi, simplify, quantile, sigma, depth, core) in enumerate(settings):
+        rules = FieldRules(min_m2=lo, max_m2=hi, hole_m2=hole, simplify_m=simplify, edge_quantile=quantile,
+                           edge_sigma_m=sigma, edge_depth_m=depth, edge_core_m2=core)
         row = score(scenes, rules, args.pictures if k == 0 else None, args.polygons)
         lines.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "errors"}), flush=True)
