@@ -21,7 +21,7 @@ from pathlib import Path
 
 from magseg_ray.chips.windows import load_aoi
 from magseg_ray.errors import MagsegError, bad_input_exit
-from magseg_ray.eval.align import KINDS, load_pair, run_aoi, run_field_rules, run_seed_px
+from magseg_ray.eval.align import KINDS, load_pair, read_image, run_aoi, run_field_rules, run_seed_px
 from magseg_ray.eval.errors import SMALL_M2, error_breakdown, error_picture
 from magseg_ray.fields.rules import pixel_metres
 from magseg_ray.eval.metrics import evaluate_masks
@@ -58,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="fields of a PRED class raster grow from interior cores deeper than this many pixels, "
                    "as map_region's fields step does (0: each interior component is a field); default -1: the "
                    "depth of the map_region run that wrote PRED (its summary.json), else 0; the run's field rules "
-                   "(minimum size, holes, maximum size) apply too")
+                   "(edge split, minimum size, holes, maximum size) apply too")
+    p.add_argument("--image", help="the scene image (GeoTIFF, bands 1-3) on PRED's grid, which the run's edge "
+                   "split needs; without it a PRED class raster's fields are made without that split (a warning says so)")
     p.add_argument("--object-iou", type=float, default=0.5,
                    help="IoU an object match must exceed (Fields of The World: 0.5, the default; >= 0.5)")
     p.add_argument(
@@ -86,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         aoi, aoi_path = found or (None, None)
         seed_px = resolve_seed_px(args.seed_px, run_seed_px(args.pred) or 0.0)
         pair = load_pair(args.pred, args.truth, args.schema, args.pred_kind, args.truth_kind, args.resolution,
-                         args.make_valid, aoi, args.grid_like, seed_px, run_field_rules(args.pred))  # None: off
+                         args.make_valid, aoi, args.grid_like, seed_px, run_field_rules(args.pred),  # None: off
+                         read_image(args.image) if args.image else None)
         metrics = evaluate_masks(pair.pred_classes, pair.truth_classes, args.schema, pair.pred_instances,
                                  pair.truth_instances, args.boundary_tolerance, args.object_iou)
         pixel_m2 = pixel_metres(pair.transform, pair.crs, pair.pred_instances.shape) ** 2

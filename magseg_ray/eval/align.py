@@ -361,6 +361,17 @@ its post-processing (:func:`run_field_rules` finds a run's); their edge split ne
                        warnings)
 
 
+def read_image(path: str | Path) -> np.ndarray:
+    """Bands 1-3 of a GeoTIFF (band 1 thrice for a 1-band one) as ``H x W x 3``: the scene image an
+    edge split reads; :class:`RasterInputError` naming the file when it cannot be read."""
+    try:
+        with rasterio.open(path) as src:
+            bands = [1, 2, 3] if src.count >= 3 else [1, 1, 1]
+            return np.moveaxis(src.read(bands), 0, -1)
+    except rasterio.errors.RasterioError as e:
+        raise RasterInputError(f"image {path}: cannot be read ({e})") from None
+
+
 def run_aoi(pred_path: str | Path) -> tuple[shapely.Geometry, str] | None:
     """The AOI (EPSG:4326) and AOI file of the ``map_region`` run that wrote ``pred_path`` (its
     ``fields.gpkg`` or a raster in its ``masks/``), or None if the file lies in no run folder.

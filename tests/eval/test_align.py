@@ -377,3 +377,28 @@ def test_job_scores_a_runs_class_raster_with_the_runs_core_depth(tmp_path, capsy
     assert _job().main(["--pred", pred, "--truth", truth]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["seed_px"] == 12 and record["instance"]["field"]["n_pred"] == 2
+
+
+def test_a_runs_edge_split_needs_the_scene_image_and_says_so_without_it(tmp_path):
+    from magseg_ray.eval.align import read_image
+    from magseg_ray.fields.rules import FieldRules
+
+    truth = np.zeros((60, 100), np.uint16)
+    truth[5:55, 5:50], truth[5:55, 50:95] = 1, 2  # two 45 x 50 px fields side by side
+    classes = (truth > 0).astype(np.uint8)  # a map that never drew their shared edge: one field
+    image = np.full((60, 100, 3), 120, np.uint8)
+    image[truth == 1], image[truth == 2] = (60, 100, 40), (130, 160, 80)
+    pred = write_tif(tmp_path / "pred.tif", classes, tags={"MAGSEG_KIND": "class"})
+    truth_path = write_tif(tmp_path / "truth.tif", truth)
+    with rasterio.open(tmp_path / "image.tif", "w", driver="GTiff", height=60, width=100, count=3, dtype="uint8",
+                       crs=UTM, transform=from_origin(*ORIGIN, 1, 1)) as dst:
+        dst.write(np.moveaxis(image, -1, 0))
+    assert (read_image(tmp_path / "image.tif") == image).all()
+    rules = FieldRules(edge_quantile=0.85, edge_sigma_m=1.0, edge_depth_m=8.0, edge_core_m2=500.0)
+    without = load_pair(pred, truth_path, "fields3", rules=rules)
+    assert len(np.unique(without.pred_instances[without.pred_instances > 0])) == 1
+    assert any("edge split" in w for w in without.warnings)
+    split = load_pair(pred, truth_path, "fields3", rules=rules, image=read_image(tmp_path / "image.tif"))
+    assert len(np.unique(split.pred_instances[split.pred_instances > 0])) == 2 and not split.warnings
+    with pytest.raises(RasterInputError, match="missing.tif"):
+        read_image(tmp_path / "missing.tif")
