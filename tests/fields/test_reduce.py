@@ -29,39 +29,51 @@ def _fields_4326() -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame({"field_id": np.arange(1, 13)}, geometry=boxes, crs="EPSG:4326")
 
 
-def _write_scene(folder, scene_id, crs, truth):
-    """A scene on ``crs``'s grid around 102 E 13 N: noise image and the truth as instance labels."""
+def _write_scene(folder, scene_id, crs, truth, tones=False):
+    """A scene on ``crs``'s grid around 102 E 13 N: noise image and the truth as instance labels (and
+    as one field, ``<id>.merged.tif`` beside the scenes' folder, out of its catalog); with ``tones`` each field's pixels get a tone of their own."""
     x, y = gpd.GeoSeries([shapely.Point(102, 13)], crs="EPSG:4326").to_crs(crs).iloc[0].coords[0]
     shift = -SIZE * GSD + 10 if crs.endswith("47") else -10  # the scenes overlap by 20 m at the zone line
     transform = from_origin(round(x + shift), round(y + SIZE * GSD / 2), GSD, GSD)
     labels = rasterize(zip(truth.to_crs(crs).geometry, truth["field_id"]), out_shape=(SIZE, SIZE),
                        transform=transform, dtype="uint16")
     image = np.random.default_rng(0).integers(0, 255, (3, SIZE, SIZE), dtype=np.uint8)
+    if tones:  # field k: grey level 40 + 15 k, light noise
+        image = np.clip(40.0 + 15 * labels + np.random.default_rng(0).normal(0, 2, (3, SIZE, SIZE)), 0, 255)
+        image = image.astype(np.uint8)
     grid = dict(width=SIZE, height=SIZE, crs=crs, transform=transform)
+    with rasterio.open(folder.parent / f"{scene_id}.merged.tif", "w", "GTiff", count=1, dtype="uint16", **grid) as dst:
+        dst.write((labels > 0).astype(np.uint16), 1)
     with rasterio.open(folder / f"{scene_id}.tif", "w", "GTiff", count=3, dtype="uint8", **grid) as dst:
         dst.write(image)
     with rasterio.open(folder / f"{scene_id}.labels.tif", "w", "GTiff", count=1, dtype="uint16", **grid) as dst:
         dst.write(labels, 1)
 
 
-@pytest.fixture
-def oracle_run(tmp_path, tiny_dir):
+def _oracle(tmp_path, tiny_dir, tones=False, answer="labels"):
+    """A planned run whose chips answer the scenes' ``answer`` raster (``labels``: the truth)."""
     truth = _fields_4326()
     scenes = tmp_path / "scenes"
     scenes.mkdir()
-    _write_scene(scenes, "a47", "EPSG:32647", truth)
-    _write_scene(scenes, "b48", "EPSG:32648", truth)
+    _write_scene(scenes, "a47", "EPSG:32647", truth, tones)
+    _write_scene(scenes, "b48", "EPSG:32648", truth, tones)
     aoi = tmp_path / "aoi.geojson"
     aoi.write_text(gpd.GeoSeries([shapely.box(*truth.total_bounds).buffer(0.0002)], crs="EPSG:4326").to_json())
     cfg = MapConfig(aoi=str(aoi), catalog=str(scenes), model=str(tiny_dir), out=str(tmp_path / "out"),
                     chip_size=128, overlap=32)
     p = plan(cfg)
     files = RunFiles(cfg.out)
-    uri = {s: str(scenes / f"{s}.labels.tif") for s in ("a47", "b48")}
+    uri = {s: str(scenes / f"{s}.labels.tif" if answer == "labels" else tmp_path / f"{s}.merged.tif")
+           for s in ("a47", "b48")}
     for t in p.tasks:  # the oracle: each chip's answer is its truth
         classes = read_chip_classes(uri[t.scene_id], t, PromptConfig(), None)
         files.write(chip_file(t.chip_id), encode_chip(classes, np.ones((4, 4)), 16, 0.0))
     return p, files, truth
+
+
+@pytest.fixture
+def oracle_run(tmp_path, tiny_dir):
+    return _oracle(tmp_path, tiny_dir)
 
 
 def _matches(fields, geom):
@@ -105,3 +117,21 @@ def test_reduce_again_gives_the_same_map(ray_cluster, oracle_run):
     assert list(first["id"]) == list(again["id"])
     assert all(a.equals_exact(b, 0) for a, b in zip(first.geometry, again.geometry))
     assert not files.exists("fields.partial")
+
+
+def test_the_edge_split_reads_each_scene_and_parts_fields_the_answers_joined(ray_cluster, tmp_path, tiny_dir):
+    """Chips answer every field as one (no boundary drawn); each field has its own tone in the image.
+    Without the edge split the fields stay joined; with it, they come back: the nine not cut by a scene
+    edge whole (the three cut at the zone line leave 2,300 px strips in a scene, where a core 8 px deep
+    must fit beside the strip's edge, and are not asserted)."""
+    from dataclasses import replace
+
+    p, files, truth = _oracle(tmp_path, tiny_dir, tones=True, answer="merged")
+    p.rules = replace(p.rules, edge_quantile=0.0)
+    assert reduce_run(p, files, None, [])["fields"] <= 2
+    p.rules = replace(p.rules, edge_quantile=0.85, edge_sigma_m=1.0, edge_depth_m=4.0, edge_core_m2=200.0)
+    summary = reduce_run(p, files, None, [])
+    fields = gpd.read_parquet(files.uri("fields"))
+    assert summary["fields"] == len(fields) >= 9
+    best = [max(_matches(fields, geom)[1] or [0.0]) for geom in truth.geometry]
+    assert sum(iou > 0.8 for iou in best) >= 9, best
