@@ -218,6 +218,20 @@ def test_the_fields_step_core_depth_comes_from_the_card_unless_given(setup, tmp_
             plan(MapConfig(**base, model=str(cored), seed_px=bad))
 
 
+def test_the_edge_split_comes_from_the_card_unless_the_flag_says(setup, tmp_path):
+    base = dict(aoi=setup["aoi"], out=str(tmp_path / "o"))
+    edged = tmp_path / "edged"
+    shutil.copytree(setup["model"], edged)
+    card = json.loads((edged / "magseg.json").read_text())
+    (edged / "magseg.json").write_text(json.dumps({**card, "field_edge_quantile": 0.85, "field_edge_depth_m": 8}))
+    assert plan(MapConfig(**base, model=setup["model"])).rules.edge_quantile == 0  # a card without it: off
+    rules = plan(MapConfig(**base, model=str(edged))).rules
+    assert (rules.edge_quantile, rules.edge_depth_m, rules.edge_sigma_m) == (0.85, 8.0, 2.0)
+    assert plan(MapConfig(**base, model=str(edged), edge_quantile=0)).rules.edge_quantile == 0
+    with pytest.raises(ConfigError, match="edge_quantile 1.5"):
+        plan(MapConfig(**base, model=str(edged), edge_quantile=1.5))
+
+
 @pytest.mark.slow
 def test_ctrl_c_says_what_was_kept_and_how_to_resume(ray_cluster, setup, tmp_path):
     """Ctrl-C (SIGINT to the job's process group) mid-run: exit 130, one line on what was kept and

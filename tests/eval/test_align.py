@@ -402,3 +402,16 @@ def test_a_runs_edge_split_needs_the_scene_image_and_says_so_without_it(tmp_path
     assert len(np.unique(split.pred_instances[split.pred_instances > 0])) == 2 and not split.warnings
     with pytest.raises(RasterInputError, match="missing.tif"):
         read_image(tmp_path / "missing.tif")
+    # the job, on a run folder whose summary holds these rules: --image makes its fields as the run did
+    (tmp_path / "run" / "masks").mkdir(parents=True)
+    (tmp_path / "run" / "run.json").write_text("{}")
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"seed_px": 0.0, "field_rules": rules.__dict__}))
+    pred = write_tif(tmp_path / "run" / "masks" / "pred.tif", classes, tags={"MAGSEG_KIND": "class"})
+    aoi = tmp_path / "aoi.geojson"
+    gpd.GeoSeries([box(ORIGIN[0], ORIGIN[1] - 60, ORIGIN[0] + 100, ORIGIN[1])], crs=UTM).to_crs(4326).to_file(aoi)
+    argv = ["--pred", str(pred), "--truth", str(truth_path), "--aoi", str(aoi)]
+    for extra, pieces, warned in (([], 1, True), (["--image", str(tmp_path / "image.tif")], 2, False)):
+        out = tmp_path / f"metrics{pieces}.json"
+        assert _job().main([*argv, *extra, "--out", str(out)]) == 0
+        metrics = json.loads(out.read_text())
+        assert metrics["errors"]["pieces"] == pieces and bool(metrics["warnings"]) == warned
