@@ -68,6 +68,8 @@ class FieldRules:
                                   "for the model card's)")
         if self.edge_quantile >= 1:
             raise ConfigError(f"field rule edge_quantile {self.edge_quantile}: must be below 1 (a quantile; 0: off)")
+        if self.edge_quantile and not self.edge_sigma_m > 0:
+            raise ConfigError(f"field rule edge_sigma_m {self.edge_sigma_m}: the edge split needs a scale above 0")
         if self.max_m2 and self.max_m2 < self.min_m2:
             raise ConfigError(f"field rules: max_m2 {self.max_m2} is below min_m2 {self.min_m2}")
 

@@ -63,6 +63,8 @@ def test_the_split_runs_first_in_ground_units_and_needs_the_image():
         FieldRules(edge_quantile=1.0)
     with pytest.raises(ConfigError, match="edge_depth_m -1"):
         FieldRules(edge_depth_m=-1)
+    with pytest.raises(ConfigError, match="edge_sigma_m 0"):
+        FieldRules(edge_quantile=0.85, edge_sigma_m=0)
 
 
 def test_a_band_without_contrast_on_the_fields_counts_for_nothing():
