@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                    "depth of the map_region run that wrote PRED (its summary.json), else 0; the run's field rules "
                    "(edge split, minimum size, holes, maximum size) apply too")
     p.add_argument("--image", help="the scene image (GeoTIFF, bands 1-3) on PRED's grid, which the run's edge "
-                   "split needs; without it a PRED class raster's fields are made without that split (a warning says so)")
+                   "split needs; without it a PRED class raster's fields are made without that split "
+                   "(a warning says so)")
     p.add_argument("--object-iou", type=float, default=0.5,
                    help="IoU an object match must exceed (Fields of The World: 0.5, the default; >= 0.5)")
     p.add_argument(

@@ -31,7 +31,8 @@ def _fields_4326() -> gpd.GeoDataFrame:
 
 def _write_scene(folder, scene_id, crs, truth, tones=False):
     """A scene on ``crs``'s grid around 102 E 13 N: noise image and the truth as instance labels (and
-    as one field, ``<id>.merged.tif`` beside the scenes' folder, out of its catalog); with ``tones`` each field's pixels get a tone of their own."""
+    as one field, ``<id>.merged.tif`` beside the scenes' folder, out of its catalog); with ``tones``
+    each field's pixels get a tone of their own."""
     x, y = gpd.GeoSeries([shapely.Point(102, 13)], crs="EPSG:4326").to_crs(crs).iloc[0].coords[0]
     shift = -SIZE * GSD + 10 if crs.endswith("47") else -10  # the scenes overlap by 20 m at the zone line
     transform = from_origin(round(x + shift), round(y + SIZE * GSD / 2), GSD, GSD)

@@ -8,8 +8,8 @@ The model's per-pixel classes of a ``map_region`` run (its ``masks/<scene>.tif``
 ``evaluate.py``'s map) are the cache: nothing is decoded again. For each scene the fields are grown
 from cores once per core depth (``--seed-px``, default the run's), then every combination of the
 :class:`~magseg_ray.fields.rules.FieldRules` values given is applied to the instance raster and
-scored (the edge split reading each scene's image) against ``<scene>.fields.gpkg`` on the mask's grid, as ``evaluate.py`` scores the ``model``
-row: instance and one-to-one IoU (means over scenes), object precision/recall/F1 pooled over
+scored (the edge split reading each scene's image) against ``<scene>.fields.gpkg`` on the mask's grid,
+as ``evaluate.py`` scores the ``model`` row: instance and one-to-one IoU (means over scenes), object precision/recall/F1 pooled over
 scenes, pieces per truth field, and the false positives and negatives by cause
 (:mod:`magseg_ray.eval.errors`). One JSON line per setting; the last line names the setting with
 the highest object F1 among those that keep both IoUs at least as high as the rules-off setting.
