@@ -64,6 +64,8 @@ class PointSegmenter:
     image: ImageSettings
     mask_threshold: float = 0.5
     placement: Placement = Placement()
+    last_score: float | None = None
+    """The last mask's predicted IoU (the model's own score of the mask it answered)."""
 
     @classmethod
     def load(cls, path, mask_threshold: float = 0.5, placement: Placement = Placement()) -> "PointSegmenter":
@@ -99,7 +101,8 @@ class PointSegmenter:
         out = self.model(pixel_values=put(pixels), input_points=put(xy), input_labels=put(labels),
                          multimask_output=len(points) == 1)
         masks, scores = out.pred_masks[0, 0].float().cpu(), out.iou_scores[0, 0].float().cpu()
-        logits = masks[int(scores.argmax())]
+        best = int(scores.argmax())
+        logits, self.last_score = masks[best], float(scores[best])
         full = _upsample(logits, (side_h, side_w))[:rh, :rw]
         return (_upsample(full, (h, w)) > _logit(self.mask_threshold)).numpy()
 
@@ -114,6 +117,8 @@ class TextSegmenter:
     score_threshold: float = 0.5
     mask_threshold: float = 0.5
     placement: Placement = Placement()
+    last_score: float | None = None
+    """The best score of the instances the last mask unions (None: no instance over the threshold)."""
 
     @classmethod
     def load(cls, path, score_threshold: float = 0.5, mask_threshold: float = 0.5,
@@ -150,6 +155,7 @@ class TextSegmenter:
     def __call__(self, crop: np.ndarray, phrase: str) -> np.ndarray | None:
         scores, logits = self.instances(crop, phrase)
         keep = scores >= self.score_threshold
+        self.last_score = float(scores[keep].max()) if keep.any() else None
         if not keep.any():
             return None
         return (logits[keep] > _logit(self.mask_threshold)).any(0)

@@ -56,6 +56,16 @@ def stitch_scene(files: RunFiles, chip_ids: list[str], height: int, width: int, 
     return classes, confidence, patches
 
 
+def owner_chips(chip_ids: list[str], rows: np.ndarray, cols: np.ndarray, config: ChipConfig) -> list[str | None]:
+    """The chip whose kept window (the overlap rule) holds each scene pixel ``(rows[i], cols[i])``;
+    None where no chip of ``chip_ids`` does."""
+    origins = {tuple(int(v) for v in c.rsplit("/", 1)[1].split("_")): c for c in chip_ids}
+    offsets = set(origins)
+    kept = [(row + t, row + b, col + l, col + r, chip_id)
+            for (row, col), chip_id in origins.items() for t, b, l, r in [kept_window(row, col, offsets, config)]]
+    return [next((k[4] for k in kept if k[0] <= y < k[1] and k[2] <= x < k[3]), None) for y, x in zip(rows, cols)]
+
+
 def write_mask(files: RunFiles, rel: str, classes: np.ndarray, transform: Affine, crs: str, schema: Schema) -> None:
     """A scene's class raster as a tiled GeoTIFF with a colour table and :data:`NO_DATA` as nodata (QGIS shows
     it in the schema's colours)."""
