@@ -57,12 +57,14 @@ def stitch_scene(files: RunFiles, chip_ids: list[str], height: int, width: int, 
 
 
 def owner_chips(chip_ids: list[str], rows: np.ndarray, cols: np.ndarray, config: ChipConfig) -> list[str | None]:
-    """The chip whose kept window (the overlap rule) holds each scene pixel ``(rows[i], cols[i])``;
-    None where no chip of ``chip_ids`` does."""
+    """The chip :func:`stitch_scene` takes each scene pixel ``(rows[i], cols[i])`` from (the last, in
+    its order, whose kept window holds it: where a chip is missing its neighbours' windows overlap);
+    None where no chip of ``chip_ids`` holds it."""
     origins = {tuple(int(v) for v in c.rsplit("/", 1)[1].split("_")): c for c in chip_ids}
     offsets = set(origins)
-    kept = [(row + t, row + b, col + l, col + r, chip_id)
-            for (row, col), chip_id in origins.items() for t, b, l, r in [kept_window(row, col, offsets, config)]]
+    in_order = sorted(origins.items(), key=lambda o: o[1])
+    kept = [(row + t, row + b, col + l, col + r, chip_id) for (row, col), chip_id in in_order
+            for t, b, l, r in [kept_window(row, col, offsets, config)]][::-1]
     return [next((k[4] for k in kept if k[0] <= y < k[1] and k[2] <= x < k[3]), None) for y, x in zip(rows, cols)]
 
 
