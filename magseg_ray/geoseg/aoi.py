@@ -115,6 +115,24 @@ def plan_query(cfg: AoiConfig, models, config, store=None):
                 identity, 0.0, FieldRules(), chip_attributes=ATTRIBUTES, actor=actor, lost=lost)
 
 
+def segment_chip(pipeline, query: str, image: np.ndarray, valid: np.ndarray):
+    """One chip through GeoSeg (the AOI job's and ``POST /segment``'s path): grounding in the chip, or
+    the whole chip as the box without a grounder, then the routes and fusion. Returns its classes (1
+    object, 0 background, no data where not ``valid``), its score on the :data:`PATCH` grid (NaN
+    without one), its attributes and the :class:`~magseg_ray.geoseg.pipeline.Result`."""
+    from magseg_ray.masks.schemas import NO_DATA
+
+    h, w = valid.shape
+    box = None if pipeline.grounder is not None else (0, 0, w, h)
+    result = pipeline.segment(image, query, box=box)
+    classes = np.where(valid, result.mask, NO_DATA).astype(np.uint8)
+    score = np.nan if result.score is None else result.score
+    grid = np.full((-(-h // PATCH), -(-w // PATCH)), score, np.float32)
+    attributes = {"query": query, "phrase": result.phrase, "route": result.case, "score": result.score,
+                  "class": "object", "reason": result.reason}
+    return classes, grid, attributes, result
+
+
 class GeoSegChips:
     """Ray Data ``map_batches`` class of the GeoSeg stage: chip records in, their summaries out (as
     :class:`~magseg_ray.map_region.ChipMapper`'s). Each chip's mask and attributes are written
@@ -130,20 +148,6 @@ class GeoSegChips:
         self.pipeline = build_pipeline(models, config)
         self.query = query
         self.files = RunFiles(files_root, store)
-
-    def segment(self, image: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-        """One chip -> its classes (1 object, 0 background, no data where invalid), score grid and attributes."""
-        from magseg_ray.masks.schemas import NO_DATA
-
-        h, w = valid.shape
-        box = None if self.pipeline.grounder is not None else (0, 0, w, h)
-        result = self.pipeline.segment(image, self.query, box=box)
-        classes = np.where(valid, result.mask, NO_DATA).astype(np.uint8)
-        score = np.nan if result.score is None else result.score
-        grid = np.full((-(-h // PATCH), -(-w // PATCH)), score, np.float32)
-        attributes = {"query": self.query, "phrase": result.phrase, "route": result.case, "score": result.score,
-                      "class": "object", "reason": result.reason}
-        return classes, grid, attributes
 
     def __call__(self, batch: dict) -> dict:
         """Ray Data ``map_batches`` (numpy format): chip records -> their output summaries."""
@@ -161,7 +165,8 @@ class GeoSegChips:
                 continue
             start = time.perf_counter()
             try:
-                classes, grid, attributes = self.segment(np.asarray(row["image"]), np.asarray(row["valid"], bool))
+                classes, grid, attributes, _ = segment_chip(self.pipeline, self.query, np.asarray(row["image"]),
+                                                            np.asarray(row["valid"], bool))
             except MagsegError as e:
                 record["error"] = f"{row['chip_id']}: {e}"
                 continue

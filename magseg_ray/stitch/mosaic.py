@@ -33,6 +33,18 @@ def kept_window(row: int, col: int, offsets: set[tuple[int, int]], config: ChipC
     return top, bottom, left, right
 
 
+def paste(target: np.ndarray, origin: tuple[int, int], row: int, col: int, values: np.ndarray,
+          offsets: set[tuple[int, int]], config: ChipConfig) -> None:
+    """Write the kept part of chip ``(row, col)``'s ``values`` (chip-sized) into ``target``, a raster
+    whose top-left pixel is scene pixel ``origin``; what falls outside ``target`` is left out."""
+    top, bottom, left, right = kept_window(row, col, offsets, config)
+    r0, c0 = row - origin[0], col - origin[1]
+    top, left = max(top, -r0), max(left, -c0)
+    bottom, right = min(bottom, target.shape[0] - r0), min(right, target.shape[1] - c0)
+    if bottom > top and right > left:
+        target[r0 + top : r0 + bottom, c0 + left : c0 + right] = values[top:bottom, left:right]
+
+
 def stitch_scene(files: RunFiles, chip_ids: list[str], height: int, width: int, config: ChipConfig,
                  patch_size: int) -> tuple[np.ndarray, np.ndarray, int]:
     """The scene's class raster (uint8, :data:`NO_DATA` where unmapped), a per-pixel confidence
@@ -46,13 +58,9 @@ def stitch_scene(files: RunFiles, chip_ids: list[str], height: int, width: int, 
         row, col = (int(v) for v in chip_id.rsplit("/", 1)[1].split("_"))
         out = decode_chip(files.read(chip_file(chip_id)))
         patches += int(out["patches"])
-        top, bottom, left, right = kept_window(row, col, offsets, config)
-        bottom, right = min(bottom, height - row), min(right, width - col)  # chips past the scene edge
-        if bottom <= top or right <= left:
-            continue
         conf = np.repeat(np.repeat(out["confidence"], patch_size, 0), patch_size, 1)
-        classes[row + top : row + bottom, col + left : col + right] = out["classes"][top:bottom, left:right]
-        confidence[row + top : row + bottom, col + left : col + right] = conf[top:bottom, left:right]
+        paste(classes, (0, 0), row, col, out["classes"], offsets, config)
+        paste(confidence, (0, 0), row, col, conf, offsets, config)
     return classes, confidence, patches
 
 
