@@ -17,7 +17,7 @@ touches as a Ray Data job on map_region's chip stream (magseg_ray.geoseg.aoi): D
 failures.json; rerunning resumes, and a run with failed chips is partial (exit 3). Every model
 loads from a local folder (README: "GeoSeg's folders"), on --device in --dtype (default: the GPU
 in bfloat16 when there is one, else the CPU in float32); nothing is downloaded. Exit status 2 on
-bad input, 3 for a partial --aoi map.
+bad input, 3 for a partial --aoi map, 130 when an --aoi run is interrupted.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from magseg_ray.geoseg.run import ModelsConfig
 
 PARTIAL = 3
 """Exit status of an --aoi run that wrote a partial map (as jobs/map_region.py)."""
+INTERRUPTED = 130
+"""Exit status of an --aoi run stopped by Ctrl-C (finished chips are kept: rerun to resume)."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
 def query_aoi(args, models: ModelsConfig, config: GeoSegConfig) -> int:
     from magseg_ray.cluster import RaySettings, ray_session
     from magseg_ray.geoseg.aoi import answer_from_fields, plan_query
-    from magseg_ray.map_region import run_map_region
+    from magseg_ray.map_region import interrupted_note, run_map_region
     from magseg_ray.scenes.store import ObjectStore
 
     aoi, store = from_arguments(AoiConfig, args), ObjectStore.from_env()
@@ -93,8 +95,12 @@ def query_aoi(args, models: ModelsConfig, config: GeoSegConfig) -> int:
         summary = answer_from_fields(aoi, store)
     else:
         planned = plan_query(aoi, models, config, store)  # bad query, AOI or catalog: fail before Ray
-        with ray_session(RaySettings(address=args.address, gpus=aoi.use_gpu)):
-            summary = run_map_region(planned, store)
+        try:
+            with ray_session(RaySettings(address=args.address, gpus=aoi.use_gpu)):
+                summary = run_map_region(planned, store)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: {interrupted_note(planned, store)}", file=sys.stderr, flush=True)
+            return INTERRUPTED
     print(json.dumps(summary))
     return 0 if summary["status"] == "complete" else PARTIAL
 

@@ -53,15 +53,15 @@ class AoiConfig:
         "area of interest (GeoJSON or any vector file of polygons): answer --query over every scene it touches"))
     catalog: str = field(default="", metadata=doc(
         "--aoi: scenes, a catalog .parquet or a folder, file:// or s3:// prefix of COGs (default: the demo scenes)"))
-    query: str = ""
-    out: str = ""
+    query: str = field(default="", metadata=doc("what to segment (the job's --query)"))
+    out: str = field(default="", metadata=doc("output folder or s3:// prefix (the job's --out)"))
     fields_run: str = field(default="", metadata=doc(
         "--aoi: a finished map_region run (folder or s3:// prefix): a query for the fields themselves "
         "('fields', 'all farm fields') is answered from its fields without decoding again"))
     chip_size: int = field(default=512, metadata=doc("--aoi: chip side in pixels (a multiple of 32)"))
     overlap: int = field(default=-1, metadata=doc("--aoi: pixels shared by neighbouring chips; -1: chip size / 8"))
-    num_actors: int = 1
-    cpus_per_actor: float = 0.5
+    num_actors: int = field(default=1, metadata=doc("GeoSeg actors, each with the pipeline loaded once (--num-actors)"))
+    cpus_per_actor: float = field(default=0.5, metadata=doc("Ray CPUs per actor (--cpus-per-actor)"))
     read_cpus: float = field(default=0.25, metadata=doc("--aoi: CPUs reserved per chip read task"))
     chips_per_call: int = field(default=4, metadata=doc(
         "--aoi: chips an actor takes at a time (a killed actor's rerun redoes at most this many)"))
