@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
 import shapely
 
@@ -61,8 +62,6 @@ def _chip_columns(fields: gpd.GeoDataFrame, files: RunFiles, chip_ids: list[str]
                   attributes: tuple) -> gpd.GeoDataFrame:
     """Each field's ``attributes`` from the chip that owns a point inside it (its representative point,
     by the overlap rule): a GeoSeg object's query, phrase, route and score are its chip's."""
-    import numpy as np
-
     from magseg_ray.run_files import chip_attributes
     from magseg_ray.stitch.mosaic import owner_chips
 

@@ -82,9 +82,9 @@ class ServeSettings(MapSettings):
     geoseg_tiny: str = field(default="", metadata=doc(
         "build GeoSeg's offline tiny presets (random weights) into this folder and use each part of them not "
         "given (grounder, CLIP, point segmenter, SAM3): plumbing and latency only, their answers are random"))
-    geoseg_max_px: int = field(default=2048 * 2048, metadata=doc(
-        "most scene pixels one /segment area may cover (its window on the scene grid; 2048 x 2048 is "
-        "about 1 km2 at 0.5 m, 25 chips of 512); a larger area is refused (413)"))
+    geoseg_max_px: int = field(default=1024 * 1024, metadata=doc(
+        "most scene pixels one /segment area may cover (its window on the scene grid; 1024 x 1024 is "
+        "about 0.26 km2 at 0.5 m, up to 9 chips of 512); a larger area is refused (413)"))
     geoseg_chip_size: int = field(default=512, metadata=doc(
         "GeoSeg's chip side in pixels: a /segment area larger than one chip streams through the scene grid's "
         "chips (chip/8 overlap), each grounded and segmented on its own, as jobs/geoseg.py --aoi does"))

@@ -12,6 +12,7 @@ import pytest
 from magseg_ray.fields.write import to_fiboa, write_partitions
 from magseg_ray.map_region import DEMO_DIR
 from magseg_ray.run_files import RunFiles
+from magseg_ray.scenes.catalog import build_catalog
 from tests.geoseg.test_job import job
 
 AOI = DEMO_DIR / "demo.geojson"
@@ -66,6 +67,23 @@ def test_an_aoi_query_maps_the_three_demo_scenes_and_a_killed_run_resumes_to_the
     # the same folder for another query is refused, nothing in it lost
     code, _, err = run([*argv[:3], "the pond", *argv[4:], "--out", tmp_path / "b"], capsys)
     assert code == 2 and "different query" in err and len(list((tmp_path / "b" / "chips").rglob("*.npz"))) == 27
+
+
+@pytest.mark.slow
+def test_chips_of_a_scene_that_cannot_be_read_make_the_map_partial(ray_cluster, geoseg_presets, tmp_path, capsys):
+    scenes = shutil.copytree(DEMO_DIR / "scenes", tmp_path / "scenes")
+    catalog = build_catalog(scenes).save(tmp_path / "catalog.parquet")
+    broken = scenes / f"{SCENES[0]}.tif"
+    data = broken.read_bytes()
+    broken.write_bytes(data[:2000] + b"\xab" * (len(data) - 2000))  # tiles destroyed after cataloguing
+    code, _, err = run(["--aoi", AOI, "--catalog", catalog, "--query", "the field", "--chip-size", "256",
+                        "--routes", "text", "--address", ray_cluster.address, *models(geoseg_presets),
+                        "--out", tmp_path / "out"], capsys)
+    objects, summary = read_map(tmp_path / "out")
+    failures = json.loads((tmp_path / "out" / "failures.json").read_text())
+    assert code == 3 and summary["status"] == "partial" and "partial map" in err
+    assert summary["chips_failed"] == len(failures) > 0 and {f["scene_id"] for f in failures} == {SCENES[0]}
+    assert set(objects["scene_id"].str.split("+").explode()) <= set(SCENES[1:]) and len(objects) > 0
 
 
 @pytest.mark.parametrize("argv, message", [
