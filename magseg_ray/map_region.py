@@ -160,14 +160,20 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     catalog = load_catalog(cfg.catalog, store)
     scenes = catalog.scenes
     tasks = chip_windows(scenes, aoi, m.chip)
-    lost = [{"chip_id": None, "scene_id": Path(f.uri).stem, "error": f"{f.uri}: not catalogued: {f.reason}"}
-            for f in catalog.failures.itertuples() if f.footprint is None or f.footprint.intersects(aoi)]
+    lost = uncatalogued(catalog, aoi)
     rules = resolve_rules(cfg.min_field_m2, cfg.max_field_m2, cfg.hole_m2, cfg.simplify_m, m.card)
     chips_by = {k: v for k, v in asdict(m.card).items() if not k.startswith("field_")}  # the fields step reruns on resume
     identity = {"aoi_sha256": aoi_fingerprint(aoi), "model": m.fingerprint, "model_prompt": chips_by,
                 "chip": {"chip_size": m.chip.chip_size, "overlap": m.chip.overlap}}
     return Plan(cfg, scenes, aoi, tasks, m.chip, m.card, m.card.prompt(), model_dir, identity, m.seed_px, rules,
                 lost=lost)
+
+
+def uncatalogued(catalog, aoi) -> list[dict]:
+    """Failures (``chip_id`` None) of the scenes under a folder or prefix catalog that could not be
+    catalogued and may lie in the AOI (footprint unknown or touching it)."""
+    return [{"chip_id": None, "scene_id": Path(f.uri).stem, "error": f"{f.uri}: not catalogued: {f.reason}"}
+            for f in catalog.failures.itertuples() if f.footprint is None or f.footprint.intersects(aoi)]
 
 
 def check_out(out: str) -> None:

@@ -38,6 +38,7 @@ import numpy as np
 
 from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError
+from magseg_ray.map_region import DEMO_DIR
 
 PATCH = 32
 """Grid of a chip's stored score (the run files' per-patch confidence); chip sizes are multiples of it."""
@@ -51,8 +52,8 @@ class AoiConfig:
 
     aoi: str = field(default="", metadata=doc(
         "area of interest (GeoJSON or any vector file of polygons): answer --query over every scene it touches"))
-    catalog: str = field(default="", metadata=doc(
-        "--aoi: scenes, a catalog .parquet or a folder, file:// or s3:// prefix of COGs (default: the demo scenes)"))
+    catalog: str = field(default=str(DEMO_DIR / "scenes"), metadata=doc(
+        "--aoi: scenes, a catalog .parquet or a folder, file:// or s3:// prefix of COGs"))
     query: str = field(default="", metadata=doc("what to segment (the job's --query)"))
     out: str = field(default="", metadata=doc("output folder or s3:// prefix (the job's --out)"))
     fields_run: str = field(default="", metadata=doc(
@@ -74,11 +75,6 @@ class AoiConfig:
     def out_root(self) -> str:
         return self.out
 
-    def catalog_uri(self) -> str:
-        from magseg_ray.map_region import DEMO_DIR
-
-        return self.catalog or str(DEMO_DIR / "scenes")
-
 
 def plan_query(cfg: AoiConfig, models, config, store=None):
     """Check every input and resolve the run as a :class:`~magseg_ray.map_region.Plan` whose model
@@ -87,7 +83,7 @@ def plan_query(cfg: AoiConfig, models, config, store=None):
     from magseg_ray.fields.rules import FieldRules
     from magseg_ray.geoseg.grounder import check_query
     from magseg_ray.geoseg.run import tiny_folders
-    from magseg_ray.map_region import Plan, check_out
+    from magseg_ray.map_region import Plan, check_out, uncatalogued
     from magseg_ray.prompt import PromptConfig
     from magseg_ray.scenes.catalog import load_catalog
 
@@ -102,10 +98,9 @@ def plan_query(cfg: AoiConfig, models, config, store=None):
     check_out(cfg.out)
     chip = ChipConfig.for_chip_size(cfg.chip_size, cfg.overlap)
     aoi = load_aoi(cfg.aoi)
-    catalog = load_catalog(cfg.catalog_uri(), store)
+    catalog = load_catalog(cfg.catalog, store)
     tasks = chip_windows(catalog.scenes, aoi, chip)
-    lost = [{"chip_id": None, "scene_id": f.uri.rsplit("/", 1)[-1], "error": f"{f.uri}: not catalogued: {f.reason}"}
-            for f in catalog.failures.itertuples() if f.footprint is None or f.footprint.intersects(aoi)]
+    lost = uncatalogued(catalog, aoi)
     models = tiny_folders(models) if models.tiny else models  # built once here, not by each actor
     identity = {"aoi_sha256": aoi_fingerprint(aoi), "query": query, "models": asdict(models),
                 "geoseg": asdict(config), "chip": {"chip_size": chip.chip_size, "overlap": chip.overlap}}
