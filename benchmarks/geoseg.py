@@ -1,23 +1,36 @@
-"""GeoSeg per-stage latency on the offline tiny presets, and what CLIP Surgery's second path costs.
+"""GeoSeg per-stage latency per chip on the offline tiny presets, what CLIP Surgery's second path
+costs, and the AOI job's chips per second with 1 and 2 actors.
 
-    python benchmarks/geoseg.py [--repeat 5] [--size 256] [--presets DIR]
+    python benchmarks/geoseg.py [--repeat 5] [--size 256] [--presets DIR] [--append cluster/benchmarks.jsonl]
 
-Builds (or reuses) the tiny presets, then on a seeded random RGB image of ``--size`` px times
+Builds (or reuses) the tiny presets, then on a seeded random RGB chip of ``--size`` px times
 each stage of the pipeline: grounding (the Gemma3 grounder generating its answer, greedy, up to
 96 tokens), refinement, route A (CLIP Surgery map + keypoints + SAM), route B (SAM3 text route)
 and fusion, over ``--repeat`` queries with a given box (median seconds; grounding is timed on its
 own calls). Named baseline: one plain ``CLIPVisionModel`` forward of the crop against the
 surgery forward (both paths) of the same crop; ``surgery_ratio`` = surgery / plain. The tiny
-presets have random weights: these are plumbing costs, not a real model's. One JSON line.
+presets have random weights: these are plumbing costs, not a real model's.
+
+AOI throughput: ``jobs/geoseg.py --aoi``'s flow (:func:`~magseg_ray.geoseg.aoi.plan_query`, then
+:func:`~magseg_ray.map_region.run_map_region`) over the bundled demo AOI (3 scenes) in ``--size`` px
+chips, with both routes and no grounder (each chip is the box: a random grounder rarely writes
+one, which would leave the routes idle), on a private local Ray of 2 CPUs, once with 1 actor and
+once with 2 (0.5 CPU and one torch thread each), each into a fresh folder. Chips per second is
+chips / the model stage's wall time (``model_seconds``: actor start, reads, GeoSeg, writes);
+``aoi_actor_ratio`` = 2 actors / 1 actor. One JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +38,28 @@ import torch
 
 def _median(values) -> float:
     return round(statistics.median(values), 5)
+
+
+def aoi_rates(presets: str, chip_size: int, root: Path) -> list[dict]:
+    """The AOI job's ``summary.json`` numbers with 1 and 2 actors (see module doc)."""
+    from magseg_ray.cluster import RaySettings, ray_session
+    from magseg_ray.geoseg.aoi import AoiConfig, plan_query
+    from magseg_ray.geoseg.config import GeoSegConfig
+    from magseg_ray.geoseg.run import ModelsConfig
+    from magseg_ray.map_region import DEMO_DIR, run_map_region
+
+    folders = {k: str(Path(presets) / n) for k, n in (("clip", "clip"), ("points", "sam3_tracker"), ("sam3", "sam3"))}
+    models, config = ModelsConfig(**folders), GeoSegConfig(text_score_threshold=0.0)
+    out = []
+    with contextlib.redirect_stdout(sys.stderr), ray_session(RaySettings(num_cpus=2)):
+        for actors in (1, 2):
+            cfg = AoiConfig(aoi=str(DEMO_DIR / "demo.geojson"), query="the field", out=str(root / f"aoi{actors}"),
+                            chip_size=chip_size, num_actors=actors, cpus_per_actor=0.5)
+            summary = run_map_region(plan_query(cfg, models, config))
+            out.append({"actors": actors, "chips": summary["chips"], "model_seconds": summary["model_seconds"],
+                        "chips_per_s": round(summary["chips"] / summary["model_seconds"], 3),
+                        "objects": summary["fields"]})
+    return out
 
 
 def main(argv=None) -> dict:
@@ -37,8 +72,10 @@ def main(argv=None) -> dict:
     p.add_argument("--repeat", type=int, default=5, help="timed queries (default 5)")
     p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     p.add_argument("--presets", default=None, help="folder for the tiny presets (default: a temporary one)")
+    p.add_argument("--append", default="", help="also append the line to this JSONL file")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    load = os.getloadavg()[0]  # this machine's 2 cores are shared: the figures are only as good as it is idle
     with tempfile.TemporaryDirectory() as tmp:
         pipeline = build_pipeline(ModelsConfig(tiny=args.presets or tmp), GeoSegConfig(text_score_threshold=0.0))
         image = np.random.default_rng(0).integers(0, 255, (args.size, args.size, 3), dtype=np.uint8)
@@ -65,12 +102,20 @@ def main(argv=None) -> dict:
                 t = time.perf_counter()
                 image_tokens(clip.clip, pixels, clip.blocks)
                 surgery.append(time.perf_counter() - t)
-    result = {"benchmark": "geoseg", "presets": "tiny (random weights)", "image_px": args.size,
+        rates = aoi_rates(args.presets or tmp, args.size, Path(tmp))
+    result = {"benchmark": "geoseg", "presets": "tiny (random weights)", "device": "cpu",
+              "cpus": os.cpu_count(), "load_avg_1m_at_start": round(load, 2), "chip_px": args.size,
               "repeat": args.repeat, **{f"{k}_s": _median(v) for k, v in stages.items()},
               "total_s": _median([sum(x) for x in zip(*stages.values())]),
               "baseline": "plain CLIPVisionModel forward of the crop", "clip_plain_s": _median(plain),
-              "clip_surgery_s": _median(surgery), "surgery_ratio": round(_median(surgery) / _median(plain), 3)}
-    print(json.dumps(result))
+              "clip_surgery_s": _median(surgery), "surgery_ratio": round(_median(surgery) / _median(plain), 3),
+              "aoi": "demo AOI, 3 scenes, both routes, no grounder", "aoi_runs": rates,
+              "aoi_baseline": "1 actor", "aoi_actor_ratio": round(rates[1]["chips_per_s"] / rates[0]["chips_per_s"], 3)}
+    line = json.dumps(result)
+    print(line)
+    if args.append:
+        with open(args.append, "a") as f:
+            f.write(line + "\n")
     return result
 
 

@@ -42,10 +42,13 @@ def _scalar_type(tp):
     return tp
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """Add a ``--flag`` for every field of the dataclass ``cls``."""
+def add_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """Add a ``--flag`` for every field of the dataclass ``cls`` (but those named in ``skip``: the
+    job defines them itself)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         tp = _scalar_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

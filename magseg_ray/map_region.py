@@ -132,6 +132,11 @@ class Plan:
     """Core depth of the fields step (``MapConfig.seed_px`` resolved against the model card)."""
     rules: object = None
     """The fields step's :class:`~magseg_ray.fields.rules.FieldRules` (flags resolved against the model card)."""
+    chip_attributes: tuple = ()
+    """Attributes the chip outputs carry that become field columns (GeoSeg's query, phrase, route, score)."""
+    actor: tuple | None = None
+    """The model stage's Ray Data class and its constructor arguments (GeoSeg's chip actor); None:
+    :class:`ChipMapper` of the plan's model."""
     lost: list = field(default_factory=list)
     """Failures (``chip_id`` ``None``) of the scenes under a folder or prefix catalog that could not be
     catalogued and may lie in the AOI (footprint unknown or touching it): their area is unmapped."""
@@ -153,21 +158,28 @@ def plan(cfg: MapConfig, store=None) -> Plan:
         raise ModelLoadError(f"the demo model is missing at {model_dir}; pass --model")
     check_checkpoint_dir(model_dir)
     m = mapping_settings(model_dir, cfg.chip_size, cfg.overlap, cfg.seed_px)
-    _check_out(cfg.out_root())
+    check_out(cfg.out_root())
     aoi = load_aoi(cfg.aoi)
     catalog = load_catalog(cfg.catalog, store)
     scenes = catalog.scenes
     tasks = chip_windows(scenes, aoi, m.chip)
-    lost = [{"chip_id": None, "scene_id": Path(f.uri).stem, "error": f"{f.uri}: not catalogued: {f.reason}"}
-            for f in catalog.failures.itertuples() if f.footprint is None or f.footprint.intersects(aoi)]
+    lost = uncatalogued(catalog, aoi)
     rules = resolve_rules(cfg.min_field_m2, cfg.max_field_m2, cfg.hole_m2, cfg.simplify_m, m.card, cfg.edge_quantile)
     chips_by = {k: v for k, v in asdict(m.card).items() if not k.startswith("field_")}  # the fields step reruns on resume
     identity = {"aoi_sha256": aoi_fingerprint(aoi), "model": m.fingerprint, "model_prompt": chips_by,
                 "chip": {"chip_size": m.chip.chip_size, "overlap": m.chip.overlap}}
-    return Plan(cfg, scenes, aoi, tasks, m.chip, m.card, m.card.prompt(), model_dir, identity, m.seed_px, rules, lost)
+    return Plan(cfg, scenes, aoi, tasks, m.chip, m.card, m.card.prompt(), model_dir, identity, m.seed_px, rules,
+                lost=lost)
 
 
-def _check_out(out: str) -> None:
+def uncatalogued(catalog, aoi) -> list[dict]:
+    """Failures (``chip_id`` None) of the scenes under a folder or prefix catalog that could not be
+    catalogued and may lie in the AOI (footprint unknown or touching it)."""
+    return [{"chip_id": None, "scene_id": Path(f.uri).stem, "error": f"{f.uri}: not catalogued: {f.reason}"}
+            for f in catalog.failures.itertuples() if f.footprint is None or f.footprint.intersects(aoi)]
+
+
+def check_out(out: str) -> None:
     """A local ``--out`` must be a folder, or not exist below a folder: refuse a file in its way."""
     from magseg_ray.scenes.store import split_uri
 
@@ -326,8 +338,9 @@ def _map_chips(p: Plan, files, store, done: set, todo: int, resumed: int, failur
     cfg = p.config
     threads = max(int(cfg.cpus_per_actor), 1)
     ds = mapping_chips(p.scenes, p.aoi, p.chip, p.prompt.patch_size, store=store, read_cpus=cfg.read_cpus, skip=done)
-    ds = ds.map_batches(ChipMapper, fn_constructor_args=(p.model_dir, p.card, cfg.batch_size, cfg.max_new_tokens or None,
-                                                         files.root, store, threads, cfg.dtype),
+    actor, args = p.actor or (ChipMapper, (p.model_dir, p.card, cfg.batch_size, cfg.max_new_tokens or None,
+                                           files.root, store, threads, cfg.dtype))
+    ds = ds.map_batches(actor, fn_constructor_args=args,
                         batch_size=cfg.chips_per_call, batch_format="numpy", concurrency=cfg.num_actors,
                         num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
     finished, patches, start, last = 0, 0, time.perf_counter(), 0.0

@@ -10,7 +10,8 @@ a run killed at any moment leaves only finished files behind.
 Layout under the run root::
 
     run.json                      what the run maps (AOI, model, settings): a rerun must match it
-    chips/<scene_id>/<row>_<col>.npz   per-chip classes (uint8, NO_DATA = 255) and patch confidence
+    chips/<scene_id>/<row>_<col>.npz   per-chip classes (uint8, NO_DATA = 255), patch confidence and
+                                  optional attributes of the objects it owns (a GeoSeg chip's query, ...)
     masks/<scene_id>.tif          stitched class raster of each scene (tiled GeoTIFF)
     fields/cell=<cell>/*.parquet  field polygons, GeoParquet partitioned by grid cell
     fields.gpkg, summary.json, failures.json, preview.png
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import posixpath
 import tempfile
@@ -110,16 +112,26 @@ def chip_file(chip_id: str) -> str:
     return f"chips/{chip_id}.npz"
 
 
-def encode_chip(classes: np.ndarray, confidence: np.ndarray, patches: int, seconds: float) -> bytes:
+def encode_chip(classes: np.ndarray, confidence: np.ndarray, patches: int, seconds: float,
+                attributes: dict | None = None) -> bytes:
+    """A chip's output; ``attributes`` (JSON-able: e.g. a GeoSeg chip's query, phrase, route and
+    score) become the columns of the objects the chip owns (:func:`chip_attributes`)."""
     buf = io.BytesIO()
+    extra = {"attributes": np.array(json.dumps(attributes))} if attributes is not None else {}
     np.savez_compressed(buf, classes=classes.astype(np.uint8), confidence=confidence.astype(np.float32),
-                        patches=np.int64(patches), seconds=np.float64(seconds))
+                        patches=np.int64(patches), seconds=np.float64(seconds), **extra)
     return buf.getvalue()
 
 
 def decode_chip(data: bytes) -> dict:
     with np.load(io.BytesIO(data)) as z:
         return {k: z[k] for k in z.files}
+
+
+def chip_attributes(files: "RunFiles", chip_id: str) -> dict:
+    """The ``attributes`` a chip's output carries ({} for none)."""
+    out = decode_chip(files.read(chip_file(chip_id)))
+    return json.loads(str(out["attributes"])) if "attributes" in out else {}
 
 
 def finished_chips(files: RunFiles) -> set[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
 import shapely
 
@@ -23,8 +24,10 @@ PARTIAL = "fields.partial"
 
 
 def reduce_scene(scene: dict, chip_ids: list[str], owned, seam, files_root: str, store, chip, prompt,
-                 simplify_px: float, min_field_px: int, seed_px: float, degrees: float, rules=None) -> dict:
-    """Stitch one scene, write its class raster and final fields; return its seam pieces and stats."""
+                 simplify_px: float, min_field_px: int, seed_px: float, degrees: float, rules=None,
+                 attributes: tuple = ()) -> dict:
+    """Stitch one scene, write its class raster and final fields; return its seam pieces and stats.
+    ``attributes``: chip attributes (:func:`~magseg_ray.run_files.encode_chip`) each field takes from its chip."""
     from magseg_ray.chips.windows import scene_transform
     from magseg_ray.fields.polygons import scene_fields
     from magseg_ray.fields.rules import FieldRules
@@ -47,17 +50,35 @@ def reduce_scene(scene: dict, chip_ids: list[str], owned, seam, files_root: str,
     fields = scene_fields(classes, confidence, transform, row["crs"], schema, simplify_px, min_field_px, seed_px,
                           rules, image)
     fields["scene_id"] = row["id"]
+    if attributes:
+        fields = _chip_columns(fields, files, chip_ids, transform, row["crs"], chip, attributes)
     tolerance = tolerance_degrees(float(row["gsd"]))
     final, pieces = split_at_seams(fields, owned, seam, tolerance)
     ids = [f"{row['id']}-{int(i):06d}" for i in final["instance"]]
     datetimes = {row["id"]: row.get("datetime")}
     class_name = schema.classes[schema.field_classes[0]].name
-    final = to_fiboa(final, ids, class_name, datetimes)
+    final = to_fiboa(final, ids, class_name, datetimes, attributes)
     write_partitions(files, PARTIAL, final, row["id"], degrees)
     mapped_px = int((classes != NO_DATA).sum())
     return {"scene_id": row["id"], "pieces": pieces, "fields": len(final), "patches": patches,
             "mapped_km2": mapped_px * float(row["gsd"]) ** 2 / 1e6, "tolerance": tolerance,
             "class_name": class_name, "datetime": row.get("datetime")}
+
+
+def _chip_columns(fields: gpd.GeoDataFrame, files: RunFiles, chip_ids: list[str], transform, crs, chip,
+                  attributes: tuple) -> gpd.GeoDataFrame:
+    """Each field's ``attributes`` from the chip that owns a point inside it (its representative point,
+    by the overlap rule): a GeoSeg object's query, phrase, route and score are its chip's."""
+    from magseg_ray.run_files import chip_attributes
+    from magseg_ray.stitch.mosaic import owner_chips
+
+    points = fields.geometry.representative_point().to_crs(crs)
+    cols, rows = ~transform @ (points.x.to_numpy(), points.y.to_numpy())
+    owners = owner_chips(chip_ids, np.floor(rows).astype(int), np.floor(cols).astype(int), chip)
+    values = {c: chip_attributes(files, c) for c in set(owners) if c}
+    for name in attributes:
+        fields[name] = [values.get(o, {}).get(name) for o in owners]
+    return fields
 
 
 def _aoi_km2(aoi) -> float:
@@ -90,7 +111,7 @@ def reduce_run(plan, files: RunFiles, store, failures: list[dict]) -> dict:
         scene = {k: v for k, v in scene.items() if k != "geometry"}
         refs.append(task.remote(scene, by_scene[sid], owned[sid], seam[sid], files.root, store,
                                 plan.chip, plan.prompt, cfg.simplify_px, cfg.min_field_px, plan.seed_px,
-                                cfg.partition_degrees, plan.rules))
+                                cfg.partition_degrees, plan.rules, plan.chip_attributes))
     results = []
     for ref in refs:
         try:
@@ -106,7 +127,7 @@ def reduce_run(plan, files: RunFiles, store, failures: list[dict]) -> dict:
         merged_count = len(all_pieces) - len(merged)
         ids = [f"seam-{i:06d}" for i in range(len(merged))]
         datetimes = {r["scene_id"]: r["datetime"] for r in results}
-        write_partitions(files, PARTIAL, to_fiboa(merged, ids, results[0]["class_name"], datetimes), "seams",
+        write_partitions(files, PARTIAL, to_fiboa(merged, ids, results[0]["class_name"], datetimes, plan.chip_attributes), "seams",
                          cfg.partition_degrees)
     files.remove_tree("fields")
     if files.scheme == "file":

@@ -28,17 +28,19 @@ COLUMNS = ["id", "geometry", "metrics:area", "metrics:perimeter", "determination
            "determination:datetime", "class", "confidence", "scene_id", "pixels"]
 
 
-def to_fiboa(fields: gpd.GeoDataFrame, ids: list[str], class_name: str, datetimes: dict[str, str | None]) -> gpd.GeoDataFrame:
-    """``fields`` (``scene_id``, ``confidence``, ``pixels``, geometry in EPSG:4326) in fiboa columns;
+def to_fiboa(fields: gpd.GeoDataFrame, ids: list[str], class_name: str, datetimes: dict[str, str | None],
+             extra: tuple = ()) -> gpd.GeoDataFrame:
+    """``fields`` (``scene_id``, ``confidence``, ``pixels``, geometry in EPSG:4326) in fiboa columns,
+    then the ``extra`` columns it has (a ``class`` column of its own, where set, wins over ``class_name``);
     ``datetimes`` maps scene id to its acquisition time (merged fields take their first scene's)."""
     fields = measure(fields)
     first_scene = [s.split("+")[0] for s in fields["scene_id"]]
     fields["id"] = ids
     fields["determination:method"] = FIBOA_METHOD
     fields["determination:datetime"] = pd.to_datetime([datetimes.get(s) for s in first_scene], utc=True)
-    fields["class"] = class_name
+    fields["class"] = fields["class"].fillna(class_name) if "class" in fields else class_name
     fields["pixels"] = fields["pixels"].astype("int64")
-    return fields[COLUMNS].reset_index(drop=True)
+    return fields[COLUMNS + [c for c in extra if c not in COLUMNS]].reset_index(drop=True)
 
 
 def cells(fields: gpd.GeoDataFrame, degrees: float) -> np.ndarray:

@@ -35,9 +35,10 @@ class GeoSegConfig:
     gamma: float = field(default=0.01, metadata=doc(
         "fusion: a route's mask is valid when its area / refined box area >= gamma"))
     text_score_threshold: float = field(default=0.5, metadata=doc(
-        "route B: SAM3 instances with sigmoid(logit) x sigmoid(presence) >= this are kept and unioned"))
+        "route B: SAM3 instances with sigmoid(logit) x sigmoid(presence) > this are kept and unioned"))
     mask_threshold: float = field(default=0.5, metadata=doc(
-        "SAM masks: a pixel is in the mask when sigmoid(mask logit) > this, after a bilinear resize"))
+        "SAM masks: a pixel is in the mask when its probability (sigmoid of the mask logit) > this, after "
+        "the bilinear resize each processor does (SAM3: of the probabilities; SAM, SAM2, SAM3 tracker: of the logits)"))
     refine: bool = field(default=True, metadata=doc(
         "ablation: widen the grounded box (--no-refine segments inside the raw clamped box)"))
     routes: str = field(default="both", metadata=doc(

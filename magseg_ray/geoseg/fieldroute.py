@@ -10,6 +10,9 @@
 - :class:`MapRoute`: no model at all: the fields of a ``map_region`` run (its GeoPackage or
   GeoParquet, any CRS), rasterised onto the scene's grid; the route keeps the mapped field with
   the most pixels in the middle half of the box.
+- Over an AOI (:func:`asks_for_fields`): a query that asks for the fields themselves ("fields",
+  "all the farm fields") is answered by a finished ``map_region`` run's fields, whole, without
+  decoding anything again (``jobs/geoseg.py --aoi ... --fields-run DIR``).
 
 Both need the scene around the box, not just the crop: the pipeline calls their
 ``segment_box(image, box, phrase)`` (crop-sized mask or None).
@@ -35,6 +38,20 @@ CLASS_WORDS = {
     "cloud": ("cloud", "clouds"),
 }
 """Words of a phrase that name a schema class (by the class's name)."""
+
+
+FILLER_WORDS = frozenset(("all", "the", "every", "each", "of", "in", "this", "area", "show", "find", "segment",
+                          "map", "me", "and", "agricultural"))
+"""Words a query for the fields themselves may hold beside the field class's words."""
+
+
+def asks_for_fields(query: str) -> bool:
+    """Whether ``query`` asks for every field and nothing else: its words are field words
+    (:data:`CLASS_WORDS`) and :data:`FILLER_WORDS`, at least one a field word ("the largest field"
+    is not: it asks for one of them)."""
+    words = set(re.findall(r"[a-z]+", query.lower()))
+    named = words & set(CLASS_WORDS["field"])
+    return bool(named) and words <= named | FILLER_WORDS
 
 
 def phrase_classes(phrase: str, schema) -> tuple[int, ...]:

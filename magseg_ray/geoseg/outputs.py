@@ -85,7 +85,7 @@ def overlay(image: np.ndarray, result) -> np.ndarray:
 def result_record(result, query: str) -> dict:
     """The JSON-able summary of a :class:`~.pipeline.Result`."""
     return {"query": query, "phrase": result.phrase, "box": result.box, "refined": result.refined,
-            "case": result.case, "reason": result.reason, "answer": result.answer,
+            "case": result.case, "score": result.score, "reason": result.reason, "answer": result.answer,
             "pixels": int(result.mask.sum()), "points": [list(p) for p in result.points],
             "seconds": {k: round(v, 4) for k, v in result.seconds.items()}}
 

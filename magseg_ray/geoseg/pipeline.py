@@ -47,6 +47,10 @@ class PointRoute:
     def phrase_problem(self, phrase: str) -> str | None:
         return self.surgery.phrase_problem(phrase)
 
+    @property
+    def last_score(self) -> float | None:
+        return getattr(self.segmenter, "last_score", None)
+
     def __call__(self, crop: np.ndarray, phrase: str) -> np.ndarray | None:
         sim = self.surgery.similarity(crop, phrase)
         self.last_points = select_points(sim, self.config.top_k, self.config.tau, self.config.nms_radius)
@@ -75,6 +79,10 @@ class Result:
     """Route A's keypoints, (x, y, score) in image pixels."""
     seconds: dict = field(default_factory=dict)
     """Wall time per stage: grounding, refinement, points, text, fusion."""
+    score: float | None = None
+    """The mask's score: the mean of the own scores of the routes fused into it (route A: the point
+    segmenter's predicted IoU; route B: SAM3's best kept instance score); None for an empty mask, or
+    routes without a score of their own (the field routes)."""
 
 
 def check_image(image: np.ndarray) -> np.ndarray:
@@ -145,7 +153,7 @@ class GeoSeg:
         x1, y1, x2, y2 = result.refined
         crop = image[y1:y2, x1:x2]
         use_points, use_text = self._routes()
-        masks = {}
+        masks, scores = {}, {}
         for name, route, on in (("points", self.points, use_points), ("text", self.text, use_text)):
             clock = time.perf_counter()
             if not on:
@@ -154,6 +162,7 @@ class GeoSeg:
                 masks[name] = route.segment_box(image, result.refined, result.phrase)
             else:
                 masks[name] = route(crop, result.phrase)
+            scores[name] = getattr(route, "last_score", None) if masks[name] is not None else None
             result.seconds[name] = time.perf_counter() - clock
         if use_points:
             result.points = [(x + x1, y + y1, s) for x, y, s in getattr(self.points, "last_points", [])]
@@ -161,6 +170,9 @@ class GeoSeg:
         fused = fuse(masks["points"], masks["text"], result.refined, image.shape[:2], self.config.gamma)
         result.seconds["fusion"] = time.perf_counter() - clock
         result.mask, result.case = fused.mask, fused.case
+        used = [scores.get(n) for n in {"both": ("points", "text")}.get(fused.case, (fused.case,))]
+        used = [v for v in used if v is not None]
+        result.score = sum(used) / len(used) if used else None
         if fused.case == "none":
             result.reason = (f"no route gave a mask covering {self.config.gamma:g} of the box "
                              f"(routes: {self.config.routes})")

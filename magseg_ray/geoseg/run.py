@@ -46,7 +46,8 @@ class ModelsConfig:
         "that is not given: plumbing and latency only, their answers are random"))
 
 
-def _tiny_folders(models: ModelsConfig) -> ModelsConfig:
+def tiny_folders(models: ModelsConfig) -> ModelsConfig:
+    """``models`` with every part not given taken from the tiny presets of ``models.tiny`` (built there once)."""
     from dataclasses import replace
 
     from magseg_ray.geoseg.presets import build_presets
@@ -67,7 +68,7 @@ def build_pipeline(models: ModelsConfig, config: GeoSegConfig, scene=None, field
 
     placement = Placement.resolve(models.device, models.dtype)
     if models.tiny:
-        models = _tiny_folders(models)
+        models = tiny_folders(models)
     text_route = None
     if config.routes != "points" and models.text_route == "field-model":
         from magseg_ray.geoseg.fieldroute import FieldRoute

@@ -11,8 +11,9 @@
   hub's ``sam3_video`` folder) with the phrase as text. ``Sam3Processor``
   needs torchvision, which cannot be installed next to this CPU torch, so pre-processing is
   resize to the checkpoint's size, /255, mean/std from its ``preprocessor_config.json``;
-  post-processing keeps instances with ``sigmoid(logit) x sigmoid(presence) >= threshold``,
-  resizes their mask logits bilinearly to the crop and unions ``sigmoid > mask_threshold``.
+  post-processing (``Sam3ImageProcessor.post_process_instance_segmentation``'s rule) keeps
+  instances with ``sigmoid(logit) x sigmoid(presence) > threshold``, resizes their mask
+  probabilities (sigmoid of the logits) bilinearly to the crop and unions ``> mask_threshold``.
 
 Both take a crop (``H x W x 3`` uint8) and return an ``H x W`` bool mask, or None when they
 have nothing to say (no points; no instance over the threshold).
@@ -64,6 +65,8 @@ class PointSegmenter:
     image: ImageSettings
     mask_threshold: float = 0.5
     placement: Placement = Placement()
+    last_score: float | None = None
+    """The last mask's predicted IoU (the model's own score of the mask it answered)."""
 
     @classmethod
     def load(cls, path, mask_threshold: float = 0.5, placement: Placement = Placement()) -> "PointSegmenter":
@@ -84,24 +87,38 @@ class PointSegmenter:
             return (rh, rw), (rw / w, rh / h)
         return (side_h, side_w), (side_w / w, side_h / h)
 
-    @torch.no_grad()
-    def __call__(self, crop: np.ndarray, points: list[tuple[int, int, float]]) -> np.ndarray | None:
-        if not points:
-            return None
+    def prepare(self, crop: np.ndarray, points: list[tuple[int, int, float]]):
+        """The model inputs of a crop and its keypoints: pixel values (resized, normalised, padded
+        bottom-right to the input size), point coordinates (pixel centres, scaled as the image) and labels."""
         h, w = crop.shape[:2]
         (rh, rw), (sx, sy) = self._frame(h, w)
         pixels = to_pixels(crop, ImageSettings((rh, rw), self.image.mean, self.image.std))
         side_h, side_w = self.image.size
         pixels = F.pad(pixels, (0, side_w - rw, 0, side_h - rh))
         xy = torch.tensor([[[[(x + 0.5) * sx, (y + 0.5) * sy] for x, y, _ in points]]], dtype=torch.float32)
-        labels = torch.ones(xy.shape[:3], dtype=torch.long)
+        return pixels, xy, torch.ones(xy.shape[:3], dtype=torch.long)
+
+    def upscale(self, logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """A low-resolution mask's logits at the crop's ``h x w``: SAM's rule (bilinear to the padded
+        input, crop the padding, bilinear to the crop: ``SamProcessor.post_process_masks``), or SAM2's
+        and the SAM3 tracker's (bilinear straight to the crop: ``Sam2ImageProcessor.post_process_masks``)."""
+        if self.kind != "sam":
+            return _upsample(logits, (h, w))
+        (rh, rw), _ = self._frame(h, w)
+        return _upsample(_upsample(logits, self.image.size)[:rh, :rw], (h, w))
+
+    @torch.no_grad()
+    def __call__(self, crop: np.ndarray, points: list[tuple[int, int, float]]) -> np.ndarray | None:
+        if not points:
+            return None
+        pixels, xy, labels = self.prepare(crop, points)
         put = self.placement.put
         out = self.model(pixel_values=put(pixels), input_points=put(xy), input_labels=put(labels),
                          multimask_output=len(points) == 1)
         masks, scores = out.pred_masks[0, 0].float().cpu(), out.iou_scores[0, 0].float().cpu()
-        logits = masks[int(scores.argmax())]
-        full = _upsample(logits, (side_h, side_w))[:rh, :rw]
-        return (_upsample(full, (h, w)) > _logit(self.mask_threshold)).numpy()
+        best = int(scores.argmax())
+        self.last_score = float(scores[best])
+        return (self.upscale(masks[best], *crop.shape[:2]) > _logit(self.mask_threshold)).numpy()
 
 
 @dataclass
@@ -114,6 +131,8 @@ class TextSegmenter:
     score_threshold: float = 0.5
     mask_threshold: float = 0.5
     placement: Placement = Placement()
+    last_score: float | None = None
+    """The best score of the instances the last mask unions (None: no instance over the threshold)."""
 
     @classmethod
     def load(cls, path, score_threshold: float = 0.5, mask_threshold: float = 0.5,
@@ -140,16 +159,22 @@ class TextSegmenter:
 
     @torch.no_grad()
     def instances(self, crop: np.ndarray, phrase: str) -> tuple[np.ndarray, np.ndarray]:
-        """Scores (N,) and mask logits at the crop's size (N x H x W) of every query instance."""
+        """Scores (N,) and mask probabilities at the crop's size (N x H x W) of every query instance."""
         out = self.model(pixel_values=self.placement.put(to_pixels(crop, self.image)), **self._text(phrase))
-        scores = (torch.sigmoid(out.pred_logits[0]) * torch.sigmoid(out.presence_logits[0, 0])).float().cpu()
-        masks = F.interpolate(out.pred_masks[0][None].float().cpu(), size=crop.shape[:2], mode="bilinear",
-                              align_corners=False)[0]
-        return scores.numpy(), masks.numpy()
+        return self.postprocess(out.pred_logits[0], out.presence_logits[0, 0], out.pred_masks[0], crop.shape[:2])
+
+    @staticmethod
+    def postprocess(logits, presence, masks, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """``Sam3ImageProcessor.post_process_instance_segmentation``'s rule: score = sigmoid(logit) x
+        sigmoid(presence); masks are sigmoid probabilities resized bilinearly to ``size``."""
+        scores = (torch.sigmoid(logits.float()) * torch.sigmoid(presence.float())).cpu()
+        probs = F.interpolate(torch.sigmoid(masks.float())[None].cpu(), size=size, mode="bilinear", align_corners=False)[0]
+        return scores.numpy(), probs.numpy()
 
     def __call__(self, crop: np.ndarray, phrase: str) -> np.ndarray | None:
-        scores, logits = self.instances(crop, phrase)
-        keep = scores >= self.score_threshold
+        scores, probs = self.instances(crop, phrase)
+        keep = scores > self.score_threshold
+        self.last_score = float(scores[keep].max()) if keep.any() else None
         if not keep.any():
             return None
-        return (logits[keep] > _logit(self.mask_threshold)).any(0)
+        return (probs[keep] > self.mask_threshold).any(0)

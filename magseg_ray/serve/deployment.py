@@ -14,8 +14,8 @@ Routes (TiTiler-style URLs, WebMercatorQuad z/x/y, see :mod:`magseg_ray.serve.ti
 ================================= =================================================================
 
 Errors (JSON ``{"detail": ...}``): 400 for a bad z/x/y or a zoom too coarse for per-patch
-inference (``/segment``: a bad body, an empty or over-long query, an area over ``geoseg_max_px`` pixels), 413 (a
-``/segment`` body over 16 KiB), 401
+inference (``/segment``: a bad body, an empty or over-long query), 413 (a ``/segment`` body over
+16 KiB, or an area over ``geoseg_max_px`` pixels), 401
 for a missing or wrong API key, 404 for a tile or area outside every scene, 502 for a scene that
 cannot be read (naming it), 503 (from Serve's proxy, at once, with ``Retry-After``) when the
 replicas' queues are full, and 503 from ``/segment`` on a server started with ``--no-geoseg``.

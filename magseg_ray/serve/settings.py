@@ -21,7 +21,7 @@ deployment options:
   requested area is the box); a grounder folder makes a grounder find the box in the area, CLIP
   and a point segmenter add route A (fused with route B unless it is ``none``), ``geoseg_tiny``
   builds offline random-weight presets of every part not given. ``geoseg_max_px`` bounds the
-  pixels one request reads. Each replica builds its pipeline once, at start.
+  pixels one request covers (413 past it); an area larger than ``geoseg_chip_size`` streams chip by chip. Each replica builds its pipeline once, at start.
 """
 
 from __future__ import annotations
@@ -84,7 +84,10 @@ class ServeSettings(MapSettings):
         "given (grounder, CLIP, point segmenter, SAM3): plumbing and latency only, their answers are random"))
     geoseg_max_px: int = field(default=1024 * 1024, metadata=doc(
         "most scene pixels one /segment area may cover (its window on the scene grid; 1024 x 1024 is "
-        "about 0.26 km2 at 0.5 m); a larger area is refused (400)"))
+        "about 0.26 km2 at 0.5 m, up to 9 chips of 512); a larger area is refused (413)"))
+    geoseg_chip_size: int = field(default=512, metadata=doc(
+        "GeoSeg's chip side in pixels: a /segment area larger than one chip streams through the scene grid's "
+        "chips (chip/8 overlap), each grounded and segmented on its own, as jobs/geoseg.py --aoi does"))
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_zoom <= 24:
@@ -92,7 +95,7 @@ class ServeSettings(MapSettings):
         if not 1 <= self.min_replicas <= self.max_replicas:
             raise ConfigError(f"need 1 <= min_replicas <= max_replicas, got {self.min_replicas}, {self.max_replicas}")
         for name in ("chip_batch", "patch_batch", "max_ongoing_requests", "max_queued_requests", "max_chips_per_tile",
-                     "geoseg_max_px"):
+                     "geoseg_max_px", "geoseg_chip_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         from magseg_ray.masks.instances import resolve_seed_px

@@ -33,6 +33,18 @@ def kept_window(row: int, col: int, offsets: set[tuple[int, int]], config: ChipC
     return top, bottom, left, right
 
 
+def paste(target: np.ndarray, origin: tuple[int, int], row: int, col: int, values: np.ndarray,
+          offsets: set[tuple[int, int]], config: ChipConfig) -> None:
+    """Write the kept part of chip ``(row, col)``'s ``values`` (chip-sized) into ``target``, a raster
+    whose top-left pixel is scene pixel ``origin``; what falls outside ``target`` is left out."""
+    top, bottom, left, right = kept_window(row, col, offsets, config)
+    r0, c0 = row - origin[0], col - origin[1]
+    top, left = max(top, -r0), max(left, -c0)
+    bottom, right = min(bottom, target.shape[0] - r0), min(right, target.shape[1] - c0)
+    if bottom > top and right > left:
+        target[r0 + top : r0 + bottom, c0 + left : c0 + right] = values[top:bottom, left:right]
+
+
 def stitch_scene(files: RunFiles, chip_ids: list[str], height: int, width: int, config: ChipConfig,
                  patch_size: int) -> tuple[np.ndarray, np.ndarray, int]:
     """The scene's class raster (uint8, :data:`NO_DATA` where unmapped), a per-pixel confidence
@@ -46,14 +58,22 @@ def stitch_scene(files: RunFiles, chip_ids: list[str], height: int, width: int, 
         row, col = (int(v) for v in chip_id.rsplit("/", 1)[1].split("_"))
         out = decode_chip(files.read(chip_file(chip_id)))
         patches += int(out["patches"])
-        top, bottom, left, right = kept_window(row, col, offsets, config)
-        bottom, right = min(bottom, height - row), min(right, width - col)  # chips past the scene edge
-        if bottom <= top or right <= left:
-            continue
         conf = np.repeat(np.repeat(out["confidence"], patch_size, 0), patch_size, 1)
-        classes[row + top : row + bottom, col + left : col + right] = out["classes"][top:bottom, left:right]
-        confidence[row + top : row + bottom, col + left : col + right] = conf[top:bottom, left:right]
+        paste(classes, (0, 0), row, col, out["classes"], offsets, config)
+        paste(confidence, (0, 0), row, col, conf, offsets, config)
     return classes, confidence, patches
+
+
+def owner_chips(chip_ids: list[str], rows: np.ndarray, cols: np.ndarray, config: ChipConfig) -> list[str | None]:
+    """The chip :func:`stitch_scene` takes each scene pixel ``(rows[i], cols[i])`` from (the last, in
+    its order, whose kept window holds it: where a chip is missing its neighbours' windows overlap);
+    None where no chip of ``chip_ids`` holds it."""
+    origins = {tuple(int(v) for v in c.rsplit("/", 1)[1].split("_")): c for c in chip_ids}
+    offsets = set(origins)
+    in_order = sorted(origins.items(), key=lambda o: o[1])
+    kept = [(row + t, row + b, col + l, col + r, chip_id) for (row, col), chip_id in in_order
+            for t, b, l, r in [kept_window(row, col, offsets, config)]][::-1]
+    return [next((k[4] for k in kept if k[0] <= y < k[1] and k[2] <= x < k[3]), None) for y, x in zip(rows, cols)]
 
 
 def write_mask(files: RunFiles, rel: str, classes: np.ndarray, transform: Affine, crs: str, schema: Schema) -> None:

@@ -5,7 +5,7 @@ import rasterio
 from rasterio.features import rasterize
 
 from magseg_ray.geoseg.config import GeoSegConfig
-from magseg_ray.geoseg.fieldroute import FieldRoute, MapRoute, central_instance, phrase_classes
+from magseg_ray.geoseg.fieldroute import FieldRoute, MapRoute, asks_for_fields, central_instance, phrase_classes
 from magseg_ray.geoseg.pipeline import GeoSeg
 from magseg_ray.model.checkpoint import DEMO_MODEL
 
@@ -59,3 +59,11 @@ def test_field_route_segments_a_queried_field_of_the_held_out_scene():
     # the model's field beats the everything-in-the-box answer (measured: 0.48 vs 0.39)
     assert iou(r.mask, truth) > iou(box_mask, truth) and iou(r.mask, truth) > 0.4
     assert route.segment_box(image, r.refined, "the farmstead") is None
+
+
+@pytest.mark.parametrize("query, fields", [
+    ("fields", True), ("all the farm fields", True), ("Show me every field in this area", True), ("cropland", True),
+    ("the largest field", False), ("fields next to the pond", False), ("ponds", False), ("all", False),
+])
+def test_a_query_for_the_fields_themselves(query, fields):
+    assert asks_for_fields(query) is fields

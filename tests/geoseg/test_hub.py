@@ -83,8 +83,8 @@ def test_sam_sam2_and_the_hub_sam3_folder_are_point_segmenters(hub, family, fram
 def test_the_hub_sam3_folder_is_the_text_segmenter(hub):
     """Was: 'holds a 'sam3_video' model'."""
     seg = TextSegmenter.load(hub["sam3"], score_threshold=0.0)
-    scores, logits = seg.instances(CROP, "field")
-    assert logits.shape == (8, *CROP.shape[:2]) and ((scores >= 0) & (scores <= 1)).all()
+    scores, probs = seg.instances(CROP, "field")
+    assert probs.shape == (8, *CROP.shape[:2]) and ((scores >= 0) & (scores <= 1)).all()
 
 
 def test_a_folder_lacking_weights_is_refused_not_filled_with_random_ones(hub, tmp_path):

@@ -34,6 +34,15 @@ def test_ablations_run_one_route(pipeline, routes):
     r = single.segment(IMAGE, "the field", box=(40, 30, 90, 70))
     assert r.refined == (40, 30, 90, 70) and r.case in (routes, "none")
     assert r.seconds[{"points": "text", "text": "points"}[routes]] < 0.01
+    route = {"points": pipeline.points.segmenter, "text": pipeline.text}[routes]
+    assert r.score == (route.last_score if r.case == routes else None)  # the route's own score
+
+
+def test_the_score_of_a_fused_mask_is_the_mean_of_its_routes(pipeline):
+    r = pipeline.segment(IMAGE, "the field", box=(40, 30, 90, 70))
+    scores = {"points": pipeline.points.segmenter.last_score, "text": pipeline.text.last_score}
+    used = [scores[n] for n in (("points", "text") if r.case == "both" else (r.case,))]
+    assert r.case != "none" and r.score == pytest.approx(sum(used) / len(used)) and 0 <= r.score <= 1
 
 
 def test_a_box_outside_the_image_gives_an_empty_mask_and_the_reason(pipeline):

@@ -62,13 +62,13 @@ def test_scene_and_window_of_an_area(scenes):
     row, col, height, width = area_window(scene, area, 10_000)
     assert scene["id"] == "synth_900" and 85 <= height <= 92 and 85 <= width <= 92
     assert 0 < row and row + height < 512 and 0 < col and col + width < 512
-    with pytest.raises(TileRequestError, match="pixels of scene synth_900, over the 1,000 one /segment"):
+    with pytest.raises(RequestTooLargeError, match="pixels of scene synth_900, over the 1,000 one /segment"):
         area_window(scene, area, 1000)
     # across the seam, mostly in synth_901: that scene; larger than a scene: refused before the cut
     seam = Area("q", shapely.box(101.9999, 12.9995, 102.0010, 12.9999), "seam")
     assert area_scene(scenes, seam)["id"] == "synth_901"
     huge = Area("q", shapely.box(101.9, 12.9, 102.1, 13.1), "huge")
-    with pytest.raises(TileRequestError, match="smaller area"):
+    with pytest.raises(RequestTooLargeError, match="smaller area"):
         area_window(area_scene(scenes, huge), huge, 1024 * 1024)
     with pytest.raises(NotCoveredError, match="outside every one of the 3 catalogued scenes"):
         area_scene(scenes, Area("q", shapely.box(0, 0, 0.001, 0.001), "nowhere"))

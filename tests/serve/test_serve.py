@@ -84,7 +84,7 @@ def served(ray_cluster, tiny_dir, tmp_path_factory):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        base = {"catalog": catalog, "model": str(model), **SETTINGS}
+        base = {"catalog": catalog, "model": str(model), **SETTINGS, "geoseg_chip_size": 128}
         serve.run(app(base), name="tiles", route_prefix="/")
         guarded = {**base, "api_key": "s3cret", "max_ongoing_requests": 1, "max_queued_requests": 1, "geoseg": False}
         serve.run(app({k: str(v) for k, v in guarded.items()}), name="guarded", route_prefix="/guarded")
@@ -197,6 +197,25 @@ def test_segment_a_bbox_and_a_tile(served):
     assert fields.within(INSIDE.footprint.buffer(1e-9)).all()
 
 
+def test_segment_an_area_of_several_chips(served):
+    """A bbox of about 195 x 200 px with 128 px GeoSeg chips: the scene grid's chips, each segmented on
+    its own, pasted by the overlap rule; the tiny model calls every pixel field, so the pasted mask is
+    the whole area, one piece: a gap or a shift between chips would show."""
+    bbox = [101.9980, 12.9990, 101.9989, 12.9999]
+    status, _, body = post(f"{served['url']}/segment", {"query": "the field", "bbox": bbox})
+    answer = json.loads(body)
+    props = answer["properties"]
+    assert status == 200 and props["scene_id"] == "synth_900" and props["area"].startswith("bbox"), body[:300]
+    assert len(props["chips"]) >= 4 and all(c["window"]["height"] == 128 for c in props["chips"])
+    assert {c["chip_id"].split("/")[0] for c in props["chips"]} == {"synth_900"}
+    assert all(c["case"] == "text" and c["reason"] == "" for c in props["chips"]), props["chips"]
+    fields = gpd.GeoDataFrame.from_features(answer["features"], crs="EPSG:4326")
+    area = gpd.GeoSeries([shapely.box(*bbox)], crs="EPSG:4326").to_crs("EPSG:32647").area.iloc[0]
+    assert len(fields) == 1 and fields["metrics:area"].iloc[0] == pytest.approx(area, rel=0.01)
+    assert fields.within(shapely.box(*bbox).buffer(1e-9)).all() and (fields["case"] == "text").all()
+    assert (fields["phrase"] == "the field").all() and (fields["query"] == "the field").all()
+
+
 @pytest.mark.slow  # a replica of the demo model, which answers ~9 patches: minutes on 2 busy cores
 def test_segment_with_the_demo_model(served):
     """The default GeoSeg of a server on the shipped demo model: no checkpoint but its own."""
@@ -228,8 +247,8 @@ def test_segment_bad_requests(served):
         (json.dumps({"query": "field " * 100_000, "bbox": BBOX}).encode(), 413, "at most"),
         ({"query": "f" * 501, "bbox": BBOX}, 400, "at most 500"),
         ({"query": "q", "bbox": [BBOX[2], BBOX[1], BBOX[0], BBOX[3]]}, 400, "west < east"),
-        ({"query": "q", "bbox": [101.99, 12.99, 102.01, 13.01]}, 400, "ask for a smaller area"),
-        ({"query": "q", "z": 12, "x": 3208, "y": 1898}, 400, "ask for a smaller area"),
+        ({"query": "q", "bbox": [101.99, 12.99, 102.01, 13.01]}, 413, "(geoseg_max_px); ask for a smaller area"),
+        ({"query": "q", "z": 12, "x": 3208, "y": 1898}, 413, "(geoseg_max_px); ask for a smaller area"),
         ({"query": "q", "z": 8, "x": 201, "y": 121}, 400, "too coarse"),
         ({"query": "q", "bbox": [0, 0, 0.001, 0.001]}, 404, "outside every one of the 3 catalogued scenes"),
         ({"query": "q", "bbox": naip}, 502, "naip_43p7840_m92p4228"),
