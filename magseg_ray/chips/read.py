@@ -21,7 +21,7 @@ import re
 import socket
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -173,8 +173,11 @@ def read_chip(task: ChipTask, config: ReadConfig = ReadConfig(), aoi_local=None,
               store: ObjectStore | None = None) -> Chip:
     """Read ``task``'s window from its scene (``store`` says where ``s3://`` URIs live).
 
-    ``aoi_local`` is the AOI geometry in the scene's CRS, or None to keep every pixel valid.
+    ``aoi_local`` is the AOI geometry in the scene's CRS, or None to keep every pixel valid. The
+    task's catalogued ``bands`` (a STAC asset's red, green, blue) are read unless ``config`` names bands.
     """
+    if task.bands and config.bands is None:
+        config = replace(config, bands=task.bands)
     size = task.size
     image, valid = read_window(task.uri, task.row_off, task.col_off, size, size, config, store,
                                f"chip {task.chip_id}")

@@ -13,7 +13,8 @@ import geopandas as gpd
 import pandas as pd
 import shapely
 
-from magseg_ray.fields.seams import merge_pieces, owned_areas, seams, split_at_seams, tolerance_degrees
+from magseg_ray.fields.seams import merge_pieces, seams, split_at_seams, tolerance_degrees
+from magseg_ray.scenes.overlap import owned_areas
 from magseg_ray.fields.write import read_fields, to_fiboa, write_geopackage, write_partitions
 from magseg_ray.masks.schemas import NO_DATA
 from magseg_ray.run_files import RunFiles, finished_chips
@@ -73,7 +74,7 @@ def reduce_run(plan, files: RunFiles, store, failures: list[dict]) -> dict:
         if t.chip_id in done:
             by_scene.setdefault(t.scene_id, []).append(t.chip_id)
     scenes = plan.scenes[plan.scenes["id"].isin(list(by_scene))]
-    owned = owned_areas(scenes.set_index("id").geometry, plan.aoi)
+    owned = owned_areas(scenes, plan.aoi)
     seam = seams(owned, {s: tolerance_degrees(float(g)) for s, g in zip(scenes["id"], scenes["gsd"])})
     files.remove_tree(PARTIAL)
     task = ray.remote(num_cpus=0.5)(reduce_scene)

@@ -1,0 +1,347 @@
+"""Scene catalogs from STAC, as users' imagery comes: static catalogs, STAC APIs, stac-geoparquet.
+
+:func:`load_stac` turns STAC items into the rows of a scene catalog (:mod:`magseg_ray.scenes.catalog`),
+so every job plans from them as from the project's own GeoParquet index. Sources (:func:`is_stac`):
+
+- a **static catalog or collection**: a ``catalog.json``, ``collection.json`` or item (any ``.json``),
+  local, ``file://``, ``s3://`` or ``http(s)://``; its ``child`` and ``item`` links are followed;
+- a **STAC API**: an ``http(s)://`` URL, its ``/search`` endpoint or its landing page, searched
+  (ItemSearch: bbox, datetime, collections, CQL2 filter) page by page through ``next`` links;
+- **stac-geoparquet**: a ``.parquet`` file of STAC items (it has an ``assets`` column).
+
+Selection (:class:`StacSelect`, each a job flag): ``--collection``, ``--datetime``, ``--query``
+(CQL2 text such as ``eo:cloud_cover<20``, or CQL2 JSON), and the AOI's bounding box. A search sends
+them to the server (the query as a CQL2 filter); every item, whatever its source, is checked
+against them here too, so a static catalog or a server without the Filter extension selects alike.
+
+Per item: the image is the asset ``--asset`` names (key, else first asset with that role), by
+default the first GeoTIFF asset (``image/tiff`` type, or a ``.tif`` href) with role ``data`` or
+``visual``; red, green and blue are the bands whose ``eo:bands`` / ``bands`` / ``raster:bands``
+common names say so (else the reader's rule). The scene's grid comes from the image's own header
+(a few ranged reads, as for a folder); its time from the item's ``datetime`` (else
+``start_datetime``), its cloud from ``eo:cloud_cover``; assets ``labels`` and ``fields`` are its
+sidecars. Scene id: the item id (``/`` becomes ``_``).
+
+Bad items do not stop a run: an item with no image asset, an image that cannot be read (404, not a
+GeoTIFF), a link to a file that is not STAC JSON are :attr:`Catalog.failures` naming the item or
+link (footprint: the item's geometry, or unknown); a link back to a catalog already read (a cycle)
+is a failure with an empty footprint (nothing is lost). A source that is itself unreadable or not
+STAC, or a selection that matches no item, raises :class:`SceneError`.
+
+:func:`write_stac` writes a catalog's scenes as a static STAC collection (``build_catalog --stac``)
+that :func:`load_stac` reads back to the same scenes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+from collections import deque
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import pandas as pd
+import pystac
+import shapely
+from pystac.utils import make_absolute_href
+
+from magseg_ray.config import doc
+from magseg_ray.errors import ConfigError, SceneError
+from magseg_ray.files import write_atomic
+from magseg_ray.scenes.store import ObjectStore, SceneFiles, split_uri
+
+IMAGE_ROLES = ("data", "visual")
+"""Roles of the asset taken as the image when ``--asset`` is not given."""
+SIDECAR_ASSETS = {"labels_uri": "labels", "fields_uri": "fields"}
+"""Catalog column -> the asset key holding that sidecar."""
+NOTHING_LOST = shapely.Polygon()
+"""Footprint of a failure that loses no scene (a link back to a catalog already read)."""
+
+
+@dataclass(frozen=True)
+class StacSelect:
+    """Which STAC items and which of their assets a job maps (flags of every job taking ``--catalog``)."""
+
+    collection: str = field(default="", metadata=doc(
+        "STAC: collection ids, comma-separated (a search's collections; of a static catalog, its items in them)"))
+    datetime: str = field(default="", metadata=doc(
+        "STAC: acquisition time or interval, RFC 3339 (2021-06-01/2021-09-30, ../2022-01-01)"))
+    query: str = field(default="", metadata=doc(
+        "STAC: item property filter, CQL2 text (\"eo:cloud_cover<20 and gsd<1\") or CQL2 JSON"))
+    asset: str = field(default="", metadata=doc(
+        "STAC: the image asset, by key or role; default the first GeoTIFF asset with role data or visual"))
+
+    def collections(self) -> list[str]:
+        return [c.strip() for c in self.collection.split(",") if c.strip()]
+
+    def cql2(self) -> dict | None:
+        """The query as CQL2 JSON (``None`` if none); :class:`ConfigError` if it does not parse."""
+        import cql2
+
+        if not self.query.strip():
+            return None
+        try:
+            text = self.query.strip()
+            expr = cql2.parse_json(text) if text.startswith("{") else cql2.parse_text(text)
+            expr.validate()
+        except (ValueError, cql2.ParseError, cql2.ValidationError) as e:
+            raise ConfigError(f"--query {self.query!r} is not CQL2 text or JSON: {e}") from None
+        return expr.to_json()
+
+    def interval(self) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+        """``--datetime`` as (start, end), open ends ``None``; one instant is both."""
+        if not self.datetime.strip():
+            return None, None
+        ends = self.datetime.split("/") if "/" in self.datetime else [self.datetime] * 2
+        try:
+            start, end = (None if e.strip() in ("", "..") else pd.Timestamp(e.strip()) for e in ends)
+        except ValueError as e:
+            raise ConfigError(f"--datetime {self.datetime!r} is not an RFC 3339 time or interval: {e}") from None
+        return tuple(None if t is None else (t.tz_localize("UTC") if t.tzinfo is None else t) for t in (start, end))
+
+
+def is_stac(uri: str) -> bool:
+    """Whether ``uri`` names a STAC source (stac-geoparquet is told apart only once read)."""
+    return urlsplit(uri).scheme in ("http", "https") or uri.lower().endswith(".json")
+
+
+class StoreIO(pystac.StacIO):
+    """pystac reads and writes through an :class:`ObjectStore` (local, ``file://``, ``s3://``) and
+    reads ``http(s)://`` with pystac's own client; every failure is a :class:`SceneError` naming the href."""
+
+    def __init__(self, store: ObjectStore):
+        super().__init__()
+        self.store, self.web = store, pystac.StacIO.default()
+
+    def read_text(self, source, *args, **kwargs) -> str:
+        href = str(source)
+        try:
+            if urlsplit(href).scheme in ("http", "https"):
+                return self.web.read_text(href)
+            return self.store.filesystem(href).cat_file(split_uri(href)[1]).decode()
+        except (OSError, ValueError, UnicodeDecodeError, Exception) as e:  # urllib, s3fs, botocore
+            raise SceneError(f"{href}: cannot read: {e}") from None
+
+    def write_text(self, dest, txt: str, *args, **kwargs) -> None:
+        href = str(dest)
+        scheme, path = split_uri(href)
+        try:
+            if scheme == "s3":
+                self.store.filesystem(href).pipe_file(path, txt.encode())
+            else:
+                write_atomic(path, txt)
+        except OSError as e:
+            raise SceneError(f"{href}: cannot write: {e}") from None
+
+
+def _stac_json(href: str, stac_io: StoreIO) -> dict:
+    """The STAC object at ``href``; :class:`SceneError` if unreadable, not JSON or not STAC."""
+    text = stac_io.read_text(href)
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
+        raise SceneError(f"{href}: not JSON ({e}): name a STAC catalog.json, collection.json or item") from None
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    if kind not in ("Catalog", "Collection", "Feature", "FeatureCollection") or (
+            kind != "FeatureCollection" and "stac_version" not in obj):
+        raise SceneError(f"{href}: not STAC JSON (type {kind!r}, stac_version {obj.get('stac_version') if isinstance(obj, dict) else None!r}): "
+                         "name a STAC catalog.json, collection.json or item")
+    return obj
+
+
+def _walk(href: str, stac_io: StoreIO) -> tuple[list[tuple[str, dict]], list[tuple]]:
+    """Every item under the static STAC object at ``href`` (with the href its links resolve
+    against) and the links that could not be followed, as failure rows."""
+    queue, seen = deque([(href, _stac_json(href, stac_io))]), {href}
+    items, failures = [], []
+    while queue:
+        at, obj = queue.popleft()
+        if obj["type"] == "Feature":
+            items.append((at, obj))
+            continue
+        if obj["type"] == "FeatureCollection":
+            items += [(at, f) for f in obj.get("features", [])]
+            continue
+        for link in obj.get("links", []):
+            if link.get("rel") not in ("child", "item"):
+                continue
+            target = make_absolute_href(link["href"], at)
+            if target in seen:
+                failures.append((target, f"catalog cycle: {at} links back to {target}, already read", NOTHING_LOST))
+                continue
+            seen.add(target)
+            try:
+                queue.append((target, _stac_json(target, stac_io)))
+            except SceneError as e:
+                failures.append((target, f"linked from {at}: {e}", None))
+    return items, failures
+
+
+def _search(url: str, select: StacSelect, bbox) -> list[tuple[str, dict]]:
+    """The items a STAC API returns for the selection, every page (``next`` links)."""
+    import pystac_client
+    from pystac_client.exceptions import APIError
+
+    args = {"bbox": list(bbox) if bbox is not None else None, "collections": select.collections() or None,
+            "datetime": select.datetime or None, "limit": 100}
+    if (query := select.cql2()) is not None:
+        args |= {"filter": query, "filter_lang": "cql2-json"}
+    try:
+        if urlsplit(url).path.rstrip("/").endswith("/search"):
+            search = pystac_client.ItemSearch(url, **args)
+        else:
+            search = pystac_client.Client.open(url).search(**args)
+        return [(url, item) for item in search.items_as_dicts()]
+    except (APIError, OSError, ValueError, Exception) as e:  # requests' and pystac-client's errors
+        raise SceneError(f"{url}: STAC search failed: {type(e).__name__}: {e}") from None
+
+
+def _geoparquet_items(uri: str, table) -> list[tuple[str, dict]]:
+    """The items of a stac-geoparquet table (hrefs relative to the file's folder)."""
+    from stac_geoparquet.arrow import stac_table_to_items
+
+    base = posixpath.dirname(uri.rstrip("/")) + "/"
+    try:
+        return [(base, item) for item in stac_table_to_items(table)]
+    except Exception as e:  # pyarrow and stac-geoparquet raise many types on a malformed table
+        raise SceneError(f"{uri}: not stac-geoparquet: {e}") from None
+
+
+def is_stac_table(table) -> bool:
+    """Whether a GeoParquet table holds STAC items (stac-geoparquet) rather than catalog rows."""
+    return {"assets", "stac_version"} <= set(table.column_names)
+
+
+def _selected(item: dict, select: StacSelect, box, start, end, query) -> bool:
+    """Whether an item meets the selection (collections, interval, CQL2 query, AOI box)."""
+    import cql2
+
+    props = item.get("properties") or {}
+    if select.collections() and item.get("collection") not in select.collections():
+        return False
+    when = _when(item)
+    if (start is not None or end is not None) and (when is None or (start is not None and when < start)
+                                                   or (end is not None and when > end)):
+        return False
+    if box is not None and item.get("geometry") and not shapely.geometry.shape(item["geometry"]).intersects(box):
+        return False
+    return query is None or cql2.Expr(query).matches({**item, "properties": props})
+
+
+def _when(item: dict) -> pd.Timestamp | None:
+    """The item's time (``datetime``, else ``start_datetime``) in UTC, ``None`` if it has none."""
+    props = item.get("properties") or {}
+    value = props.get("datetime") or props.get("start_datetime")
+    return None if value is None else pd.to_datetime(value, utc=True)
+
+
+def _image_asset(item: pystac.Item, wanted: str) -> pystac.Asset:
+    """The item's image asset (see the module doc); :class:`SceneError` saying what it has if none."""
+    assets = item.assets
+    if wanted:
+        found = assets.get(wanted) or next((a for a in assets.values() if wanted in (a.roles or [])), None)
+        if found is None:
+            raise SceneError(f"no asset {wanted!r} by key or role (it has {', '.join(assets) or 'none'})")
+        return found
+    for asset in assets.values():
+        kind = (asset.media_type or "").lower()
+        tiff = "image/tiff" in kind or (not kind and asset.href.lower().endswith((".tif", ".tiff")))
+        if tiff and set(asset.roles or []) & set(IMAGE_ROLES):
+            return asset
+    have = ", ".join(f"{k} ({a.media_type or 'no type'}; roles {a.roles or []})" for k, a in assets.items())
+    raise SceneError(f"no GeoTIFF asset with role data or visual (it has {have or 'no assets'}): name one with --asset")
+
+
+def _rgb_bands(item: pystac.Item, asset: pystac.Asset) -> list[int] | None:
+    """1-based red, green, blue bands of the asset by their common names, ``None`` if not all named."""
+    for key in ("eo:bands", "bands", "raster:bands"):
+        bands = asset.extra_fields.get(key) or (item.properties.get(key) if key != "raster:bands" else None)
+        if not bands:
+            continue
+        names = [b.get("common_name") or b.get("eo:common_name") for b in bands]
+        if all(c in names for c in ("red", "green", "blue")):
+            return [names.index(c) + 1 for c in ("red", "green", "blue")]
+    return None
+
+
+def _scene(at: str, obj: dict, select: StacSelect) -> tuple[SceneFiles, dict]:
+    """The scene files of an item and the catalog values STAC gives (time, cloud, bands)."""
+    item = pystac.Item.from_dict(obj, href=None, migrate=False, preserve_dict=True)
+    item.set_self_href(None)
+    base = at if at.endswith("/") else posixpath.dirname(at) + "/"
+    absolute = lambda a: make_absolute_href(a.href, base + "item.json")  # noqa: E731
+    asset = _image_asset(item, select.asset)
+    sidecars = {col: absolute(item.assets[key]) if key in item.assets else None for col, key in SIDECAR_ASSETS.items()}
+    files = SceneFiles(id=item.id.replace("/", "_"), uri=absolute(asset), **sidecars)
+    cloud = item.properties.get("eo:cloud_cover")
+    return files, {"datetime": _when(obj), "cloud_cover": float(cloud) if cloud is not None else None,
+                   "rgb_bands": _rgb_bands(item, asset)}
+
+
+def _footprint(obj: dict):
+    try:
+        return shapely.geometry.shape(obj["geometry"]) if obj.get("geometry") else None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _items(uri: str, select: StacSelect, bbox, store: ObjectStore, table=None) -> tuple[list, list]:
+    """``(items, failures)`` of a source: its items (with the href each resolves against) and the
+    links that could not be followed."""
+    if table is not None:
+        return _geoparquet_items(uri, table), []
+    if urlsplit(uri).scheme in ("http", "https") and not uri.lower().endswith(".json"):
+        return _search(uri, select, bbox), []
+    return _walk(uri, StoreIO(store))
+
+
+def _rows(items: list[tuple[str, dict]], select: StacSelect, store: ObjectStore) -> tuple[list[dict], list[tuple]]:
+    """Catalog rows of the items' scenes (grids from their images' headers) and failure rows."""
+    from magseg_ray.scenes.catalog import describe_scene
+
+    rows, failures, seen = [], [], {}
+    with store.rasterio_env():
+        for at, obj in items:
+            label = f"STAC item {obj.get('id')!r} ({at})"
+            try:
+                files, values = _scene(at, obj, select)
+                label = f"STAC item {obj.get('id')!r} ({files.uri})"
+                if files.id in seen:
+                    raise SceneError(f"duplicate scene id {files.id!r} (also {seen[files.id]})")
+                row = describe_scene(files, store)
+                if problem := row.pop("problem"):
+                    raise SceneError(problem)
+            except SceneError as e:
+                failures.append((label, str(e), _footprint(obj)))
+                continue
+            rows.append(row | {k: v for k, v in values.items() if v is not None})
+            seen[files.id] = files.uri
+    return rows, failures
+
+
+def load_stac(uri: str, store: ObjectStore | None = None, select: StacSelect = StacSelect(), bbox=None,
+              table=None):
+    """The scene catalog (:class:`~magseg_ray.scenes.catalog.Catalog`) of a STAC source (see the
+    module doc), its items selected by ``select`` and ``bbox`` (``[west, south, east, north]``,
+    EPSG:4326; ``None``: anywhere); ``table``: the source's stac-geoparquet table, already read."""
+    from magseg_ray.scenes.catalog import FAILURE_COLUMNS, Catalog, catalog_frame
+
+    store = store or ObjectStore.from_env()
+    query, (start, end) = select.cql2(), select.interval()
+    box = shapely.box(*bbox) if bbox is not None else None
+    found, failures = _items(uri, select, bbox, store, table)
+    chosen = [(at, obj) for at, obj in found if _selected(obj, select, box, start, end, query)]
+    if not chosen:
+        asked = {"collections": select.collection, "datetime": select.datetime, "query": select.query,
+                 "bbox": None if bbox is None else [round(v, 5) for v in bbox]}
+        asked = ", ".join(f"{k} {v}" for k, v in asked.items() if v)
+        raise SceneError(f"{uri}: no STAC item matches ({asked or 'no selection'}; {len(found)} items read)")
+    rows, lost = _rows(chosen, select, store)
+    failures += lost
+    if not rows:
+        raise SceneError(f"{uri}: none of the {len(chosen)} STAC items selected could be catalogued, "
+                         f"e.g. {failures[-1][0]}: {failures[-1][1]}")
+    rows.sort(key=lambda r: r["id"])
+    return Catalog(catalog_frame(rows), pd.DataFrame(failures, columns=FAILURE_COLUMNS))
