@@ -37,6 +37,7 @@ import geopandas as gpd
 
 from magseg_ray.config import doc, dtype_field
 from magseg_ray.errors import ConfigError, ModelLoadError, OutputError
+from magseg_ray.scenes.select import StacSelect
 
 DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
 """Bundled demo: scenes (``scenes/``) and an AOI (``demo.geojson``) spanning them."""
@@ -57,12 +58,13 @@ def demo_chips(chip_size: int, count: int) -> list:
 
 
 @dataclass(frozen=True)
-class MapSettings:
+class MapSettings(StacSelect):
     """Settings every map made with a model has: a mapping run's (:class:`MapConfig`) and the tile
-    server's (:class:`~magseg_ray.serve.settings.ServeSettings`)."""
+    server's (:class:`~magseg_ray.serve.settings.ServeSettings`); STAC's item choice (:class:`StacSelect`)."""
 
     catalog: str = field(default=str(DEMO_DIR / "scenes"), metadata=doc(
-        "scenes: a catalog .parquet, or a folder, file:// or s3:// prefix of COGs"))
+        "scenes: a catalog .parquet; a STAC catalog.json or collection.json (path, file://, s3://, https://), "
+        "a STAC API (https://.../search) or stac-geoparquet .parquet; or a folder, file:// or s3:// prefix of COGs"))
     model: str = field(default="", metadata=doc("model folder (Gemma3 checkpoint); default: the shipped demo model"))
     overlap: int = field(default=-1, metadata=doc("pixels shared by neighbouring chips; -1: chip size / 8"))
     max_new_tokens: int = field(default=0, metadata=doc("answer token budget per patch; 0: the longest mask text"))
@@ -152,7 +154,7 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     m = mapping_settings(model_dir, cfg.chip_size, cfg.overlap, cfg.seed_px)
     _check_out(cfg.out_root())
     aoi = load_aoi(cfg.aoi)
-    catalog = load_catalog(cfg.catalog, store)
+    catalog = load_catalog(cfg.catalog, store, StacSelect.of(cfg), bbox=tuple(aoi.bounds))
     scenes = catalog.scenes
     tasks = chip_windows(scenes, aoi, m.chip)
     lost = [{"chip_id": None, "scene_id": Path(f.uri).stem, "error": f"{f.uri}: not catalogued: {f.reason}"}

@@ -223,7 +223,8 @@ def load_catalog(uri_or_root: str | os.PathLike, store: ObjectStore | None = Non
 
     ``select`` set on a source that is not STAC is refused (:class:`ConfigError`).
     """
-    from magseg_ray.scenes.stac import StacSelect, is_stac, is_stac_table, load_stac
+    from magseg_ray.scenes.select import StacSelect
+    from magseg_ray.scenes.stac import is_stac, is_stac_table, load_stac
 
     uri = os.fspath(uri_or_root)
     select = select or StacSelect()

@@ -34,12 +34,10 @@ that :func:`load_stac` reads back to the same scenes.
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import posixpath
 from collections import deque
-from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pandas as pd
@@ -47,59 +45,25 @@ import pystac
 import shapely
 from pystac.utils import make_absolute_href
 
-from magseg_ray.config import doc
-from magseg_ray.errors import ConfigError, SceneError
+from magseg_ray.errors import SceneError
 from magseg_ray.files import write_atomic
+from magseg_ray.scenes.select import StacSelect
 from magseg_ray.scenes.store import ObjectStore, SceneFiles, split_uri
 
 IMAGE_ROLES = ("data", "visual")
 """Roles of the asset taken as the image when ``--asset`` is not given."""
 SIDECAR_ASSETS = {"labels_uri": "labels", "fields_uri": "fields"}
 """Catalog column -> the asset key holding that sidecar."""
+UNKNOWN_START = "0001-01-01T00:00:00Z"
+"""``start_datetime`` written for a scene of unknown time (STAC needs one), read back as unknown."""
 NOTHING_LOST = shapely.Polygon()
 """Footprint of a failure that loses no scene (a link back to a catalog already read)."""
-
-
-@dataclass(frozen=True)
-class StacSelect:
-    """Which STAC items and which of their assets a job maps (flags of every job taking ``--catalog``)."""
-
-    collection: str = field(default="", metadata=doc(
-        "STAC: collection ids, comma-separated (a search's collections; of a static catalog, its items in them)"))
-    datetime: str = field(default="", metadata=doc(
-        "STAC: acquisition time or interval, RFC 3339 (2021-06-01/2021-09-30, ../2022-01-01)"))
-    query: str = field(default="", metadata=doc(
-        "STAC: item property filter, CQL2 text (\"eo:cloud_cover<20 and gsd<1\") or CQL2 JSON"))
-    asset: str = field(default="", metadata=doc(
-        "STAC: the image asset, by key or role; default the first GeoTIFF asset with role data or visual"))
-
-    def collections(self) -> list[str]:
-        return [c.strip() for c in self.collection.split(",") if c.strip()]
-
-    def cql2(self) -> dict | None:
-        """The query as CQL2 JSON (``None`` if none); :class:`ConfigError` if it does not parse."""
-        import cql2
-
-        if not self.query.strip():
-            return None
-        try:
-            text = self.query.strip()
-            expr = cql2.parse_json(text) if text.startswith("{") else cql2.parse_text(text)
-            expr.validate()
-        except (ValueError, cql2.ParseError, cql2.ValidationError) as e:
-            raise ConfigError(f"--query {self.query!r} is not CQL2 text or JSON: {e}") from None
-        return expr.to_json()
-
-    def interval(self) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
-        """``--datetime`` as (start, end), open ends ``None``; one instant is both."""
-        if not self.datetime.strip():
-            return None, None
-        ends = self.datetime.split("/") if "/" in self.datetime else [self.datetime] * 2
-        try:
-            start, end = (None if e.strip() in ("", "..") else pd.Timestamp(e.strip()) for e in ends)
-        except ValueError as e:
-            raise ConfigError(f"--datetime {self.datetime!r} is not an RFC 3339 time or interval: {e}") from None
-        return tuple(None if t is None else (t.tz_localize("UTC") if t.tzinfo is None else t) for t in (start, end))
+SEARCH_PAGE = 100
+"""Items asked for per page of a STAC API search (the server may send fewer; ``next`` links go on)."""
+EXTENSIONS = ["https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+              "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+              "https://stac-extensions.github.io/raster/v1.1.0/schema.json"]
+"""Extensions of the items :func:`write_stac` writes (``proj:``, ``eo:bands``, ``raster:bands``)."""
 
 
 def is_stac(uri: str) -> bool:
@@ -185,7 +149,7 @@ def _search(url: str, select: StacSelect, bbox) -> list[tuple[str, dict]]:
     from pystac_client.exceptions import APIError
 
     args = {"bbox": list(bbox) if bbox is not None else None, "collections": select.collections() or None,
-            "datetime": select.datetime or None, "limit": 100}
+            "datetime": select.datetime or None, "limit": SEARCH_PAGE}
     if (query := select.cql2()) is not None:
         args |= {"filter": query, "filter_lang": "cql2-json"}
     try:
@@ -227,14 +191,19 @@ def _selected(item: dict, select: StacSelect, box, start, end, query) -> bool:
         return False
     if box is not None and item.get("geometry") and not shapely.geometry.shape(item["geometry"]).intersects(box):
         return False
-    return query is None or cql2.Expr(query).matches({**item, "properties": props})
+    if query is None:
+        return True
+    try:
+        return cql2.Expr(query).matches({**item, "properties": props})
+    except Exception:  # cql2 raises a bare Exception when a property is missing: no match, as in SQL
+        return False
 
 
 def _when(item: dict) -> pd.Timestamp | None:
     """The item's time (``datetime``, else ``start_datetime``) in UTC, ``None`` if it has none."""
     props = item.get("properties") or {}
     value = props.get("datetime") or props.get("start_datetime")
-    return None if value is None else pd.to_datetime(value, utc=True)
+    return None if value in (None, UNKNOWN_START) else pd.to_datetime(value, utc=True)
 
 
 def _image_asset(item: pystac.Item, wanted: str) -> pystac.Asset:
@@ -271,13 +240,23 @@ def _scene(at: str, obj: dict, select: StacSelect) -> tuple[SceneFiles, dict]:
     item = pystac.Item.from_dict(obj, href=None, migrate=False, preserve_dict=True)
     item.set_self_href(None)
     base = at if at.endswith("/") else posixpath.dirname(at) + "/"
-    absolute = lambda a: make_absolute_href(a.href, base + "item.json")  # noqa: E731
+    absolute = lambda a: _local(make_absolute_href(a.href, base + "item.json"))  # noqa: E731
     asset = _image_asset(item, select.asset)
     sidecars = {col: absolute(item.assets[key]) if key in item.assets else None for col, key in SIDECAR_ASSETS.items()}
     files = SceneFiles(id=item.id.replace("/", "_"), uri=absolute(asset), **sidecars)
     cloud = item.properties.get("eo:cloud_cover")
     return files, {"datetime": _when(obj), "cloud_cover": float(cloud) if cloud is not None else None,
                    "rgb_bands": _rgb_bands(item, asset)}
+
+
+def _local(href: str) -> str:
+    """An asset href as the catalog holds URIs: a ``file://`` URI as its absolute path."""
+    return split_uri(href)[1] if href.startswith("file://") else href
+
+
+def _href(uri: str) -> str:
+    """A catalog URI as an asset href: a local path as a ``file://`` URI (stays absolute on S3)."""
+    return uri if urlsplit(uri).scheme else Path(uri).as_uri()
 
 
 def _footprint(obj: dict):
@@ -345,3 +324,50 @@ def load_stac(uri: str, store: ObjectStore | None = None, select: StacSelect = S
                          f"e.g. {failures[-1][0]}: {failures[-1][1]}")
     rows.sort(key=lambda r: r["id"])
     return Catalog(catalog_frame(rows), pd.DataFrame(failures, columns=FAILURE_COLUMNS))
+
+
+def _item(row: dict) -> pystac.Item:
+    """A catalog row as a STAC item: its image (and sidecars) as assets, grid in ``proj:``."""
+    when = None if pd.isna(row["datetime"]) else pd.Timestamp(row["datetime"]).to_pydatetime()
+    props = {"gsd": float(row["gsd"]), "proj:code": row["crs"], "proj:shape": [int(row["height"]), int(row["width"])],
+             "proj:bbox": [float(v) for v in row["native_bounds"]]}
+    if when is None:  # STAC needs a time: an unknown one is "some time before it was catalogued"
+        props |= {"start_datetime": UNKNOWN_START, "end_datetime": pd.Timestamp.now("UTC").isoformat()}
+    if row.get("cloud_cover") is not None and not pd.isna(row["cloud_cover"]):
+        props["eo:cloud_cover"] = float(row["cloud_cover"])
+    geometry = row["geometry"]
+    item = pystac.Item(row["id"], shapely.geometry.mapping(geometry), list(geometry.bounds), when, props,
+                       stac_extensions=list(EXTENSIONS))
+    raster = {"data_type": row["dtype"]} | ({} if pd.isna(row["nodata"]) else {"nodata": float(row["nodata"])})
+    extra = {"raster:bands": [dict(raster) for _ in range(int(row["bands"]))]}
+    if row.get("rgb_bands"):
+        names = {int(b): c for b, c in zip(row["rgb_bands"], ("red", "green", "blue"))}
+        extra["eo:bands"] = [{"name": f"b{i}", **({"common_name": names[i]} if i in names else {})}
+                             for i in range(1, int(row["bands"]) + 1)]
+    kind = pystac.MediaType.COG if row["is_cog"] else pystac.MediaType.GEOTIFF
+    item.add_asset("image", pystac.Asset(_href(row["uri"]), media_type=kind, roles=["data"], extra_fields=extra))
+    if row.get("labels_uri"):
+        item.add_asset("labels", pystac.Asset(_href(row["labels_uri"]), media_type=pystac.MediaType.GEOTIFF, roles=["labels"]))
+    if row.get("fields_uri"):
+        item.add_asset("fields", pystac.Asset(_href(row["fields_uri"]), media_type="application/geopackage+sqlite3",
+                                              roles=["labels"]))
+    return item
+
+
+def write_stac(scenes, out: str, store: ObjectStore | None = None, collection_id: str = "scenes") -> str:
+    """Write the catalog frame ``scenes`` as a static, self-contained STAC collection under ``out``
+    (a folder or ``s3://`` prefix): ``out/collection.json`` and ``out/<id>/<id>.json`` per scene,
+    assets at the scenes' own URIs. Returns the collection's href, which :func:`load_stac` reads."""
+    root = out.rstrip("/")
+    if split_uri(root)[0] == "file":
+        root = split_uri(root)[1]
+    dated = scenes["datetime"].dropna()
+    span = [[dated.min().to_pydatetime(), dated.max().to_pydatetime()] if len(dated) else [None, None]]
+    collection = pystac.Collection(
+        collection_id, f"{len(scenes)} scenes catalogued by magseg-ray (build_catalog --stac)",
+        pystac.Extent(pystac.SpatialExtent([[float(v) for v in scenes.total_bounds]]), pystac.TemporalExtent(span)))
+    for row in scenes.to_dict("records"):
+        collection.add_item(_item(row))
+    collection.normalize_hrefs(root)
+    collection.save(pystac.CatalogType.SELF_CONTAINED, stac_io=StoreIO(store or ObjectStore.from_env()))
+    return f"{root}/collection.json"
