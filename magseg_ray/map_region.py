@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import geopandas as gpd
+import pandas as pd
 
 from magseg_ray.config import doc, dtype_field
 from magseg_ray.errors import ConfigError, ModelLoadError, OutputError
@@ -166,6 +167,24 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     return Plan(cfg, scenes, aoi, tasks, m.chip, m.card, m.card.prompt(), model_dir, identity, m.seed_px, rules, lost)
 
 
+def scene_choice(p: Plan) -> dict:
+    """Which scene each chip and field came from, for ``summary.json``: the overlap rule
+    (:mod:`magseg_ray.scenes.overlap`), the scenes used in its order (time, cloud, chips: a chip's id
+    and output path, ``chips/<scene_id>/...``, and each field's ``scene_id`` name the scene), and the
+    scenes the AOI touches that own none of it."""
+    from collections import Counter
+
+    from magseg_ray.scenes.overlap import scene_order
+
+    chips = Counter(t.scene_id for t in p.tasks)
+    hits = p.scenes[p.scenes.intersects(p.aoi)].set_index("id", drop=False)
+    used = [{"id": i, "datetime": None if pd.isna(hits.at[i, "datetime"]) else hits.at[i, "datetime"].isoformat(),
+             "cloud_cover": None if pd.isna(hits.at[i, "cloud_cover"]) else float(hits.at[i, "cloud_cover"]),
+             "chips": chips[i]} for i in scene_order(hits) if chips[i]]
+    return {"rule": "newest, then least cloud, then id", "scenes": used,
+            "unused": sorted(str(i) for i in hits["id"] if not chips[i])}
+
+
 def _check_out(out: str) -> None:
     """A local ``--out`` must be a folder, or not exist below a folder: refuse a file in its way."""
     from magseg_ray.scenes.store import split_uri
@@ -281,7 +300,7 @@ def run_map_region(p: Plan, store=None) -> dict:
         summary = reduce_run(p, files, store, failures)
         summary = {"status": "partial" if failures else "complete", **summary}
         chips_failed = sum(1 for f in failures if f["chip_id"])
-        summary.update(chips=len(p.tasks), chips_resumed=resumed, chips_failed=chips_failed,
+        summary.update(scene_choice=scene_choice(p), chips=len(p.tasks), chips_resumed=resumed, chips_failed=chips_failed,
                        scenes_failed=len(failures) - chips_failed,
                        patches_this_run=patches, model_seconds=round(model_seconds, 2),
                        patches_per_s=round(patches / model_seconds, 2) if patches else None)

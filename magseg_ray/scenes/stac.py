@@ -35,6 +35,7 @@ that :func:`load_stac` reads back to the same scenes.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 from collections import deque
 from pathlib import Path
@@ -85,7 +86,7 @@ class StoreIO(pystac.StacIO):
             if urlsplit(href).scheme in ("http", "https"):
                 return self.web.read_text(href)
             return self.store.filesystem(href).cat_file(split_uri(href)[1]).decode()
-        except (OSError, ValueError, UnicodeDecodeError, Exception) as e:  # urllib, s3fs, botocore
+        except Exception as e:  # urllib, s3fs and botocore raise many types
             raise SceneError(f"{href}: cannot read: {e}") from None
 
     def write_text(self, dest, txt: str, *args, **kwargs) -> None:
@@ -107,10 +108,11 @@ def _stac_json(href: str, stac_io: StoreIO) -> dict:
         obj = json.loads(text)
     except ValueError as e:
         raise SceneError(f"{href}: not JSON ({e}): name a STAC catalog.json, collection.json or item") from None
-    kind = obj.get("type") if isinstance(obj, dict) else None
+    obj = obj if isinstance(obj, dict) else {}
+    kind, version = obj.get("type"), obj.get("stac_version")
     if kind not in ("Catalog", "Collection", "Feature", "FeatureCollection") or (
-            kind != "FeatureCollection" and "stac_version" not in obj):
-        raise SceneError(f"{href}: not STAC JSON (type {kind!r}, stac_version {obj.get('stac_version') if isinstance(obj, dict) else None!r}): "
+            kind != "FeatureCollection" and version is None):
+        raise SceneError(f"{href}: not STAC JSON (type {kind!r}, stac_version {version!r}): "
                          "name a STAC catalog.json, collection.json or item")
     return obj
 
@@ -146,7 +148,6 @@ def _walk(href: str, stac_io: StoreIO) -> tuple[list[tuple[str, dict]], list[tup
 def _search(url: str, select: StacSelect, bbox) -> list[tuple[str, dict]]:
     """The items a STAC API returns for the selection, every page (``next`` links)."""
     import pystac_client
-    from pystac_client.exceptions import APIError
 
     args = {"bbox": list(bbox) if bbox is not None else None, "collections": select.collections() or None,
             "datetime": select.datetime or None, "limit": SEARCH_PAGE}
@@ -158,7 +159,7 @@ def _search(url: str, select: StacSelect, bbox) -> list[tuple[str, dict]]:
         else:
             search = pystac_client.Client.open(url).search(**args)
         return [(url, item) for item in search.items_as_dicts()]
-    except (APIError, OSError, ValueError, Exception) as e:  # requests' and pystac-client's errors
+    except Exception as e:  # pystac-client's APIError, requests' and the JSON parser's errors
         raise SceneError(f"{url}: STAC search failed: {type(e).__name__}: {e}") from None
 
 
@@ -273,7 +274,7 @@ def _items(uri: str, select: StacSelect, bbox, store: ObjectStore, table=None) -
         return _geoparquet_items(uri, table), []
     if urlsplit(uri).scheme in ("http", "https") and not uri.lower().endswith(".json"):
         return _search(uri, select, bbox), []
-    return _walk(uri, StoreIO(store))
+    return _walk(uri if urlsplit(uri).scheme else os.path.abspath(uri), StoreIO(store))
 
 
 def _rows(items: list[tuple[str, dict]], select: StacSelect, store: ObjectStore) -> tuple[list[dict], list[tuple]]:

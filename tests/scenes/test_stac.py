@@ -117,3 +117,64 @@ def test_build_catalog_writes_a_stac_collection_that_reads_back_to_the_same_scen
                                 "--query", "eo:cloud_cover<0"]) == 2  # no scene has a cloud cover: none match
     assert build_catalog_job()([f"{out}/collection.json", "--out", str(tmp_path / "d.parquet")]) == 0
     pd.testing.assert_frame_equal(load_catalog(tmp_path / "d.parquet").scenes, back.scenes)
+
+
+def test_bad_items_and_links_are_named_failures_and_the_rest_is_catalogued(s3_server, tmp_path, demo):
+    """One good item (its image beside it, a relative href), an item with no GeoTIFF asset, an
+    asset that 404s, a link to JSON that is not STAC, and a link back to the root (a cycle)."""
+    rows = demo.set_index("id", drop=False)
+    good = user_item(rows.loc["synth_900"], "./synth_900.tif", "mixed", "2024-01-15T03:30:00+00:00", 5.0)
+    no_cog = user_item(rows.loc["synth_901"], "https://example.invalid/synth_901.jpg", "mixed", "2024-01-15T00:00:00",
+                       5.0, key="preview", roles=("overview",), media_type=pystac.MediaType.JPEG)
+    missing = user_item({**rows.loc["naip_43p7840_m92p4228"], "id": "gone"}, f"s3://{BUCKET}/nowhere/gone.tif",
+                        "mixed", "2021-07-18T17:00:00+00:00", 0.0)
+    root = write_catalog(tmp_path / "stac", {"mixed": [good, no_cog, missing]})
+    collection = json.loads((tmp_path / "stac/mixed/collection.json").read_text())
+    collection["links"] += [{"rel": "child", "href": "../catalog.json"}, {"rel": "child", "href": "./notes.json"}]
+    (tmp_path / "stac/mixed/collection.json").write_text(json.dumps(collection))
+    (tmp_path / "stac/mixed/notes.json").write_text(json.dumps({"title": "not STAC", "links": []}))
+    (tmp_path / "stac/mixed/synth_900/synth_900.tif").write_bytes((DEMO_DIR / "scenes/synth_900.tif").read_bytes())
+    uri = upload_tree(s3_server, tmp_path / "stac", BUCKET, f"mixed-{tmp_path.name}") + "/catalog.json"
+    catalog = load_catalog(uri, s3_server.store)
+    assert catalog.scenes["id"].tolist() == ["synth_900"]
+    assert catalog.scenes["uri"].iloc[0] == uri.replace("catalog.json", "mixed/synth_900/synth_900.tif")
+    reasons = dict(zip(catalog.failures["uri"], catalog.failures["reason"]))
+    footprints = dict(zip(catalog.failures["uri"], catalog.failures["footprint"]))
+    prefix = uri.removesuffix("/catalog.json")
+    assert reasons[prefix + "/catalog.json"] == (
+        f"catalog cycle: {prefix}/mixed/collection.json links back to {prefix}/catalog.json, already read")
+    assert footprints[prefix + "/catalog.json"].is_empty  # nothing lost: a map stays complete
+    assert reasons[prefix + "/mixed/notes.json"] == (
+        f"linked from {prefix}/mixed/collection.json: {prefix}/mixed/notes.json: not STAC JSON (type None, "
+        "stac_version None): name a STAC catalog.json, collection.json or item")
+    assert footprints[prefix + "/mixed/notes.json"] is None  # unknown: a map it may cover is partial
+    label = f"STAC item 'synth_901' ({prefix}/mixed/synth_901/synth_901.json)"
+    assert reasons[label].startswith("no GeoTIFF asset with role data or visual (it has preview (image/jpeg; "
+                                     "roles ['overview']), thumbnail (image/png; roles ['thumbnail'])")
+    assert footprints[label].equals(rows.loc["synth_901"]["geometry"])
+    gone = f"STAC item 'gone' (s3://{BUCKET}/nowhere/gone.tif)"
+    assert reasons[gone].startswith("not a readable GeoTIFF") and footprints[gone] is not None
+    # --asset by key; an asset no item has leaves nothing to map
+    assert load_catalog(uri, s3_server.store, StacSelect(asset="visual")).scenes["id"].tolist() == ["synth_900"]
+    with pytest.raises(SceneError, match=r"none of the 2 STAC items selected could be catalogued, e\.g\. STAC item "
+                                         r"'synth_901' .*: no asset 'nope' by key or role \(it has preview, thumbnail\)"):
+        load_catalog(uri, s3_server.store, StacSelect(asset="nope"), (101.9, 12.9, 102.1, 13.1))
+
+
+def test_sources_that_are_not_stac_and_bad_selections_are_refused(tmp_path, s3_server):
+    (tmp_path / "x.json").write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature"}]})[:-3])
+    with pytest.raises(SceneError, match=r"x.json: not JSON \(.*\): name a STAC catalog.json"):
+        load_catalog(tmp_path / "x.json")
+    (tmp_path / "y.json").write_text(json.dumps({"type": "Feature", "geometry": None}))
+    with pytest.raises(SceneError, match=r"y.json: not STAC JSON \(type 'Feature', stac_version None\)"):
+        load_catalog(tmp_path / "y.json")
+    with pytest.raises(SceneError, match=r"z.json: cannot read"):
+        load_catalog(tmp_path / "z.json")
+    with pytest.raises(ConfigError, match=r"--query 'cloud <<< 3' is not CQL2 text or JSON"):
+        StacSelect(query="cloud <<< 3").cql2()
+    with pytest.raises(ConfigError, match=r"--datetime 'last summer' is not an RFC 3339"):
+        StacSelect(datetime="last summer").interval()
+    with pytest.raises(ConfigError, match=r"--collection, --datetime, --query and --asset choose STAC items"):
+        load_catalog(DEMO_DIR / "scenes", select=StacSelect(collection="naip"))
+    with pytest.raises(SceneError, match=r"http://127.0.0.1:1/search: STAC search failed: "):
+        load_catalog("http://127.0.0.1:1/search")
