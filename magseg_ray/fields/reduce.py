@@ -48,10 +48,23 @@ def reduce_scene(scene: dict, chip_ids: list[str], owned, seam, files_root: str,
     class_name = schema.classes[schema.field_classes[0]].name
     final = to_fiboa(final, ids, class_name, datetimes)
     write_partitions(files, PARTIAL, final, row["id"], degrees)
-    mapped_px = int((classes != NO_DATA).sum())
+    mapped_px = _mapped_pixels(classes, owned, transform, row["crs"])
     return {"scene_id": row["id"], "pieces": pieces, "fields": len(final), "patches": patches,
             "mapped_km2": mapped_px * float(row["gsd"]) ** 2 / 1e6, "tolerance": tolerance,
             "class_name": class_name, "datetime": row.get("datetime")}
+
+
+def _mapped_pixels(classes, owned, transform, crs: str) -> int:
+    """Mapped pixels whose centres lie in the part of the AOI the scene owns (``owned``, EPSG:4326).
+    Chips answer every pixel the AOI touches, so its edge pixels are partly outside; counted by
+    centre, the scenes' mapped areas add up to at most the AOI's."""
+    from rasterio.features import geometry_mask
+
+    local = gpd.GeoSeries([owned], crs="EPSG:4326").to_crs(crs).iloc[0]
+    if local.is_empty:
+        return 0
+    inside = geometry_mask([local], classes.shape, transform, invert=True)
+    return int(((classes != NO_DATA) & inside).sum())
 
 
 def _aoi_km2(aoi) -> float:
