@@ -65,7 +65,7 @@ class MapSettings(StacSelect):
 
     catalog: str = field(default=str(DEMO_DIR / "scenes"), metadata=doc(
         "scenes: a catalog .parquet; a STAC catalog.json or collection.json (path, file://, s3://, https://), "
-        "a STAC API (https://.../search) or stac-geoparquet .parquet; or a folder, file:// or s3:// prefix of COGs"))
+        "a STAC API (https://.../search) or STAC GeoParquet (.parquet of items); or a folder, file:// or s3:// prefix of COGs"))
     model: str = field(default="", metadata=doc("model folder (Gemma3 checkpoint); default: the shipped demo model"))
     overlap: int = field(default=-1, metadata=doc("pixels shared by neighbouring chips; -1: chip size / 8"))
     max_new_tokens: int = field(default=0, metadata=doc("answer token budget per patch; 0: the longest mask text"))

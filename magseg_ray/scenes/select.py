@@ -17,7 +17,7 @@ class StacSelect:
     """Which STAC items and which of their assets a job maps (flags of every job taking ``--catalog``)."""
 
     collection: str = field(default="", metadata=doc(
-        "STAC: collection ids, comma-separated (a search's collections; of a static catalog, its items in them)"))
+        "STAC: collection ids, separated by commas (a search's collections; of a static catalog, its items in them)"))
     datetime: str = field(default="", metadata=doc(
         "STAC: acquisition time or interval, RFC 3339 (2021-06-01/2021-09-30, ../2022-01-01)"))
     query: str = field(default="", metadata=doc(

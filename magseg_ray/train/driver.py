@@ -44,7 +44,7 @@ class RunConfig(StacSelect):
     run_name: str = run_name_field("run")
     storage: str = field(default="runs", metadata=doc("folder holding runs (checkpoints and outputs)"))
     data: str = field(default="", metadata=doc(
-        "scenes with labels: catalog .parquet, STAC (catalog.json, collection.json, API URL, stac-geoparquet; "
+        "scenes with labels: catalog .parquet, STAC (catalog.json, collection.json, API URL, STAC GeoParquet; "
         "assets 'labels' are the label rasters), folder, file:// or s3:// prefix"))
     chip_size: int = field(default=256, metadata=doc("chip side in pixels (a multiple of the patch)"))
     val_fraction: float = field(default=0.2, metadata=doc("share of scenes held out for validation (by scene id hash)"))
