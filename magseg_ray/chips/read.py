@@ -34,7 +34,7 @@ from rasterio.windows import Window
 from magseg_ray.chips.windows import ChipTask
 from magseg_ray.errors import SceneError
 from magseg_ray.scenes.catalog import SUPPORTED_DTYPES
-from magseg_ray.scenes.store import ObjectStore, read_retry, split_uri
+from magseg_ray.scenes.store import ObjectStore, read_retry, remote
 
 
 
@@ -61,10 +61,10 @@ class Chip:
 
 @contextmanager
 def open_scene(uri: str, store: ObjectStore | None = None, **options: str):
-    """Open a scene raster for windowed reads: ``/vsis3/`` range requests inside the store's GDAL
-    environment (``options`` added) for ``s3://`` URIs, a plain local open otherwise."""
+    """Open a scene raster for windowed reads: ``/vsis3/`` (``/vsicurl/`` for ``http(s)://``) range
+    requests inside the store's GDAL environment (``options`` added), a plain local open otherwise."""
     store = store or ObjectStore()
-    with store.rasterio_env(**options) if split_uri(uri)[0] == "s3" else rasterio.Env():
+    with store.rasterio_env(**options) if remote(uri) else rasterio.Env():
         with rasterio.open(store.gdal_path(uri)) as src:
             yield src
 
@@ -127,7 +127,7 @@ def read_window(uri: str, row: int, col: int, height: int, width: int, config: R
             _SUSPECT.discard(uri)
             break
         except rasterio.errors.RasterioError as e:
-            down = _store_down(uri, store) if split_uri(uri)[0] == "s3" else None
+            down = _store_down(uri, store) if urlsplit(uri).scheme == "s3" else None
             e = f"{e}{f'; {down}' if down else ''}"
             first = first or e
             if not (TRANSIENT.search(e) or down) and uri not in _SUSPECT or attempt == retries:

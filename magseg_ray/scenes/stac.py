@@ -20,7 +20,8 @@ default the first GeoTIFF asset (``image/tiff`` type, or a ``.tif`` href) with r
 common names say so (else the reader's rule). The scene's grid comes from the image's own header
 (a few ranged reads, as for a folder); its time from the item's ``datetime`` (else
 ``start_datetime``), its cloud from ``eo:cloud_cover``; assets ``labels`` and ``fields`` are its
-sidecars. Scene id: the item id (``/`` becomes ``_``).
+sidecars. Scene id: the item id (``/`` becomes ``_``). Asset hrefs: ``s3://``, ``http(s)://`` (read
+in place by range requests), ``file://`` or local paths; relative ones resolve against the item.
 
 Bad items do not stop a run: an item with no image asset, an image that cannot be read (404, not a
 GeoTIFF), a link to a file that is not STAC JSON are :attr:`Catalog.failures` naming the item or

@@ -178,3 +178,24 @@ def test_sources_that_are_not_stac_and_bad_selections_are_refused(tmp_path, s3_s
         load_catalog(DEMO_DIR / "scenes", select=StacSelect(collection="naip"))
     with pytest.raises(SceneError, match=r"http://127.0.0.1:1/search: STAC search failed: "):
         load_catalog("http://127.0.0.1:1/search")
+
+
+def test_https_assets_are_read_in_place_by_range_requests(users, s3_server, demo, tmp_path):
+    """Providers publish assets at http(s) URLs (moto answers unsigned GETs at
+    http://127.0.0.1:PORT/bucket/key): catalogued from their headers, chips read by range requests."""
+    from magseg_ray.chips.read import read_chip
+    from magseg_ray.chips.windows import ChipConfig, chip_windows
+
+    rows = demo.set_index("id", drop=False)
+    url = f"{s3_server.endpoint_url}/{BUCKET}/scenes/synth_900.tif"
+    s3_server.client().put_object_acl(Bucket=BUCKET, Key="scenes/synth_900.tif", ACL="public-read")  # as open data
+    write_catalog(tmp_path / "web", {"synth": [user_item(rows.loc["synth_900"], url, "synth", "2024-01-15T03:30:00", 5.0)]})
+    scenes = load_catalog(tmp_path / "web/catalog.json", s3_server.store).scenes
+    assert scenes["uri"].tolist() == [url]
+    pd.testing.assert_frame_equal(scenes[GRID], demo[demo["id"] == "synth_900"][GRID].reset_index(drop=True))
+    task = chip_windows(scenes, scenes.geometry.iloc[0], ChipConfig(128, 0))[5]
+    sent = s3_server.sent_bytes
+    web = read_chip(task, store=s3_server.store)
+    assert s3_server.sent_bytes - sent < (DEMO_DIR / "scenes/synth_900.tif").stat().st_size / 2  # ranges, not the file
+    local = read_chip(task.__class__(**{**task.as_dict(), "uri": str(DEMO_DIR / "scenes/synth_900.tif")}))
+    assert (web.image == local.image).all() and (web.valid == local.valid).all()
