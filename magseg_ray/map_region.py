@@ -34,9 +34,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import geopandas as gpd
+import pandas as pd
 
 from magseg_ray.config import doc, dtype_field
 from magseg_ray.errors import ConfigError, ModelLoadError, OutputError
+from magseg_ray.scenes.select import StacSelect
 
 DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
 """Bundled demo: scenes (``scenes/``) and an AOI (``demo.geojson``) spanning them."""
@@ -57,12 +59,13 @@ def demo_chips(chip_size: int, count: int) -> list:
 
 
 @dataclass(frozen=True)
-class MapSettings:
+class MapSettings(StacSelect):
     """Settings every map made with a model has: a mapping run's (:class:`MapConfig`) and the tile
-    server's (:class:`~magseg_ray.serve.settings.ServeSettings`)."""
+    server's (:class:`~magseg_ray.serve.settings.ServeSettings`); STAC's item choice (:class:`StacSelect`)."""
 
     catalog: str = field(default=str(DEMO_DIR / "scenes"), metadata=doc(
-        "scenes: a catalog .parquet, or a folder, file:// or s3:// prefix of COGs"))
+        "scenes: a catalog .parquet; a STAC catalog.json or collection.json (path, file://, s3://, https://), "
+        "a STAC API (https://.../search) or STAC GeoParquet (.parquet of items); or a folder, file:// or s3:// prefix of COGs"))
     model: str = field(default="", metadata=doc("model folder (Gemma3 checkpoint); default: the shipped demo model"))
     overlap: int = field(default=-1, metadata=doc("pixels shared by neighbouring chips; -1: chip size / 8"))
     max_new_tokens: int = field(default=0, metadata=doc("answer token budget per patch; 0: the longest mask text"))
@@ -160,7 +163,7 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     m = mapping_settings(model_dir, cfg.chip_size, cfg.overlap, cfg.seed_px)
     check_out(cfg.out_root())
     aoi = load_aoi(cfg.aoi)
-    catalog = load_catalog(cfg.catalog, store)
+    catalog = load_catalog(cfg.catalog, store, StacSelect.of(cfg), bbox=tuple(aoi.bounds))
     scenes = catalog.scenes
     tasks = chip_windows(scenes, aoi, m.chip)
     lost = uncatalogued(catalog, aoi)
@@ -177,6 +180,24 @@ def uncatalogued(catalog, aoi) -> list[dict]:
     catalogued and may lie in the AOI (footprint unknown or touching it)."""
     return [{"chip_id": None, "scene_id": Path(f.uri).stem, "error": f"{f.uri}: not catalogued: {f.reason}"}
             for f in catalog.failures.itertuples() if f.footprint is None or f.footprint.intersects(aoi)]
+
+
+def scene_choice(p: Plan) -> dict:
+    """Which scene each chip and field came from, for ``summary.json``: the overlap rule
+    (:mod:`magseg_ray.scenes.overlap`), the scenes used in its order (time, cloud, chips: a chip's id
+    and output path, ``chips/<scene_id>/...``, and each field's ``scene_id`` name the scene), and the
+    scenes the AOI touches that own none of it."""
+    from collections import Counter
+
+    from magseg_ray.scenes.overlap import scene_order
+
+    chips = Counter(t.scene_id for t in p.tasks)
+    hits = p.scenes[p.scenes.intersects(p.aoi)].set_index("id", drop=False)
+    used = [{"id": i, "datetime": None if pd.isna(hits.at[i, "datetime"]) else hits.at[i, "datetime"].isoformat(),
+             "cloud_cover": None if pd.isna(hits.at[i, "cloud_cover"]) else float(hits.at[i, "cloud_cover"]),
+             "chips": chips[i]} for i in scene_order(hits) if chips[i]]
+    return {"rule": "newest, then least cloud, then id", "scenes": used,
+            "unused": sorted(str(i) for i in hits["id"] if not chips[i])}
 
 
 def check_out(out: str) -> None:
@@ -294,7 +315,7 @@ def run_map_region(p: Plan, store=None) -> dict:
         summary = reduce_run(p, files, store, failures)
         summary = {"status": "partial" if failures else "complete", **summary}
         chips_failed = sum(1 for f in failures if f["chip_id"])
-        summary.update(chips=len(p.tasks), chips_resumed=resumed, chips_failed=chips_failed,
+        summary.update(scene_choice=scene_choice(p), chips=len(p.tasks), chips_resumed=resumed, chips_failed=chips_failed,
                        scenes_failed=len(failures) - chips_failed,
                        patches_this_run=patches, model_seconds=round(model_seconds, 2),
                        patches_per_s=round(patches / model_seconds, 2) if patches else None)

@@ -26,6 +26,7 @@ from functools import lru_cache
 import geopandas as gpd
 import numpy as np
 import rasterio
+import shapely
 from PIL import Image
 
 from magseg_ray.chips.read import Chip, ReadConfig, open_scene, read_chip, read_padded
@@ -33,6 +34,7 @@ from magseg_ray.chips.windows import ChipConfig, ChipTask, chip_windows
 from magseg_ray.errors import ConfigError, MagsegError
 from magseg_ray.masks.schemas import NO_DATA, classes_from_instances, get_schema
 from magseg_ray.prompt import PromptConfig, build_patch_prompt, patch_boxes
+from magseg_ray.scenes.overlap import owned_areas
 
 
 CHIPS_PER_BLOCK = 8
@@ -62,7 +64,8 @@ def chip_image(chip_record: dict) -> np.ndarray:
 def _task(row: dict) -> ChipTask:
     """The chip task fields of a Ray record (Ray turns tuples into arrays)."""
     fields = {k: row[k] for k in ChipTask.__dataclass_fields__}
-    return ChipTask(**{**fields, "transform": tuple(float(v) for v in fields["transform"])})
+    return ChipTask(**{**fields, "transform": tuple(float(v) for v in fields["transform"]),
+                       "bands": tuple(int(v) for v in fields["bands"])})
 
 
 @lru_cache(maxsize=64)
@@ -91,7 +94,8 @@ class _MappingReader:
     patch_size: int
     read: ReadConfig
     store: object | None
-    aoi_wkb: bytes | None
+    areas: dict[str, bytes]
+    """Scene id -> the part of the AOI it owns (EPSG:4326 WKB): a chip's pixels outside it are not answered."""
 
     def __call__(self, row: dict) -> dict:
         task = _task(row)
@@ -100,7 +104,7 @@ class _MappingReader:
         out = {**row, "error": None, "image": np.zeros((0, 0, 3), np.uint8), "valid": np.zeros((0, 0), bool),
                "patches": np.zeros((0, 4), np.int32)}
         try:
-            aoi_local = _aoi_in(self.aoi_wkb, task.crs) if self.aoi_wkb is not None else None
+            aoi_local = _aoi_in(self.areas[task.scene_id], task.crs)
             chip = read_chip(task, self.read, aoi_local, self.store)
         except MagsegError as e:
             out["error"] = str(e)
@@ -113,11 +117,13 @@ class _MappingReader:
 def mapping_chips(scenes: gpd.GeoDataFrame, aoi, chip: ChipConfig = ChipConfig(), patch_size: int = 32,
                   read: ReadConfig = ReadConfig(), store=None, read_cpus: float = 0.5, skip=frozenset()):
     """Pipeline 1 as a Ray Dataset of chip records (see module doc); lazy until consumed. Chips
-    whose id is in ``skip`` (finished by an earlier run) are left out."""
+    whose id is in ``skip`` (finished by an earlier run) are left out. Where scenes overlap, each
+    place is read from the scene that owns it (:mod:`magseg_ray.scenes.overlap`)."""
     if chip.chip_size % patch_size:
         raise ConfigError(f"chip_size {chip.chip_size} is not a multiple of the patch size {patch_size}")
     tasks = [t for t in chip_windows(scenes, aoi, chip) if t.chip_id not in skip]
-    reader = _MappingReader(patch_size, read, store, aoi.wkb)
+    owned = owned_areas(scenes[scenes.intersects(aoi)], aoi)
+    reader = _MappingReader(patch_size, read, store, {k: shapely.to_wkb(v) for k, v in owned.items()})
     return _chip_tasks([t.as_dict() for t in tasks]).map(reader, num_cpus=read_cpus)
 
 

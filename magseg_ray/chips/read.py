@@ -21,7 +21,7 @@ import re
 import socket
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -34,7 +34,7 @@ from rasterio.windows import Window
 from magseg_ray.chips.windows import ChipTask
 from magseg_ray.errors import SceneError
 from magseg_ray.scenes.catalog import SUPPORTED_DTYPES
-from magseg_ray.scenes.store import ObjectStore, read_retry, split_uri
+from magseg_ray.scenes.store import ObjectStore, read_retry, remote
 
 
 
@@ -61,10 +61,10 @@ class Chip:
 
 @contextmanager
 def open_scene(uri: str, store: ObjectStore | None = None, **options: str):
-    """Open a scene raster for windowed reads: ``/vsis3/`` range requests inside the store's GDAL
-    environment (``options`` added) for ``s3://`` URIs, a plain local open otherwise."""
+    """Open a scene raster for windowed reads: ``/vsis3/`` (``/vsicurl/`` for ``http(s)://``) range
+    requests inside the store's GDAL environment (``options`` added), a plain local open otherwise."""
     store = store or ObjectStore()
-    with store.rasterio_env(**options) if split_uri(uri)[0] == "s3" else rasterio.Env():
+    with store.rasterio_env(**options) if remote(uri) else rasterio.Env():
         with rasterio.open(store.gdal_path(uri)) as src:
             yield src
 
@@ -127,7 +127,7 @@ def read_window(uri: str, row: int, col: int, height: int, width: int, config: R
             _SUSPECT.discard(uri)
             break
         except rasterio.errors.RasterioError as e:
-            down = _store_down(uri, store) if split_uri(uri)[0] == "s3" else None
+            down = _store_down(uri, store) if urlsplit(uri).scheme == "s3" else None
             e = f"{e}{f'; {down}' if down else ''}"
             first = first or e
             if not (TRANSIENT.search(e) or down) and uri not in _SUSPECT or attempt == retries:
@@ -173,8 +173,11 @@ def read_chip(task: ChipTask, config: ReadConfig = ReadConfig(), aoi_local=None,
               store: ObjectStore | None = None) -> Chip:
     """Read ``task``'s window from its scene (``store`` says where ``s3://`` URIs live).
 
-    ``aoi_local`` is the AOI geometry in the scene's CRS, or None to keep every pixel valid.
+    ``aoi_local`` is the AOI geometry in the scene's CRS, or None to keep every pixel valid. The
+    task's catalogued ``bands`` (a STAC asset's red, green, blue) are read unless ``config`` names bands.
     """
+    if task.bands and config.bands is None:
+        config = replace(config, bands=task.bands)
     size = task.size
     image, valid = read_window(task.uri, task.row_off, task.col_off, size, size, config, store,
                                f"chip {task.chip_id}")

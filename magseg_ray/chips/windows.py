@@ -4,7 +4,8 @@ An AOI is any vector file geopandas reads (GeoJSON, GeoPackage, GeoParquet, ...)
 declares (GeoJSON without one is EPSG:4326, as RFC 7946 says). Each scene the AOI touches is cut
 into square chip windows on the scene's own pixel grid (no resampling, so scenes of different CRSs
 mix freely): a regular grid with stride ``chip_size - overlap`` anchored at the scene's top-left
-pixel, keeping the windows that intersect the AOI. A window may run past the scene's right or
+pixel, keeping the windows that intersect the part of the AOI the scene owns (where scenes overlap,
+one maps each place: :mod:`magseg_ray.scenes.overlap`). A window may run past the scene's right or
 bottom edge; the reader pads it (see :mod:`magseg_ray.chips.read`) and marks those pixels invalid.
 
 A polygon that crosses the antimeridian uncut (an edge spanning more than 180 degrees of longitude,
@@ -28,6 +29,7 @@ from rasterio.transform import Affine
 from shapely.geometry import box
 
 from magseg_ray.errors import ConfigError, SceneError
+from magseg_ray.scenes.overlap import owned_areas
 
 AOI_CRS = "EPSG:4326"
 DEFAULT_OVERLAP_DIVISOR = 8
@@ -77,6 +79,8 @@ class ChipTask:
     """Affine transform of the chip window (6 numbers, GDAL order a, b, c, d, e, f)."""
     datetime: str | None = None
     """Scene acquisition time (ISO), if known."""
+    bands: tuple[int, ...] = ()
+    """1-based bands read as R, G, B, from the catalog (a STAC asset's band names); empty: the reader's rule."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -130,17 +134,22 @@ def chip_windows(scenes: gpd.GeoDataFrame, aoi: shapely.Geometry, config: ChipCo
     """Chip windows of every scene in the catalog frame ``scenes`` that intersect ``aoi`` (EPSG:4326).
 
     ``scenes`` is a catalog frame (:mod:`magseg_ray.scenes.catalog`): ``id``, ``uri``, ``crs``,
-    ``width``, ``height``, ``native_bounds``, ``datetime`` and the EPSG:4326 footprint.
+    ``width``, ``height``, ``native_bounds``, ``datetime`` and the EPSG:4326 footprint (``cloud_cover``
+    and ``rgb_bands`` where it has them). A scene gets the windows that meet the part of the AOI it
+    owns (:func:`~magseg_ray.scenes.overlap.owned_areas`), so overlapping scenes share no chip.
     Raises :class:`SceneError` when the AOI touches no scene.
     """
     hits = scenes[scenes.intersects(aoi)]
     if hits.empty:
         b = shapely.bounds(aoi).round(4).tolist()
         raise SceneError(f"the AOI (bounds {b}) touches none of the {len(scenes)} catalogued scenes")
+    owned = owned_areas(hits, aoi)
     tasks: list[ChipTask] = []
     for scene in hits.itertuples():
+        if shapely.area(owned[str(scene.id)]) == 0:
+            continue
         transform = scene_transform(scene)
-        aoi_local = gpd.GeoSeries([aoi], crs=AOI_CRS).to_crs(scene.crs).iloc[0]
+        aoi_local = gpd.GeoSeries([owned[str(scene.id)]], crs=AOI_CRS).to_crs(scene.crs).iloc[0]
         size, stride = config.chip_size, config.stride
         rows = range(0, max(scene.height - config.overlap, 1), stride)
         cols = range(0, max(scene.width - config.overlap, 1), stride)
@@ -151,8 +160,13 @@ def chip_windows(scenes: gpd.GeoDataFrame, aoi: shapely.Geometry, config: ChipCo
             if k:
                 t = transform @ Affine.translation(c, r)
                 tasks.append(ChipTask(f"{scene.id}/{r}_{c}", scene.id, scene.uri, scene.crs, r, c, size,
-                                      tuple(t)[:6], _iso(getattr(scene, "datetime", None))))
+                                      tuple(t)[:6], _iso(getattr(scene, "datetime", None)), _rgb(scene)))
     return tasks
+
+
+def _rgb(scene) -> tuple[int, ...]:
+    bands = getattr(scene, "rgb_bands", None)
+    return () if bands is None or not len(bands) else tuple(int(b) for b in bands)
 
 
 def _iso(value) -> str | None:

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from magseg_ray.fields.seams import merge_pieces, owned_areas, seams, split_at_seams, tolerance_degrees
+from magseg_ray.fields.seams import merge_pieces, seams, split_at_seams, tolerance_degrees
+from magseg_ray.scenes.overlap import owned_areas
 from magseg_ray.fields.write import read_fields, to_fiboa, write_geopackage, write_partitions
 from magseg_ray.masks.schemas import NO_DATA
 from magseg_ray.run_files import RunFiles, finished_chips
@@ -59,7 +60,7 @@ def reduce_scene(scene: dict, chip_ids: list[str], owned, seam, files_root: str,
     class_name = schema.classes[schema.field_classes[0]].name
     final = to_fiboa(final, ids, class_name, datetimes, attributes)
     write_partitions(files, PARTIAL, final, row["id"], degrees)
-    mapped_px = int((classes != NO_DATA).sum())
+    mapped_px = _mapped_pixels(classes, owned, transform, row["crs"])
     return {"scene_id": row["id"], "pieces": pieces, "fields": len(final), "patches": patches,
             "mapped_km2": mapped_px * float(row["gsd"]) ** 2 / 1e6, "tolerance": tolerance,
             "class_name": class_name, "datetime": row.get("datetime")}
@@ -79,6 +80,19 @@ def _chip_columns(fields: gpd.GeoDataFrame, files: RunFiles, chip_ids: list[str]
     for name in attributes:
         fields[name] = [values.get(o, {}).get(name) for o in owners]
     return fields
+
+
+def _mapped_pixels(classes, owned, transform, crs: str) -> int:
+    """Mapped pixels whose centres lie in the part of the AOI the scene owns (``owned``, EPSG:4326).
+    Chips answer every pixel the AOI touches, so its edge pixels are partly outside; counted by
+    centre, the scenes' mapped areas add up to at most the AOI's."""
+    from rasterio.features import geometry_mask
+
+    local = gpd.GeoSeries([owned], crs="EPSG:4326").to_crs(crs).iloc[0]
+    if local.is_empty:
+        return 0
+    inside = geometry_mask([local], classes.shape, transform, invert=True)
+    return int(((classes != NO_DATA) & inside).sum())
 
 
 def _aoi_km2(aoi) -> float:
@@ -101,7 +115,7 @@ def reduce_run(plan, files: RunFiles, store, failures: list[dict]) -> dict:
         if t.chip_id in done:
             by_scene.setdefault(t.scene_id, []).append(t.chip_id)
     scenes = plan.scenes[plan.scenes["id"].isin(list(by_scene))]
-    owned = owned_areas(scenes.set_index("id").geometry, plan.aoi)
+    owned = owned_areas(scenes, plan.aoi)
     seam = seams(owned, {s: tolerance_degrees(float(g)) for s, g in zip(scenes["id"], scenes["gsd"])})
     files.remove_tree(PARTIAL)
     task = ray.remote(num_cpus=0.5)(reduce_scene)

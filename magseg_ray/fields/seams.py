@@ -4,8 +4,9 @@ Chip seams need nothing here: chips are stitched into one raster per scene befor
 (:mod:`magseg_ray.stitch.mosaic`), so a field spanning chips is one connected component.
 
 Scene seams: scenes overlap, sit in different UTM zones, and are polygonized separately. Each
-scene *owns* its footprint within the AOI minus the footprints of the scenes before it (by id), so
-every place is mapped once (:func:`owned_areas`). A scene's fields are clipped to what it owns;
+scene *owns* its footprint within the AOI minus the footprints of the scenes before it (newest, then
+least cloud, then id: :func:`magseg_ray.scenes.overlap.owned_areas`, the rule chips are planned by),
+so every place is mapped once. A scene's fields are clipped to what it owns;
 those within ``tolerance`` of a seam (an owned-area edge shared with another scene) are *seam
 pieces*, the rest are final. Pieces from different scenes whose ``tolerance`` buffers overlap by at
 least ``2 * tolerance`` squared of area (they touch along the seam, not at a corner) are one
@@ -24,19 +25,6 @@ from scipy.sparse.csgraph import connected_components
 
 METRES_PER_DEGREE = 111_320.0
 """Length of a degree of latitude, to turn pixel tolerances into degrees (EPSG:4326)."""
-
-
-def owned_areas(footprints: gpd.GeoSeries, aoi) -> dict[str, shapely.Geometry]:
-    """Scene id -> the part of the AOI that scene maps (EPSG:4326); ``footprints`` is indexed by id.
-    Only overlapping scenes are compared (an R-tree), so a country's catalog stays near-linear."""
-    ids = sorted(footprints.index)
-    areas = [shapely.intersection(footprints[i], aoi) for i in ids]
-    tree = shapely.STRtree(areas)
-    owned = {}
-    for k, (scene_id, area) in enumerate(zip(ids, areas)):
-        earlier = [areas[j] for j in tree.query(area, predicate="intersects") if j < k]
-        owned[scene_id] = shapely.difference(area, shapely.union_all(earlier)) if earlier else area
-    return owned
 
 
 def seams(owned: dict[str, shapely.Geometry], tolerance: dict[str, float]) -> dict[str, shapely.Geometry]:

@@ -98,7 +98,7 @@ def plan_query(cfg: AoiConfig, models, config, store=None):
     check_out(cfg.out)
     chip = ChipConfig.for_chip_size(cfg.chip_size, cfg.overlap)
     aoi = load_aoi(cfg.aoi)
-    catalog = load_catalog(cfg.catalog, store)
+    catalog = load_catalog(cfg.catalog, store, bbox=tuple(aoi.bounds))  # a STAC search asks for the AOI only
     tasks = chip_windows(catalog.scenes, aoi, chip)
     lost = uncatalogued(catalog, aoi)
     models = tiny_folders(models) if models.tiny else models  # built once here, not by each actor

@@ -26,8 +26,16 @@ that scenes from several UTM zones share one index; each scene's exact grid stay
 ``is_cog``        GDAL reports the COG layout, or the file is tiled with overviews; a plain
                   GeoTIFF is still catalogued, with ``False``. A file whose last full-resolution
                   tile cannot be read (cut short, damaged) is not catalogued at all
+``cloud_cover``   percent of the scene under cloud (STAC ``eo:cloud_cover``), null if unknown
+``rgb_bands``     1-based bands that are red, green, blue (from a STAC asset's band names), null:
+                  the reader's rule (bands 1-3)
 ``geometry``      footprint polygon in EPSG:4326 (the native bounds, edges densified)
 ================= ==================================================================================
+
+``cloud_cover`` and ``rgb_bands`` came later: a catalog saved without them loads with them null.
+Where scenes overlap, the rule of :mod:`magseg_ray.scenes.overlap` says which maps each place.
+The catalog can also come from STAC (:mod:`magseg_ray.scenes.stac`): :func:`load_catalog` takes a
+static catalog or collection, a STAC API or stac-geoparquet as well.
 
 Cataloguing reads each image's header and its last full-resolution tile (the one a truncated file
 loses first): over S3, a few ranged requests per scene, never the whole image.
@@ -53,9 +61,11 @@ from magseg_ray.scenes.store import ObjectStore, SceneFiles, list_cogs, split_ur
 
 COLUMNS = (
     *("id", "uri", "crs", "native_bounds", "width", "height", "gsd", "bands", "dtype", "nodata"),
-    *("datetime", "labels_uri", "fields_uri", "is_cog", "geometry"),
+    *("datetime", "labels_uri", "fields_uri", "is_cog", "cloud_cover", "rgb_bands", "geometry"),
 )
 """The catalog's columns, in order (see the module docstring)."""
+LATER_COLUMNS = ("cloud_cover", "rgb_bands")
+"""Columns a catalog saved before them lacks: loaded as null."""
 SUPPORTED_DTYPES = ("uint8", "uint16")
 """Pixel types of scenes that can be catalogued: 8-bit imagery and 16-bit (e.g. 12-bit sensor) imagery."""
 DATETIME_TAGS = (("ACQUISITION_DATETIME", "ISO8601"), ("TIFFTAG_DATETIME", "%Y:%m:%d %H:%M:%S"))
@@ -104,7 +114,7 @@ def _acquired(tags: dict[str, str]) -> pd.Timestamp | None:
     return None
 
 
-def _describe(files: SceneFiles, store: ObjectStore) -> dict:
+def describe_scene(files: SceneFiles, store: ObjectStore) -> dict:
     """One catalog row for a scene, from its header; :class:`SceneError` (the reason) if unusable.
     A scene whose header reads but whose last tile does not gets the reason in ``"problem"``
     (``None`` for a good scene), beside its footprint."""
@@ -142,12 +152,19 @@ def _last_tile_problem(src) -> str | None:
     return None
 
 
-def _frame(rows: list[dict]) -> gpd.GeoDataFrame:
+def catalog_frame(rows: list[dict]) -> gpd.GeoDataFrame:
     """The catalog frame of scene rows, with stable column types."""
     scenes = gpd.GeoDataFrame(pd.DataFrame(rows, columns=list(COLUMNS)), geometry="geometry", crs="EPSG:4326")
     scenes["nodata"] = scenes["nodata"].astype(float)
     scenes["datetime"] = pd.to_datetime(scenes["datetime"], utc=True).dt.as_unit("us")
+    scenes["cloud_cover"] = scenes["cloud_cover"].astype(float)
+    scenes["rgb_bands"] = scenes["rgb_bands"].astype(object).map(_band_list)
     return scenes
+
+
+def _band_list(bands) -> list[int] | None:
+    """A ``rgb_bands`` value as a list of ints, ``None`` when absent (null, NaN)."""
+    return None if bands is None or pd.api.types.is_scalar(bands) else [int(v) for v in bands]
 
 
 def build_catalog(
@@ -175,7 +192,7 @@ def build_catalog(
             try:
                 if files.id in seen:
                      raise SceneError(f"duplicate scene id {files.id!r} (also {seen[files.id]})")
-                row = _describe(files, store)
+                row = describe_scene(files, store)
                 if problem := row.pop("problem"):
                     footprint = row["geometry"]
                     raise SceneError(problem)
@@ -190,27 +207,64 @@ def build_catalog(
         raise SceneError(
             f"no readable COG scenes under {os.fspath(root)}: {len(failures)} failed, e.g. {uri}: {reason}"
         )
-    return Catalog(_frame(rows), pd.DataFrame(failures, columns=FAILURE_COLUMNS))
+    return Catalog(catalog_frame(rows), pd.DataFrame(failures, columns=FAILURE_COLUMNS))
 
 
-def load_catalog(uri_or_root: str | os.PathLike, store: ObjectStore | None = None) -> Catalog:
-    """A saved catalog (a ``.parquet`` file: local, ``file://`` or ``s3://``), or else a root to
-    catalog now with :func:`build_catalog` (failures recorded, not raised)."""
+def load_catalog(uri_or_root: str | os.PathLike, store: ObjectStore | None = None, select=None,
+                 bbox: tuple[float, float, float, float] | None = None) -> Catalog:
+    """The scenes a job's ``--catalog`` names, the one place a catalog string is resolved:
+
+    - a saved catalog (a ``.parquet`` file of :data:`COLUMNS`: local, ``file://`` or ``s3://``);
+    - STAC (:mod:`magseg_ray.scenes.stac`): a static ``catalog.json`` / ``collection.json``, a STAC
+      API URL, or a stac-geoparquet ``.parquet``, its items chosen by ``select``
+      (:class:`~magseg_ray.scenes.stac.StacSelect`) and ``bbox`` (EPSG:4326; the AOI's bounds);
+    - else a root (folder, ``file://`` or ``s3://`` prefix) to catalog now with :func:`build_catalog`
+      (failures recorded, not raised).
+
+    ``select`` set on a source that is not STAC is refused (:class:`ConfigError`).
+    """
+    from magseg_ray.scenes.select import StacSelect
+    from magseg_ray.scenes.stac import is_stac, is_stac_table, load_stac
+
     uri = os.fspath(uri_or_root)
-    if not uri.lower().endswith(".parquet"):
-        return build_catalog(uri, store)
+    select = select or StacSelect()
+    if is_stac(uri):
+        return load_stac(uri, store, select, bbox)
     store = store or ObjectStore.from_env()
+    table = _read_parquet(uri, store) if uri.lower().endswith(".parquet") else None
+    if table is not None and is_stac_table(table):
+        return load_stac(uri, store, select, bbox, table)
+    if select != StacSelect():
+        raise ConfigError(f"--catalog {uri}: --collection, --datetime, --query and --asset choose STAC items; "
+                          "this catalog is not STAC")
+    if table is None:
+        return build_catalog(uri, store)
     try:
-        data = store.filesystem(uri).cat_file(split_uri(uri)[1])
-    except OSError as e:
-        raise SceneError(f"{uri}: cannot read catalog: {e}") from None
-    try:
-        scenes = gpd.read_parquet(io.BytesIO(data))
-    except Exception as e:  # pyarrow and geopandas raise many types for a file that is not GeoParquet
+        scenes = gpd.GeoDataFrame.from_arrow(table)
+    except Exception as e:  # geopandas raises many types for a table that is not GeoParquet
         raise SceneError(f"{uri}: not a GeoParquet file: {e}") from None
+    for column in LATER_COLUMNS:
+        if column not in scenes.columns:
+            scenes[column] = None
     missing = [c for c in COLUMNS if c not in scenes.columns]
     if missing:
         raise SceneError(f"{uri}: not a scene catalog (no column {', '.join(missing)})")
     scenes = scenes[list(COLUMNS)]
     scenes["native_bounds"] = scenes["native_bounds"].map(lambda b: [float(v) for v in b])
+    scenes["rgb_bands"] = scenes["rgb_bands"].astype(object).map(_band_list)
+    scenes["cloud_cover"] = scenes["cloud_cover"].astype(float)
     return Catalog(scenes, pd.DataFrame(columns=FAILURE_COLUMNS))
+
+
+def _read_parquet(uri: str, store: ObjectStore):
+    """The Parquet file at ``uri`` as a pyarrow table; :class:`SceneError` if unreadable or not Parquet."""
+    import pyarrow.parquet as pq
+
+    try:
+        data = store.filesystem(uri).cat_file(split_uri(uri)[1])
+    except OSError as e:
+        raise SceneError(f"{uri}: cannot read catalog: {e}") from None
+    try:
+        return pq.read_table(io.BytesIO(data))
+    except Exception as e:  # pyarrow raises many types for a file that is not Parquet
+        raise SceneError(f"{uri}: not a GeoParquet file: {e}") from None

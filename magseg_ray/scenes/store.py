@@ -65,6 +65,16 @@ def split_uri(uri: str | os.PathLike) -> tuple[str, str]:
     return "file", os.path.abspath(text)
 
 
+def is_web(uri: str | os.PathLike) -> bool:
+    """Whether ``uri`` is an ``http(s)://`` URL: an image read in place (a STAC asset), never written."""
+    return urlsplit(os.fspath(uri)).scheme in ("http", "https")
+
+
+def remote(uri: str | os.PathLike) -> bool:
+    """Whether ``uri`` is read over the network (``s3://``, ``http(s)://``), inside :meth:`ObjectStore.rasterio_env`."""
+    return is_web(uri) or split_uri(uri)[0] == "s3"
+
+
 def _true(value: str) -> bool:
     return value.strip().upper() in ("1", "TRUE", "YES", "ON")
 
@@ -167,7 +177,10 @@ class ObjectStore:
 
     def gdal_path(self, uri: str | os.PathLike) -> str:
         """A path rasterio opens inside :meth:`rasterio_env`: ``/vsis3/bucket/key`` for
-        ``s3://bucket/key``, the absolute local path for a local path or ``file://`` URI."""
+        ``s3://bucket/key``, ``/vsicurl/URL`` for an ``http(s)://`` URL (a STAC asset: read-only,
+        by range requests), the absolute local path for a local path or ``file://`` URI."""
+        if is_web(uri):
+            return f"/vsicurl/{os.fspath(uri)}"
         scheme, path = split_uri(uri)
         return f"/vsis3/{path}" if scheme == "s3" else path
 

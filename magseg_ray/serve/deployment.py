@@ -49,6 +49,7 @@ from magseg_ray.model.card import mapping_settings
 from magseg_ray.model.checkpoint import check_checkpoint_dir
 from magseg_ray.model.segmenter import ChipSegmenter
 from magseg_ray.scenes.catalog import load_catalog
+from magseg_ray.scenes.select import StacSelect
 from magseg_ray.scenes.store import ObjectStore
 from magseg_ray.serve.batching import ChipBatcher, model_key
 from magseg_ray.serve.imagery import imagery_tile
@@ -85,7 +86,7 @@ class TileServer:
     def __init__(self, settings: ServeSettings):
         self.settings = s = settings
         self.store = ObjectStore.from_env()
-        self.scenes = load_catalog(s.catalog, self.store).scenes.sort_values("id").reset_index(drop=True)
+        self.scenes = load_catalog(s.catalog, self.store, StacSelect.of(s)).scenes.sort_values("id").reset_index(drop=True)
         model_dir = s.model_dir()
         m = mapping_settings(model_dir, overlap=s.overlap, seed_px=s.seed_px)
         self.schema, self.seed_px, self.chip, self.patch_size = m.schema, m.seed_px, m.chip, m.card.patch_size

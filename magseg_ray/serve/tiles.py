@@ -259,12 +259,12 @@ def clip(fields: gpd.GeoDataFrame, area) -> gpd.GeoDataFrame:
 def tile_fields(layers: list[Layer], tile: Tile, schema: Schema, simplify_px: float, min_field_px: int,
                 seed_px: float = 0.0, maps=None) -> gpd.GeoDataFrame:
     """Field polygons of the tile (EPSG:4326): each scene's fields clipped to the part of the tile it
-    owns (first scene by id, as ``map_region``'s seams), precomputed ones from their run's fields."""
+    owns (newest, least cloud, then id: ``map_region``'s rule), precomputed ones from their run's fields."""
     from magseg_ray.fields.polygons import measure, scene_fields
-    from magseg_ray.fields.seams import owned_areas
+    from magseg_ray.scenes.overlap import owned_areas
 
-    footprints = gpd.GeoSeries({layer.scene["id"]: layer.scene["geometry"] for layer in layers}, crs="EPSG:4326")
-    owned = owned_areas(footprints, tile.footprint)
+    frame = gpd.GeoDataFrame([layer.scene for layer in layers], geometry="geometry", crs="EPSG:4326")
+    owned = owned_areas(frame, tile.footprint)
     parts = []
     for layer in layers:
         sid = layer.scene["id"]

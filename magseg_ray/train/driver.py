@@ -28,6 +28,7 @@ from pathlib import Path
 from magseg_ray.config import TRAIN_DTYPES, doc, dtype_field
 from magseg_ray.files import write_atomic
 from magseg_ray.prompt import PromptConfig
+from magseg_ray.scenes.select import StacSelect
 
 
 def run_name_field(default: str):
@@ -36,12 +37,15 @@ def run_name_field(default: str):
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """Settings every training run has; SFT's and GRPO's configs extend it."""
+class RunConfig(StacSelect):
+    """Settings every training run has (STAC's item choice too, :class:`StacSelect`); SFT's and GRPO's
+    configs extend it."""
 
     run_name: str = run_name_field("run")
     storage: str = field(default="runs", metadata=doc("folder holding runs (checkpoints and outputs)"))
-    data: str = field(default="", metadata=doc("scenes with labels: catalog .parquet, folder, file:// or s3:// prefix"))
+    data: str = field(default="", metadata=doc(
+        "scenes with labels: catalog .parquet, STAC (catalog.json, collection.json, API URL, STAC GeoParquet; "
+        "assets 'labels' are the label rasters), folder, file:// or s3:// prefix"))
     chip_size: int = field(default=256, metadata=doc("chip side in pixels (a multiple of the patch)"))
     val_fraction: float = field(default=0.2, metadata=doc("share of scenes held out for validation (by scene id hash)"))
     num_workers: int = field(default=2, metadata=doc("Ray Train workers"))
@@ -79,7 +83,7 @@ def chip_splits(cfg: RunConfig, prompt: PromptConfig):
     from magseg_ray.scenes.store import ObjectStore
 
     store = ObjectStore.from_env()
-    scenes = load_catalog(cfg.data, store).scenes
+    scenes = load_catalog(cfg.data, store, StacSelect.of(cfg)).scenes
 
     def chips(split: str):
         return training_chips(scenes, None, ChipConfig(cfg.chip_size, 0), prompt, store=store,

@@ -3,7 +3,8 @@
 import geopandas as gpd
 import shapely
 
-from magseg_ray.fields.seams import owned_areas, seams
+from magseg_ray.fields.seams import seams
+from magseg_ray.scenes.overlap import owned_areas
 
 
 def test_each_place_is_owned_once_and_seams_are_the_shared_edges():
@@ -14,7 +15,7 @@ def test_each_place_is_owned_once_and_seams_are_the_shared_edges():
         "d": shapely.box(10, 10, 11, 11),  # alone
     })
     aoi = shapely.box(-1, -1, 12, 12)
-    owned = owned_areas(footprints, aoi)
+    owned = owned_areas(gpd.GeoDataFrame({"id": footprints.index}, geometry=footprints.values), aoi)
     assert owned["b"].equals(shapely.box(2, 0, 3, 2)) and owned["a"].equals(footprints["a"])
     total = shapely.union_all(list(owned.values()))
     assert abs(sum(g.area for g in owned.values()) - total.area) < 1e-12  # no place twice

@@ -73,8 +73,12 @@ def test_paths():
     assert store.gdal_path("rel/x.tif") == os.path.abspath("rel/x.tif")
     assert type(store.filesystem("s3://bucket")).__name__ == "S3FileSystem"
     assert type(store.filesystem("/data")).__name__ == "LocalFileSystem"
+    # a STAC asset at an http(s) URL is read in place; it is never a place to write or list
+    assert store.gdal_path("https://example.org/x.tif") == "/vsicurl/https://example.org/x.tif"
     with pytest.raises(SceneError, match="unsupported URI scheme 'https'"):
-        store.gdal_path("https://example.org/x.tif")
+        split_uri("https://example.org/out")
+    with pytest.raises(SceneError, match="unsupported URI scheme 'gs'"):
+        store.gdal_path("gs://bucket/x.tif")
 
 
 def test_list_cogs_finds_scenes_and_sidecars(tmp_path):
