@@ -21,7 +21,8 @@ cannot be read (naming it), 503 (from Serve's proxy, at once, with ``Retry-After
 replicas' queues are full, and 503 from ``/segment`` on a server started with ``--no-geoseg``.
 
 This module holds the routes only. Each replica reads the model card once
-(:func:`~magseg_ray.model.card.mapping_settings`, as a mapping run's plan does), loads the model
+(:func:`~magseg_ray.model.card.mapping_settings`, as a mapping run's plan does; its field rules through
+:func:`~magseg_ray.fields.rules.resolve_rules`, for the tile fields), loads the model
 once (:class:`~magseg_ray.model.segmenter.ChipSegmenter`) and asks a
 :class:`~magseg_ray.serve.batching.ChipBatcher` for the chips a tile needs (cached, or decoded in
 one batched model call for all concurrent requests). Imagery tiles: :mod:`magseg_ray.serve.imagery`.

@@ -28,7 +28,11 @@ its edge strength is the whole scene's there, exactly. Where the window is the w
 whose chips are all of the scene's), the fields are ``map_region``'s, clipped to the tile. Otherwise
 they can differ near the window's edge and by the window's statistics: a field the window cuts is
 measured by its part in the window (the minimum size, its core depth), and the edge split's
-threshold and band scaling are taken over the window's field pixels, not the scene's.
+threshold and band scaling are taken over the window's field pixels, not the scene's. Measured on
+the demo NAIP scene mapped as its truth fields with the demo card (every tile inside it): at z17, 95%
+of a tile's fields lie within IoU 0.9 of one of ``map_region``'s clipped to it (82% within 0.99), the
+union of the fields within IoU 0.987; at z18, 92% (74%), 0.952. Without the rules on either side:
+100% and 99.7%; the tile server without them against ``map_region`` with them (before): 77% and 76%.
 """
 
 from __future__ import annotations
