@@ -167,7 +167,7 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     scenes = catalog.scenes
     tasks = chip_windows(scenes, aoi, m.chip)
     lost = uncatalogued(catalog, aoi)
-    rules = resolve_rules(cfg.min_field_m2, cfg.max_field_m2, cfg.hole_m2, cfg.simplify_m, m.card, cfg.edge_quantile)
+    rules = resolve_rules(m.card, cfg.min_field_m2, cfg.max_field_m2, cfg.hole_m2, cfg.simplify_m, cfg.edge_quantile)
     chips_by = {k: v for k, v in asdict(m.card).items() if not k.startswith("field_")}  # the fields step reruns on resume
     identity = {"aoi_sha256": aoi_fingerprint(aoi), "model": m.fingerprint, "model_prompt": chips_by,
                 "chip": {"chip_size": m.chip.chip_size, "overlap": m.chip.overlap}}

@@ -19,9 +19,14 @@ there, in three steps, on one scene's instance raster and its image on the same 
    the raster's largest id.
 
 Texture (crop rows, wet patches) scatters edge pixels, which leaves no deep core: such a piece stays
-whole. The settings are the model card's ``field_edge_*`` in ground units
-(:class:`~magseg_ray.fields.rules.FieldRules`); :func:`~magseg_ray.fields.rules.apply_rules` runs
-this first, before small pieces merge.
+whole.
+
+The image may reach past the raster by the same margin on every side (a tile's window read with
+:func:`reach_px` more pixels of its scene): step 1 then sees the pixels beyond the raster's border, so
+the strength inside it is the strength of the larger image there, exactly where the margin is at
+least :func:`reach_px`; steps 2-3 use only the raster's own pixels. The settings are the model
+card's ``field_edge_*`` in ground units (:class:`~magseg_ray.fields.rules.FieldRules`);
+:func:`~magseg_ray.fields.rules.apply_rules` runs this first, before small pieces merge.
 """
 
 from __future__ import annotations
@@ -33,6 +38,15 @@ from scipy import ndimage
 from magseg_ray.errors import ConfigError
 
 
+TRUNCATE = 4.0
+"""Gaussian kernels of step 1 end this many ``sigma_px`` from their centre (SciPy's default)."""
+
+
+def reach_px(sigma_px: float) -> int:
+    """How far (pixels) the strength at a pixel looks: SciPy's kernel radius at :data:`TRUNCATE`."""
+    return int(TRUNCATE * sigma_px + 0.5)
+
+
 def edge_strength(image: np.ndarray, field: np.ndarray, sigma_px: float) -> np.ndarray:
     """Step 1 of the module docstring: float32 edge strength of an ``H x W x bands`` image, each
     band scaled by its standard deviation over the ``field`` pixels (a band without contrast there
@@ -42,22 +56,25 @@ def edge_strength(image: np.ndarray, field: np.ndarray, sigma_px: float) -> np.n
         band = image[..., b].astype(np.float32)
         sd = float(band[field].std()) if field.any() else 0.0
         if sd > 0:
-            out += (ndimage.gaussian_gradient_magnitude(band, sigma_px) / sd) ** 2
+            out += (ndimage.gaussian_gradient_magnitude(band, sigma_px, truncate=TRUNCATE) / sd) ** 2
     return np.sqrt(out)
 
 
 def split_at_edges(instances: np.ndarray, image: np.ndarray, quantile: float, sigma_px: float,
                    depth_px: float, core_px: float) -> np.ndarray:
     """The instance raster (0 = no field) with its pieces split along the image's edges, as the module
-    docstring says (a new int32 array). ``image``: ``H x W x bands`` on the raster's grid."""
-    if image.ndim != 3 or image.shape[:2] != instances.shape:
-        raise ConfigError(f"edge split: image of shape {image.shape} is not H x W x bands on the "
-                          f"{instances.shape} instance raster's grid")
+    docstring says (a new int32 array). ``image``: ``H x W x bands`` on the raster's grid, or that grid
+    grown by the same margin on every side."""
+    grown = [a - b for a, b in zip(image.shape[:2], instances.shape)]
+    if image.ndim != 3 or grown[0] != grown[1] or grown[0] % 2 or grown[0] < 0:
+        raise ConfigError(f"edge split: image of shape {image.shape} is not H x W x bands on the {instances.shape} "
+                          "instance raster's grid, or that grid grown by one margin on every side")
+    (h, w), margin = instances.shape, grown[0] // 2
     out = np.asarray(instances, np.int32).copy()
     field = out > 0
     if not field.any():
         return out
-    strength = edge_strength(image, field, sigma_px)
+    strength = edge_strength(image, np.pad(field, margin), sigma_px)[margin:margin + h, margin:margin + w]
     edge = strength > np.quantile(strength[field], quantile)
     area = np.bincount(out.ravel())
     next_id = int(out.max()) + 1

@@ -74,11 +74,12 @@ class FieldRules:
             raise ConfigError(f"field rules: max_m2 {self.max_m2} is below min_m2 {self.min_m2}")
 
 
-def resolve_rules(min_m2: float, max_m2: float, hole_m2: float, simplify_m: float, card,
-                  edge_quantile: float = -1.0) -> FieldRules:
-    """The rules of a job's flags: each value as given, or the model card's ``field_*`` setting where it
-    is -1 (``card``: a :class:`~magseg_ray.model.card.ModelPrompt`); the edge split's scale, depth and
-    core size always the card's."""
+def resolve_rules(card, min_m2: float = -1.0, max_m2: float = -1.0, hole_m2: float = -1.0,
+                  simplify_m: float = -1.0, edge_quantile: float = -1.0) -> FieldRules:
+    """A model card's rules (``card``: a :class:`~magseg_ray.model.card.ModelPrompt`, its ``field_*``
+    settings), each overridden by a job's flag where that is not -1; the edge split's scale, depth and
+    core size always the card's. The one home of "card -> rules": ``map_region`` (its flags) and the
+    tile server (the card's alone) both take theirs here."""
     pick = {"min_m2": (min_m2, card.field_min_m2), "max_m2": (max_m2, card.field_max_m2),
             "hole_m2": (hole_m2, card.field_hole_m2), "simplify_m": (simplify_m, card.field_simplify_m),
             "edge_quantile": (edge_quantile, card.field_edge_quantile)}
@@ -102,7 +103,8 @@ def apply_rules(instances: np.ndarray, rules: FieldRules, pixel_m: float,
                 mapped: np.ndarray | None = None, image: np.ndarray | None = None) -> np.ndarray:
     """The instance raster after rules 0-3 of the module docstring (a new int32 array; ids kept, a
     merged piece taking its neighbour's). ``mapped``: pixels with data (holes must lie inside it);
-    ``image``: the scene's ``H x W x bands`` pixels on the raster's grid, which the edge split needs
+    ``image``: the scene's ``H x W x bands`` pixels on the raster's grid (or that grid grown by one
+    margin on every side, :func:`~magseg_ray.fields.edges.split_at_edges`), which the edge split needs
     (:class:`ConfigError` without it)."""
     px = pixel_m * pixel_m
     out = np.asarray(instances, np.int32)

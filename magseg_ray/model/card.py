@@ -8,7 +8,9 @@ card written before a field existed reads that field's default, which is what su
 
 Mapping with a model (the mapping plan, :func:`magseg_ray.map_region.plan`, and the tile server)
 reads the card once, through :func:`mapping_settings`: its schema, chip grid and fields core depth
-resolved against the caller's flags, and the weights' fingerprint.
+resolved against the caller's flags, and the weights' fingerprint. Its ``field_*`` rules become the
+fields step's :class:`~magseg_ray.fields.rules.FieldRules` in one place for both,
+:func:`~magseg_ray.fields.rules.resolve_rules`.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ cannot be read (naming it), 503 (from Serve's proxy, at once, with ``Retry-After
 replicas' queues are full, and 503 from ``/segment`` on a server started with ``--no-geoseg``.
 
 This module holds the routes only. Each replica reads the model card once
-(:func:`~magseg_ray.model.card.mapping_settings`, as a mapping run's plan does), loads the model
+(:func:`~magseg_ray.model.card.mapping_settings`, as a mapping run's plan does; its field rules through
+:func:`~magseg_ray.fields.rules.resolve_rules`, for the tile fields), loads the model
 once (:class:`~magseg_ray.model.segmenter.ChipSegmenter`) and asks a
 :class:`~magseg_ray.serve.batching.ChipBatcher` for the chips a tile needs (cached, or decoded in
 one batched model call for all concurrent requests). Imagery tiles: :mod:`magseg_ray.serve.imagery`.
@@ -45,6 +46,7 @@ from ray import serve
 
 from magseg_ray.errors import (MagsegError, NotCoveredError, NotEnabledError, QueryError, RequestTooLargeError,
                                SceneError, TileRequestError)
+from magseg_ray.fields.rules import resolve_rules
 from magseg_ray.model.card import mapping_settings
 from magseg_ray.model.checkpoint import check_checkpoint_dir
 from magseg_ray.model.segmenter import ChipSegmenter
@@ -90,6 +92,7 @@ class TileServer:
         model_dir = s.model_dir()
         m = mapping_settings(model_dir, overlap=s.overlap, seed_px=s.seed_px)
         self.schema, self.seed_px, self.chip, self.patch_size = m.schema, m.seed_px, m.chip, m.card.patch_size
+        self.rules = resolve_rules(m.card)  # the card's field rules, as map_region takes them without flags
         segmenter = ChipSegmenter(model_dir, m.card, s.patch_batch, s.max_new_tokens or None,
                                   max(int(s.cpus_per_replica), 1), s.dtype)
         self.chips = ChipBatcher(segmenter, self.store, model_key(m.fingerprint, m.card, s.max_new_tokens),
@@ -139,7 +142,7 @@ class TileServer:
             start = time.perf_counter()
             tile, layers = await self._layers(z, x, y)
             fields = await asyncio.to_thread(tile_fields, layers, tile, self.schema, s.simplify_px, s.min_field_px,
-                                             self.seed_px, self.maps)
+                                             self.seed_px, self.rules, self.store, self.maps)
         except MagsegError as e:
             return error_response(e)
         return Response(fields.to_json(na="null", drop_id=True), media_type="application/geo+json",

@@ -19,6 +19,20 @@ tiles. A tile is made scene by scene, in catalog id order:
 4. **render**: classes -> a transparent PNG in the schema's colours (:func:`render_png`), or the
    scene's field polygons (:func:`~magseg_ray.fields.polygons.scene_fields`) clipped to the part of
    the tile each scene owns (:func:`tile_fields`), as GeoJSON in EPSG:4326.
+
+A tile's fields are made as ``map_region`` makes a scene's: the same core depth and the same
+:class:`~magseg_ray.fields.rules.FieldRules` (the model card's, :func:`~magseg_ray.fields.rules.resolve_rules`),
+on the stitched window of step 2 instead of the whole scene. The edge split reads the scene's pixels
+under that window and :func:`~magseg_ray.fields.edges.reach_px` beyond it (:func:`window_image`), so
+its edge strength is the whole scene's there, exactly. Where the window is the whole scene (a tile
+whose chips are all of the scene's), the fields are ``map_region``'s, clipped to the tile. Otherwise
+they can differ near the window's edge and by the window's statistics: a field the window cuts is
+measured by its part in the window (the minimum size, its core depth), and the edge split's
+threshold and band scaling are taken over the window's field pixels, not the scene's. Measured on
+the demo NAIP scene mapped as its truth fields with the demo card (every tile inside it): at z17, 95%
+of a tile's fields lie within IoU 0.9 of one of ``map_region``'s clipped to it (82% within 0.99), the
+union of the fields within IoU 0.987; at z18, 92% (74%), 0.952. Without the rules on either side:
+100% and 99.7%; the tile server without them against ``map_region`` with them (before): 77% and 76%.
 """
 
 from __future__ import annotations
@@ -35,11 +49,13 @@ import shapely
 from rasterio.transform import Affine, from_bounds
 from rasterio.warp import Resampling, reproject
 
+from magseg_ray.chips.read import read_window
 from magseg_ray.chips.windows import ChipConfig, ChipTask, chip_windows, scene_transform
 from magseg_ray.errors import NotCoveredError, TileRequestError
-from magseg_ray.masks.schemas import Schema
+from magseg_ray.fields.edges import reach_px
+from magseg_ray.fields.rules import FieldRules, pixel_metres
+from magseg_ray.masks.schemas import NO_DATA, Schema
 from magseg_ray.stitch.mosaic import kept_window
-from magseg_ray.masks.schemas import NO_DATA
 
 TMS = morecantile.tms.get("WebMercatorQuad")
 TILE_SIZE = 256
@@ -256,10 +272,28 @@ def clip(fields: gpd.GeoDataFrame, area) -> gpd.GeoDataFrame:
     return fields[fields.geometry.notna()]
 
 
+def window_image(layer: Layer, rules: FieldRules, store=None) -> np.ndarray | None:
+    """The scene's pixels under the layer's classes and the edge split's reach beyond them on every
+    side (read where the scene goes on, mirrored where it ends, as SciPy's filters mirror the whole
+    scene ``map_region`` reads); None without an edge split."""
+    if not rules.edge_quantile:
+        return None
+    scene, (h, w) = layer.scene, layer.classes.shape
+    col, row = (round(v) for v in ~scene_transform(pd.Series(scene)) @ (layer.transform.c, layer.transform.f))
+    m = reach_px(rules.edge_sigma_m / pixel_metres(layer.transform, scene["crs"], (h, w)))
+    top, left = max(row - m, 0), max(col - m, 0)
+    bottom, right = min(row + h + m, int(scene["height"])), min(col + w + m, int(scene["width"]))
+    image, _ = read_window(scene["uri"], top, left, bottom - top, right - left, store=store,
+                           name=f"scene {scene['id']} (the edge split of a tile's fields)")
+    pad = ((top - row + m, row + h + m - bottom), (left - col + m, col + w + m - right), (0, 0))
+    return np.pad(image, pad, mode="symmetric")
+
+
 def tile_fields(layers: list[Layer], tile: Tile, schema: Schema, simplify_px: float, min_field_px: int,
-                seed_px: float = 0.0, maps=None) -> gpd.GeoDataFrame:
-    """Field polygons of the tile (EPSG:4326): each scene's fields clipped to the part of the tile it
-    owns (newest, least cloud, then id: ``map_region``'s rule), precomputed ones from their run's fields."""
+                seed_px: float = 0.0, rules: FieldRules = FieldRules(), store=None, maps=None) -> gpd.GeoDataFrame:
+    """Field polygons of the tile (EPSG:4326): each scene's fields (``rules`` applied, as in the
+    module doc) clipped to the part of the tile it owns (newest, least cloud, then id: ``map_region``'s
+    rule), precomputed ones from their run's fields."""
     from magseg_ray.fields.polygons import measure, scene_fields
     from magseg_ray.scenes.overlap import owned_areas
 
@@ -273,7 +307,7 @@ def tile_fields(layers: list[Layer], tile: Tile, schema: Schema, simplify_px: fl
             fields = fields[[sid in str(s).split("+") for s in fields["scene_id"]]].assign(source=f"map:{layer.run}")
         else:
             fields = scene_fields(layer.classes, layer.confidence, layer.transform, layer.scene["crs"], schema,
-                                  simplify_px, min_field_px, seed_px)
+                                  simplify_px, min_field_px, seed_px, rules, window_image(layer, rules, store))
             ids = [f"{sid}-tile-{i:06d}" for i in fields["instance"]]  # this tile's fields, numbered in it
             fields = measure(fields).assign(id=ids, scene_id=sid, source="model")
         parts.append(clip(fields, owned[sid])[FIELD_COLUMNS])
@@ -281,4 +315,3 @@ def tile_fields(layers: list[Layer], tile: Tile, schema: Schema, simplify_px: fl
     if not frames:
         return gpd.GeoDataFrame({c: [] for c in FIELD_COLUMNS if c != "geometry"}, geometry=[], crs="EPSG:4326")
     return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs="EPSG:4326")
-

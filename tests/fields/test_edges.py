@@ -77,6 +77,24 @@ def test_a_band_without_contrast_on_the_fields_counts_for_nothing():
     assert np.allclose(strength, edge_strength(flat[..., :2], field, 2.0))
 
 
+def test_an_image_with_a_margin_sees_past_the_rasters_edge():
+    """The image grown by a margin (a tile's window read with more of its scene): mirrored, the split is
+    the split of the raster's own image (SciPy mirrors at the edge); what lies beyond counts."""
+    from magseg_ray.fields.edges import reach_px
+
+    inst, image = _two_tones()
+    inst, image = inst[:, 10:], image[:, 10:]  # the piece reaches the raster's left edge
+    m = reach_px(2)
+    own = split_at_edges(inst, image, 0.85, 2, 12, 1000)
+    mirrored = np.pad(image, ((m, m), (m, m), (0, 0)), mode="symmetric")
+    assert set(np.unique(own)) == {0, 5, 6} and (split_at_edges(inst, mirrored, 0.85, 2, 12, 1000) == own).all()
+    beyond = np.pad(image, ((m, m), (m, m), (0, 0)), mode="constant", constant_values=255)  # a bright edge past it
+    assert (edge_strength(beyond, np.pad(inst > 0, m), 2)[m:-m, m:-m] != edge_strength(image, inst > 0, 2)).any()
+    for rows, cols in (((m, m), (m, m + 1)), ((m, m + 1), (m, m + 1))):  # not one margin all round
+        with pytest.raises(ConfigError, match="grown by one margin"):
+            split_at_edges(inst, np.pad(image, (rows, cols, (0, 0))), 0.85, 2, 12, 1000)
+
+
 def test_scene_fields_and_the_card_split_two_fields_the_map_joined():
     from magseg_ray.fields.polygons import scene_fields
     from magseg_ray.fields.rules import resolve_rules
@@ -88,9 +106,9 @@ def test_scene_fields_and_the_card_split_two_fields_the_map_joined():
     args = (np.ones(classes.shape, np.float32), from_origin(500_000, 4_000_000, 1.0, 1.0), "EPSG:32615",
             get_schema("fields3"))
     assert len(scene_fields(classes, *args)) == 1
-    rules = resolve_rules(-1, -1, -1, -1, ModelPrompt(field_edge_quantile=0.85))
+    rules = resolve_rules(ModelPrompt(field_edge_quantile=0.85))
     assert rules == FieldRules(edge_quantile=0.85, edge_sigma_m=2.0, edge_depth_m=12.0, edge_core_m2=1000.0)
-    assert resolve_rules(-1, -1, -1, -1, ModelPrompt(field_edge_quantile=0.85), edge_quantile=0).edge_quantile == 0
+    assert resolve_rules(ModelPrompt(field_edge_quantile=0.85), edge_quantile=0).edge_quantile == 0
     fields = scene_fields(classes, *args, rules=rules, image=image)
     assert len(fields) == 2 and sorted(fields["pixels"]) == pytest.approx([12_000, 12_000], abs=400)
 

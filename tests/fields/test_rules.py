@@ -87,11 +87,11 @@ def test_the_cards_rules_where_a_flag_is_minus_one():
     from magseg_ray.model.card import ModelPrompt
 
     card = ModelPrompt(field_min_m2=500, field_hole_m2=100, field_simplify_m=2)
-    assert resolve_rules(-1, -1, -1, -1, card) == FieldRules(min_m2=500, hole_m2=100, simplify_m=2)
-    assert resolve_rules(0, 9000, -1, 0, card) == FieldRules(max_m2=9000, hole_m2=100)
-    assert resolve_rules(-1, -1, -1, -1, ModelPrompt()) == FieldRules()  # a card without them: off
+    assert resolve_rules(card) == FieldRules(min_m2=500, hole_m2=100, simplify_m=2)
+    assert resolve_rules(card, 0, 9000, -1, 0) == FieldRules(max_m2=9000, hole_m2=100)
+    assert resolve_rules(ModelPrompt()) == FieldRules()  # a card without them: off
     with pytest.raises(ConfigError, match="min_m2 -2.0"):
-        resolve_rules(-2, -1, -1, -1, card)
+        resolve_rules(card, -2)
 
 
 def test_scene_fields_merges_a_small_piece_in_ground_units_and_simplifies_in_metres():

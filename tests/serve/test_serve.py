@@ -317,6 +317,27 @@ def test_tiles_match_map_region_and_precomputed_maps_are_served(mapped):
     assert get(f"{url}/precomputed/tiles/{SEAM}.png")[1]["X-Tile-Source"] == "model"  # not covered by the run
 
 
+@pytest.mark.slow
+def test_tile_fields_follow_the_model_cards_field_rules(served):
+    """A server whose model card has field rules makes its tile fields with them: here a maximum field
+    size under every field's (1 m², so every piece is dropped) and the edge split on (the window's
+    pixels read through the server's store). The same weights with a card without rules: fields."""
+    from ray import serve
+
+    from magseg_ray.serve import app
+
+    url, base = served["url"], served["base"]
+    model = served["root"] / "model-with-rules"
+    shutil.copytree(base["model"], model)
+    write_model_prompt(model, ModelPrompt(chip_size=128, field_max_m2=1.0, field_edge_quantile=0.85))
+    serve.run(app({**base, "model": str(model)}), name="rules", route_prefix="/rules")
+    plain = json.loads(get(f"{url}/tiles/{INSIDE}.geojson")[2])["features"]
+    status, headers, body = get(f"{url}/rules/tiles/{INSIDE}.geojson")
+    assert len(plain) > 0 and status == 200 and headers["X-Tile-Source"] == "model", body[:300]
+    assert json.loads(body)["features"] == []
+    assert get(f"{url}/rules/tiles/{INSIDE}.png")[0] == 200
+
+
 def browser():
     """``tests/serve/browser.py``: headless Chromium over the DevTools protocol, in real time."""
     import importlib.util

@@ -108,3 +108,100 @@ def test_every_setting_is_a_flag_of_the_job():
         module.main(["--help"])
     assert e.value.code == 0
     assert pd.Series(list(ServeSettings.__dataclass_fields__)).size >= 20
+
+
+def _naip_layer_and_chips(tmp_path):
+    """The demo NAIP scene (real pixels, 1 m) mapped as its truth fields (fields3 classes: interior,
+    and boundary where two fields meet), written as ``map_region``'s chip files on the demo card's
+    chip grid, and a :class:`Layer` of all its chips stitched as the tile server stitches them."""
+    import rasterio
+    from scipy import ndimage
+
+    from magseg_ray.chips.windows import chip_windows
+    from magseg_ray.map_region import DEMO_DIR
+    from magseg_ray.scenes.catalog import load_catalog
+
+    frame = load_catalog(DEMO_DIR / "scenes").scenes.query("id == 'naip_43p7840_m92p4228'")
+    scene = frame.iloc[0].to_dict()
+    with rasterio.open(scene["labels_uri"]) as src:
+        labels = src.read(1).astype(np.int64)
+    edge = (ndimage.maximum_filter(labels, 3) != ndimage.minimum_filter(labels, 3)) & (labels > 0)
+    classes = np.where(labels > 0, np.where(edge, 2, 1), 0).astype(np.uint8)
+    chip = ChipConfig.for_chip_size(256, 32)
+    tasks = chip_windows(frame, scene["geometry"], chip)
+    files, chips = RunFiles(str(tmp_path)), []
+    for t in tasks:
+        out = np.zeros((t.size, t.size), np.uint8)
+        part = classes[t.row_off:t.row_off + t.size, t.col_off:t.col_off + t.size]
+        out[:part.shape[0], :part.shape[1]] = part
+        chips.append((out, np.ones((8, 8), np.float32)))
+        files.write(chip_file(t.chip_id), encode_chip(*chips[-1], 64, 0.0))
+    layer = Layer(scene, tasks=tasks)
+    stitch_chips(layer, chips, chip, 32)
+    return layer, files, chip
+
+
+def test_tile_fields_are_map_regions_fields_with_the_cards_rules(tmp_path):
+    """A tile whose chips are all of its scene's: its fields are exactly the fields map_region's fields
+    step (``reduce_scene``: the model card's rules, the edge split on the scene's pixels) writes,
+    clipped to the tile; the card's ``field_min_m2`` acts on them (no piece under it is left)."""
+    import dataclasses
+
+    import shapely
+
+    from magseg_ray.fields.reduce import PARTIAL, reduce_scene
+    from magseg_ray.fields.rules import resolve_rules
+    from magseg_ray.fields.write import read_fields
+    from magseg_ray.map_region import MapConfig
+    from magseg_ray.model.card import read_model_prompt
+    from magseg_ray.serve.tiles import TMS, Tile, tile_fields
+
+    layer, files, chip = _naip_layer_and_chips(tmp_path)
+    card = read_model_prompt(MapConfig().model_dir())  # the demo model's card: every rule and the edge split on
+    rules = resolve_rules(card)
+    assert rules.min_m2 and rules.hole_m2 and rules.simplify_m and rules.edge_quantile
+    scene, schema, seed = layer.scene, get_schema(card.schema), card.field_seed_px
+    assert layer.classes.shape == (scene["height"], scene["width"])  # the window is the whole scene
+    centre = scene["geometry"].centroid
+    tile = Tile(*(lambda t: (t.z, t.x, t.y))(TMS.tile(centre.x, centre.y, 16)))
+    served = tile_fields([layer], tile, schema, 1.0, 16, seed, rules)
+
+    owned = scene["geometry"]
+    row = {k: v for k, v in scene.items() if k != "geometry"}
+    reduce_scene(row, [t.chip_id for t in layer.tasks], owned, shapely.Polygon(), files.root, None, chip, card.prompt(),
+                 1.0, 16, seed, 1.0, rules)
+    mapped = read_fields(files, PARTIAL)
+    mapped = mapped.assign(geometry=shapely.intersection(mapped.geometry.values, tile.footprint & owned))
+    mapped = mapped[~mapped.geometry.is_empty]
+    assert len(served) >= 20 and len(served) == len(mapped)
+    want = dict(zip(mapped["id"].str.replace(scene["id"] + "-", ""), mapped.geometry))
+    for fid, geom in zip(served["id"].str.replace(scene["id"] + "-tile-", ""), served.geometry):
+        assert shapely.symmetric_difference(geom, want[fid]).area <= 1e-9 * geom.area, fid
+
+    big = resolve_rules(dataclasses.replace(card, field_min_m2=20_000))
+    fields = tile_fields([layer], tile, schema, 1.0, 16, seed, big)
+    assert 0 < len(fields) < len(served) and (fields["pixels"] >= 20_000).all()  # 1 m pixels
+
+
+def test_a_windows_image_reaches_past_it_as_the_whole_scene_does(tmp_path):
+    """The edge split's pixels for a window of a scene (the scene's top-left corner): the scene's own
+    beyond the window, mirrored past the scene's edge, as SciPy mirrors the whole scene."""
+    from rasterio.transform import Affine
+
+    from magseg_ray.chips.read import read_window
+    from magseg_ray.fields.edges import reach_px
+    from magseg_ray.fields.rules import FieldRules
+    from magseg_ray.serve.tiles import window_image
+
+    layer, _, _ = _naip_layer_and_chips(tmp_path)
+    scene = layer.scene
+    whole, _ = read_window(scene["uri"], 0, 0, scene["height"], scene["width"])
+    rules = FieldRules(edge_quantile=0.85, edge_sigma_m=3.0)
+    m = reach_px(3.0)  # 1 m pixels
+    assert m == 12 and window_image(layer, FieldRules()) is None  # no edge split: no read
+    r0, c0, h, w = 0, 300, 200, 250
+    window = Layer(scene, classes=layer.classes[r0:r0 + h, c0:c0 + w],
+                   transform=layer.transform @ Affine.translation(c0, r0))
+    got = window_image(window, rules)
+    mirrored = np.pad(whole, ((m, m), (m, m), (0, 0)), mode="symmetric")
+    assert np.array_equal(got, mirrored[r0:r0 + h + 2 * m, c0:c0 + w + 2 * m])
