@@ -178,6 +178,7 @@ class AreaSegmenter:
                            boundary_bias=card.boundary_bias, field_seed_px=seed_px)
         self.pipeline = build_pipeline(models, config, field_route=route)
         self.max_px = settings.geoseg_max_px
+        self.read = settings.read_config(card)
         self._lock = threading.Lock()
 
     def segment(self, area: Area, scenes: gpd.GeoDataFrame, store) -> dict:
@@ -187,7 +188,7 @@ class AreaSegmenter:
         scene = area_scene(scenes, area)
         window = area_window(scene, area, self.max_px)
         try:
-            pixels = read_scene(scene["uri"], store, window=window)
+            pixels = read_scene(scene["uri"], store, window=window, read=self.read)
         except SceneError as e:
             raise SceneError(f"scene {scene['id']} cannot be read: {e}") from None
         box = None if self.pipeline.grounder is not None else (0, 0, window[3], window[2])

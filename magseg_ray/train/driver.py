@@ -42,6 +42,9 @@ class RunConfig:
     run_name: str = run_name_field("run")
     storage: str = field(default="runs", metadata=doc("folder holding runs (checkpoints and outputs)"))
     data: str = field(default="", metadata=doc("scenes with labels: catalog .parquet, folder, file:// or s3:// prefix"))
+    labels: str = field(default="", metadata=doc(
+        "field polygons for the scenes (fiboa GeoParquet, GeoPackage, shapefile; one layer for many scenes, any "
+        "CRS); default: each scene's <id>.labels.tif or <id>.fields.gpkg"))
     chip_size: int = field(default=256, metadata=doc("chip side in pixels (a multiple of the patch)"))
     val_fraction: float = field(default=0.2, metadata=doc("share of scenes held out for validation (by scene id hash)"))
     num_workers: int = field(default=2, metadata=doc("Ray Train workers"))
@@ -83,7 +86,7 @@ def chip_splits(cfg: RunConfig, prompt: PromptConfig):
 
     def chips(split: str):
         return training_chips(scenes, None, ChipConfig(cfg.chip_size, 0), prompt, store=store,
-                              val_fraction=cfg.val_fraction, split=split)
+                              val_fraction=cfg.val_fraction, split=split, labels=cfg.labels)
 
     return chips
 
