@@ -122,4 +122,5 @@ def write_geopackage(files: RunFiles, rel: str, fields: gpd.GeoDataFrame) -> Non
     """All fields as one GeoPackage layer ``fields`` (QGIS opens it directly)."""
     frame = fields.drop(columns=["cell"], errors="ignore").copy()
     frame["determination:datetime"] = frame["determination:datetime"].astype(str)
-    files.write_with(rel, lambda path: frame.to_file(path, layer="fields", driver="GPKG"))
+    empty = {"geometry_type": "Polygon"} if frame.empty else {}  # else GDAL types the empty layer Unknown
+    files.write_with(rel, lambda path: frame.to_file(path, layer="fields", driver="GPKG", **empty))

@@ -153,6 +153,6 @@ def map_problems(out: Path, fields: int) -> dict[str, list[str]]:
     parts = sorted((out / "fields").rglob("*.parquet"))
     result = {str(p): geoparquet_problems(p) + fiboa_problems(p) for p in parts}
     rows = sum(pq.read_metadata(p).num_rows for p in parts)
-    result["fields (all parts)"] = [] if rows == fields and parts else [f"{rows} rows in {len(parts)} parts, not {fields}"]
+    result["fields (all parts)"] = [] if rows == fields else [f"{rows} rows in {len(parts)} parts, not {fields}"]
     result[str(out / "fields.gpkg")] = geopackage_problems(out / "fields.gpkg", "fields", fields)
     return result
