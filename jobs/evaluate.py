@@ -33,7 +33,8 @@ from magseg_ray.masks.schemas import SCHEMAS
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pred", required=True, help="predicted map: class/instance GeoTIFF or polygon file")
-    p.add_argument("--truth", required=True, help="truth map: class/instance GeoTIFF or polygon file")
+    p.add_argument("--truth", "--labels", dest="truth", required=True, help="truth map: class/instance GeoTIFF or "
+                   "polygon file (one layer may hold the fields of many scenes, in any CRS)")
     p.add_argument(
         "--schema", default="fields3", choices=sorted(SCHEMAS), help="label schema (default: fields3)"
     )

@@ -54,6 +54,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", help="--bench: judge checkpoint folder (any grounder kind) scoring every mask")
     p.add_argument("--address", help="--aoi: Ray cluster to join (default: RAY_ADDRESS, else a local one)")
     add_arguments(p, AoiConfig, skip=("query", "out", "num_actors", "cpus_per_actor"))
+    p.add_argument("--bands", default="", help="SCENE's bands read as red,green,blue, e.g. 3,2,1 (default: the "
+                   "file's band descriptions or colour interpretation, else bands 1-3)")
+    p.add_argument("--bit-depth", type=int, default=0, help="bits per band value of SCENE, e.g. 11 (default: its "
+                   "NBITS, else its pixel type's)")
     add_arguments(p, ModelsConfig)
     add_arguments(p, GeoSegConfig)
     return p
@@ -106,13 +110,16 @@ def query_aoi(args, models: ModelsConfig, config: GeoSegConfig) -> int:
 
 
 def query_scene(args, models: ModelsConfig, config: GeoSegConfig) -> dict:
+    from magseg_ray.chips.radiometry import parse_bands
+    from magseg_ray.chips.read import ReadConfig
     from magseg_ray.geoseg.grounder import check_query
     from magseg_ray.geoseg.outputs import read_scene, write_result
     from magseg_ray.geoseg.run import build_pipeline, parse_box
     from magseg_ray.scenes.store import ObjectStore
 
     query, box = check_query(args.query), parse_box(args.box)
-    scene = read_scene(args.scene, ObjectStore.from_env())
+    read = ReadConfig(parse_bands(args.bands), args.bit_depth)
+    scene = read_scene(args.scene, ObjectStore.from_env(), read=read)
     pipeline = build_pipeline(models, config, scene)
     result = pipeline.segment(scene.image, query, box=box)
     return write_result(args.out, scene, result, query)

@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     pack = commands.add_parser("pack", help="labelled scenes -> a packed folder that train reads")
     pack.add_argument("--data", required=True, help="labelled scenes: folder, catalog, file:// or s3:// prefix")
     pack.add_argument("--out", required=True, help="folder to write the packed scenes to")
+    pack.add_argument("--labels", default="", help="field polygons for the scenes (fiboa GeoParquet, GeoPackage, "
+                      "shapefile; any CRS; default: each scene's <id>.labels.tif or <id>.fields.gpkg)")
     pack.add_argument("--val-fraction", type=float, default=0.2, help="share of scenes held out (default 0.2)")
     add_arguments(commands.add_parser("train", help="run the recipe on a packed folder"), RecipeConfig)
     calibrate = commands.add_parser("calibrate", help="choose a model's boundary_bias on the training scenes")
@@ -41,7 +43,7 @@ def main(argv=None) -> int:
         if args.command == "pack":
             from magseg_ray.train.demo_data import pack_scenes
 
-            index = pack_scenes(args.data, args.out, args.val_fraction)
+            index = pack_scenes(args.data, args.out, args.val_fraction, args.labels)
             print(json.dumps({"out": args.out, "scenes": len(index["scenes"]),
                               "val": sum(s["split"] == "val" for s in index["scenes"])}))
             return 0

@@ -74,6 +74,18 @@ class MapSettings(StacSelect):
     seed_px: float = field(default=-1.0, metadata=doc(
         "fields grow from interior cores deeper than this many pixels, so a boundary drawn with gaps still "
         "separates fields; -1: the model card's field_seed_px; 0: each interior component is a field"))
+    bands: str = field(default="", metadata=doc(
+        "1-based bands read as red,green,blue, e.g. 3,2,1; empty: the file's band descriptions or colour "
+        "interpretation, else bands 1-3"))
+    bit_depth: int = field(default=0, metadata=doc(
+        "bits per band value of the scenes (e.g. 11); 0: each file's NBITS, else its pixel type's"))
+
+    def read_config(self, card):
+        """How chips are read for a model with ``card``: these flags and the card's radiometry."""
+        from magseg_ray.chips.radiometry import parse_bands
+        from magseg_ray.chips.read import ReadConfig
+
+        return ReadConfig(parse_bands(self.bands), self.bit_depth, card.radiometry)
 
     def model_dir(self) -> str:
         from magseg_ray.model.checkpoint import DEMO_MODEL
@@ -167,10 +179,13 @@ def plan(cfg: MapConfig, store=None) -> Plan:
     scenes = catalog.scenes
     tasks = chip_windows(scenes, aoi, m.chip)
     lost = uncatalogued(catalog, aoi)
+    cfg.read_config(m.card)  # bad --bands, --bit-depth or card radiometry refused before any work
     rules = resolve_rules(m.card, cfg.min_field_m2, cfg.max_field_m2, cfg.hole_m2, cfg.simplify_m, cfg.edge_quantile)
     chips_by = {k: v for k, v in asdict(m.card).items() if not k.startswith("field_")}  # the fields step reruns on resume
     identity = {"aoi_sha256": aoi_fingerprint(aoi), "model": m.fingerprint, "model_prompt": chips_by,
                 "chip": {"chip_size": m.chip.chip_size, "overlap": m.chip.overlap}}
+    if cfg.bands or cfg.bit_depth:  # chips read another way are another map (absent: each file's own)
+        identity["read"] = {"bands": cfg.bands, "bit_depth": cfg.bit_depth}
     return Plan(cfg, scenes, aoi, tasks, m.chip, m.card, m.card.prompt(), model_dir, identity, m.seed_px, rules,
                 lost=lost)
 
@@ -358,7 +373,8 @@ def _map_chips(p: Plan, files, store, done: set, todo: int, resumed: int, failur
 
     cfg = p.config
     threads = max(int(cfg.cpus_per_actor), 1)
-    ds = mapping_chips(p.scenes, p.aoi, p.chip, p.prompt.patch_size, store=store, read_cpus=cfg.read_cpus, skip=done)
+    ds = mapping_chips(p.scenes, p.aoi, p.chip, p.prompt.patch_size, cfg.read_config(p.card), store=store,
+                       read_cpus=cfg.read_cpus, skip=done)
     actor, args = p.actor or (ChipMapper, (p.model_dir, p.card, cfg.batch_size, cfg.max_new_tokens or None,
                                            files.root, store, threads, cfg.dtype))
     ds = ds.map_batches(actor, fn_constructor_args=args,

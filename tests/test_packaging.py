@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fields.validators import map_problems
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -60,6 +62,9 @@ def test_demo_map_runs_from_an_installed_wheel(wheel, tmp_path):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["status"] == "complete" and summary["aoi"].startswith(str(target / "magseg_ray" / "assets"))
     assert summary["chips"] > 0 and (tmp_path / "demo" / "fields.gpkg").exists()
+    # the standards' validators on README command 1's outputs: fiboa 0.3, GeoParquet 1.1, GeoPackage
+    problems = map_problems(tmp_path / "demo", summary["fields"])
+    assert not any(problems.values()), problems
 
 
 def test_ci_runs_readme_command_2_with_the_slow_tests():

@@ -4,7 +4,8 @@
    requests -> the patch tasks of each chip. A record is one chip: its pixels, validity, grid and
    ``patches`` (the boxes of the patches with at least one valid pixel), because the model answers
    a chip's patches together, sharing the chip's prompt prefix.
-2. **Training input** (:func:`training_chips`, :func:`patch_records`): scenes + labels -> chips
+2. **Training input** (:func:`training_chips`, :func:`patch_records`): scenes + labels (a
+   ``--labels`` polygon file or each scene's sidecar: :mod:`magseg_ray.chips.labels`) -> chips
    with their class masks -> patch instruction records (images, prompt, target text, schema).
    Chip records are what is stored (Parquet shards via :func:`write_shards`, one chip image per
    row rather than one per patch); :func:`patch_records` expands a chip into its patch records
@@ -28,8 +29,10 @@ import numpy as np
 import rasterio
 import shapely
 from PIL import Image
+from rasterio.transform import Affine
 
-from magseg_ray.chips.read import Chip, ReadConfig, open_scene, read_chip, read_padded
+from magseg_ray.chips.labels import labelled_scenes, read_instances
+from magseg_ray.chips.read import Chip, ReadConfig, read_chip
 from magseg_ray.chips.windows import ChipConfig, ChipTask, chip_windows
 from magseg_ray.errors import ConfigError, MagsegError
 from magseg_ray.masks.schemas import NO_DATA, classes_from_instances, get_schema
@@ -144,7 +147,7 @@ class _TrainingReader:
                "chip_png": None, "classes": None}
         try:
             chip = read_chip(task, self.read, store=self.store)
-            classes = read_chip_classes(row["labels_uri"], task, self.prompt, self.store)
+            classes = read_chip_classes(row["labels"], task, self.prompt, self.store)
         except (MagsegError, rasterio.errors.RasterioError) as e:
             out["error"] = str(e)
             return out
@@ -152,36 +155,37 @@ class _TrainingReader:
         return out
 
 
-def read_chip_classes(labels_uri: str, task: ChipTask, prompt: PromptConfig, store) -> np.ndarray:
-    """Class mask of a chip from its scene's instance raster, derived with a margin so that field
-    boundaries on the chip's edge see the neighbouring field outside it."""
+def read_chip_classes(labels: str, task: ChipTask, prompt: PromptConfig, store) -> np.ndarray:
+    """Class mask of a chip from its scene's labels (:func:`~magseg_ray.chips.labels.read_instances`),
+    derived with a margin so that field boundaries on the chip's edge see the neighbouring field
+    outside it."""
     m = prompt.boundary_width
-    with open_scene(labels_uri, store) as src:
-        inst = read_padded(src, [1], task.row_off - m, task.col_off - m, task.size + 2 * m, task.size + 2 * m)[0][0]
+    scene_grid = Affine(*task.transform) @ Affine.translation(-task.col_off, -task.row_off)
+    inst = read_instances(labels, task.crs, scene_grid, task.row_off - m, task.col_off - m,
+                          task.size + 2 * m, task.size + 2 * m, store)
     classes = classes_from_instances(inst, prompt.schema, m)
     return classes[m:-m, m:-m] if m else classes
 
 
 def training_chips(scenes: gpd.GeoDataFrame, aoi, chip: ChipConfig = ChipConfig(overlap=0),
                    prompt: PromptConfig = PromptConfig(), read: ReadConfig = ReadConfig(), store=None,
-                   val_fraction: float = 0.2, seed: int = 0, read_cpus: float = 0.5, split: str | None = None):
+                   val_fraction: float = 0.2, seed: int = 0, read_cpus: float = 0.5, split: str | None = None,
+                   labels: str = ""):
     """Pipeline 2 as a Ray Dataset of labelled chip records (see module doc); ``aoi`` None: all
-    scenes. ``split`` ("train" or "val") plans only the chips of that split's scenes. Chips come in
+    scenes; ``labels`` a polygon file for all of them (empty: each scene's sidecar). ``split`` ("train" or "val") plans only the chips of that split's scenes. Chips come in
     a seeded random order rather than scene by scene."""
     schema = get_schema(prompt.schema)
     if schema.name == "alu":
         raise ConfigError("schema 'alu' needs class rasters; scene labels are field instance rasters "
                           "(use fields3 or ai4sf)")
-    labelled = scenes[scenes["labels_uri"].notna()]
-    if labelled.empty:
-        raise ConfigError(f"none of the {len(scenes)} catalogued scenes has a labels raster: the training split is empty")
+    labelled = labelled_scenes(scenes, labels, "the catalogued scenes")
     if split is not None:
         labelled = labelled[[split_of(s, val_fraction, seed) == split for s in labelled["id"]]]
         if labelled.empty:
             raise ConfigError(f"no labelled scene falls in the {split!r} split (val_fraction={val_fraction})")
     tasks = chip_windows(labelled, aoi if aoi is not None else labelled.union_all(), chip)
-    labels_of = dict(zip(labelled["id"], labelled["labels_uri"]))
-    items = [{**t.as_dict(), "labels_uri": labels_of[t.scene_id]} for t in tasks]
+    labels_of = dict(zip(labelled["id"], labelled["labels"]))
+    items = [{**t.as_dict(), "labels": labels_of[t.scene_id]} for t in tasks]
     # chips of one scene look alike: a seeded permutation spreads them over the epoch (same on every run)
     random.Random(seed).shuffle(items)
     return _chip_tasks(items).map(_TrainingReader(prompt, read, store, val_fraction, seed), num_cpus=read_cpus)

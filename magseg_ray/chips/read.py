@@ -6,13 +6,11 @@ rules (GeoSeg's scene reads and the tile server's ``POST /segment`` use it).
 Only the blocks under the window are fetched (``/vsis3/`` for ``s3://`` URIs; a COG's internal
 tiling makes those few ranged GETs). Conversions, all documented on :class:`ReadConfig`:
 
-- bands: the first three bands are taken as RGB (``bands`` picks others, e.g. a 4-band
-  B,G,R,NIR scene needs ``(3, 2, 1)``); a 1-band scene is repeated to grey RGB;
-- dtype: uint8 is used as is; uint16 is stretched linearly between the scene's 2nd and 98th
-  percentiles per band, measured once per scene on its coarsest overview, so every chip of a scene
-  gets the same stretch; other dtypes are refused;
-- validity: pixels past the scene edge (windows are padded with zeros to full size), nodata
-  pixels, and pixels outside the AOI (when given) are marked invalid in ``Chip.valid``.
+- bands, bit depth and values: :mod:`magseg_ray.chips.radiometry` (the file's band descriptions
+  and colour interpretation pick R, G, B; its ``NBITS`` or pixel type gives the bit depth; the
+  model card's ``radiometry`` brings the values to 8 bits); uint8 and uint16 only;
+- validity: pixels past the scene edge (windows are padded with zeros to full size), nodata and
+  alpha-masked pixels, and pixels outside the AOI (when given) are marked invalid in ``Chip.valid``.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -31,6 +28,7 @@ from rasterio.features import geometry_mask
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
+from magseg_ray.chips.radiometry import bit_depth, check_radiometry, rgb_bands, scene_percentiles, to_uint8
 from magseg_ray.chips.windows import ChipTask
 from magseg_ray.errors import SceneError
 from magseg_ray.scenes.catalog import SUPPORTED_DTYPES
@@ -43,9 +41,14 @@ class ReadConfig:
     """How chips are read."""
 
     bands: tuple[int, ...] | None = None
-    """1-based band indices read as R, G, B; None: bands 1-3 (or band 1 thrice for one band)."""
-    stretch_percentiles: tuple[float, float] = (2.0, 98.0)
-    """Percentiles mapped to 0 and 255 when scaling uint16 scenes."""
+    """1-based band indices read as R, G, B; None: what the file says (:func:`~magseg_ray.chips.radiometry.rgb_bands`)."""
+    bit_depth: int = 0
+    """Bits per band value; 0: the file's ``NBITS``, else its pixel type's."""
+    radiometry: str = "full-range"
+    """How values become 0-255 (:data:`~magseg_ray.chips.radiometry.RADIOMETRIES`): the model card's."""
+
+    def __post_init__(self):
+        check_radiometry(self.radiometry, self.bit_depth)
 
 
 @dataclass
@@ -69,30 +72,9 @@ def open_scene(uri: str, store: ObjectStore | None = None, **options: str):
             yield src
 
 
-def _bands(src, config: ReadConfig) -> list[int]:
-    if config.bands is not None:
-        if max(config.bands) > src.count:
-            raise SceneError(f"{src.name}: bands {config.bands} requested but the scene has {src.count}")
-        return list(config.bands)
-    return [1, 2, 3] if src.count >= 3 else [1, 1, 1]
-
-
-@lru_cache(maxsize=256)
-def scene_stretch(uri: str, bands: tuple[int, ...], percentiles: tuple[float, float],
-             store: ObjectStore | None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band (low, high) of a uint16 scene, from its coarsest overview (cached per process)."""
-    with open_scene(uri, store) as src:
-        factor = max(src.overviews(1) or [1])
-        shape = (len(bands), max(src.height // factor, 1), max(src.width // factor, 1))
-        data = src.read(list(bands), out_shape=shape, masked=True)
-    lo = np.array([np.percentile(b.compressed(), percentiles[0]) if b.count() else 0 for b in data])
-    hi = np.array([np.percentile(b.compressed(), percentiles[1]) if b.count() else 1 for b in data])
-    return lo, np.maximum(hi, lo + 1)
-
-
 def read_padded(src, bands: list[int], row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """A ``height x width`` window at (row, col), zero-padded where it leaves the raster, and the
-    mask of pixels inside the raster and not nodata. (Rasterio's ``boundless`` reads go through a
+    mask of pixels inside the raster, not nodata and not transparent in an alpha band. (Rasterio's ``boundless`` reads go through a
     VRT that can resample at edges; this reads exactly the overlapping pixels.)"""
     data = np.zeros((len(bands), height, width), src.dtypes[0])
     inside = np.zeros((height, width), bool)
@@ -101,7 +83,10 @@ def read_padded(src, bands: list[int], row: int, col: int, height: int, width: i
     if r1 > r0 and c1 > c0:
         window = Window(c0, r0, c1 - c0, r1 - r0)
         data[:, r0 - row : r1 - row, c0 - col : c1 - col] = src.read(bands, window=window)
-        inside[r0 - row : r1 - row, c0 - col : c1 - col] = src.read_masks(bands[0], window=window) > 0
+        ok = src.read_masks(bands[0], window=window) > 0
+        for alpha in [i + 1 for i, c in enumerate(src.colorinterp) if c.name == "alpha"]:
+            ok &= src.read(alpha, window=window) > 0  # an alpha band GDAL does not take as the mask
+        inside[r0 - row : r1 - row, c0 - col : c1 - col] = ok
     return data, inside
 
 
@@ -123,7 +108,7 @@ def read_window(uri: str, row: int, col: int, height: int, width: int, config: R
     first, start = None, time.monotonic()
     for attempt in range(retries + 1):
         try:
-            data, valid, bands, dtype = _read_once(uri, row, col, height, width, config, store)
+            data, valid, bands, bits = _read_once(uri, row, col, height, width, config, store)
             _SUSPECT.discard(uri)
             break
         except rasterio.errors.RasterioError as e:
@@ -137,11 +122,8 @@ def read_window(uri: str, row: int, col: int, height: int, width: int, config: R
                 raise SceneError(f"cannot read {what} from {uri}: {first}{last}") from None
             _SUSPECT.add(uri)
             time.sleep(delay * 2**attempt)
-    if dtype == "uint16":
-        lo, hi = scene_stretch(uri, tuple(bands), config.stretch_percentiles, store)
-        scaled = (data.astype(np.float32) - lo[:, None, None]) / (hi - lo)[:, None, None]
-        data = np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8)
-    image = np.moveaxis(data, 0, -1).copy()
+    stretch = scene_percentiles(uri, tuple(bands), store) if config.radiometry == "scene-percentile" else None
+    image = np.moveaxis(to_uint8(data, bits, config.radiometry, stretch), 0, -1).copy()
     image[~valid] = 0
     return image, valid
 
@@ -159,14 +141,14 @@ def _store_down(uri: str, store: ObjectStore | None) -> str | None:
 
 
 def _read_once(uri: str, row: int, col: int, height: int, width: int, config: ReadConfig, store):
-    """One try of :func:`read_window`'s read: pixels, validity, bands and dtype."""
+    """One try of :func:`read_window`'s read: pixels, validity, bands and bit depth."""
     fresh = {"CPL_VSIL_CURL_NON_CACHED": (store or ObjectStore()).gdal_path(uri)} if uri in _SUSPECT else {}
     with open_scene(uri, store, **fresh) as src:
         dtype = src.dtypes[0]
         if dtype not in SUPPORTED_DTYPES:
             raise SceneError(f"{uri}: unsupported dtype {dtype} (supported: {', '.join(SUPPORTED_DTYPES)})")
-        bands = _bands(src, config)
-        return *read_padded(src, bands, row, col, height, width), bands, dtype
+        bands = rgb_bands(src, config.bands)
+        return *read_padded(src, bands, row, col, height, width), bands, bit_depth(src, config.bit_depth)
 
 
 def read_chip(task: ChipTask, config: ReadConfig = ReadConfig(), aoi_local=None,

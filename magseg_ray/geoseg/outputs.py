@@ -33,9 +33,10 @@ class Scene:
     uri: str
 
 
-def read_scene(uri: str, store=None, max_pixels: int = 64_000_000, window=None) -> Scene:
+def read_scene(uri: str, store=None, max_pixels: int = 64_000_000, window=None, read=None) -> Scene:
     """The whole scene, or its ``window`` ``(row_off, col_off, height, width)``, as RGB uint8 with
-    that window's transform (refused above ``max_pixels``: cut a window first)."""
+    that window's transform (refused above ``max_pixels``: cut a window first), read as ``read``
+    (a :class:`~magseg_ray.chips.read.ReadConfig`; default: the file's bands, full range)."""
     import rasterio
     from rasterio.transform import Affine
 
@@ -52,7 +53,7 @@ def read_scene(uri: str, store=None, max_pixels: int = 64_000_000, window=None) 
     if height * width > max_pixels:
         raise SceneError(f"a {width}x{height} pixel read of scene {uri} is over the {max_pixels:,} GeoSeg reads "
                          "at once; cut a smaller window")
-    image, _ = read_window(uri, row, col, height, width, ReadConfig(), store)
+    image, _ = read_window(uri, row, col, height, width, read or ReadConfig(), store)
     return Scene(image, transform @ Affine.translation(col, row), crs, uri)
 
 

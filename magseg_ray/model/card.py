@@ -51,6 +51,10 @@ class ModelPrompt:
     """Instruction style of the prompts (see :attr:`~magseg_ray.prompt.PromptConfig.instruction`)."""
     answer_format: str = PromptConfig.answer_format
     """Mask text the model writes (``rrle`` or ``anchored``; a card without it means ``rrle``)."""
+    radiometry: str = "full-range"
+    """How the training imagery's band values became the 0-255 the model saw
+    (:data:`~magseg_ray.chips.radiometry.RADIOMETRIES`; a card without it: ``full-range``, what 8-bit
+    training scenes are). Every job that reads scenes for the model brings them to it."""
     boundary_bias: float = 1.0
     """Decoding, not prompting: greedy answers multiply the probability of starting a boundary run
     by this (chosen on training scenes; see ``GenerationSettings.boundary_bias``). Every job that

@@ -22,7 +22,7 @@ from dataclasses import asdict
 from ray import serve
 
 from magseg_ray.chips.pipeline import patches_to_answer
-from magseg_ray.chips.read import read_chip
+from magseg_ray.chips.read import ReadConfig, read_chip
 from magseg_ray.errors import MagsegError, SceneError
 from magseg_ray.serve.cache import ChipCache
 
@@ -36,8 +36,9 @@ def model_key(fingerprint: str, card, max_new_tokens: int) -> str:
 class ChipBatcher:
     """A replica's chip source: its cache, its model, and the counters ``/healthz`` shows."""
 
-    def __init__(self, segmenter, store, key: str, cache_bytes: int, max_batch: int, wait_s: float):
-        self.segmenter, self.store, self.key = segmenter, store, key
+    def __init__(self, segmenter, store, key: str, cache_bytes: int, max_batch: int, wait_s: float,
+                 read: ReadConfig = ReadConfig()):
+        self.segmenter, self.store, self.key, self.read = segmenter, store, key, read
         self.patch_size = segmenter.prompt.patch_size
         self.cache = ChipCache(cache_bytes)
         self.counters = {"chips_computed": 0, "model_calls": 0, "largest_call": 0, "chip_requests": 0}
@@ -73,7 +74,7 @@ class ChipBatcher:
             done[task] = self.cache.get(self._cache_key(task))
             if done[task] is None:
                 try:
-                    read.append((task, read_chip(task, store=self.store)))
+                    read.append((task, read_chip(task, self.read, store=self.store)))
                 except MagsegError as e:
                     done[task] = SceneError(f"scene {task.scene_id} cannot be read: {e}")
         chips = [(chip.image, chip.valid, patches_to_answer(chip.valid, self.patch_size)) for _, chip in read]

@@ -96,7 +96,7 @@ class TileServer:
         segmenter = ChipSegmenter(model_dir, m.card, s.patch_batch, s.max_new_tokens or None,
                                   max(int(s.cpus_per_replica), 1), s.dtype)
         self.chips = ChipBatcher(segmenter, self.store, model_key(m.fingerprint, m.card, s.max_new_tokens),
-                                 s.cache_mb * 2**20, s.chip_batch, s.batch_wait_s)
+                                 s.cache_mb * 2**20, s.chip_batch, s.batch_wait_s, s.read_config(m.card))
         self.maps = MapRuns(s.map_roots(), m.fingerprint, self.store) if s.map_roots() else None
         self.key = s.key()
         self.geoseg = AreaSegmenter(s, segmenter, m.card, m.seed_px) if s.geoseg else None
@@ -159,7 +159,7 @@ class TileServer:
         try:
             self._check_key(request)
             tile = parse_tile(z, x, y, 0)
-            png = await asyncio.to_thread(imagery_tile, tile, self.scenes, self.store)
+            png = await asyncio.to_thread(imagery_tile, tile, self.scenes, self.store, self.chips.read)
         except MagsegError as e:
             return error_response(e)
         return Response(png, media_type="image/png")

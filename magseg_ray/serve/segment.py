@@ -223,6 +223,7 @@ class AreaSegmenter:
                            boundary_bias=card.boundary_bias, field_seed_px=seed_px)
         self.pipeline = build_pipeline(models, config, field_route=route)
         self.max_px, self.chip_size = settings.geoseg_max_px, settings.geoseg_chip_size
+        self.read = settings.read_config(card)
         self._lock = threading.Lock()
 
     def segment(self, area: Area, scenes: gpd.GeoDataFrame, store) -> dict:
@@ -235,7 +236,7 @@ class AreaSegmenter:
         if max(window[2], window[3]) > self.chip_size:
             return self._segment_chips(area, scene, store)
         try:
-            pixels = read_scene(scene["uri"], store, window=window)
+            pixels = read_scene(scene["uri"], store, window=window, read=self.read)
         except SceneError as e:
             raise SceneError(f"scene {scene['id']} cannot be read: {e}") from None
         with self._lock:

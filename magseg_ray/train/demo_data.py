@@ -28,28 +28,24 @@ ATTRIBUTION = ("NAIP imagery: USDA Farm Service Agency (public domain). Field po
                "agoro-field-boundary-detector (MIT License).")
 
 
-def pack_scenes(data: str, out: str | Path, val_fraction: float = 0.2) -> dict:
-    """Pack the labelled scenes of ``data`` into ``out`` (see module doc); returns the index."""
-    import rasterio
+def pack_scenes(data: str, out: str | Path, val_fraction: float = 0.2, labels: str = "") -> dict:
+    """Pack the labelled scenes of ``data`` into ``out`` (see module doc); returns the index.
+    Labels: the polygon file ``labels``, else each scene's sidecar (:mod:`magseg_ray.chips.labels`);
+    images read as every job reads them (:mod:`magseg_ray.chips.radiometry`)."""
     from PIL import Image
 
+    from magseg_ray.chips.labels import labelled_scenes, read_labelled_scene
     from magseg_ray.chips.pipeline import split_of
     from magseg_ray.scenes.catalog import load_catalog
 
-    scenes = load_catalog(data).scenes
-    scenes = scenes[scenes["labels_uri"].notna()]
-    if scenes.empty:
-        raise ConfigError(f"{data!r} holds no labelled scene (a <id>.labels.tif beside <id>.tif)")
+    scenes = labelled_scenes(load_catalog(data).scenes, labels, repr(data))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     index = {"attribution": ATTRIBUTION, "val_fraction": val_fraction, "scenes": []}
     for row in scenes.itertuples():
-        with rasterio.open(row.uri) as src:
-            image = np.moveaxis(src.read([1, 2, 3]), 0, -1)
-        with rasterio.open(row.labels_uri) as src:
-            labels = src.read(1)
+        image, instances = read_labelled_scene(row)
         Image.fromarray(image).save(out / f"{row.id}.jpg", quality=95)
-        Image.fromarray(labels.astype(np.uint16)).save(out / f"{row.id}.labels.png")
+        Image.fromarray(instances.astype(np.uint16)).save(out / f"{row.id}.labels.png")
         index["scenes"].append({"id": row.id, "split": split_of(row.id, val_fraction, 0),
                                 "height": int(image.shape[0]), "width": int(image.shape[1])})
     (out / INDEX).write_text(json.dumps(index, indent=1))

@@ -46,6 +46,14 @@ class RunConfig(StacSelect):
     data: str = field(default="", metadata=doc(
         "scenes with labels: catalog .parquet, STAC (catalog.json, collection.json, API URL, STAC GeoParquet; "
         "assets 'labels' are the label rasters), folder, file:// or s3:// prefix"))
+    labels: str = field(default="", metadata=doc(
+        "field polygons for the scenes (fiboa GeoParquet, GeoPackage, shapefile; one layer for many scenes, any "
+        "CRS); default: each scene's <id>.labels.tif or <id>.fields.gpkg"))
+    bands: str = field(default="", metadata=doc(
+        "1-based bands read as red,green,blue, e.g. 3,2,1; empty: each file's band descriptions or colour "
+        "interpretation, else bands 1-3"))
+    bit_depth: int = field(default=0, metadata=doc(
+        "bits per band value of the scenes (e.g. 11); 0: each file's NBITS, else its pixel type's"))
     chip_size: int = field(default=256, metadata=doc("chip side in pixels (a multiple of the patch)"))
     val_fraction: float = field(default=0.2, metadata=doc("share of scenes held out for validation (by scene id hash)"))
     num_workers: int = field(default=2, metadata=doc("Ray Train workers"))
@@ -78,16 +86,19 @@ def chip_splits(cfg: RunConfig, prompt: PromptConfig):
     """A function of ``split`` (``"train"`` or ``"val"``): that split's chip records of ``cfg.data``
     (:func:`~magseg_ray.chips.pipeline.training_chips`), the catalog read once."""
     from magseg_ray.chips.pipeline import training_chips
+    from magseg_ray.chips.radiometry import parse_bands
+    from magseg_ray.chips.read import ReadConfig
     from magseg_ray.chips.windows import ChipConfig
     from magseg_ray.scenes.catalog import load_catalog
     from magseg_ray.scenes.store import ObjectStore
 
     store = ObjectStore.from_env()
     scenes = load_catalog(cfg.data, store, StacSelect.of(cfg)).scenes
+    read = ReadConfig(parse_bands(cfg.bands), cfg.bit_depth)  # the card's radiometry: the default
 
     def chips(split: str):
-        return training_chips(scenes, None, ChipConfig(cfg.chip_size, 0), prompt, store=store,
-                              val_fraction=cfg.val_fraction, split=split)
+        return training_chips(scenes, None, ChipConfig(cfg.chip_size, 0), prompt, read, store=store,
+                              val_fraction=cfg.val_fraction, split=split, labels=cfg.labels)
 
     return chips
 

@@ -45,6 +45,9 @@ class VisionPretrainConfig:
     """Settings of a dense vision pretraining run."""
 
     data: str = field(default="", metadata=doc("scenes with labels: a folder or catalog (as SFT's --data)"))
+    labels: str = field(default="", metadata=doc(
+        "field polygons for the scenes (fiboa GeoParquet, GeoPackage, shapefile; any CRS); default: each "
+        "scene's <id>.labels.tif or <id>.fields.gpkg"))
     out: str = field(default="", metadata=doc("folder to write the model to (what SFT's --base takes)"))
     base: str = field(default="small", metadata=doc("offline preset (tiny, small) or a checkpoint folder"))
     chip_size: int = field(default=256, metadata=doc("chip side in pixels, as SFT and mapping use"))
@@ -71,17 +74,15 @@ class VisionPretrainConfig:
 
 
 def read_labelled(scenes, boundary_width: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """RGB and ``fields3`` classes (at ``boundary_width``) of catalogued labelled scenes, read whole."""
-    import rasterio
-
+    """RGB and ``fields3`` classes (at ``boundary_width``) of labelled scenes (catalog rows with their
+    ``labels``: :func:`~magseg_ray.chips.labels.labelled_scenes`), read whole."""
+    from magseg_ray.chips.labels import read_labelled_scene
     from magseg_ray.masks.schemas import classes_from_instances
 
     items = []
     for row in scenes.itertuples():
-        with rasterio.open(row.uri) as src:
-            image = np.moveaxis(src.read([1, 2, 3]), 0, -1)
-        with rasterio.open(row.labels_uri) as src:
-            items.append((image, classes_from_instances(src.read(1), "fields3", boundary_width)))
+        image, instances = read_labelled_scene(row)
+        items.append((image, classes_from_instances(instances, "fields3", boundary_width)))
     return items
 
 
@@ -233,6 +234,7 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
     from magseg_ray.model.card import ModelPrompt, write_model_prompt
     from magseg_ray.model.checkpoint import load_model, save_model
     from magseg_ray.model.presets import PRESETS, build_model
+    from magseg_ray.chips.labels import labelled_scenes
     from magseg_ray.scenes.catalog import load_catalog
     from magseg_ray.train.curves import plot_curves
 
@@ -244,8 +246,7 @@ def pretrain_vision(cfg: VisionPretrainConfig) -> dict:
         raise ConfigError(f"--out {cfg.out!r} is not empty: pretraining writes a whole model there; "
                           "give a new folder")
     model, processor = build_model(cfg.base, seed=cfg.seed) if cfg.base in PRESETS else load_model(cfg.base)
-    scenes = load_catalog(cfg.data).scenes
-    scenes = scenes[scenes["labels_uri"].notna()]
+    scenes = labelled_scenes(load_catalog(cfg.data).scenes, cfg.labels, repr(cfg.data))
     split = np.array([split_of(s, cfg.val_fraction, 0) for s in scenes["id"]])
     train, val = samplers(model, cfg, read_labelled(scenes[split == "train"], cfg.boundary_width),
                           read_labelled(scenes[split == "val"], cfg.boundary_width))

@@ -127,8 +127,8 @@ def test_training_pipeline_records_match_the_labels(ray_cluster, s3_server, s3_s
 
 def test_training_needs_labels(s3_scenes):
     scenes, _ = s3_scenes
-    with pytest.raises(ConfigError, match="the training split is empty"):
-        training_chips(scenes.assign(labels_uri=None), None)
+    with pytest.raises(ConfigError, match="the catalogued scenes hold no labelled scene: give --labels FILE"):
+        training_chips(scenes.assign(labels_uri=None, fields_uri=None), None)
     with pytest.raises(ConfigError, match="schema 'alu' needs class rasters"):
         training_chips(scenes, None, prompt=PromptConfig(schema="alu"))
 

@@ -3,6 +3,8 @@ must come back as the truth fields, whole across chip seams and across a scene s
 UTM zones. A real Ray cluster (local) runs the per-scene reduce tasks."""
 
 
+from pathlib import Path
+
 import geopandas as gpd
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from magseg_ray.fields.write import COLUMNS
 from magseg_ray.map_region import MapConfig, plan
 from magseg_ray.prompt import PromptConfig
 from magseg_ray.run_files import RunFiles, chip_file, encode_chip
+from tests.fields.validators import fiboa_problems, geoparquet_problems, map_problems
 
 SIZE, GSD = 384, 0.5
 
@@ -136,3 +139,19 @@ def test_the_edge_split_reads_each_scene_and_parts_fields_the_answers_joined(ray
     assert summary["fields"] == len(fields) >= 9
     best = [max(_matches(fields, geom)[1] or [0.0]) for geom in truth.geometry]
     assert sum(iou > 0.8 for iou in best) >= 9, best
+
+
+def test_the_outputs_pass_the_standards_validators(ray_cluster, oracle_run, tmp_path):
+    """fiboa 0.3 and GeoParquet 1.1 rules on every GeoParquet part (the seam part too), GDAL on the
+    GeoPackage (tests/fields/validators.py). A GeoParquet as geopandas writes it fails the fiboa
+    rules as fiboa-cli 0.21 failed this project's files before they were fixed."""
+    p, files, _ = oracle_run
+    summary = reduce_run(p, files, None, [])
+    problems = map_problems(Path(files.root), summary["fields"])
+    parts = [k for k in problems if k.endswith(".parquet")]
+    assert any("seams" in k for k in parts) and len(parts) >= 3, parts
+    assert not any(problems.values()), problems
+    plain = tmp_path / "plain.parquet"
+    gpd.read_parquet(files.uri("fields")).drop(columns=["cell", "collection"]).to_parquet(plain, write_covering_bbox=True)
+    assert fiboa_problems(plain) == ["Collection metadata is missing in Parquet header"]
+    assert geoparquet_problems(plain) == []

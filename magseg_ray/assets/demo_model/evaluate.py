@@ -49,6 +49,7 @@ import shapely
 import torch
 from rasterio.windows import Window
 
+from magseg_ray.chips.labels import labelled_scenes
 from magseg_ray.chips.pipeline import split_of
 from magseg_ray.eval.align import load_pair, run_aoi, run_field_rules
 from magseg_ray.eval.baselines import baseline_classes
@@ -284,7 +285,7 @@ def main() -> None:
     except ConfigError as e:
         p.error(f"--seed-px: {e}")
     data, out = Path(args.data), Path(args.out)
-    scenes = load_catalog(data).scenes
+    scenes = labelled_scenes(load_catalog(data).scenes, where=repr(str(data)))
     val = _scenes_of(scenes, args.split)
     out.mkdir(parents=True, exist_ok=True)
     aoi_path = out / f"{args.split}_aoi.geojson"
