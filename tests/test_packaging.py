@@ -68,3 +68,68 @@ def test_ci_runs_readme_command_2_with_the_slow_tests():
     ci = (root / ".ci/run").read_text().strip().splitlines()[-1]
     assert ci in (root / "README.md").read_text()
     assert ci.endswith("-m pytest -m ''")
+
+
+# --- dependencies: every pin is used, every import is declared -------------------------------------------
+
+INDIRECT = {
+    "s3fs": ("magseg_ray/scenes/store.py", "fsspec's s3:// filesystem"),
+    "pyarrow": ("magseg_ray/scenes/catalog.py", "geopandas' and Ray Data's Parquet"),
+    "pyogrio": ("magseg_ray/chips/windows.py", "geopandas' vector file engine"),
+    "accelerate": ("magseg_ray/model/lora.py", "peft's model loading"),
+    "pystac": (None, "STAC catalogs (added on another branch)"),
+}
+"""Pins no file imports: each is what a named module uses through another library (and the module says
+so), or is about to be imported."""
+
+
+def _requirement_name(spec: str) -> str:
+    import re
+
+    return re.split(r"[\[<>=!~; ]", spec, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _dependencies() -> tuple[set[str], set[str]]:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = {_requirement_name(s) for s in project["dependencies"]}
+    extras = {_requirement_name(s) for specs in project["optional-dependencies"].values() for s in specs}
+    return core, extras
+
+
+def _imported_distributions() -> dict[str, str]:
+    """Distribution -> one file of magseg_ray/ or jobs/ that imports it (third-party top-level modules only)."""
+    import ast
+    from importlib.metadata import packages_distributions
+
+    owners = packages_distributions()
+    found = {}
+    for path in sorted([*(ROOT / "magseg_ray").rglob("*.py"), *(ROOT / "jobs").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "magseg_ray":
+                    continue
+                for dist in owners.get(top, [top]):
+                    found.setdefault(dist.lower().replace("_", "-"), str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_pinned_dependency_is_imported_or_named_with_its_user():
+    core, _ = _dependencies()
+    imported = _imported_distributions()
+    unused = sorted(core - set(imported) - set(INDIRECT))
+    assert not unused, f"pinned in pyproject.toml and imported nowhere in magseg_ray/ or jobs/: {unused}"
+    for name, (user, _) in INDIRECT.items():
+        assert name in core and name not in imported, f"{name}: not pinned, or imported directly (drop it from INDIRECT)"
+        assert user is None or name in (ROOT / user).read_text(), f"{user} does not say it uses {name}"
+
+
+def test_every_imported_distribution_is_declared():
+    """A module imported directly is a dependency of ours, not something another pin happens to bring."""
+    core, extras = _dependencies()
+    undeclared = {d: f for d, f in _imported_distributions().items() if d not in core | extras}
+    assert not undeclared, f"imported but not in pyproject.toml's dependencies: {undeclared}"
