@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 
+from magseg_ray.cluster import RaySettings, add_ray_arguments
 from magseg_ray.config import add_arguments, from_arguments
 from magseg_ray.errors import ConfigError, MagsegError, bad_input_exit
 from magseg_ray.geoseg.config import GeoSegConfig
@@ -41,6 +42,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--box-source", choices=("grounder", "truth"), default="grounder",
                    help="--bench: boxes from the grounder, or the truth boxes (an oracle: segmentation alone)")
     p.add_argument("--judge", help="--bench: judge checkpoint folder (any grounder kind) scoring every mask")
+    add_ray_arguments(p)  # --bench runs on Ray
     add_arguments(p, ModelsConfig)
     add_arguments(p, GeoSegConfig)
     return p
@@ -55,7 +57,8 @@ def main(argv=None) -> int:
 
             bench = BenchConfig(args.bench, args.out, args.ablations.split(","), args.num_actors,
                                 args.box_source, args.cpus_per_actor, args.judge)
-            summary = run_bench(bench, models, config)
+            log_file = None if args.verbose else f"{args.out}/logs/ray.log"
+            summary = run_bench(bench, models, config, RaySettings(address=args.address, log_file=log_file))
             print(json.dumps({k: summary[k] for k in ("levels", "judge")}))
             return 0
         if not args.scene or args.query is None:

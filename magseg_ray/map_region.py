@@ -37,6 +37,7 @@ import geopandas as gpd
 
 from magseg_ray.config import doc, dtype_field
 from magseg_ray.errors import ConfigError, ModelLoadError, OutputError
+from magseg_ray.progress import Progress
 
 DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
 """Bundled demo: scenes (``scenes/``) and an AOI (``demo.geojson``) spanning them."""
@@ -181,9 +182,12 @@ def _check_out(out: str) -> None:
 
 
 def check_output(files, identity: dict) -> bool:
-    """Whether ``files`` already holds this run (resume); refuse a folder made for another AOI or model."""
+    """Whether ``files`` already holds this run (resume); refuse a folder made for another AOI or model
+    (or holding anything but logs)."""
+    from magseg_ray.run_files import LOGS
+
     if not files.exists("run.json"):
-        if files.listdir(""):
+        if [f for f in files.listdir("") if not f.startswith(LOGS)]:
             raise ConfigError(f"output {files.root!r} is not empty and holds no run.json: choose a new --out")
         return False
     old = json.loads(files.read("run.json"))
@@ -202,12 +206,6 @@ def interrupted_note(p: Plan, store=None) -> str:
     done = len(finished_chips(files) & {t.chip_id for t in p.tasks})
     return (f"{done} of {len(p.tasks)} chips are finished and kept in {files.root}; "
             "rerun the same command to resume")
-
-
-def _progress(done: int, total: int, resumed: int, patches: int, seconds: float, failed: int) -> None:
-    rate = patches / seconds if seconds else 0.0
-    print(f"[map] chips {done + resumed}/{total} ({resumed} resumed, {failed} failed) "
-          f"patches {patches} {rate:.1f} patches/s", flush=True)
 
 
 class ChipMapper:
@@ -327,19 +325,17 @@ def _map_chips(p: Plan, files, store, done: set, todo: int, resumed: int, failur
                                                          files.root, store, threads, cfg.dtype),
                         batch_size=cfg.chips_per_call, batch_format="numpy", concurrency=cfg.num_actors,
                         num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
-    finished, patches, start, last = 0, 0, time.perf_counter(), 0.0
+    finished, patches = 0, 0
     try:
-        for row in ds.iter_rows():
-            finished += 1
-            patches += int(row["patches"])
-            if row["error"]:
-                failures.append({"chip_id": row["chip_id"], "scene_id": row["scene_id"], "error": row["error"]})
-            else:
-                done.add(row["chip_id"])
-            now = time.perf_counter()
-            if now - last > 10 or finished == todo:
-                _progress(finished, len(p.tasks), resumed, patches, now - start, len(failures))
-                last = now
+        with Progress("[map] chips", total=todo, unit="chips") as progress:
+            for row in ds.iter_rows():
+                finished += 1
+                patches += int(row["patches"])
+                if row["error"]:
+                    failures.append({"chip_id": row["chip_id"], "scene_id": row["scene_id"], "error": row["error"]})
+                else:
+                    done.add(row["chip_id"])
+                progress.update(finished, f"{resumed} resumed before, {len(failures)} failed, {patches} patches")
     except Exception as e:
         raise _output_error_in(e) or e
     return patches
