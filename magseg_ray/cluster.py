@@ -188,7 +188,10 @@ def _ray_logs_to(log_file: str | None) -> Iterator[None]:
         logger.handlers = saved
         handler.close()
         for k, v in saved_env.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
 
 
 def _stderr_fd_to(path: Path) -> tuple[int, object]:

@@ -317,6 +317,7 @@ def _map_chips(p: Plan, files, store, done: set, todo: int, resumed: int, failur
     chip's output; written chips are added to ``done``, failed ones appended to ``failures``. Returns
     the patches answered."""
     from magseg_ray.chips.pipeline import mapping_chips
+    from magseg_ray.run_files import finished_chips
 
     cfg = p.config
     threads = max(int(cfg.cpus_per_actor), 1)
@@ -326,8 +327,12 @@ def _map_chips(p: Plan, files, store, done: set, todo: int, resumed: int, failur
                         batch_size=cfg.chips_per_call, batch_format="numpy", concurrency=cfg.num_actors,
                         num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
     finished, patches = 0, 0
+
+    def written() -> tuple[int, str]:  # chips the actors wrote, seen before Ray Data hands their rows back
+        return len(finished_chips(files)) - resumed, ""
+
     try:
-        with Progress("[map] chips", total=todo, unit="chips") as progress:
+        with Progress("[map] chips", total=todo, unit="chips", poll=written) as progress:
             for row in ds.iter_rows():
                 finished += 1
                 patches += int(row["patches"])

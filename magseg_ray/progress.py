@@ -7,9 +7,9 @@
 On a terminal (a TTY) the line is redrawn in place with a bar; anywhere else (a log file, CI, a
 pipe) it is a new line. Either way it shows at least every :attr:`Progress.every_s` seconds, even
 while nothing finishes (the elapsed time and the rate move on), and once more when the block ends.
-A job whose work runs in Ray Train workers has its rank 0 write :func:`write_progress` to a file
-that the driver's line follows (:attr:`Progress.source`). Every job's progress goes through this
-class, so they all read alike::
+Work the driver does not see finish is polled (:attr:`Progress.poll`): the chip files a mapping
+run's actors have written, or the step a Ray Train worker's rank 0 wrote with :func:`write_progress`
+(read by :func:`read_progress`). Every job's progress goes through this class, so they all read alike::
 
     [map] chips 14/27 52% | 0.41 chips/s | 0:34 elapsed, ETA 0:32 | 0 resumed before, 0 failed, 870 patches
 """
@@ -20,6 +20,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -50,9 +51,9 @@ class Progress:
     """Where the line goes (stderr: a job's stdout is its result)."""
     tty: bool | None = None
     """Redraw in place with a bar; ``None``: when :attr:`stream` is a terminal."""
-    source: Path | None = None
-    """A JSON file that a worker rewrites (:func:`write_progress`), read every second; on another machine
-    than the driver's (no shared folder) the line stays at 0."""
+    poll: Callable[[], tuple[int, str] | None] | None = None
+    """What is done now and a note (``None``: not known yet), asked every second on a terminal, else
+    every :attr:`every_s`; a count lower than the line's is ignored."""
     done: int = 0
     note: str = ""
 
@@ -77,8 +78,9 @@ class Progress:
             self.stream.flush()
 
     def update(self, done: int, note: str = "") -> None:
-        """``done`` of :attr:`total` finished; ``note``: what else the line says (failures, loss)."""
-        self.done, self.note = done, note or self.note
+        """``done`` of :attr:`total` finished (never less than the line shows); ``note``: what else the
+        line says (failures, loss)."""
+        self.done, self.note = max(done, self.done), note or self.note
         if time.monotonic() - self._last >= (0.5 if self.tty else self.every_s) or done >= self.total:
             self._show()
 
@@ -101,18 +103,29 @@ class Progress:
             self.stream.flush()
 
     def _heartbeat(self) -> None:
+        asked = time.monotonic()
         while not self._stop.wait(1.0):
-            if self.source is not None and self.source.is_file():
+            if self.poll is not None and time.monotonic() - asked >= (1.0 if self.tty else self.every_s - 1.5):
+                asked = time.monotonic()
                 try:
-                    seen = json.loads(self.source.read_text())
-                except (OSError, ValueError):
-                    continue
-                if seen["done"] != self.done:
-                    self.update(seen["done"], seen["note"])
-            if time.monotonic() - self._last >= self.every_s:
+                    seen = self.poll()
+                except Exception:  # noqa: BLE001  (a poll that fails, e.g. a store not answering, is skipped)
+                    seen = None
+                if seen is not None and seen[0] > self.done:
+                    self.done, self.note = seen[0], seen[1] or self.note
+            if time.monotonic() - self._last >= (0.5 if self.tty else self.every_s):
                 self._show()
 
 
 def write_progress(path: Path, done: int, note: str = "") -> None:
-    """What a worker has done, for the driver's :attr:`Progress.source` (replaced whole)."""
+    """What a worker has done, for the driver's :func:`read_progress` (the file replaced whole)."""
     write_atomic(path, json.dumps({"done": done, "note": note}))
+
+
+def read_progress(path: Path) -> tuple[int, str] | None:
+    """What :func:`write_progress` last wrote at ``path`` (``None``: nothing yet); a :attr:`Progress.poll`."""
+    try:
+        seen = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return seen["done"], seen["note"]

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -53,13 +54,28 @@ def test_demo_map_runs_from_an_installed_wheel(wheel, tmp_path):
                    check=True, capture_output=True, timeout=600)
     env = {"PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"]),
            "HOME": str(tmp_path), "PYTHONPATH": str(target), "LANG": "C.UTF-8"}
-    result = subprocess.run([sys.executable, str(ROOT / "jobs" / "map_region.py"), "--max-new-tokens", "8",
-                             "--out", str(tmp_path / "demo")], env=env, cwd=tmp_path, capture_output=True,
-                            text=True, timeout=1800)
+    command = [sys.executable, str(ROOT / "jobs" / "map_region.py"), "--max-new-tokens", "8", "--out", str(tmp_path / "demo")]
+    start = time.monotonic()
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1800)
+    seconds = time.monotonic() - start
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["status"] == "complete" and summary["aoi"].startswith(str(target / "magseg_ray" / "assets"))
     assert summary["chips"] > 0 and (tmp_path / "demo" / "fields.gpkg").exists()
+
+    # what a person reads (not a TTY here): the job's own lines only, a progress line every 10 s
+    lines = result.stdout.splitlines() + result.stderr.splitlines()
+    assert all(line.startswith(("[map] ", "[ray] ", "{")) for line in lines), lines
+    assert len(lines) <= 6 + seconds / 10, (seconds, lines)
+    progress = [line for line in lines if line.startswith("[map] chips ")]
+    assert progress[-1].startswith(f"[map] chips {summary['chips']}/{summary['chips']} 100% | ") and "chips/s" in progress[-1]
+    ray_log = (tmp_path / "demo" / "logs" / "ray.log").read_text()
+    assert "Started a local Ray instance" in ray_log and "Ray session logs (raylet, GCS, workers' output): " in ray_log
+    assert f"[ray] Ray's own logs: {tmp_path / 'demo' / 'logs' / 'ray.log'}" in result.stderr
+
+    # --verbose: Ray's own lines on the terminal again (the rerun resumes: every chip is done)
+    again = subprocess.run([*command, "--verbose"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "Started a local Ray instance" in again.stderr, again.stderr[-3000:]
 
 
 def test_ci_runs_readme_command_2_with_the_slow_tests():

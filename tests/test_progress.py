@@ -41,13 +41,16 @@ def test_clock():
 
 
 def test_a_line_follows_what_a_worker_writes(tmp_path):
-    from magseg_ray.progress import write_progress
+    from functools import partial
+
+    from magseg_ray.progress import read_progress, write_progress
 
     out, source = io.StringIO(), tmp_path / "progress.json"
-    with Progress("[sft] steps", total=4, unit="steps", every_s=60, stream=out, source=source):
+    with Progress("[sft] steps", total=4, unit="steps", stream=out, tty=True, poll=partial(read_progress, source)):
         for step in (1, 2, 4):
             write_progress(source, step, f"loss {1 / step:.2f}")
             time.sleep(1.5)
-    lines = out.getvalue().splitlines()
-    assert lines[0].startswith("[sft] steps 1/4 25% | ") and lines[0].endswith("| loss 1.00")
-    assert lines[-1].startswith("[sft] steps 4/4 100% | ") and lines[-1].endswith("done | loss 0.25")
+    lines = [line.removesuffix("\033[K") for line in out.getvalue().strip().split("\r") if line]
+    assert any(line.startswith("[sft] steps [######                  ] 1/4 25% | ") and line.endswith("| loss 1.00")
+               for line in lines), lines
+    assert lines[-1].startswith("[sft] steps [########################] 4/4 100% | ") and lines[-1].endswith("done | loss 0.25")

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from functools import partial
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,7 +62,7 @@ from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError
 from magseg_ray.files import local_absolute
 from magseg_ray.model.checkpoint import DEMO_MODEL
-from magseg_ray.progress import Progress, write_progress
+from magseg_ray.progress import Progress, read_progress, write_progress
 from magseg_ray.train.driver import PROGRESS_FILE, RunConfig, chip_splits, run_name_field, save_outputs, write_summary
 
 @dataclass(frozen=True)
@@ -431,7 +432,8 @@ def run_grpo(cfg: GRPOConfig) -> dict:
     trainer = torch_trainer(learner_loop, {"config": dataclasses.asdict(cfg), "actors": pool.actors, "keys": keys,
                                            "chips": chips_ref}, cfg)
     try:
-        with Progress("[grpo] steps", total=cfg.max_steps, unit="steps", source=cfg.run_dir / PROGRESS_FILE):
+        progress = partial(read_progress, cfg.run_dir / PROGRESS_FILE)
+        with Progress("[grpo] steps", total=cfg.max_steps, unit="steps", poll=progress):
             result = trainer.fit()
     finally:
         pool.shutdown()

@@ -43,7 +43,7 @@ import numpy as np
 from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError
 from magseg_ray.files import local_absolute
-from magseg_ray.progress import Progress, write_progress
+from magseg_ray.progress import Progress, read_progress, write_progress
 from magseg_ray.prompt import PromptConfig
 from magseg_ray.train.driver import PROGRESS_FILE, RunConfig, chip_splits, run_name_field, save_outputs, write_summary
 
@@ -408,7 +408,8 @@ def run_sft(cfg: SFTConfig) -> dict:
 
     trainer = torch_trainer(train_loop, {"config": dataclasses.asdict(cfg), "val": val, "fixed_batch": fixed_batch},
                             cfg, datasets={"train": train})
-    with Progress("[sft] steps", total=cfg.max_steps, unit="steps", source=cfg.run_dir / PROGRESS_FILE):
+    progress = partial(read_progress, cfg.run_dir / PROGRESS_FILE)
+    with Progress("[sft] steps", total=cfg.max_steps, unit="steps", poll=progress):
         result = trainer.fit()
     history = save_outputs(cfg, result)["history"]
     return write_summary(cfg, {"final": history[-1], "history": history, "val_patches": len(val)},
