@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 import urllib.error
@@ -147,6 +148,7 @@ def main(argv=None) -> dict:
     p.add_argument("--mixed-cold", type=int, default=12, help="uncached tiles requested beside the cached ones (mixed phase)")
     p.add_argument("--mixed-cold-concurrency", type=int, default=4, help="uncached requests in flight (mixed phase)")
     args = p.parse_args(argv)
+    load = os.getloadavg()[0]  # other work on the machine shifts every latency alike
     scenes = load_catalog(DEMO_DIR / "scenes").scenes.set_index("id")
     cold = tiles_in(scenes.geometry["synth_900"], 19)[: args.tiles]
     others = tiles_in(scenes.geometry["synth_901"], 19) + tiles_in(scenes.geometry["naip_43p7840_m92p4228"], 19)
@@ -176,7 +178,7 @@ def main(argv=None) -> dict:
             serve.shutdown()
     rejected = [s for status, s in results if status == 503]
     result = {
-        "benchmark": "serve", "baseline": "cold_tiles", "tiles": len(cold), "concurrency": args.concurrency,
+        "benchmark": "serve", "baseline": "cold_tiles", "load_avg_1m_at_start": round(load, 2), "tiles": len(cold), "concurrency": args.concurrency,
         "model": "tiny" if not args.model else args.model, "cold": first, "cached": again,
         "cached_speedup": round(first["p50_s"] / max(again["p50_s"], 1e-6), 1),
         "overload": {"requests": len(overload), "ok": sum(s == 200 for s, _ in results), "http_503": len(rejected),
