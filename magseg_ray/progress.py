@@ -72,6 +72,7 @@ class Progress:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._beat.join()
+        self._ask()
         self._show()
         if self.tty:
             self.stream.write("\n")
@@ -105,16 +106,20 @@ class Progress:
     def _heartbeat(self) -> None:
         asked = time.monotonic()
         while not self._stop.wait(1.0):
-            if self.poll is not None and time.monotonic() - asked >= (1.0 if self.tty else self.every_s - 1.5):
+            if time.monotonic() - asked >= (1.0 if self.tty else self.every_s - 1.5):
                 asked = time.monotonic()
-                try:
-                    seen = self.poll()
-                except Exception:  # noqa: BLE001  (a poll that fails, e.g. a store not answering, is skipped)
-                    seen = None
-                if seen is not None and seen[0] > self.done:
-                    self.done, self.note = seen[0], seen[1] or self.note
+                self._ask()
             if time.monotonic() - self._last >= (0.5 if self.tty else self.every_s):
                 self._show()
+
+    def _ask(self) -> None:
+        """Take :attr:`poll`'s count when it is ahead of the line's."""
+        try:
+            seen = self.poll() if self.poll is not None else None
+        except Exception:  # noqa: BLE001  (a poll that fails, e.g. a store not answering, is skipped)
+            seen = None
+        if seen is not None and seen[0] > self.done:
+            self.done, self.note = seen[0], seen[1] or self.note
 
 
 def write_progress(path: Path, done: int, note: str = "") -> None:

@@ -54,3 +54,13 @@ def test_a_line_follows_what_a_worker_writes(tmp_path):
     assert any(line.startswith("[sft] steps [######                  ] 1/4 25% | ") and line.endswith("| loss 1.00")
                for line in lines), lines
     assert lines[-1].startswith("[sft] steps [########################] 4/4 100% | ") and lines[-1].endswith("done | loss 0.25")
+
+
+def test_the_last_line_has_what_the_poll_says_when_the_block_ends(tmp_path):
+    """A Ray Train run can end between two polls: the line it leaves must say the work is done."""
+    from magseg_ray.progress import read_progress, write_progress
+
+    out, source = io.StringIO(), tmp_path / "progress.json"
+    with Progress("[sft] steps", total=6, unit="steps", every_s=60, stream=out, poll=lambda: read_progress(source)):
+        write_progress(source, 6, "loss 0.50")
+    assert out.getvalue().splitlines()[-1].startswith("[sft] steps 6/6 100% | ")
