@@ -131,7 +131,7 @@ def sft(folder: Path, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = SFTConfig(base=str(folder), data=str(ROOT / "tests/data/naip"), storage=tmp, chip_size=CHIP,
                         local_crop=False, instruction="natural", num_workers=1, cpus_per_worker=2, batch_size=1,
-                        max_steps=steps, val_patches=0, eval_every=0, checkpoint_every=steps, log_every=1,
+                        max_steps=steps, val_patches=0, eval_every=0, checkpoint_every=steps,
                         warmup_steps=0, shuffle_patches=8, dtype="bfloat16")
         start = time.perf_counter()
         metrics = run_sft(cfg)

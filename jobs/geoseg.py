@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 
+from magseg_ray.cluster import RaySettings, add_ray_arguments
 from magseg_ray.config import add_arguments, from_arguments
 from magseg_ray.errors import ConfigError, MagsegError, bad_input_exit
 from magseg_ray.geoseg.aoi import AoiConfig
@@ -52,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--box-source", choices=("grounder", "truth"), default="grounder",
                    help="--bench: boxes from the grounder, or the truth boxes (an oracle: segmentation alone)")
     p.add_argument("--judge", help="--bench: judge checkpoint folder (any grounder kind) scoring every mask")
-    p.add_argument("--address", help="--aoi: Ray cluster to join (default: RAY_ADDRESS, else a local one)")
+    add_ray_arguments(p)  # --bench and --aoi run on Ray
     add_arguments(p, AoiConfig, skip=("query", "out", "num_actors", "cpus_per_actor"))
     p.add_argument("--bands", default="", help="SCENE's bands read as red,green,blue, e.g. 3,2,1 (default: the "
                    "file's band descriptions or colour interpretation, else bands 1-3)")
@@ -72,7 +73,8 @@ def main(argv=None) -> int:
 
             bench = BenchConfig(args.bench, args.out, args.ablations.split(","), args.num_actors,
                                 args.box_source, args.cpus_per_actor, args.judge)
-            summary = run_bench(bench, models, config)
+            log_file = None if args.verbose else f"{args.out}/logs/ray.log"
+            summary = run_bench(bench, models, config, RaySettings(address=args.address, log_file=log_file))
             print(json.dumps({k: summary[k] for k in ("levels", "judge")}))
             return 0
         if args.aoi:
@@ -92,6 +94,7 @@ def query_aoi(args, models: ModelsConfig, config: GeoSegConfig) -> int:
     from magseg_ray.cluster import RaySettings, ray_session
     from magseg_ray.geoseg.aoi import answer_from_fields, plan_query
     from magseg_ray.map_region import interrupted_note, run_map_region
+    from magseg_ray.run_files import ray_log_file
     from magseg_ray.scenes.store import ObjectStore
 
     aoi, store = from_arguments(AoiConfig, args), ObjectStore.from_env()
@@ -100,7 +103,8 @@ def query_aoi(args, models: ModelsConfig, config: GeoSegConfig) -> int:
     else:
         planned = plan_query(aoi, models, config, store)  # bad query, AOI or catalog: fail before Ray
         try:
-            with ray_session(RaySettings(address=args.address, gpus=aoi.use_gpu)):
+            log_file = None if args.verbose else ray_log_file(aoi.out)
+            with ray_session(RaySettings(address=args.address, gpus=aoi.use_gpu, log_file=log_file)):
                 summary = run_map_region(planned, store)
         except KeyboardInterrupt:
             print(f"\ninterrupted: {interrupted_note(planned, store)}", file=sys.stderr, flush=True)

@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from magseg_ray.cluster import RaySettings, ray_session
+from magseg_ray.cluster import RaySettings, add_ray_arguments, ray_session
 from magseg_ray.config import add_arguments, from_arguments
 from magseg_ray.errors import MagsegError, bad_input_exit
 from magseg_ray.train.grpo import GRPOConfig, check_config, run_grpo
@@ -24,13 +24,14 @@ from magseg_ray.train.grpo import GRPOConfig, check_config, run_grpo
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser, GRPOConfig)
-    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
+    add_ray_arguments(parser)
     args = parser.parse_args(argv)
     try:
         cfg = from_arguments(GRPOConfig, args)
         check_config(cfg)
         with ray_session(RaySettings(address=args.address, gpus=cfg.num_workers * cfg.use_gpu + cfg.num_actors * cfg.gpus_per_actor,
-                                      gpu_flags="--use-gpu/--gpus-per-actor")):
+                                      gpu_flags="--use-gpu/--gpus-per-actor",
+                                      log_file=None if args.verbose else str(cfg.run_dir / "logs" / "ray.log"))):
             summary = run_grpo(cfg)
     except MagsegError as e:
         return bad_input_exit(e)

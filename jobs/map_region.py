@@ -19,10 +19,11 @@ import argparse
 import json
 import sys
 
-from magseg_ray.cluster import RaySettings, ray_session
+from magseg_ray.cluster import RaySettings, add_ray_arguments, ray_session
 from magseg_ray.config import add_arguments, from_arguments
 from magseg_ray.errors import MagsegError, bad_input_exit
 from magseg_ray.map_region import MapConfig, interrupted_note, plan, run_map_region
+from magseg_ray.run_files import ray_log_file
 from magseg_ray.scenes.store import ObjectStore
 
 PARTIAL = 3
@@ -34,13 +35,14 @@ INTERRUPTED = 130
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser, MapConfig)
-    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
+    add_ray_arguments(parser)
     args = parser.parse_args(argv)
     planned = None
     try:
         store = ObjectStore.from_env()
         planned = plan(from_arguments(MapConfig, args), store)  # bad AOI, catalog or model: fail before Ray
-        with ray_session(RaySettings(address=args.address, gpus=planned.config.use_gpu)):
+        log_file = None if args.verbose else ray_log_file(planned.config.out_root())
+        with ray_session(RaySettings(address=args.address, gpus=planned.config.use_gpu, log_file=log_file)):
             summary = run_map_region(planned, store)
     except MagsegError as e:
         return bad_input_exit(e)

@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from magseg_ray.cluster import RaySettings, ray_session
+from magseg_ray.cluster import RaySettings, add_ray_arguments, ray_session
 from magseg_ray.config import add_arguments, from_arguments
 from magseg_ray.errors import MagsegError, bad_input_exit
 from magseg_ray.train.sft import SFTConfig, check_config, run_sft
@@ -23,12 +23,13 @@ from magseg_ray.train.sft import SFTConfig, check_config, run_sft
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser, SFTConfig)
-    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
+    add_ray_arguments(parser)
     args = parser.parse_args(argv)
     try:
         cfg = from_arguments(SFTConfig, args)
         check_config(cfg)
-        with ray_session(RaySettings(address=args.address, gpus=cfg.num_workers * cfg.use_gpu)):
+        with ray_session(RaySettings(address=args.address, gpus=cfg.num_workers * cfg.use_gpu,
+                                     log_file=None if args.verbose else str(cfg.run_dir / "logs" / "ray.log"))):
             summary = run_sft(cfg)
     except MagsegError as e:
         return bad_input_exit(e)

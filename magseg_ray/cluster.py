@@ -5,7 +5,10 @@ Two ways in:
 - :func:`ray_session` for a job's driver: join the cluster at ``address`` (or ``RAY_ADDRESS``, which
   ``ray job submit`` sets), else start a private in-process cluster on 127.0.0.1 that ends with the
   session, never the head ``ray start`` recorded as the machine's current cluster (a stale record
-  of a killed head made every job fail). A laptop run and a cluster run are the same code.
+  of a killed head made every job fail). A laptop run and a cluster run are the same code. A
+  reaper process (:func:`reap`) ends every process of that private cluster when the driver ends,
+  even by SIGKILL: Ray's own agents would outlive it by a minute (measured: 60 s, waiting on
+  the dead GCS to hear that their raylet died).
 - :class:`LocalRayCluster` for a standalone local head (what ``ray job submit --address
   http://127.0.0.1:8265`` talks to): ``ray start --head --block`` on chosen loopback ports, in its own
   process group, stopped by signalling that group alone. Nothing here ever runs ``ray stop``, which
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +63,17 @@ class RaySettings:
     """The job's flags that ask for :attr:`gpus`, named in the refusal."""
     gpu_wait_s: float = 120.0
     """How long a joined cluster may take to show :attr:`gpus` GPUs (an autoscaler adding a node)."""
+    log_file: str | None = None
+    """File that Ray's own messages go to instead of the terminal: its log lines, Ray Data's progress and
+    execution logs; workers' output is then not forwarded (it stays in the session's log folder, which
+    the file's first line names). ``None``: the terminal, as Ray prints them (a job's ``--verbose``)."""
+
+
+def add_ray_arguments(parser) -> None:
+    """A job's Ray flags: ``--address`` and ``--verbose`` (:attr:`RaySettings.log_file` ``None``)."""
+    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Ray's own logs on the terminal (default: logs/ray.log in the run's folder)")
 
 
 def ray_environment(address: str | None = None) -> None:
@@ -98,25 +113,152 @@ def ray_session(settings: RaySettings = RaySettings(), runtime_env: dict | None 
         yield sys.modules["ray"].cluster_resources()  # the caller's Ray: joined as it is, left running
         return
     ray_environment(address)
+    with _ray_logs_to(settings.log_file):
+        yield from _session(settings, address, runtime_env)
+
+
+def _session(settings: RaySettings, address: str | None, runtime_env: dict | None) -> Iterator[dict]:
     import ray
 
     if address and address != "auto":
         _check_reachable(address)
     try:
         if address:
-            ray.init(address=address, namespace=settings.namespace, runtime_env=runtime_env)
+            ray.init(address=address, namespace=settings.namespace, runtime_env=runtime_env,
+                     log_to_driver=not settings.log_file)
         else:  # "local": never the cluster `ray start` recorded, which may be dead or not ours
             _note_recorded_head()
-            ray.init(address="local", _node_ip_address=LOOPBACK, num_cpus=settings.num_cpus,
-                     object_store_memory=settings.object_store_memory, include_dashboard=False,
-                     namespace=settings.namespace, runtime_env=runtime_env)
+            reaper = _start_reaper()
+            try:
+                ray.init(address="local", _node_ip_address=LOOPBACK, num_cpus=settings.num_cpus,
+                         object_store_memory=settings.object_store_memory, include_dashboard=False,
+                         namespace=settings.namespace, runtime_env=runtime_env, log_to_driver=not settings.log_file)
+            except BaseException:
+                os.close(reaper)
+                raise
+            finally:
+                os.environ.pop(REAPER_MARK, None)  # the cluster's processes carry it, not the driver's later children
     except ConnectionError as e:
         raise ClusterError(f"cannot join the Ray cluster at {address!r}: {e}") from e
     try:
+        _note_session_logs(settings.log_file)
         _require_gpus(settings, joined=bool(address))
         yield ray.cluster_resources()
     finally:
         ray.shutdown()
+        if not address:
+            os.close(reaper)
+
+
+@contextlib.contextmanager
+def _ray_logs_to(log_file: str | None) -> Iterator[None]:
+    """Send the driver's Ray log lines to ``log_file`` for the block (nothing changes for ``None``): the
+    ``ray`` logger's handlers swapped for the file, Ray Data's logger sent up to it (its
+    ``RAY_DATA_LOGGING_CONFIG``, read when Ray Data is imported) and its progress bars off (the job
+    shows its own line, :mod:`magseg_ray.progress`). Restored after the block."""
+    if not log_file:
+        yield
+        return
+    import logging
+
+    path = Path(log_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data_config = path.with_name("ray-data-logging.json")
+    data_config.write_text('{"version": 1, "loggers": {"ray.data": {"level": "INFO", "handlers": [], "propagate": true}}}\n')
+    env = {"RAY_DATA_LOGGING_CONFIG": str(data_config), "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    saved_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import ray  # noqa: F401  (configures the "ray" logger, which is then redirected)
+
+    logger = logging.getLogger("ray")
+    saved = logger.handlers[:]
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.handlers = [handler]
+    print(f"[ray] Ray's own logs: {path} (--verbose: here instead)", file=sys.stderr, flush=True)
+    terminal, saved_stderr = _stderr_fd_to(path)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)
+        os.close(terminal)
+        sys.stderr.close()
+        sys.stderr = saved_stderr
+        logger.handlers = saved
+        handler.close()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
+
+
+def _stderr_fd_to(path: Path) -> tuple[int, object]:
+    """Point file descriptor 2 at ``path`` (what Ray's C++ core writes there, such as its warnings about
+    actors, lands in the log) and ``sys.stderr`` at a copy of the old one (this process's own messages
+    still reach the terminal). Returns that copy and the old ``sys.stderr``, to undo it."""
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    log = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log, 2)
+    os.close(log)
+    saved = sys.stderr
+    sys.stderr = os.fdopen(os.dup(terminal), "w", buffering=1, errors=saved.errors)
+    return terminal, saved
+
+
+def _note_session_logs(log_file: str | None) -> None:
+    """Name the Ray session's own log folder (raylet, workers' output) at the top of ``log_file``."""
+    if not log_file:
+        return
+    import logging
+
+    import ray
+
+    node = ray._private.worker._global_node  # no public way to the session folder of a driver
+    where = f"{node.get_session_dir_path()}/logs" if node is not None else "on the cluster's head node"
+    logging.getLogger("ray").info("Ray session logs (raylet, GCS, workers' output): %s", where)
+
+
+REAPER_MARK = "MAGSEG_PRIVATE_RAY"
+"""Environment variable that every process of a private local Ray carries (its value: that cluster's
+own token): set while ``ray.init`` starts the head, inherited by the raylet's workers and agents."""
+
+
+def _start_reaper() -> int:
+    """Start :func:`reap` for the private cluster about to start, and mark the environment its processes
+    will inherit. Returns the pipe's write end, which only this process holds: closing it, or dying,
+    tells the reaper to end the cluster."""
+    token = uuid.uuid4().hex
+    read, write = os.pipe()
+    package_parent = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])))
+    subprocess.Popen([sys.executable, "-m", "magseg_ray.cluster", token, str(os.getpid())], stdin=read, env=env,
+                     stdout=subprocess.DEVNULL, start_new_session=True)  # its own session: no terminal signals
+    os.close(read)
+    os.environ[REAPER_MARK] = token
+    return write
+
+
+def reap(token: str, driver: int, grace_s: float = 2.0) -> None:
+    """Wait until the driver closes its end of stdin (at the end of its session, or by dying), then stop
+    every process that carries ``REAPER_MARK=token`` (SIGTERM, SIGKILL after ``grace_s``)."""
+    import psutil
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stdin.buffer.read()
+    mark = f"{REAPER_MARK}={token}".encode()
+    procs = []
+    for pid in set(psutil.pids()) - {os.getpid(), driver}:
+        with contextlib.suppress(psutil.Error):
+            if mark in _environ(pid):
+                procs.append(psutil.Process(pid))
+                procs[-1].terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 def _require_gpus(settings: RaySettings, joined: bool) -> None:
@@ -285,3 +427,16 @@ class LocalRayCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _environ(pid: int) -> list[bytes]:
+    """A process's environment as ``NAME=value`` entries, read from ``/proc`` (psutil's ``environ()``
+    reads none of a Ray process's: its renamed title zeroes the start of the block)."""
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
+if __name__ == "__main__":  # the reaper of a private local cluster (:func:`_start_reaper`)
+    reap(sys.argv[1], int(sys.argv[2]))

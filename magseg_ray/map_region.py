@@ -38,6 +38,7 @@ import pandas as pd
 
 from magseg_ray.config import doc, dtype_field
 from magseg_ray.errors import ConfigError, ModelLoadError, OutputError
+from magseg_ray.progress import Progress
 from magseg_ray.scenes.select import StacSelect
 
 DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
@@ -232,9 +233,12 @@ def check_out(out: str) -> None:
 
 
 def check_output(files, identity: dict) -> bool:
-    """Whether ``files`` already holds this run (resume); refuse a folder made for another AOI or model."""
+    """Whether ``files`` already holds this run (resume); refuse a folder made for another AOI or model
+    (or holding anything but logs)."""
+    from magseg_ray.run_files import LOGS
+
     if not files.exists("run.json"):
-        if files.listdir(""):
+        if [f for f in files.listdir("") if not f.startswith(LOGS)]:
             raise ConfigError(f"output {files.root!r} is not empty and holds no run.json: choose a new --out")
         return False
     old = json.loads(files.read("run.json"))
@@ -253,12 +257,6 @@ def interrupted_note(p: Plan, store=None) -> str:
     done = len(finished_chips(files) & {t.chip_id for t in p.tasks})
     return (f"{done} of {len(p.tasks)} chips are finished and kept in {files.root}; "
             "rerun the same command to resume")
-
-
-def _progress(done: int, total: int, resumed: int, patches: int, seconds: float, failed: int) -> None:
-    rate = patches / seconds if seconds else 0.0
-    print(f"[map] chips {done + resumed}/{total} ({resumed} resumed, {failed} failed) "
-          f"patches {patches} {rate:.1f} patches/s", flush=True)
 
 
 class ChipMapper:
@@ -370,6 +368,7 @@ def _map_chips(p: Plan, files, store, done: set, todo: int, resumed: int, failur
     chip's output; written chips are added to ``done``, failed ones appended to ``failures``. Returns
     the patches answered."""
     from magseg_ray.chips.pipeline import mapping_chips
+    from magseg_ray.run_files import finished_chips
 
     cfg = p.config
     threads = max(int(cfg.cpus_per_actor), 1)
@@ -380,19 +379,21 @@ def _map_chips(p: Plan, files, store, done: set, todo: int, resumed: int, failur
     ds = ds.map_batches(actor, fn_constructor_args=args,
                         batch_size=cfg.chips_per_call, batch_format="numpy", concurrency=cfg.num_actors,
                         num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0)
-    finished, patches, start, last = 0, 0, time.perf_counter(), 0.0
+    finished, patches = 0, 0
+
+    def written() -> tuple[int, str]:  # chips the actors wrote, seen before Ray Data hands their rows back
+        return len(finished_chips(files)) - resumed, ""
+
     try:
-        for row in ds.iter_rows():
-            finished += 1
-            patches += int(row["patches"])
-            if row["error"]:
-                failures.append({"chip_id": row["chip_id"], "scene_id": row["scene_id"], "error": row["error"]})
-            else:
-                done.add(row["chip_id"])
-            now = time.perf_counter()
-            if now - last > 10 or finished == todo:
-                _progress(finished, len(p.tasks), resumed, patches, now - start, len(failures))
-                last = now
+        with Progress("[map] chips", total=todo, unit="chips", poll=written) as progress:
+            for row in ds.iter_rows():
+                finished += 1
+                patches += int(row["patches"])
+                if row["error"]:
+                    failures.append({"chip_id": row["chip_id"], "scene_id": row["scene_id"], "error": row["error"]})
+                else:
+                    done.add(row["chip_id"])
+                progress.update(finished, f"{resumed} resumed before, {len(failures)} failed, {patches} patches")
     except Exception as e:
         raise _output_error_in(e) or e
     return patches

@@ -15,6 +15,7 @@ Layout under the run root::
     masks/<scene_id>.tif          stitched class raster of each scene (tiled GeoTIFF)
     fields/cell=<cell>/*.parquet  field polygons, GeoParquet partitioned by grid cell
     fields.gpkg, summary.json, failures.json, preview.png
+    logs/ray.log                  Ray's own messages (a local run folder; not a run's output: see :func:`ray_log_file`)
 """
 
 from __future__ import annotations
@@ -32,6 +33,19 @@ import numpy as np
 from magseg_ray.errors import OutputError
 from magseg_ray.files import replace_atomically, write_atomic
 from magseg_ray.scenes.store import ObjectStore, split_uri
+
+LOGS = "logs/"
+"""Folder of a local run's logs, which a run folder may hold before its ``run.json``."""
+
+
+def ray_log_file(root: str) -> str:
+    """Where a job's Ray messages go (:attr:`magseg_ray.cluster.RaySettings.log_file`): ``logs/ray.log``
+    under a local run folder; under the system's temporary folder for an ``s3://`` one."""
+    scheme, local = split_uri(root)
+    if scheme == "file":
+        return str(Path(local) / LOGS / "ray.log")
+    return str(Path(tempfile.mkdtemp(prefix="magseg-ray-logs-")) / "ray.log")
+
 
 class RunFiles:
     """Read and write a run's files by path relative to its root (a folder or ``s3://`` prefix)."""

@@ -144,3 +144,95 @@ def test_a_truncated_scene_under_an_s3_prefix_is_a_failure_and_the_rerun_with_it
     s3_server.upload(_tests.DEMO_DIR / "scenes" / "synth_901.tif", "fault-tests", "scenes")
     assert job_main()(flags(setup, out, ray_cluster.address, catalog=catalog)) == 0
     assert_same_map(reference, out)
+
+
+@pytest.mark.slow
+def test_s3_scenes_killed_and_restarted_mid_run_with_a_local_out_give_the_same_map_after_a_rerun(
+        ray_cluster, setup, reference, s3_server, monkeypatch, tmp_path, capsys):
+    """``--catalog s3://...`` and a local ``--out``: the store stops as the model stage starts (every chip
+    read meets it) and comes back 3 s later. The run rides it out or ends partial naming the store,
+    never a traceback; a rerun gives the same map as a run that met no fault. The stop is timed by
+    wrapping the model stage's entry (a real stop of a real server, not a mock)."""
+    import threading
+
+    import magseg_ray.map_region as map_region
+
+    catalog = s3_server.upload(_tests.DEMO_DIR / "scenes", "fault-tests", "scenes-kill")
+    for k, v in {"AWS_ENDPOINT_URL": s3_server.endpoint_url, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
+                 "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(k, v)
+    model_stage, served = map_region._map_chips, []
+
+    def outage_at_start(*args, **kwargs):
+        s3_server.stop()
+        restart = threading.Timer(3.0, lambda: (s3_server.start(), served.append(s3_server.requests)))
+        restart.start()
+        try:
+            return model_stage(*args, **kwargs)
+        finally:
+            restart.join()
+            served.append(s3_server.requests)
+
+    monkeypatch.setattr(map_region, "_map_chips", outage_at_start)
+    out = tmp_path / "out"
+    first = job_main()(flags(setup, out, ray_cluster.address, catalog=catalog))
+    err = capsys.readouterr().err
+    assert served[1] > served[0], "no chip was read after the store came back"
+    assert first in (0, 3) and "Traceback" not in err, err[-3000:]
+    monkeypatch.setattr(map_region, "_map_chips", model_stage)
+    assert job_main()(flags(setup, out, ray_cluster.address, catalog=catalog)) == 0
+    assert json.loads((out / "summary.json").read_text())["status"] == "complete"
+    assert_same_map(reference, out)
+
+def _carrying(entry: bytes) -> list[int]:
+    """Live processes whose environment holds ``entry`` (read from /proc: Ray's renamed processes zero
+    the start of theirs, which psutil then reads as empty)."""
+    import psutil
+
+    found = []
+    for pid in psutil.pids():
+        try:
+            if entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") and psutil.Process(pid).status() != "zombie":
+                found.append(pid)
+        except (OSError, psutil.Error):
+            pass
+    return found
+
+
+@pytest.mark.slow
+def test_a_sigkilled_driver_takes_its_private_ray_with_it_and_the_rerun_completes(setup, tmp_path):
+    """A job without --address starts its own Ray; SIGKILL the driver mid-run: within 10 s no process of
+    that Ray is left (its agents lived 60 s more, waiting on the dead GCS), and the rerun completes.
+    The run's processes are told apart from every other Ray on the machine by their own RAY_TMPDIR."""
+    import os
+    import shutil
+    import signal
+    import sys
+    import tempfile
+    import time
+
+    tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")  # short: Ray's socket paths
+    mark = f"RAY_TMPDIR={tmp}".encode()
+    out = tmp_path / "out"
+    args = [a for a in flags(setup, out, "-") if a not in ("--address", "-")]
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": tmp, "PYTHONPATH": str(ROOT.parent)}
+    job = [sys.executable, str(ROOT.parent / "jobs" / "map_region.py"), *args]
+    try:
+        driver = subprocess.Popen(job, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while len(list(out.glob("chips/*/*.npz"))) < 2 and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert driver.poll() is None and len(_carrying(mark)) > 5, "the run ended (or never started) before the kill"
+        driver.kill()
+        driver.wait()
+        killed = time.monotonic()
+        while _carrying(mark) and time.monotonic() - killed < 10:
+            time.sleep(0.5)
+        assert _carrying(mark) == [], f"alive 10 s after the driver was killed: {_carrying(mark)}"
+        done = subprocess.run(job, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads((out / "summary.json").read_text())["chips_resumed"] >= 2
+    finally:
+        for pid in _carrying(mark):  # this run's processes only
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -192,6 +192,7 @@ def run_bench(bench: BenchConfig, models, config: GeoSegConfig, ray_settings=Non
     """Run the benchmark as a Ray Data job; returns and writes the summary."""
     from magseg_ray.cluster import RaySettings, ray_session
     from magseg_ray.files import write_atomic
+    from magseg_ray.progress import Progress
 
     path = Path(bench.items) / "items.jsonl"
     if not path.is_file():
@@ -203,7 +204,12 @@ def run_bench(bench: BenchConfig, models, config: GeoSegConfig, ray_settings=Non
         ds = ray.data.from_items([{"item": i} for i in items]).map(
             BenchActor, fn_constructor_args=(models, config, bench), concurrency=bench.num_actors,
             num_cpus=bench.cpus_per_actor)
-        records = sorted((json.loads(r["record"]) for r in ds.take_all()), key=lambda r: r["id"])
+        records = []
+        with Progress("[geoseg] items", total=len(items), unit="items") as progress:
+            for row in ds.iter_rows():
+                records.append(json.loads(row["record"]))
+                progress.update(len(records), f"{sum('error' in r for r in records)} errors")
+        records.sort(key=lambda r: r["id"])
     out = Path(bench.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"box_source": bench.box_source, "models": asdict(models), "config": asdict(config),

@@ -2,7 +2,8 @@
 
 Base weights stay frozen; only adapters train, and they merge away at inference (0% extra
 parameters). Adapters target the decoder's attention and MLP projections only: the vision tower
-has layers with the same names, and a regex keeps them out.
+has layers with the same names, and a regex keeps them out. peft loads through accelerate (pinned
+for it).
 """
 
 from __future__ import annotations

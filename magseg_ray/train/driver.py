@@ -11,7 +11,8 @@ run the same way, kept here once:
 - :func:`save_outputs`: the last checkpoint's ``adapter/`` (or ``model/``) copied under the run
   folder, ``model/`` made from it (:func:`export_merged`) with the run's model card;
 - :func:`export_merged`: the base with an adapter merged in, a plain checkpoint every job loads;
-- :func:`write_summary`: ``metrics.json`` and ``curves.png``.
+- :func:`write_summary`: ``metrics.json`` and ``curves.png``;
+- :data:`PROGRESS_FILE`: where rank 0 writes its step for the driver's progress line.
 
 Ray, torch and the catalog readers are imported inside the functions that use them: the jobs
 import this module to build their ``--help``, which stays light.
@@ -29,6 +30,10 @@ from magseg_ray.config import TRAIN_DTYPES, doc, dtype_field
 from magseg_ray.files import write_atomic
 from magseg_ray.prompt import PromptConfig
 from magseg_ray.scenes.select import StacSelect
+
+PROGRESS_FILE = "progress.json"
+"""Under the run folder: rank 0's last step (:func:`magseg_ray.progress.write_progress`), which the driver's
+progress line follows; the workers' own output is not on the driver's terminal unless ``--verbose``."""
 
 
 def run_name_field(default: str):

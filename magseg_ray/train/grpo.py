@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from functools import partial
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,7 +62,8 @@ from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError
 from magseg_ray.files import local_absolute
 from magseg_ray.model.checkpoint import DEMO_MODEL
-from magseg_ray.train.driver import RunConfig, chip_splits, run_name_field, save_outputs, write_summary
+from magseg_ray.progress import Progress, read_progress, write_progress
+from magseg_ray.train.driver import PROGRESS_FILE, RunConfig, chip_splits, run_name_field, save_outputs, write_summary
 
 @dataclass(frozen=True)
 class GRPOConfig(RunConfig):
@@ -110,7 +112,6 @@ class GRPOConfig(RunConfig):
     max_steps: int = field(default=100, metadata=doc("GRPO steps (rollout + updates)"))
     eval_every: int = field(default=25, metadata=doc("steps between validations (0: only at the start and end)"))
     checkpoint_every: int = field(default=25, metadata=doc("steps between checkpoints"))
-    log_every: int = field(default=5, metadata=doc("steps between progress lines (rank 0)"))
     seed: int = field(default=0, metadata=doc("seed of the LoRA init, prompt order and sampling"))
     pack: bool = field(default=False, metadata=doc(
         "learner loss on packed rows: each prompt once, its group's answers after it (magseg_ray.train.packing)"))
@@ -370,10 +371,9 @@ class _Learner:
                "zero_std_groups": int(sum(np.nanstd(r) == 0 for r in rewards)), "trained_answers": trained,
                "lag": max(step - 1 - v for v in rollout["versions"]), "answers_per_s": rollout["answers_per_s"],
                "step_s": seconds, "restored_from_step": self.state["restored_from_step"], **stats}
-        if self.rank == 0 and step % cfg.log_every == 0:
-            print(f"[grpo] step {step}/{cfg.max_steps} reward {row['reward']:.4f} dice {row['dice']:.4f} "
-                  f"kl {row.get('kl', 0):.5f} clip {row.get('clip_fraction', 0):.3f} dropped {row['dropped']} "
-                  f"{row['answers_per_s']:.1f} answers/s", flush=True)
+        if self.rank == 0:
+            write_progress(cfg.run_dir / PROGRESS_FILE, step, f"reward {row['reward']:.4f}, dice {row['dice']:.4f}, "
+                           f"kl {row.get('kl', 0):.5f}, dropped {row['dropped']}, {row['answers_per_s']:.1f} answers/s")
         evaluate = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps
         if evaluate and self.rank == 0:
             row.update(self.pool.evaluate(step, weights))
@@ -432,7 +432,9 @@ def run_grpo(cfg: GRPOConfig) -> dict:
     trainer = torch_trainer(learner_loop, {"config": dataclasses.asdict(cfg), "actors": pool.actors, "keys": keys,
                                            "chips": chips_ref}, cfg)
     try:
-        result = trainer.fit()
+        progress = partial(read_progress, cfg.run_dir / PROGRESS_FILE)
+        with Progress("[grpo] steps", total=cfg.max_steps, unit="steps", poll=progress):
+            result = trainer.fit()
     finally:
         pool.shutdown()
     state = save_outputs(cfg, result)

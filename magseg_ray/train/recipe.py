@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from magseg_ray.progress import Progress
+
 from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError
 from magseg_ray.files import write_atomic
@@ -68,7 +70,7 @@ class RecipeConfig:
     uniform_keep: float = field(default=0.2, metadata=doc("share of single-class patches kept (see jobs/sft.py)"))
     eval_every: int = field(default=200, metadata=doc("SFT steps between validation and saving the model"))
     val_patches: int = field(default=128, metadata=doc("fixed validation patches scored at each validation"))
-    log_every: int = field(default=20, metadata=doc("SFT steps between progress lines"))
+    log_every: int = field(default=20, metadata=doc("SFT steps the progress line's loss is the mean of"))
     seed: int = field(default=0, metadata=doc("seed of the sampled windows and patches"))
 
     def prompt(self):
@@ -206,26 +208,25 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     val_records = _records(val, np.random.default_rng(10**6), cfg.val_patches, prompt, 1.0)
     rng, losses, start = np.random.default_rng([cfg.seed, first]), [], time.perf_counter()
     step = first
-    while step < sft.total:
-        step += 1
-        model.train()
-        losses.append(sft.step(_records(train, rng, cfg.batch_size, prompt, cfg.uniform_keep)))
-        if cfg.minutes and step == max(cfg.warmup_steps, 1) + first and "planned_steps" not in state:
-            state["planned_steps"] = sft.total = _plan(cfg, step, first, time.perf_counter() - start)
-            print(f"[recipe] {cfg.minutes:g} min budget: {sft.total} SFT steps", flush=True)
-        if step % cfg.log_every == 0:
-            rate = (step - first) * cfg.batch_size / (time.perf_counter() - start)
-            print(f"[recipe] step {step}/{sft.total} loss {np.mean(losses[-cfg.log_every:]):.4f} "
-                  f"{rate:.1f} patches/s", flush=True)
-        if step % cfg.eval_every == 0 or step == sft.total:
-            model.eval()
-            row = {"step": step, "loss": float(np.mean(losses)), "seconds": round(time.perf_counter() - start, 1),
-                   "patches_per_s": (step - first) * cfg.batch_size / (time.perf_counter() - start),
-                   **score_patches(model, processor, val_records, prompt)}
-            losses.clear()
-            state["history"].append(row)
-            state["status"] = "complete" if step == sft.total else "partial"
-            _save(model, processor, cfg, out, state)
+    with Progress(f"[recipe] SFT steps after {first}", total=sft.total - first, unit="steps") as progress:
+        while step < sft.total:
+            step += 1
+            model.train()
+            losses.append(sft.step(_records(train, rng, cfg.batch_size, prompt, cfg.uniform_keep)))
+            if cfg.minutes and step == max(cfg.warmup_steps, 1) + first and "planned_steps" not in state:
+                state["planned_steps"] = sft.total = _plan(cfg, step, first, time.perf_counter() - start)
+                print(f"[recipe] {cfg.minutes:g} min budget: {sft.total} SFT steps", flush=True)
+            progress.total = sft.total - first
+            progress.update(step - first, f"loss {np.mean(losses[-cfg.log_every:]):.4f}")
+            if step % cfg.eval_every == 0 or step == sft.total:
+                model.eval()
+                row = {"step": step, "loss": float(np.mean(losses)), "seconds": round(time.perf_counter() - start, 1),
+                       "patches_per_s": (step - first) * cfg.batch_size / (time.perf_counter() - start),
+                       **score_patches(model, processor, val_records, prompt)}
+                losses.clear()
+                state["history"].append(row)
+                state["status"] = "complete" if step == sft.total else "partial"
+                _save(model, processor, cfg, out, state)
     plot_curves(state["history"], ["loss", "val_dice", "val_field_iou"], out / "curves.png",
                 f"Demo recipe ({Path(cfg.base).name}, {sft.total} SFT steps, batch {cfg.batch_size})")
     return state

@@ -43,8 +43,9 @@ import numpy as np
 from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError
 from magseg_ray.files import local_absolute
+from magseg_ray.progress import Progress, read_progress, write_progress
 from magseg_ray.prompt import PromptConfig
-from magseg_ray.train.driver import RunConfig, chip_splits, run_name_field, save_outputs, write_summary
+from magseg_ray.train.driver import PROGRESS_FILE, RunConfig, chip_splits, run_name_field, save_outputs, write_summary
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,6 @@ class SFTConfig(RunConfig):
     max_steps: int = field(default=200, metadata=doc("optimizer steps"))
     eval_every: int = field(default=50, metadata=doc("steps between validations (0: only at the end)"))
     checkpoint_every: int = field(default=50, metadata=doc("steps between checkpoints"))
-    log_every: int = field(default=10, metadata=doc("steps between progress lines (rank 0)"))
     seed: int = field(default=0, metadata=doc("seed of the base preset, LoRA init and patch shuffling"))
     fail_once_at_step: int = field(default=-1, metadata=doc(
         "fault injection for tests: worker 1 exits once, 5 s after reaching this step (-1: never)"))
@@ -310,11 +310,10 @@ class _Worker:
     def after_step(self, loss: float, chip_index: int, buffer: list[dict]) -> None:
         """Progress line, fault injection, validation and checkpoint as the step number asks."""
         cfg, step = self.cfg, self.state["step"]
-        if self.rank == 0 and step % cfg.log_every == 0:
+        if self.rank == 0:
             rates = self.rates()
-            print(f"[sft] step {step}/{cfg.max_steps} epoch {self.state['epoch']} loss {loss:.4f} "
-                  f"lr {self.engine.get_lr()[0]:.2e} {rates['tokens_per_s'] or 0:.0f} tokens/s "
-                  f"{rates['patches_per_s'] or 0:.1f} patches/s", flush=True)
+            write_progress(cfg.run_dir / PROGRESS_FILE, step, f"epoch {self.state['epoch']}, loss {loss:.4f}, "
+                           f"lr {self.engine.get_lr()[0]:.2e}, {rates['tokens_per_s'] or 0:.0f} tokens/s")
         if step == cfg.fail_once_at_step and self.rank == 1:
             marker = cfg.run_dir / f".failed_at_{step}"
             if not marker.exists():
@@ -409,7 +408,10 @@ def run_sft(cfg: SFTConfig) -> dict:
 
     trainer = torch_trainer(train_loop, {"config": dataclasses.asdict(cfg), "val": val, "fixed_batch": fixed_batch},
                             cfg, datasets={"train": train})
-    history = save_outputs(cfg, trainer.fit())["history"]
+    progress = partial(read_progress, cfg.run_dir / PROGRESS_FILE)
+    with Progress("[sft] steps", total=cfg.max_steps, unit="steps", poll=progress):
+        result = trainer.fit()
+    history = save_outputs(cfg, result)["history"]
     return write_summary(cfg, {"final": history[-1], "history": history, "val_patches": len(val)},
                          ["loss", "fixed_batch_loss", "val_dice", "val_field_iou", "patches_per_s"],
                          f"SFT {cfg.run_name} ({cfg.base}, {cfg.num_workers} workers, ZeRO-{cfg.zero_stage})")

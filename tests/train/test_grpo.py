@@ -96,7 +96,7 @@ def args(storage, model, **overrides):
              "val-patches": 3, "group-size": 3, "prompts-per-step": 2, "max-new-tokens": 24, "max-steps": 3,
              "checkpoint-every": 2, "eval-every": 0, "updates-per-rollout": 2, "lr": 5e-3, "num-actors": 1,
              "cpus-per-actor": 0.5, "num-workers": 1, "cpus-per-worker": 0.5, "storage": str(storage),
-             "run-name": "g", "log-every": 1, **overrides}
+             "run-name": "g", **overrides}
     return [x for k, v in flags.items() for x in (f"--{k}", str(v))]
 
 
