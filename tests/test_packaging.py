@@ -95,13 +95,11 @@ def test_ci_runs_readme_command_2_with_the_slow_tests():
 
 INDIRECT = {
     "s3fs": ("magseg_ray/scenes/store.py", "fsspec's s3:// filesystem"),
-    "pyarrow": ("magseg_ray/scenes/catalog.py", "geopandas' and Ray Data's Parquet"),
     "pyogrio": ("magseg_ray/chips/windows.py", "geopandas' vector file engine"),
     "accelerate": ("magseg_ray/model/lora.py", "peft's model loading"),
-    "pystac": (None, "STAC catalogs (added on another branch)"),
 }
 """Pins no file imports: each is what a named module uses through another library (and the module says
-so), or is about to be imported."""
+so)."""
 
 
 def _requirement_name(spec: str) -> str:
@@ -134,8 +132,10 @@ def _imported_distributions() -> dict[str, str]:
                 top = name.split(".")[0]
                 if top in sys.stdlib_module_names or top == "magseg_ray":
                     continue
-                for dist in owners.get(top, [top]):
-                    found.setdefault(dist.lower().replace("_", "-"), str(path.relative_to(ROOT)))
+                dists = {d.lower().replace("_", "-") for d in owners.get(top, [top])}
+                own = top.lower().replace("_", "-")  # plugins that add to a package's namespace are not it
+                for dist in {own} if own in dists else dists:
+                    found.setdefault(dist, str(path.relative_to(ROOT)))
     return found
 
 
