@@ -26,9 +26,10 @@ PARTIAL = "fields.partial"
 
 def reduce_scene(scene: dict, chip_ids: list[str], owned, seam, files_root: str, store, chip, prompt,
                  simplify_px: float, min_field_px: int, seed_px: float, degrees: float, rules=None,
-                 attributes: tuple = ()) -> dict:
+                 attributes: tuple = (), read=None) -> dict:
     """Stitch one scene, write its class raster and final fields; return its seam pieces and stats.
-    ``attributes``: chip attributes (:func:`~magseg_ray.run_files.encode_chip`) each field takes from its chip."""
+    ``attributes``: chip attributes (:func:`~magseg_ray.run_files.encode_chip`) each field takes from its chip;
+    ``read``: how the edge split reads the scene's pixels (the run's :class:`~magseg_ray.chips.read.ReadConfig`)."""
     from magseg_ray.chips.windows import scene_transform
     from magseg_ray.fields.polygons import scene_fields
     from magseg_ray.fields.rules import FieldRules
@@ -44,9 +45,9 @@ def reduce_scene(scene: dict, chip_ids: list[str], owned, seam, files_root: str,
     rules = rules or FieldRules()
     image = None
     if rules.edge_quantile:  # the edge split reads the scene's pixels, whole
-        from magseg_ray.chips.read import read_window
+        from magseg_ray.chips.read import ReadConfig, read_window
 
-        image, _ = read_window(row["uri"], 0, 0, classes.shape[0], classes.shape[1], store=store,
+        image, _ = read_window(row["uri"], 0, 0, classes.shape[0], classes.shape[1], read or ReadConfig(), store=store,
                                name=f"scene {row['id']} (the edge split of its fields)")
     fields = scene_fields(classes, confidence, transform, row["crs"], schema, simplify_px, min_field_px, seed_px,
                           rules, image)
@@ -119,13 +120,14 @@ def reduce_run(plan, files: RunFiles, store, failures: list[dict]) -> dict:
     seam = seams(owned, {s: tolerance_degrees(float(g)) for s, g in zip(scenes["id"], scenes["gsd"])})
     files.remove_tree(PARTIAL)
     task = ray.remote(num_cpus=0.5)(reduce_scene)
+    read = cfg.read_config(plan.card) if plan.rules.edge_quantile else None  # the chips' bands and bit depth
     refs = []
     for scene in scenes.to_dict("records"):
         sid = scene["id"]
         scene = {k: v for k, v in scene.items() if k != "geometry"}
         refs.append(task.remote(scene, by_scene[sid], owned[sid], seam[sid], files.root, store,
                                 plan.chip, plan.prompt, cfg.simplify_px, cfg.min_field_px, plan.seed_px,
-                                cfg.partition_degrees, plan.rules, plan.chip_attributes))
+                                cfg.partition_degrees, plan.rules, plan.chip_attributes, read))
     results = []
     for ref in refs:
         try:

@@ -142,7 +142,7 @@ class TileServer:
             start = time.perf_counter()
             tile, layers = await self._layers(z, x, y)
             fields = await asyncio.to_thread(tile_fields, layers, tile, self.schema, s.simplify_px, s.min_field_px,
-                                             self.seed_px, self.rules, self.store, self.maps)
+                                             self.seed_px, self.rules, self.store, self.maps, self.chips.read)
         except MagsegError as e:
             return error_response(e)
         return Response(fields.to_json(na="null", drop_id=True), media_type="application/geo+json",

@@ -245,7 +245,7 @@ class AreaSegmenter:
 
     def _segment_chips(self, area: Area, scene: dict, store) -> dict:
         """An area larger than one chip, chip by chip (see module doc)."""
-        from magseg_ray.chips.read import ReadConfig, read_chip
+        from magseg_ray.chips.read import read_chip
         from magseg_ray.chips.windows import ChipConfig, chip_windows
         from magseg_ray.geoseg.aoi import segment_chip
         from magseg_ray.masks.schemas import NO_DATA
@@ -260,7 +260,7 @@ class AreaSegmenter:
         grid = scene_transform(pd.Series(scene))
         for task in tasks:  # one chip in memory at a time
             try:
-                chip = read_chip(task, ReadConfig(), None, store)
+                chip = read_chip(task, self.read, None, store)
             except SceneError as e:
                 raise SceneError(f"scene {scene['id']} cannot be read: {e}") from None
             with self._lock:

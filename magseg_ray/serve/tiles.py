@@ -49,7 +49,7 @@ import shapely
 from rasterio.transform import Affine, from_bounds
 from rasterio.warp import Resampling, reproject
 
-from magseg_ray.chips.read import read_window
+from magseg_ray.chips.read import ReadConfig, read_window
 from magseg_ray.chips.windows import ChipConfig, ChipTask, chip_windows, scene_transform
 from magseg_ray.errors import NotCoveredError, TileRequestError
 from magseg_ray.fields.edges import reach_px
@@ -272,10 +272,11 @@ def clip(fields: gpd.GeoDataFrame, area) -> gpd.GeoDataFrame:
     return fields[fields.geometry.notna()]
 
 
-def window_image(layer: Layer, rules: FieldRules, store=None) -> np.ndarray | None:
+def window_image(layer: Layer, rules: FieldRules, store=None, read=None) -> np.ndarray | None:
     """The scene's pixels under the layer's classes and the edge split's reach beyond them on every
     side (read where the scene goes on, mirrored where it ends, as SciPy's filters mirror the whole
-    scene ``map_region`` reads); None without an edge split."""
+    scene ``map_region`` reads), read as the chips are (``read``, a
+    :class:`~magseg_ray.chips.read.ReadConfig`); None without an edge split."""
     if not rules.edge_quantile:
         return None
     scene, (h, w) = layer.scene, layer.classes.shape
@@ -283,14 +284,15 @@ def window_image(layer: Layer, rules: FieldRules, store=None) -> np.ndarray | No
     m = reach_px(rules.edge_sigma_m / pixel_metres(layer.transform, scene["crs"], (h, w)))
     top, left = max(row - m, 0), max(col - m, 0)
     bottom, right = min(row + h + m, int(scene["height"])), min(col + w + m, int(scene["width"]))
-    image, _ = read_window(scene["uri"], top, left, bottom - top, right - left, store=store,
-                           name=f"scene {scene['id']} (the edge split of a tile's fields)")
+    image, _ = read_window(scene["uri"], top, left, bottom - top, right - left, read or ReadConfig(), store,
+                           f"scene {scene['id']} (the edge split of a tile's fields)")
     pad = ((top - row + m, row + h + m - bottom), (left - col + m, col + w + m - right), (0, 0))
     return np.pad(image, pad, mode="symmetric")
 
 
 def tile_fields(layers: list[Layer], tile: Tile, schema: Schema, simplify_px: float, min_field_px: int,
-                seed_px: float = 0.0, rules: FieldRules = FieldRules(), store=None, maps=None) -> gpd.GeoDataFrame:
+                seed_px: float = 0.0, rules: FieldRules = FieldRules(), store=None, maps=None,
+                read=None) -> gpd.GeoDataFrame:
     """Field polygons of the tile (EPSG:4326): each scene's fields (``rules`` applied, as in the
     module doc) clipped to the part of the tile it owns (newest, least cloud, then id: ``map_region``'s
     rule), precomputed ones from their run's fields."""
@@ -307,7 +309,7 @@ def tile_fields(layers: list[Layer], tile: Tile, schema: Schema, simplify_px: fl
             fields = fields[[sid in str(s).split("+") for s in fields["scene_id"]]].assign(source=f"map:{layer.run}")
         else:
             fields = scene_fields(layer.classes, layer.confidence, layer.transform, layer.scene["crs"], schema,
-                                  simplify_px, min_field_px, seed_px, rules, window_image(layer, rules, store))
+                                  simplify_px, min_field_px, seed_px, rules, window_image(layer, rules, store, read))
             ids = [f"{sid}-tile-{i:06d}" for i in fields["instance"]]  # this tile's fields, numbered in it
             fields = measure(fields).assign(id=ids, scene_id=sid, source="model")
         parts.append(clip(fields, owned[sid])[FIELD_COLUMNS])
