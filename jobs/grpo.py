@@ -31,6 +31,7 @@ def main(argv=None) -> int:
         check_config(cfg)
         with ray_session(RaySettings(address=args.address, gpus=cfg.num_workers * cfg.use_gpu + cfg.num_actors * cfg.gpus_per_actor,
                                       gpu_flags="--use-gpu/--gpus-per-actor",
+                                      reserved_cpus=cfg.num_workers * cfg.cpus_per_worker + cfg.num_actors * cfg.cpus_per_actor,
                                       log_file=None if args.verbose else str(cfg.run_dir / "logs" / "ray.log"))):
             summary = run_grpo(cfg)
     except MagsegError as e:

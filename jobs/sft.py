@@ -29,6 +29,7 @@ def main(argv=None) -> int:
         cfg = from_arguments(SFTConfig, args)
         check_config(cfg)
         with ray_session(RaySettings(address=args.address, gpus=cfg.num_workers * cfg.use_gpu,
+                                     reserved_cpus=cfg.num_workers * cfg.cpus_per_worker,
                                      log_file=None if args.verbose else str(cfg.run_dir / "logs" / "ray.log"))):
             summary = run_sft(cfg)
     except MagsegError as e:

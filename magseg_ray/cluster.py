@@ -18,6 +18,7 @@ Two ways in:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import signal
@@ -34,6 +35,8 @@ from pathlib import Path
 from magseg_ray.errors import ClusterError
 
 LOOPBACK = "127.0.0.1"
+READER_CPUS = 0.5
+"""CPUs a job's Ray Data chip reader reserves (:mod:`magseg_ray.chips.pipeline`'s ``read_cpus``)."""
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
                 "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60"}
 """Environment of every process of a local cluster (see :func:`ray_environment`). The Serve proxy's
@@ -50,7 +53,13 @@ class RaySettings:
     """Cluster to join (``"auto"``, ``"HOST:PORT"`` or ``"ray://HOST:PORT"``). ``None``: ``RAY_ADDRESS``
     if set, else start a private local cluster on 127.0.0.1 for the job's lifetime."""
     num_cpus: float | None = None
-    """CPUs of a private local cluster (default: all cores). Ignored when joining."""
+    """CPUs of a private local cluster (default: all cores, or :attr:`reserved_cpus` where more). Ignored
+    when joining."""
+    reserved_cpus: float = 0.0
+    """CPUs the job's workers and actors reserve at once. A private local cluster counts at least these
+    plus :data:`READER_CPUS`, so a job at its default flags runs on a laptop with fewer cores, sharing
+    them (said on stderr), where it would wait forever for a CPU (measured: ``sft.py``'s 2 workers x 1
+    CPU on this 2-core machine never reached step 1 in 11 minutes, its chip reader starved)."""
     object_store_memory: int | None = 512 * 2**20
     """Object store bytes of a private local cluster. Ignored when joining."""
     namespace: str = "magseg"
@@ -99,6 +108,20 @@ def ray_environment(address: str | None = None) -> None:
     os.environ.update(LOOPBACK_ENV)
 
 
+def _local_cpus(settings: RaySettings) -> float | None:
+    """CPUs of a private local cluster: :attr:`RaySettings.num_cpus`, else the cores, or the job's
+    reservations and its readers' share where those are more (then said on stderr)."""
+    if settings.num_cpus is not None or not settings.reserved_cpus:
+        return settings.num_cpus
+    cores, need = os.cpu_count() or 1, math.ceil(settings.reserved_cpus + READER_CPUS)
+    if need <= cores:
+        return None
+    print(f"[ray] the job's workers and actors reserve {settings.reserved_cpus:g} CPUs and its readers "
+          f"{READER_CPUS:g}; this machine has {cores} cores: its local Ray counts {need}, so they share them",
+          file=sys.stderr, flush=True)
+    return float(need)
+
+
 def _is_loopback(address: str) -> bool:
     host = address.split("://")[-1].rsplit(":", 1)[0]
     return host in (LOOPBACK, "localhost")
@@ -130,7 +153,7 @@ def _session(settings: RaySettings, address: str | None, runtime_env: dict | Non
             _note_recorded_head()
             reaper = _start_reaper()
             try:
-                ray.init(address="local", _node_ip_address=LOOPBACK, num_cpus=settings.num_cpus,
+                ray.init(address="local", _node_ip_address=LOOPBACK, num_cpus=_local_cpus(settings),
                          object_store_memory=settings.object_store_memory, include_dashboard=False,
                          namespace=settings.namespace, runtime_env=runtime_env, log_to_driver=not settings.log_file)
             except BaseException:

@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import subprocess
@@ -135,3 +136,29 @@ def test_every_jobs_gpu_flags_are_refused_at_once_on_a_machine_without_one(tmp_p
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 2, done.stderr[-3000:]
     assert f"error: {flag} and this machine has 0 (a private local Ray gains none)" in done.stderr, done.stderr[-3000:]
+
+
+def test_a_private_ray_counts_what_the_job_reserves_where_the_machine_has_fewer_cores(monkeypatch, capsys):
+    """The core count is patched (this test's one stand-in: the machine's cores are what they are)."""
+    from magseg_ray.cluster import RaySettings, _local_cpus
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert _local_cpus(RaySettings(reserved_cpus=2.0)) == 3.0  # 2 workers x 1 CPU and the reader's 0.5
+    assert "reserve 2 CPUs and its readers 0.5; this machine has 2 cores: its local Ray counts 3" in capsys.readouterr().err
+    assert _local_cpus(RaySettings(reserved_cpus=1.0)) is None  # fits: all cores, as before
+    assert _local_cpus(RaySettings(reserved_cpus=8.0, num_cpus=1)) == 1  # asked for by name: as asked
+    assert _local_cpus(RaySettings()) is None
+
+
+@pytest.mark.slow
+def test_the_readmes_sft_example_runs_at_its_default_flags_on_this_machine(tmp_path):
+    """README's `jobs/sft.py --data tests/data/naip --base tiny --val-fraction 0.5 ...` at the default 2
+    workers x 1 CPU (its two scenes need the 0.5 for a validation scene; without it the job says so).
+    Before: on this 2-core machine its private Ray had no CPU left for the chip reader, and the job
+    waited forever (11 minutes without step 1, stopped by hand)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "jobs/sft.py", "--data", "tests/data/naip", "--base", "tiny",
+                           "--val-fraction", "0.5", "--max-steps", "2", "--storage", str(tmp_path)], cwd=ROOT,
+                          env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == 2

@@ -34,6 +34,7 @@ from rasterio.transform import Affine
 from magseg_ray.chips.labels import labelled_scenes, read_instances
 from magseg_ray.chips.read import Chip, ReadConfig, read_chip
 from magseg_ray.chips.windows import ChipConfig, ChipTask, chip_windows
+from magseg_ray.cluster import READER_CPUS
 from magseg_ray.errors import ConfigError, MagsegError
 from magseg_ray.masks.schemas import NO_DATA, classes_from_instances, get_schema
 from magseg_ray.prompt import PromptConfig, build_patch_prompt, patch_boxes
@@ -118,7 +119,7 @@ class _MappingReader:
 
 
 def mapping_chips(scenes: gpd.GeoDataFrame, aoi, chip: ChipConfig = ChipConfig(), patch_size: int = 32,
-                  read: ReadConfig = ReadConfig(), store=None, read_cpus: float = 0.5, skip=frozenset()):
+                  read: ReadConfig = ReadConfig(), store=None, read_cpus: float = READER_CPUS, skip=frozenset()):
     """Pipeline 1 as a Ray Dataset of chip records (see module doc); lazy until consumed. Chips
     whose id is in ``skip`` (finished by an earlier run) are left out. Where scenes overlap, each
     place is read from the scene that owns it (:mod:`magseg_ray.scenes.overlap`)."""
@@ -169,7 +170,7 @@ def read_chip_classes(labels: str, task: ChipTask, prompt: PromptConfig, store) 
 
 def training_chips(scenes: gpd.GeoDataFrame, aoi, chip: ChipConfig = ChipConfig(overlap=0),
                    prompt: PromptConfig = PromptConfig(), read: ReadConfig = ReadConfig(), store=None,
-                   val_fraction: float = 0.2, seed: int = 0, read_cpus: float = 0.5, split: str | None = None,
+                   val_fraction: float = 0.2, seed: int = 0, read_cpus: float = READER_CPUS, split: str | None = None,
                    labels: str = ""):
     """Pipeline 2 as a Ray Dataset of labelled chip records (see module doc); ``aoi`` None: all
     scenes; ``labels`` a polygon file for all of them (empty: each scene's sidecar). ``split`` ("train" or "val") plans only the chips of that split's scenes. Chips come in
@@ -180,9 +181,11 @@ def training_chips(scenes: gpd.GeoDataFrame, aoi, chip: ChipConfig = ChipConfig(
                           "(use fields3 or ai4sf)")
     labelled = labelled_scenes(scenes, labels, "the catalogued scenes")
     if split is not None:
+        n = len(labelled)
         labelled = labelled[[split_of(s, val_fraction, seed) == split for s in labelled["id"]]]
         if labelled.empty:
-            raise ConfigError(f"no labelled scene falls in the {split!r} split (val_fraction={val_fraction})")
+            raise ConfigError(f"no labelled scene falls in the {split!r} split (val_fraction={val_fraction}, "
+                              f"{n} labelled scenes): raise --val-fraction or add scenes")
     tasks = chip_windows(labelled, aoi if aoi is not None else labelled.union_all(), chip)
     labels_of = dict(zip(labelled["id"], labelled["labels"]))
     items = [{**t.as_dict(), "labels": labels_of[t.scene_id]} for t in tasks]
