@@ -23,7 +23,8 @@ unpacked batch (``baseline`` ``unpacked``). Training patches per second of the d
 (its prompt settings from ``magseg.json``, every weight trained, tower frozen with cached image
 tokens), one process, the same batches both ways (``batch_size`` patches drawn ``pack`` of a chip at
 a time, as ``--pack`` makes SFT draw them), the two loops alternating twice, each one's first step
-excluded: batch making, forward, backward and AdamW step; ``ratio`` = packed / unpacked. And the
+excluded: batch making, forward, backward and AdamW step; ``ratio`` = packed / unpacked (the packed
+step runs each chip's prefix once, then its patches over the prefix's keys and values). And the
 tokens per example at the Gemma3-4B layout (896 px chip, 256 image tokens, no local crop, the worded
 instruction, the project tokenizer), non-padding tokens of all patches of one naip chip, packed
 ``pack_4b`` at a time; ``token_ratio`` = unpacked / packed.
