@@ -16,14 +16,17 @@ instruction, tower frozen, image tokens from the cache); ``recipe_ratio`` = new 
 sees every image once, so the cache only saves the tower's backward pass and the chip's repeats
 here; later epochs hit it for every image.
 
-    python benchmarks/sft.py --packing [--pack 4] [--pack-4b 16] [--steps 12] [--batch-size 16]
+    python benchmarks/sft.py --packing [--pack 4] [--pack-4b 16] [--steps 12] [--batch-size 16] [--threads N]
 
 prints another line instead: shared-prefix packing (:mod:`magseg_ray.train.packing`) against the
 unpacked batch (``baseline`` ``unpacked``). Training patches per second of the demo model's recipe
 (its prompt settings from ``magseg.json``, every weight trained, tower frozen with cached image
 tokens), one process, the same batches both ways (``batch_size`` patches drawn ``pack`` of a chip at
 a time, as ``--pack`` makes SFT draw them), the two loops alternating twice, each one's first step
-excluded: batch making, forward, backward and AdamW step; ``ratio`` = packed / unpacked. And the
+excluded: batch making, forward, backward and AdamW step; ``ratio`` = packed / unpacked (the packed
+step runs each chip's prefix once, then its patches over the prefix's keys and values), by wall
+clock, and ``cpu_ratio`` the same by this process's CPU seconds (steadier on a shared machine:
+another process's load slows whichever arm it falls on). And the
 tokens per example at the Gemma3-4B layout (896 px chip, 256 image tokens, no local crop, the worded
 instruction, the project tokenizer), non-padding tokens of all patches of one naip chip, packed
 ``pack_4b`` at a time; ``token_ratio`` = unpacked / packed.
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -73,18 +77,20 @@ def plain_loop(cfg: SFTConfig, records: list[dict]) -> float:
     return tokens / (time.perf_counter() - t0)
 
 
-def _step_seconds(model, optimizer, make_batch, batches: list[list[dict]]) -> float:
-    """Seconds of training steps on ``batches`` (batch making included), the first excluded."""
+def _step_seconds(model, optimizer, make_batch, batches: list[list[dict]]) -> tuple[float, float]:
+    """Seconds and this process's CPU seconds of training steps on ``batches`` (batch making
+    included), the first excluded."""
     from magseg_ray.train.sft import answer_loss
 
-    seconds = 0.0
+    seconds = cpu = 0.0
     for i, records in enumerate(batches):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         answer_loss(model, make_batch(records)).backward()
         optimizer.step()
         optimizer.zero_grad()
         seconds += (time.perf_counter() - start) * (i > 0)
-    return seconds
+        cpu += (time.process_time() - start_cpu) * (i > 0)
+    return seconds, cpu
 
 
 def packing_rates(records: list[dict], steps: int, batch_size: int, pack: int) -> dict:
@@ -104,11 +110,13 @@ def packing_rates(records: list[dict], steps: int, batch_size: int, pack: int) -
     batches = [packing.draw(buffer, rng, batch_size, pack) for _ in range(steps)]
     ways = {"unpacked": lambda rs: {**collate_text(processor, rs), "image_features": cache(rs)},
             "packed": lambda rs: packing.pack(processor, rs, features=cache)}
-    seconds = {way: 0.0 for way in ways}
+    seconds = {(way, clock): 0.0 for way in ways for clock in ("wall", "cpu")}
     for _ in range(2):
         for way, make in ways.items():
-            seconds[way] += _step_seconds(model, optimizer, make, batches)
-    return {way: 2 * (steps - 1) * batch_size / s for way, s in seconds.items()}
+            wall, cpu = _step_seconds(model, optimizer, make, batches)
+            seconds[way, "wall"] += wall
+            seconds[way, "cpu"] += cpu
+    return {f"{way}_{clock}": 2 * (steps - 1) * batch_size / s for (way, clock), s in seconds.items()}
 
 
 def tokens_4b(data: str, pack: int) -> dict:
@@ -138,14 +146,20 @@ def packing_line(data: str, args) -> dict:
     from magseg_ray.model.checkpoint import DEMO_MODEL
 
     prompt = read_model_prompt(DEMO_MODEL).prompt()
+    load = os.getloadavg()[0]
     with ray_session(RaySettings(num_cpus=2)):
         chips = training_chips(load_catalog(data).scenes, None, ChipConfig(256, 0), prompt, val_fraction=0.0).take(8)
         records = [r for c in chips for r in patch_records(c, prompt)]
         tokens = tokens_4b(data, args.pack_4b)
     rates = packing_rates(records, args.steps, args.batch_size, args.pack)
     return {"benchmark": "sft_packing", "baseline": "unpacked", "model": "demo_model", "steps": args.steps,
-            "batch_size": args.batch_size, "pack": args.pack, "unpacked_patches_per_s": round(rates["unpacked"], 2),
-            "packed_patches_per_s": round(rates["packed"], 2), "ratio": round(rates["packed"] / rates["unpacked"], 2),
+            "batch_size": args.batch_size, "pack": args.pack, "threads": torch.get_num_threads(),
+            "unpacked_patches_per_s": round(rates["unpacked_wall"], 2),
+            "packed_patches_per_s": round(rates["packed_wall"], 2),
+            "ratio": round(rates["packed_wall"] / rates["unpacked_wall"], 2),
+            "unpacked_patches_per_cpu_s": round(rates["unpacked_cpu"], 2),
+            "packed_patches_per_cpu_s": round(rates["packed_cpu"], 2),
+            "cpu_ratio": round(rates["packed_cpu"] / rates["unpacked_cpu"], 2), "load_avg_1m_at_start": load,
             "gemma3_4b_patches": tokens["patches"], "pack_4b": args.pack_4b,
             "gemma3_4b_unpacked_tokens_per_example": round(tokens["unpacked"], 1),
             "gemma3_4b_packed_tokens_per_example": round(tokens["packed"], 1),
@@ -161,7 +175,11 @@ def main(argv=None) -> dict:
     p.add_argument("--packing", action="store_true", help="the packing line instead (see module doc)")
     p.add_argument("--pack", type=int, default=4, help="patches of a chip per packed row (default 4)")
     p.add_argument("--pack-4b", type=int, default=16, help="the same at the Gemma3-4B layout (default 16)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default torch's); 1 on a shared machine, "
+                   "where a thread descheduled at each parallel op's barrier stalls the step")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data = str(ROOT / "tests" / "data" / "naip")
     if args.packing:
         args.batch_size = args.batch_size or 16

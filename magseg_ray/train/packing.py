@@ -1,10 +1,12 @@
-"""Shared-prefix packing: a prompt prefix once per sequence, several answers after it.
+"""Shared-prefix packing: a prompt prefix run once, several answers after it.
 
 An unpacked training batch (:func:`~magseg_ray.train.batches.collate`) repeats in every row what
 its patches share: the chip's image tokens and the instruction (and, for the G answers of one GRPO
-prompt, the whole prompt). :func:`pack` lays out one row per shared prefix instead::
+prompt, the whole prompt). :func:`pack` lays out a group's shared prefix once, and its segments
+after it::
 
-    [prefix][suffix 1, answer 1][suffix 2, answer 2] ... [padding]
+    prefix rows   [prefix of group 0][padding]      [prefix of group 1] ...
+    segment rows  [segment][segment][padding]       (each row: segments of one group)
 
 ``share="chip"`` (SFT): records of one chip share the prompt up to the patch part (the chip image
 and the instruction, :data:`PATCH_MARK` ends it); each segment is the patch's suffix (its local
@@ -12,25 +14,32 @@ crop, its box) and answer. ``share="prompt"`` (the GRPO learner): records of one
 prompt share the whole prompt but its last token; each segment is that token and one answer (the
 token whose logit predicts the answer's first one).
 
+The model runs twice (:func:`token_logprobs`): the prefix rows alone, their keys and values of every
+layer kept (with their gradients), then the segment rows, each attending to its prefix row's keys
+and values put in front of its own. Attention so costs a segment row ``width x (prefix + width)``,
+not a whole group's square. A group's segments go into rows of one width for the batch
+(first fit by decreasing length), the width that makes the least work (:func:`_layout`: rows x
+width, attention weighed by :data:`KEY_COST`).
+
 Each answer sees exactly the context it has alone, by three rules (:func:`attention_masks`):
 
-- **context**: a segment's tokens see the prefix and their own segment, never another segment;
-  prefix tokens see the prefix only (the padding sees itself, so no softmax row is empty);
+- **context**: a segment's tokens see their prefix and their own segment, never another segment;
+  prefix tokens see the prefix only (padding sees itself, so no softmax row is empty);
 - **causal order, with Gemma3's image blocks**: within that context a token sees the tokens before
   it, and every token of its own image block (a run of image tokens, ``token_type_ids == 1``, the
   blocks numbered by transformers' own ``get_block_sequence_ids_for_mask``), which is how Gemma3
   builds its masks from ``token_type_ids`` (full layers: OR(causal, block));
-- **sliding window**, on position ids rather than row indices (sliding layers: AND(window,
-  OR(causal, block)), a key within ``sliding_window - 1`` positions of the query).
+- **sliding window**, on position ids (sliding layers: AND(window, OR(causal, block)), a key within
+  ``sliding_window - 1`` positions of the query).
 
-Position ids restart after the prefix in every segment, so an answer's tokens sit at the positions
-they have alone (RoPE sees the same distances). Gemma3 takes a ``{"full_attention": ...,
+Position ids of a segment continue from its prefix's length, so an answer's tokens sit at the
+positions they have alone (RoPE sees the same distances). Gemma3 takes a ``{"full_attention": ...,
 "sliding_attention": ...}`` dict as ``attention_mask`` as it is (it builds none of its own then,
 and reads no ``token_type_ids``), as a boolean mask for ``sdpa`` and an additive one for ``eager``.
 Logits are computed only where an answer token is predicted (``logits_to_keep`` as a boolean mask).
 
 Per-answer losses and LoRA gradients equal the unpacked batch's to float rounding (tested on the
-tiny preset with full and sliding layers and a window shorter than a packed row).
+tiny preset with full and sliding layers and a window shorter than a prefix, two segments a row).
 """
 
 from __future__ import annotations
@@ -42,6 +51,10 @@ import torch
 from magseg_ray.errors import ConfigError
 from magseg_ray.prompt import BOI, END_OF_TURN, PATCH_MARK
 from magseg_ray.train.batches import IGNORE
+
+KEY_COST = 2048
+"""A token's work outside attention, in attention keys' worth: what a segment row's width is
+weighed against (see :func:`_layout`)."""
 
 SHARES = ("chip", "prompt")
 """What the answers of one packed row share (see module doc)."""
@@ -73,8 +86,8 @@ def _tokenize(processor, texts: list[str]) -> list[list[int]]:
     return processor.tokenizer(expanded, add_special_tokens=False)["input_ids"]
 
 
-def _row(processor, records: list[dict], members: list[int], share: str) -> dict:
-    """One packed row's token ids, segments, positions, labels, answer ids and image order."""
+def _group(processor, records: list[dict], members: list[int], share: str) -> tuple[dict, list[dict]]:
+    """One group's prefix and its segments: token ids, positions, labels, answer ids and image order."""
     first = records[members[0]]
     prefix = _tokenize(processor, [_prefix_text(first, share)])[0]
     answers = [records[i]["target"] + END_OF_TURN for i in members]
@@ -83,40 +96,79 @@ def _row(processor, records: list[dict], members: list[int], share: str) -> dict
     if any(len(t) - len(prefix) <= n for t, n in zip(whole, lengths)):
         prefix = prefix[:-1]  # an answer right after the prefix: its first token's logit is the prefix's last token's
     n_prefix_images = _prefix_text(first, share).count(BOI)
-    ids, segment, position, labels, answer = list(prefix), [0] * len(prefix), list(range(len(prefix))), \
-        [IGNORE] * len(prefix), [-1] * len(prefix)
-    images = [(members[0], k) for k in range(n_prefix_images)]
-    for s, (i, tokens, n) in enumerate(zip(members, whole, lengths), start=1):
+    head = {"input_ids": prefix, "segment_ids": [0] * len(prefix), "position_ids": list(range(len(prefix))),
+            "labels": [IGNORE] * len(prefix), "answer_ids": [-1] * len(prefix),
+            "images": [(members[0], k) for k in range(n_prefix_images)]}
+    segments = []
+    for i, tokens, n in zip(members, whole, lengths):
         if tokens[: len(prefix)] != prefix:
             raise ConfigError(f"patch prompt {i} of chip {first['chip_id']!r} does not start with its chip's "
                               "shared prefix (or the tokenizer splits it elsewhere): cannot pack it")
         suffix = tokens[len(prefix):]
-        ids += suffix
-        segment += [s] * len(suffix)
-        position += range(len(prefix), len(tokens))
-        labels += [IGNORE] * (len(suffix) - n) + suffix[len(suffix) - n:]
-        answer += [-1] * (len(suffix) - n) + [i] * n
-        images += [(i, k) for k in range(n_prefix_images, len(records[i]["images"]))]
-    return {"input_ids": ids, "segment_ids": segment, "position_ids": position, "labels": labels,
-            "answer_ids": answer, "images": images}
+        segments.append({"input_ids": suffix, "position_ids": list(range(len(prefix), len(tokens))),
+                         "labels": [IGNORE] * (len(suffix) - n) + suffix[len(suffix) - n:],
+                         "answer_ids": [-1] * (len(suffix) - n) + [i] * n,
+                         "images": [(i, k) for k in range(n_prefix_images, len(records[i]["images"]))]})
+    return head, segments
+
+
+def _bins(lengths: list[int], width: int) -> list[list[int]]:
+    """Indices of ``lengths`` in rows of at most ``width``, first fit by decreasing length, each row's
+    indices in order."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        j = next((j for j, r in enumerate(room) if r >= lengths[i]), len(bins))
+        if j == len(bins):
+            bins.append([])
+            room.append(width)
+        bins[j].append(i)
+        room[j] -= lengths[i]
+    return [sorted(b) for b in bins]
+
+
+def _layout(groups: list[list[int]], prefix: int) -> list[list[list[int]]]:
+    """Each group's segments (their lengths in ``groups``) in rows of one width, the width that makes
+    the least work: rows x width x (:data:`KEY_COST` + ``prefix`` + width) (see module doc)."""
+    longest, top = max(max(g) for g in groups), max(sum(g) for g in groups)
+
+    def cost(width: int) -> int:
+        return sum(len(_bins(g, width)) for g in groups) * width * (KEY_COST + prefix + width)
+
+    width = min(range(longest, top + 1, max(1, longest // 4)), key=cost)
+    return [_bins(g, width) for g in groups]
+
+
+def _concat(parts: list[dict], prefix_row: int) -> dict:
+    """One segment row: ``parts`` (segments of one group) one after another, segment ids 1, 2, ..."""
+    row = {k: [x for p in parts for x in p[k]] for k in ("input_ids", "position_ids", "labels", "answer_ids", "images")}
+    row["segment_ids"] = [s for s, p in enumerate(parts, start=1) for _ in p["input_ids"]]
+    return {**row, "prefix_row": prefix_row}
 
 
 def pack(processor, records: list[dict], share: str = "chip", features=None) -> dict[str, torch.Tensor]:
-    """Patch records (``prompt``, ``images``, ``target``, ``chip_id``, ``box``) as packed rows, one
-    per shared prefix (see module doc), right-padded to the longest. Besides the model's
-    ``input_ids``, ``token_type_ids``, ``position_ids`` and ``attention_mask`` (2D, 1 on tokens: what
-    throughput counts; :func:`model_inputs` turns it into Gemma3's masks), the batch holds
-    ``segment_ids`` (0 prefix, ``s`` the row's ``s``-th answer, -1 padding), ``labels`` (answer
-    tokens, else ``IGNORE``), ``answer_ids`` (the index in ``records`` of each answer token, else -1)
-    and ``image_index``: for each image placeholder of the rows, in order, its index among the
-    images of ``records`` flattened in order. The images go in once per placeholder: as the tokens
-    of ``features`` (an :class:`~magseg_ray.train.features.ImageFeatureCache`) when given, else as
-    ``pixel_values`` from the processor."""
-    rows = [_row(processor, records, g, share) for g in _groups(records, share)]
+    """Patch records (``prompt``, ``images``, ``target``, ``chip_id``, ``box``) as packed rows (see
+    module doc): first one prefix row per group of records that share a prefix, then the segment
+    rows, all right-padded to the longest. Besides the model's ``input_ids``, ``token_type_ids`` and
+    ``position_ids``, the batch holds ``attention_mask`` (1 on tokens: what throughput counts; the
+    model gets :func:`attention_masks`), ``segment_ids`` (0 prefix, ``s`` the row's ``s``-th segment,
+    -1 padding), ``prefix_row`` (per row: the prefix row its segments follow, -1 for a prefix row),
+    ``labels`` (answer tokens, else ``IGNORE``), ``answer_ids`` (the index in ``records`` of each
+    answer token, else -1) and ``image_index``: for each image placeholder of the rows, in order, its
+    index among the images of ``records`` flattened in order. The images go in once per placeholder:
+    as the tokens of ``features`` (an :class:`~magseg_ray.train.features.ImageFeatureCache`) when
+    given, else as ``pixel_values`` from the processor."""
+    groups = [_group(processor, records, g, share) for g in _groups(records, share)]
+    rows = [{**head, "prefix_row": -1} for head, _ in groups]
+    layout = _layout([[len(s["input_ids"]) for s in segments] for _, segments in groups],
+                     max(len(head["input_ids"]) for head, _ in groups))
+    for g, ((_, segments), bins) in enumerate(zip(groups, layout)):
+        rows += [_concat([segments[i] for i in b], g) for b in bins]
     width = max(len(r["input_ids"]) for r in rows)
     fill = {"input_ids": processor.tokenizer.pad_token_id, "segment_ids": -1, "position_ids": 0, "labels": IGNORE,
             "answer_ids": -1}
     batch = {k: torch.tensor([r[k] + [v] * (width - len(r[k])) for r in rows]) for k, v in fill.items()}
+    batch["prefix_row"] = torch.tensor([r["prefix_row"] for r in rows])
     image_token = processor.tokenizer.convert_tokens_to_ids(processor.tokenizer.image_token)
     batch["token_type_ids"] = (batch["input_ids"] == image_token).long()
     batch["attention_mask"] = (batch["segment_ids"] >= 0).long()
@@ -133,22 +185,24 @@ def pack(processor, records: list[dict], share: str = "chip", features=None) -> 
     return batch
 
 
-def attention_masks(batch: dict, config, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Gemma3's per-layer-type attention masks (``rows x 1 x L x L``) for a packed ``batch``
-    under ``config`` (the Gemma3 config; see module doc)."""
+def attention_masks(keys: dict, queries: int, config, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Gemma3's per-layer-type attention masks (``rows x 1 x queries x keys``) of the last ``queries``
+    of ``keys`` (``segment_ids``, ``position_ids`` and ``token_type_ids``, ``rows x keys``: a
+    prefix row alone, or a segment row after its prefix row) under ``config`` (see module doc)."""
     from transformers.models.gemma3.modeling_gemma3 import get_block_sequence_ids_for_mask
 
-    text = config.get_text_config()
-    segment, position = batch["segment_ids"], batch["position_ids"]
-    q, k = segment[:, :, None], segment[:, None, :]
+    segment, position = keys["segment_ids"], keys["position_ids"]
+    n = segment.shape[1]
+    q, k = segment[:, -queries:, None], segment[:, None, :]
+    qp, kp = position[:, -queries:, None], position[:, None, :]
     context = ((k == 0) & (q >= 0)) | ((k == q) & (q > 0))
-    index = torch.arange(segment.shape[1], device=segment.device)
-    block = get_block_sequence_ids_for_mask(batch["token_type_ids"], device=segment.device)
-    same_block = (block[:, :, None] == block[:, None, :]) & (block[:, :, None] >= 0)
-    diagonal = (index[:, None] == index[None, :]) & (q < 0)
-    visible = (context & ((index[None, None, :] <= index[None, :, None]) | same_block)) | diagonal
-    window = position[:, None, :] > position[:, :, None] - (text.sliding_window or segment.shape[1] + 1)
-    masks = {"full_attention": visible, "sliding_attention": (visible & window) | diagonal}
+    block = get_block_sequence_ids_for_mask(keys["token_type_ids"], device=segment.device)
+    same_block = (block[:, -queries:, None] == block[:, None, :]) & (block[:, -queries:, None] >= 0)
+    index = torch.arange(n, device=segment.device)
+    own = (index[n - queries:, None] == index[None, :]) & (q < 0)
+    visible = (context & ((kp <= qp) | same_block)) | own
+    window = kp > qp - (config.get_text_config().sliding_window or int(position.max()) + 1)
+    masks = {"full_attention": visible, "sliding_attention": (visible & window) | own}
     implementation = config._attn_implementation
     if implementation == "sdpa":
         return {name: m[:, None] for name, m in masks.items()}
@@ -158,30 +212,61 @@ def attention_masks(batch: dict, config, dtype: torch.dtype) -> dict[str, torch.
     raise ConfigError(f"packed batches need the sdpa or eager attention implementation, the model has {implementation!r}")
 
 
-def model_inputs(model, batch: dict) -> dict:
-    """A packed batch as keyword arguments of ``model`` (a Gemma3 model, PEFT- or DeepSpeed-wrapped),
-    logits kept where an answer token is predicted. Images come as ``pixel_values`` (one per
-    placeholder, in order) or ``image_features`` (cached tokens, likewise); either is taken as is."""
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
+class _PrefixCache:
+    """Gemma3's ``past_key_values`` for the two passes: the prefix pass records each layer's keys and
+    values; the segment pass (``rows`` set: each segment row's prefix row) puts its prefix row's in
+    front of each row's own, gradients kept."""
 
-    core = getattr(model, "module", model)
-    parameter = next(core.parameters())
-    inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"],
-              "attention_mask": attention_masks(batch, core.config, parameter.dtype),
-              "logits_to_keep": torch.nn.functional.pad(batch["labels"][:, 1:] != IGNORE, (0, 1))}
+    def __init__(self):
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.rows: torch.Tensor | None = None
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer: int, *args, **kwargs):
+        if self.rows is None:
+            self.layers.append((keys, values))
+            return keys, values
+        k, v = self.layers[layer]
+        return torch.cat([k[self.rows], keys], 2), torch.cat([v[self.rows], values], 2)
+
+
+def _part(batch: dict, rows: slice, images: slice) -> dict:
+    """The rows ``rows`` of a packed batch, cut to their longest row, with their images."""
+    width = int(batch["attention_mask"][rows].sum(1).max())
+    part = {k: batch[k][rows, :width] for k in ("input_ids", "segment_ids", "position_ids", "token_type_ids", "labels")}
+    if not part["token_type_ids"].any():
+        return part
     if "image_features" in batch:
-        inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=batch["image_features"])}
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        part["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=batch["image_features"][images])}
     elif "pixel_values" in batch:
-        inputs["pixel_values"] = batch["pixel_values"]
-    return inputs
+        part["pixel_values"] = batch["pixel_values"][images]
+    return part
+
+
+def _forward(model, part: dict, masks: dict, cache: _PrefixCache, keep: torch.Tensor):
+    inputs = {k: part[k] for k in ("input_ids", "position_ids", "mm_encoder_outputs", "pixel_values") if k in part}
+    return model(**inputs, attention_mask=masks, past_key_values=cache, use_cache=True, logits_to_keep=keep).logits
 
 
 def token_logprobs(model, batch: dict, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of every answer token of a packed batch, in row order, and the index in the
-    packed records of the answer it belongs to."""
-    logits = model(**model_inputs(model, batch)).logits.float() / temperature
-    following = batch["labels"][:, 1:] != IGNORE
-    targets, answers = batch["labels"][:, 1:][following], batch["answer_ids"][:, 1:][following]
+    packed records of the answer it belongs to: the prefix rows run once, their keys and values
+    kept, then the segment rows after them (see module doc)."""
+    core = getattr(model, "module", model)
+    config, dtype = core.config, next(core.parameters()).dtype
+    n = int((batch["prefix_row"] < 0).sum())
+    split = int(batch["token_type_ids"][:n].sum()) // config.mm_tokens_per_image  # the prefix rows' images
+    prefix, rows = _part(batch, slice(0, n), slice(0, split)), _part(batch, slice(n, None), slice(split, None))
+    cache = _PrefixCache()
+    _forward(model, prefix, attention_masks(prefix, prefix["input_ids"].shape[1], config, dtype), cache,
+             torch.zeros_like(prefix["input_ids"], dtype=torch.bool))
+    cache.rows = batch["prefix_row"][n:]
+    keys = {k: torch.cat([prefix[k][cache.rows], rows[k]], 1) for k in ("segment_ids", "position_ids", "token_type_ids")}
+    following = rows["labels"][:, 1:] != IGNORE
+    logits = _forward(model, rows, attention_masks(keys, rows["input_ids"].shape[1], config, dtype), cache,
+                      torch.nn.functional.pad(following, (0, 1))).float() / temperature
+    targets, answers = rows["labels"][:, 1:][following], batch["answer_ids"][n:, 1:rows["labels"].shape[1]][following]
     return -torch.nn.functional.cross_entropy(logits, targets, reduction="none"), answers
 
 

@@ -82,9 +82,10 @@ def test_packed_sft_losses_and_lora_gradients_equal_unpacked(attn, local_crop):
     recs = records(config)
     recs = recs[::2] + recs[1::2]  # chips interleaved: packing regroups them and keeps the record order
     unpacked, packed = collate(processor, recs), packing.pack(processor, recs)
-    assert packed["input_ids"].shape[0] == 2  # one row per chip
+    assert packed["prefix_row"].tolist() == [-1, -1, 0, 0, 1, 1]  # a prefix row per chip, then segment rows
+    assert (packed["segment_ids"][2:].max(1).values == 2).all()  # two patches a row: segments meet in a row
     assert packed["attention_mask"].sum() < 0.7 * unpacked["attention_mask"].sum()
-    assert packed["input_ids"].shape[1] > 48  # a packed row is longer than the sliding window
+    assert (packed["attention_mask"][:2].sum(1) > 48).all()  # a prefix is longer than the sliding window
 
     alone = per_answer_unpacked(model, unpacked)
     together = per_answer_packed(model, packed)
@@ -114,7 +115,7 @@ def test_grpo_group_shares_its_whole_prompt():
     targets = [recs[0]["target"], recs[1]["target"], "*f", "*b"]  # G = 4 answers per prompt
     answers = [{**r, "target": t} for r in recs for t in targets]
     unpacked, packed = collate(processor, answers), packing.pack(processor, answers, share="prompt")
-    assert packed["input_ids"].shape[0] == 2 and int((packed["segment_ids"] == 0).sum()) > 0
+    assert packed["prefix_row"].tolist() == [-1, -1, 0, 1] and int((packed["segment_ids"] == 0).sum()) > 0
     labels = unpacked.pop("labels")
     expected, expected_mask = grpo.answer_logprobs(model, unpacked, labels, temperature=0.7)
     got, mask = packing.answer_logprobs(model, packed, temperature=0.7)
@@ -129,16 +130,23 @@ def test_grpo_group_shares_its_whole_prompt():
 
 def test_image_blocks_attend_both_ways_and_segments_never_meet():
     model, processor = tiny_model()
-    packed = packing.pack(processor, records(PromptConfig(), chips=1)[:2])
-    masks = packing.attention_masks(packed, model.config, torch.float32)
+    packed = packing.pack(processor, records(PromptConfig(), chips=1))
+    assert packed["prefix_row"].tolist() == [-1, 0, 0]
+    fields = ("segment_ids", "position_ids", "token_type_ids")
+    n = int(packed["attention_mask"][0].sum())
+    prefix = {k: packed[k][:1, :n] for k in fields}
+    alone = packing.attention_masks(prefix, n, model.config, torch.float32)["full_attention"][0, 0]
+    first = int(prefix["token_type_ids"][0].nonzero()[0])
+    assert alone[first, first + 1] and not alone[first - 1, first]  # the chip's image block both ways, text causal
+    row = {k: torch.cat([prefix[k], packed[k][1:2]], 1) for k in fields}
+    masks = packing.attention_masks(row, packed["input_ids"].shape[1], model.config, torch.float32)
     full, sliding = masks["full_attention"][0, 0], masks["sliding_attention"][0, 0]
-    image = packed["token_type_ids"][0].bool()
-    first = int(image.nonzero()[0])
-    assert full[first, first + 1]  # the chip's first image token sees the next one
-    segment = packed["segment_ids"][0]
+    segment = packed["segment_ids"][1]
     one, two = (segment == 1).nonzero()[:, 0], (segment == 2).nonzero()[:, 0]
-    assert not full[two][:, one].any() and full[two][:, segment == 0].all()
-    assert not sliding[two[-1], 0]  # the window cuts the prefix's start for the last answer token
+    assert not full[two][:, n + one].any() and full[two][:, :n].all()  # its prefix, never the other segment
+    crop = int(packed["token_type_ids"][1, two].nonzero()[0, 0])
+    assert full[two[crop], n + two[crop] + 1]  # the patch's crop block both ways
+    assert sliding[two[0], n - 1] and not sliding[two[-1], 0]  # the window cuts the prefix's start
 
 
 def test_bad_records_are_refused_by_name():
@@ -218,7 +226,7 @@ def test_a_chips_patches_pack_with_gemmas_tokenizer(gemma3_dir):
     processor = AutoProcessor.from_pretrained(gemma3_dir, local_files_only=True)
     recs = records(PromptConfig(local_crop=False), chips=1)
     batch = packing.pack(processor, recs)
-    assert batch["input_ids"].shape[0] == 1  # one row: the chip's prefix once, its patches after it
+    assert int((batch["prefix_row"] < 0).sum()) == 1  # the chip's prefix once, its patches after it
     answers = batch["labels"][batch["labels"] != IGNORE]
     expected = sum(len(processor.tokenizer(r["target"] + "<end_of_turn>", add_special_tokens=False)["input_ids"])
                    for r in recs)
