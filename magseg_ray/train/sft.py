@@ -307,6 +307,20 @@ class _Worker:
         else:
             self.engine.module.save_pretrained(folder / "adapter")
 
+    def all_ranks(self, ready: bool) -> bool:
+        """``ready`` on every rank. Workers step together (their gradients are all-reduced), and the
+        shards are one stream split in step: a rank whose shuffle buffer filled first and stepped alone
+        would wait for the others' gradients while they waited for it to read (seen: README's sft
+        example, 2 workers, default 512-patch buffer, blocked in epoch 0 for 10 minutes)."""
+        import torch
+        import torch.distributed as dist
+
+        if self.world == 1 or not dist.is_initialized():
+            return ready
+        flag = torch.tensor([int(ready)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
     def after_step(self, loss: float, chip_index: int, buffer: list[dict]) -> None:
         """Progress line, fault injection, validation and checkpoint as the step number asks."""
         cfg, step = self.cfg, self.state["step"]
@@ -365,7 +379,7 @@ def train_loop(loop_config: dict) -> None:
             seen_patches += len(records)
             rng.shuffle(records)
             buffer.extend(records)
-            while len(buffer) >= max(cfg.batch_size, cfg.shuffle_patches) and state["step"] < cfg.max_steps:
+            while state["step"] < cfg.max_steps and worker.all_ranks(len(buffer) >= max(cfg.batch_size, cfg.shuffle_patches)):
                 picked = draw(buffer, rng, cfg.batch_size, cfg.pack) if cfg.pack else \
                     [buffer.pop(rng.randrange(len(buffer)) if cfg.shuffle_patches else 0) for _ in range(cfg.batch_size)]
                 worker.after_step(worker.train_step(picked), i, buffer)
