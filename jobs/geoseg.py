@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 
+from magseg_ray.chips.radiometry import ReadFlags
 from magseg_ray.cluster import RaySettings, add_ray_arguments
 from magseg_ray.config import add_arguments, from_arguments
 from magseg_ray.errors import ConfigError, MagsegError, bad_input_exit
@@ -55,10 +56,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", help="--bench: judge checkpoint folder (any grounder kind) scoring every mask")
     add_ray_arguments(p)  # --bench and --aoi run on Ray
     add_arguments(p, AoiConfig, skip=("query", "out", "num_actors", "cpus_per_actor"))
-    p.add_argument("--bands", default="", help="SCENE's bands read as red,green,blue, e.g. 3,2,1 (default: the "
-                   "file's band descriptions or colour interpretation, else bands 1-3)")
-    p.add_argument("--bit-depth", type=int, default=0, help="bits per band value of SCENE, e.g. 11 (default: its "
-                   "NBITS, else its pixel type's)")
+    add_arguments(p, ReadFlags)
     add_arguments(p, ModelsConfig)
     add_arguments(p, GeoSegConfig)
     return p
@@ -114,15 +112,13 @@ def query_aoi(args, models: ModelsConfig, config: GeoSegConfig) -> int:
 
 
 def query_scene(args, models: ModelsConfig, config: GeoSegConfig) -> dict:
-    from magseg_ray.chips.radiometry import parse_bands
-    from magseg_ray.chips.read import ReadConfig
     from magseg_ray.geoseg.grounder import check_query
     from magseg_ray.geoseg.outputs import read_scene, write_result
     from magseg_ray.geoseg.run import build_pipeline, parse_box
     from magseg_ray.scenes.store import ObjectStore
 
     query, box = check_query(args.query), parse_box(args.box)
-    read = ReadConfig(parse_bands(args.bands), args.bit_depth)
+    read = from_arguments(ReadFlags, args).read_config()
     scene = read_scene(args.scene, ObjectStore.from_env(), read=read)
     pipeline = build_pipeline(models, config, scene)
     result = pipeline.segment(scene.image, query, box=box)

@@ -36,6 +36,7 @@ from pathlib import Path
 import geopandas as gpd
 import pandas as pd
 
+from magseg_ray.chips.radiometry import ReadFlags
 from magseg_ray.config import doc, dtype_field
 from magseg_ray.errors import ConfigError, ModelLoadError, OutputError
 from magseg_ray.progress import Progress
@@ -60,9 +61,10 @@ def demo_chips(chip_size: int, count: int) -> list:
 
 
 @dataclass(frozen=True)
-class MapSettings(StacSelect):
+class MapSettings(StacSelect, ReadFlags):
     """Settings every map made with a model has: a mapping run's (:class:`MapConfig`) and the tile
-    server's (:class:`~magseg_ray.serve.settings.ServeSettings`); STAC's item choice (:class:`StacSelect`)."""
+    server's (:class:`~magseg_ray.serve.settings.ServeSettings`); STAC's item choice (:class:`StacSelect`) and
+    how scenes are read (:class:`ReadFlags`)."""
 
     catalog: str = field(default=str(DEMO_DIR / "scenes"), metadata=doc(
         "scenes: a catalog .parquet; a STAC catalog.json or collection.json (path, file://, s3://, https://), "
@@ -75,19 +77,6 @@ class MapSettings(StacSelect):
     seed_px: float = field(default=-1.0, metadata=doc(
         "fields grow from interior cores deeper than this many pixels, so a boundary drawn with gaps still "
         "separates fields; -1: the model card's field_seed_px; 0: each interior component is a field"))
-    bands: str = field(default="", metadata=doc(
-        "1-based bands read as red,green,blue, e.g. 3,2,1; empty: the file's band descriptions or colour "
-        "interpretation, else bands 1-3"))
-    bit_depth: int = field(default=0, metadata=doc(
-        "bits per band value of the scenes (e.g. 11); 0: each file's NBITS, else its pixel type's"))
-
-    def read_config(self, card):
-        """How chips are read for a model with ``card``: these flags and the card's radiometry."""
-        from magseg_ray.chips.radiometry import parse_bands
-        from magseg_ray.chips.read import ReadConfig
-
-        return ReadConfig(parse_bands(self.bands), self.bit_depth, card.radiometry)
-
     def model_dir(self) -> str:
         from magseg_ray.model.checkpoint import DEMO_MODEL
 

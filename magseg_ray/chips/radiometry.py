@@ -19,10 +19,12 @@ by every reader (mapping, the tile server's chips and imagery, GeoSeg, training 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 
+from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError, SceneError
 
 RADIOMETRIES = ("full-range", "scene-percentile")
@@ -52,6 +54,27 @@ def parse_bands(text: str) -> tuple[int, ...] | None:
     if len(bands) != 3 or min(bands) < 1:
         raise ConfigError(f"bands {text!r}: give three 1-based band indices for red, green, blue, e.g. 3,2,1")
     return bands
+
+
+@dataclass(frozen=True)
+class ReadFlags:
+    """How a job reads its scenes: the flags of every job config that reads them (mapping, the tile
+    server, training, GeoSeg), made into a :class:`~magseg_ray.chips.read.ReadConfig` by
+    :meth:`read_config`."""
+
+    bands: str = field(default="", metadata=doc(
+        "1-based bands read as red,green,blue, e.g. 3,2,1; empty: each file's band descriptions or colour "
+        "interpretation, else bands 1-3"))
+    bit_depth: int = field(default=0, metadata=doc(
+        "bits per band value of the scenes (e.g. 11); 0: each file's NBITS, else its pixel type's"))
+
+    def read_config(self, card=None):
+        """These flags with the radiometry of the model ``card`` (None: the default, full range)."""
+        from magseg_ray.chips.read import ReadConfig
+
+        if card is None:
+            return ReadConfig(parse_bands(self.bands), self.bit_depth)
+        return ReadConfig(parse_bands(self.bands), self.bit_depth, card.radiometry)
 
 
 def rgb_bands(src, bands: tuple[int, ...] | None = None) -> list[int]:

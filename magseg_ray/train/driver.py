@@ -26,6 +26,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from magseg_ray.chips.radiometry import ReadFlags
 from magseg_ray.config import TRAIN_DTYPES, doc, dtype_field
 from magseg_ray.files import write_atomic
 from magseg_ray.prompt import PromptConfig
@@ -42,9 +43,9 @@ def run_name_field(default: str):
 
 
 @dataclass(frozen=True)
-class RunConfig(StacSelect):
-    """Settings every training run has (STAC's item choice too, :class:`StacSelect`); SFT's and GRPO's
-    configs extend it."""
+class RunConfig(StacSelect, ReadFlags):
+    """Settings every training run has (STAC's item choice too, :class:`StacSelect`, and how scenes are
+    read, :class:`ReadFlags`); SFT's and GRPO's configs extend it."""
 
     run_name: str = run_name_field("run")
     storage: str = field(default="runs", metadata=doc("folder holding runs (checkpoints and outputs)"))
@@ -54,11 +55,6 @@ class RunConfig(StacSelect):
     labels: str = field(default="", metadata=doc(
         "field polygons for the scenes (fiboa GeoParquet, GeoPackage, shapefile; one layer for many scenes, any "
         "CRS); default: each scene's <id>.labels.tif or <id>.fields.gpkg"))
-    bands: str = field(default="", metadata=doc(
-        "1-based bands read as red,green,blue, e.g. 3,2,1; empty: each file's band descriptions or colour "
-        "interpretation, else bands 1-3"))
-    bit_depth: int = field(default=0, metadata=doc(
-        "bits per band value of the scenes (e.g. 11); 0: each file's NBITS, else its pixel type's"))
     chip_size: int = field(default=256, metadata=doc("chip side in pixels (a multiple of the patch)"))
     val_fraction: float = field(default=0.2, metadata=doc("share of scenes held out for validation (by scene id hash)"))
     num_workers: int = field(default=2, metadata=doc("Ray Train workers"))
@@ -91,15 +87,13 @@ def chip_splits(cfg: RunConfig, prompt: PromptConfig):
     """A function of ``split`` (``"train"`` or ``"val"``): that split's chip records of ``cfg.data``
     (:func:`~magseg_ray.chips.pipeline.training_chips`), the catalog read once."""
     from magseg_ray.chips.pipeline import training_chips
-    from magseg_ray.chips.radiometry import parse_bands
-    from magseg_ray.chips.read import ReadConfig
     from magseg_ray.chips.windows import ChipConfig
     from magseg_ray.scenes.catalog import load_catalog
     from magseg_ray.scenes.store import ObjectStore
 
     store = ObjectStore.from_env()
     scenes = load_catalog(cfg.data, store, StacSelect.of(cfg)).scenes
-    read = ReadConfig(parse_bands(cfg.bands), cfg.bit_depth)  # the card's radiometry: the default
+    read = cfg.read_config()
 
     def chips(split: str):
         return training_chips(scenes, None, ChipConfig(cfg.chip_size, 0), prompt, read, store=store,
