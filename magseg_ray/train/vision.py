@@ -37,6 +37,7 @@ import numpy as np
 
 from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError
+from magseg_ray.progress import Progress
 from magseg_ray.masks.schemas import BOUNDARY_WIDTH
 
 
@@ -206,22 +207,24 @@ def train_tower(model, processor, train: SceneSampler, val: SceneSampler, cfg: V
     history = [{"step": 0, **validate()}]
     majority = float((val_batch[1].argmax(-1) == np.bincount(val_batch[1].argmax(-1).ravel()).argmax()).mean())
     start, losses = time.perf_counter(), []
-    for step in range(1, cfg.steps + 1):
-        loss, *_ = loss_and_accuracy(*train.sample(rng, cfg.batch_size))
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            row = {"step": step, "loss": float(np.mean(losses)), **validate(),
-                   "seconds": round(time.perf_counter() - start, 1)}
-            losses.clear()
-            history.append(row)
-            print(f"[vision] step {step}/{cfg.steps} loss {row['loss']:.4f} val token accuracy "
-                  f"{row['val_token_accuracy']:.3f} (majority class {majority:.3f}) position accuracy "
-                  f"{row['val_position_accuracy']:.3f} {row['seconds']:.0f} s", flush=True)
+    with Progress("[vision] steps", total=cfg.steps, unit="steps") as progress:
+        for step in range(1, cfg.steps + 1):
+            loss, *_ = loss_and_accuracy(*train.sample(rng, cfg.batch_size))
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            progress.update(step, f"loss {np.mean(losses):.4f}")
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                row = {"step": step, "loss": float(np.mean(losses)), **validate(),
+                       "seconds": round(time.perf_counter() - start, 1)}
+                losses.clear()
+                history.append(row)
+                progress.update(step, f"loss {row['loss']:.4f}, val token accuracy {row['val_token_accuracy']:.3f} "
+                                      f"(majority class {majority:.3f}), position accuracy "
+                                      f"{row['val_position_accuracy']:.3f}")
     model.eval()
     return history, majority
 

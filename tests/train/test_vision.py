@@ -58,7 +58,7 @@ def test_augmented_windows_turn_image_and_classes_together_through_all_eight_sym
     assert seen == set(range(8))
 
 
-def test_pretraining_trains_the_vision_side_only_and_writes_a_base_for_sft(tmp_path):
+def test_pretraining_trains_the_vision_side_only_and_writes_a_base_for_sft(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("pretrain_job", ROOT / "jobs" / "pretrain_vision.py")
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
@@ -66,6 +66,7 @@ def test_pretraining_trains_the_vision_side_only_and_writes_a_base_for_sft(tmp_p
     argv = ["--data", str(ROOT / "tests/data/naip"), "--out", str(out), "--base", "tiny", "--steps", "40",
             "--batch-size", "8", "--log-every", "20", "--val-fraction", "0.5", "--crop-scale", "1", "--sub-cells", "2"]
     assert job.main(argv) == 0
+    assert "[vision] steps 40/40 100%" in capsys.readouterr().err  # its progress line, as every long job's
     summary = json.loads((out / "vision_pretrain.json").read_text())
     losses = [h["loss"] for h in summary["history"] if "loss" in h]
     assert losses[-1] < losses[0]
