@@ -56,7 +56,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", help="--bench: judge checkpoint folder (any grounder kind) scoring every mask")
     add_ray_arguments(p)  # --bench and --aoi run on Ray
     add_arguments(p, AoiConfig, skip=("query", "out", "num_actors", "cpus_per_actor"))
-    add_arguments(p, ReadFlags)
     add_arguments(p, ModelsConfig)
     add_arguments(p, GeoSegConfig)
     return p

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from magseg_ray.chips.radiometry import ReadFlags
 from magseg_ray.config import doc
 from magseg_ray.errors import ConfigError
 from magseg_ray.map_region import DEMO_DIR
@@ -47,8 +48,9 @@ ATTRIBUTES = ("query", "phrase", "route", "score", "class")
 
 
 @dataclass(frozen=True)
-class AoiConfig:
-    """One GeoSeg query over an AOI (flags of ``jobs/geoseg.py --aoi``)."""
+class AoiConfig(ReadFlags):
+    """One GeoSeg query over an AOI (flags of ``jobs/geoseg.py --aoi``; how scenes are read,
+    :class:`ReadFlags`, also for a single ``--scene``)."""
 
     aoi: str = field(default="", metadata=doc(
         "area of interest (GeoJSON or any vector file of polygons): answer --query over every scene it touches"))
@@ -96,6 +98,7 @@ def plan_query(cfg: AoiConfig, models, config, store=None):
     if not cfg.out:
         raise ConfigError("--aoi needs --out (a folder or s3:// prefix)")
     check_out(cfg.out)
+    cfg.read_config()  # bad --bands or --bit-depth refused before Ray
     chip = ChipConfig.for_chip_size(cfg.chip_size, cfg.overlap)
     aoi = load_aoi(cfg.aoi)
     catalog = load_catalog(cfg.catalog, store, bbox=tuple(aoi.bounds))  # a STAC search asks for the AOI only
